@@ -1,0 +1,14 @@
+//! TrafficBuster's pure domain: event envelopes, the event type registry, and
+//! (as aggregates arrive) commands, events and deciders.
+//!
+//! Pure: no I/O, no async, no database. Everything here is plain data and
+//! plain functions, so it is tested without any infrastructure.
+
+pub mod envelope;
+pub mod registry;
+
+pub use envelope::{
+    EventId, Metadata, NewEvent, Payload, PayloadError, Position, PositionParseError,
+    RecordedEvent, StreamId, StreamIdError,
+};
+pub use registry::{DecodeError, EventRegistry, EventSet, Upcaster};

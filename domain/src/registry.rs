@@ -1,0 +1,366 @@
+//! The event type registry: maps a stored (type, schema version) to a Rust
+//! type, upcasting older payloads to the current schema on the way.
+//!
+//! Stored payloads are never rewritten. A payload written under schema N is
+//! read by applying the upcasters N→N+1→…→current; a step without an
+//! upcaster passes the JSON through unchanged, so a field added later simply
+//! takes its serde default.
+
+use std::collections::HashMap;
+
+use crate::envelope::{Metadata, NewEvent, Payload, PayloadError, RecordedEvent};
+
+/// A closed set of event types, usually one aggregate's event enum.
+/// Implement it with [`crate::event_set!`].
+pub trait EventSet: Sized {
+    /// Every event type of the set with its current schema version.
+    fn types() -> &'static [(&'static str, u32)];
+
+    /// This event's type name, as stored.
+    fn event_type(&self) -> &'static str;
+
+    /// The payload to store.
+    fn to_payload(&self) -> Result<Payload, PayloadError>;
+
+    /// Builds the event from a current-schema payload; `None` when the type
+    /// is not in this set.
+    fn from_json(event_type: &str, json: &str) -> Option<Result<Self, serde_json::Error>>;
+
+    /// This event's current schema version.
+    fn schema_version(&self) -> u32 {
+        let ty = self.event_type();
+        Self::types()
+            .iter()
+            .find(|(name, _)| *name == ty)
+            .map_or(1, |(_, v)| *v)
+    }
+
+    /// Wraps the event for appending, with a fresh id.
+    fn to_new_event(&self, metadata: Metadata) -> Result<NewEvent, PayloadError> {
+        Ok(
+            NewEvent::new(self.event_type(), self.schema_version(), self.to_payload()?)
+                .with_metadata(metadata),
+        )
+    }
+}
+
+/// Turns a payload of schema N into one of schema N+1.
+pub type Upcaster = fn(serde_json::Value) -> Result<serde_json::Value, String>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unknown event type {event_type:?}: no registered event set holds it")]
+    UnknownType { event_type: String },
+    #[error("event type {event_type:?} is not one of the {set} events")]
+    NotInSet {
+        event_type: String,
+        set: &'static str,
+    },
+    #[error(
+        "event {event_type:?} was stored with schema version {stored}, newer than this build's {current}; upgrade TrafficBuster"
+    )]
+    FutureSchema {
+        event_type: String,
+        stored: u32,
+        current: u32,
+    },
+    #[error("upcasting {event_type:?} from schema version {from} failed: {reason}")]
+    Upcast {
+        event_type: String,
+        from: u32,
+        reason: String,
+    },
+    #[error("payload of {event_type:?} (schema version {schema_version}) does not decode: {source}")]
+    Payload {
+        event_type: String,
+        schema_version: u32,
+        source: serde_json::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+struct TypeEntry {
+    current: u32,
+    /// Keyed by the version the upcaster reads.
+    upcasters: HashMap<u32, Upcaster>,
+}
+
+/// Every event type the system knows, with upcasters for old schemas.
+#[derive(Debug, Clone, Default)]
+pub struct EventRegistry {
+    types: HashMap<&'static str, TypeEntry>,
+}
+
+impl EventRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers every type of `E` at its current schema version.
+    ///
+    /// Panics if a type name is already registered: two sets claiming one
+    /// name is a wiring bug that every test run would show.
+    pub fn with<E: EventSet>(mut self) -> Self {
+        for &(name, current) in E::types() {
+            let previous = self.types.insert(
+                name,
+                TypeEntry {
+                    current,
+                    upcasters: HashMap::new(),
+                },
+            );
+            assert!(
+                previous.is_none(),
+                "event type {name:?} registered twice"
+            );
+        }
+        self
+    }
+
+    /// Adds the upcaster that turns `event_type`'s schema `from` into `from + 1`.
+    ///
+    /// Panics if the type is unknown or `from` is not older than its current
+    /// schema: both are wiring bugs.
+    pub fn upcaster(mut self, event_type: &str, from: u32, upcast: Upcaster) -> Self {
+        let entry = self
+            .types
+            .get_mut(event_type)
+            .unwrap_or_else(|| panic!("upcaster for unregistered event type {event_type:?}"));
+        assert!(
+            from >= 1 && from < entry.current,
+            "upcaster for {event_type:?} from schema {from}, but its current schema is {}",
+            entry.current
+        );
+        entry.upcasters.insert(from, upcast);
+        self
+    }
+
+    /// Is this type registered?
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.types.contains_key(event_type)
+    }
+
+    /// Decodes a stored event into `E`, upcasting old schemas.
+    pub fn decode<E: EventSet>(&self, event: &RecordedEvent) -> Result<E, DecodeError> {
+        let ty = event.event_type.as_str();
+        let entry = self.types.get(ty).ok_or_else(|| DecodeError::UnknownType {
+            event_type: ty.to_owned(),
+        })?;
+        let stored = event.schema_version;
+        if stored > entry.current {
+            return Err(DecodeError::FutureSchema {
+                event_type: ty.to_owned(),
+                stored,
+                current: entry.current,
+            });
+        }
+        let payload_error = |source| DecodeError::Payload {
+            event_type: ty.to_owned(),
+            schema_version: stored,
+            source,
+        };
+        let upcast;
+        let json = if stored == entry.current {
+            event.data.as_str()
+        } else {
+            let mut value: serde_json::Value =
+                serde_json::from_str(&event.data).map_err(payload_error)?;
+            for from in stored..entry.current {
+                if let Some(step) = entry.upcasters.get(&from) {
+                    value = step(value).map_err(|reason| DecodeError::Upcast {
+                        event_type: ty.to_owned(),
+                        from,
+                        reason,
+                    })?;
+                }
+            }
+            upcast = value.to_string();
+            upcast.as_str()
+        };
+        match E::from_json(ty, json) {
+            None => Err(DecodeError::NotInSet {
+                event_type: ty.to_owned(),
+                set: std::any::type_name::<E>(),
+            }),
+            Some(result) => result.map_err(payload_error),
+        }
+    }
+}
+
+/// Declares an event enum whose variants wrap one struct each, and
+/// implements [`EventSet`] for it. The number after each variant is that
+/// type's current schema version; the variant's name is the stored type name.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// pub struct DomainVerified { pub domain: String }
+///
+/// trafficbuster_domain::event_set! {
+///     /// What happens to a target domain.
+///     pub enum TargetEvent {
+///         DomainVerified(DomainVerified) = 1,
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! event_set {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $( $(#[$vmeta:meta])* $variant:ident($ty:ty) = $schema:literal ),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq)]
+        $vis enum $name {
+            $( $(#[$vmeta])* $variant($ty) ),+
+        }
+
+        impl $crate::registry::EventSet for $name {
+            fn types() -> &'static [(&'static str, u32)] {
+                &[$( (stringify!($variant), $schema) ),+]
+            }
+
+            fn event_type(&self) -> &'static str {
+                match self {
+                    $( Self::$variant(_) => stringify!($variant) ),+
+                }
+            }
+
+            fn to_payload(&self) -> Result<$crate::envelope::Payload, $crate::envelope::PayloadError> {
+                match self {
+                    $( Self::$variant(e) => $crate::envelope::Payload::to_json(e) ),+
+                }
+            }
+
+            fn from_json(event_type: &str, json: &str) -> Option<Result<Self, serde_json::Error>> {
+                match event_type {
+                    $( stringify!($variant) => Some(serde_json::from_str::<$ty>(json).map(Self::$variant)), )+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::envelope::{EventId, Position, StreamId};
+
+    /// Schema 1 had `name`; 2 added `weight` (defaulted); 3 renamed `name` to `title`.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct WidgetMade {
+        title: String,
+        #[serde(default)]
+        weight: u32,
+    }
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct WidgetBroken {}
+
+    crate::event_set! {
+        enum WidgetEvent {
+            WidgetMade(WidgetMade) = 3,
+            WidgetBroken(WidgetBroken) = 1,
+        }
+    }
+
+    fn rename_name_to_title(mut v: serde_json::Value) -> Result<serde_json::Value, String> {
+        let obj = v.as_object_mut().ok_or("payload is not an object")?;
+        let name = obj.remove("name").ok_or("no `name` field")?;
+        obj.insert("title".into(), name);
+        Ok(v)
+    }
+
+    fn registry() -> EventRegistry {
+        EventRegistry::new()
+            .with::<WidgetEvent>()
+            .upcaster("WidgetMade", 2, rename_name_to_title)
+    }
+
+    fn stored(event_type: &str, schema_version: u32, data: &str) -> RecordedEvent {
+        RecordedEvent {
+            id: EventId::new(),
+            stream_id: StreamId::parse("widget-1").unwrap(),
+            stream_version: 0,
+            position: Position::new(1, 0),
+            event_type: event_type.into(),
+            schema_version,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            metadata: Metadata::default(),
+            data: data.into(),
+        }
+    }
+
+    fn made(title: &str, weight: u32) -> WidgetEvent {
+        WidgetEvent::WidgetMade(WidgetMade {
+            title: title.into(),
+            weight,
+        })
+    }
+
+    #[test]
+    fn a_current_event_decodes_as_written() {
+        let event = made("gear", 4);
+        let new = event.to_new_event(Metadata::default()).unwrap();
+        assert_eq!((new.event_type.as_str(), new.schema_version), ("WidgetMade", 3));
+        let decoded: WidgetEvent = registry()
+            .decode(&stored("WidgetMade", 3, new.data.as_str()))
+            .unwrap();
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn a_schema_one_event_is_upcast_and_gets_defaults_for_later_fields() {
+        let decoded: WidgetEvent = registry()
+            .decode(&stored("WidgetMade", 1, r#"{"name":"gear"}"#))
+            .unwrap();
+        assert_eq!(decoded, made("gear", 0));
+    }
+
+    #[test]
+    fn an_unknown_type_is_an_error_naming_it() {
+        let err = registry()
+            .decode::<WidgetEvent>(&stored("WidgetMelted", 1, "{}"))
+            .unwrap_err();
+        assert!(err.to_string().contains("WidgetMelted"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_newer_than_the_build_is_refused() {
+        let err = registry()
+            .decode::<WidgetEvent>(&stored("WidgetMade", 4, r#"{"title":"x"}"#))
+            .unwrap_err();
+        assert!(matches!(err, DecodeError::FutureSchema { stored: 4, current: 3, .. }));
+    }
+
+    #[test]
+    fn a_failing_upcaster_says_which_step() {
+        let err = registry()
+            .decode::<WidgetEvent>(&stored("WidgetMade", 2, r#"{"title":"x"}"#))
+            .unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Upcast { from: 2, reason, .. } if reason.contains("name")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_payload_is_an_error_not_a_panic() {
+        let err = registry()
+            .decode::<WidgetEvent>(&stored("WidgetMade", 3, r#"{"title":7}"#))
+            .unwrap_err();
+        assert!(matches!(err, DecodeError::Payload { .. }), "{err}");
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn registering_a_type_twice_is_a_wiring_bug() {
+        let _ = EventRegistry::new().with::<WidgetEvent>().with::<WidgetEvent>();
+    }
+}
