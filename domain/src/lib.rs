@@ -4,9 +4,11 @@
 //! Pure: no I/O, no async, no database. Everything here is plain data and
 //! plain functions, so it is tested without any infrastructure.
 
+pub mod blob;
 pub mod envelope;
 pub mod registry;
 
+pub use blob::{BlobHash, BlobHashError};
 pub use envelope::{
     EventId, Metadata, NewEvent, Payload, PayloadError, Position, PositionParseError,
     RecordedEvent, StreamId, StreamIdError,

@@ -1,0 +1,225 @@
+//! The `EventStore` trait and the values it speaks in.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use domain::{BlobHash, NewEvent, Position, RecordedEvent, StreamId};
+
+use crate::error::StoreError;
+use crate::subscription::Subscription;
+
+/// What the writer believes about a stream before appending to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream's last event must have this version (its first is 0).
+    Exact(u64),
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Any => f.write_str("any version"),
+            Self::NoStream => f.write_str("no stream"),
+            Self::StreamExists => f.write_str("an existing stream"),
+            Self::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    /// Does a stream whose last version is `actual` (None: no stream) meet it?
+    pub fn admits(self, actual: Option<u64>) -> bool {
+        match self {
+            Self::Any => true,
+            Self::NoStream => actual.is_none(),
+            Self::StreamExists => actual.is_some(),
+            Self::Exact(v) => actual == Some(v),
+        }
+    }
+}
+
+/// The outcome of an append (the same when an append is repeated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The version of the last event appended: what to expect next time.
+    pub version: u64,
+    /// The global position of the last event appended.
+    pub position: Position,
+}
+
+/// Where a stream read begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFrom {
+    Start,
+    End,
+    /// Includes this version.
+    Version(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Forward,
+    Backward,
+}
+
+/// Where a subscription begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscribeFrom {
+    /// Every event, from the first.
+    Start,
+    /// Only events appended after the subscription starts.
+    End,
+    /// Events strictly after this position (a checkpoint).
+    After(Position),
+}
+
+/// Which events a global read or subscription delivers. Empty lists mean "all".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Keep events whose stream id starts with one of these.
+    pub stream_prefixes: Vec<String>,
+    /// Keep events of one of these types.
+    pub event_types: Vec<String>,
+}
+
+impl Filter {
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    pub fn stream_prefix(prefix: impl Into<String>) -> Self {
+        Self {
+            stream_prefixes: vec![prefix.into()],
+            event_types: vec![],
+        }
+    }
+
+    pub fn event_type(event_type: impl Into<String>) -> Self {
+        Self {
+            stream_prefixes: vec![],
+            event_types: vec![event_type.into()],
+        }
+    }
+
+    pub fn is_all(&self) -> bool {
+        self.stream_prefixes.is_empty() && self.event_types.is_empty()
+    }
+
+    /// Does `stream_id` / `event_type` pass?
+    pub fn admits(&self, stream_id: &str, event_type: &str) -> bool {
+        (self.stream_prefixes.is_empty()
+            || self
+                .stream_prefixes
+                .iter()
+                .any(|p| stream_id.starts_with(p.as_str())))
+            && (self.event_types.is_empty() || self.event_types.iter().any(|t| t == event_type))
+    }
+}
+
+/// One page of a global read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Matching events in global order.
+    pub events: Vec<RecordedEvent>,
+    /// Read on after this position: every event up to it, matching or not,
+    /// has been considered. At least the last event's position.
+    pub next: Position,
+    /// True when the page ended early (fewer events than asked for) although
+    /// committed events exist beyond `next` that are not yet safe to read, because
+    /// an older transaction is still open. A reader should look again soon.
+    pub pending: bool,
+}
+
+/// Largest event payload accepted. Bigger contents belong in the blob store.
+pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
+
+/// An append-only, totally ordered log of streams of events.
+///
+/// Guarantees every backend keeps (the conformance suite checks them):
+/// - an append lands whole or not at all, and only if the expected version holds;
+/// - appending event ids that are already stored (the same batch again) is a
+///   no-op that returns the first append's result;
+/// - a global read or subscription sees every committed event exactly once,
+///   in one global order that never changes, with no gap, whatever the
+///   concurrency of writers.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` if `expected` holds.
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError>;
+
+    /// Reads up to `limit` events of one stream.
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `limit` matching events strictly after `after`, in global order.
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// The position after which newly appended events will appear.
+    async fn head(&self) -> Result<Position, StoreError>;
+
+    /// Catch-up then live delivery of matching events, in global order.
+    fn subscribe_all(&self, from: SubscribeFrom, filter: Filter) -> Subscription;
+
+    /// Stores `bytes` under their SHA-256 (once, however often it is put).
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobHash, StoreError>;
+
+    /// The bytes stored under `hash`, if any.
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A short name for logs and benchmarks: `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Checks what every backend refuses before touching the database.
+pub(crate) fn validate_append(events: &[NewEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Err(StoreError::InvalidAppend(
+            "an append needs at least one event".into(),
+        ));
+    }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    for e in events {
+        if e.event_type.is_empty() {
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} has an empty event type",
+                e.id
+            )));
+        }
+        if e.data.len() > MAX_EVENT_DATA_BYTES {
+            return Err(StoreError::InvalidAppend(format!(
+                "event {} ({}) has a {}-byte payload; the limit is {MAX_EVENT_DATA_BYTES} bytes (store large contents as blobs)",
+                e.id,
+                e.event_type,
+                e.data.len()
+            )));
+        }
+        if !ids.insert(e.id) {
+            return Err(StoreError::InvalidAppend(format!(
+                "event id {} appears twice in one append",
+                e.id
+            )));
+        }
+    }
+    Ok(())
+}

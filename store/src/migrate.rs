@@ -1,0 +1,31 @@
+//! Schema migrations, embedded from `migrations/` at build time and applied
+//! in order, each once, by `trafficbuster migrate` and on every start.
+
+/// A numbered SQL script.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+pub const SQLITE: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_events",
+    sql: include_str!("../../migrations/sqlite/0001_events.sql"),
+}];
+
+pub const POSTGRES: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_events",
+    sql: include_str!("../../migrations/postgres/0001_events.sql"),
+}];
+
+/// What a migration run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Names of the migrations this run applied, in order.
+    pub applied: Vec<&'static str>,
+    /// The schema version now in place.
+    pub version: i64,
+}

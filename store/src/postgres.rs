@@ -1,0 +1,588 @@
+//! The PostgreSQL backend (tokio-postgres + deadpool-postgres).
+//!
+//! Appends are one call of the `tb_append` function: one round trip, one
+//! short transaction. Readers order events by (transaction id, sequence) and
+//! take only rows below the snapshot's xmin, which is what makes the global
+//! order gap-free under concurrent writers (see the migration's comments).
+//! LISTEN/NOTIFY only wakes readers; the read query is the truth, and a poll
+//! covers a lost notification.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use domain::{BlobHash, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId};
+use futures_util::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, NoTls, Row};
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::event_store::{
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom,
+    SubscribeFrom, validate_append,
+};
+use crate::migrate::{self, MigrationReport};
+use crate::subscription::{Changes, Subscription};
+use crate::url::valid_schema;
+
+const BACKEND: &str = "postgres";
+/// A caught-up subscription reads at least this often, in case a
+/// notification was lost (e.g. while the LISTEN connection reconnected).
+const POLL: Duration = Duration::from_millis(500);
+const POOL_SIZE: usize = 16;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    config: tokio_postgres::Config,
+    schema: String,
+    channel: String,
+    changes: Arc<Changes>,
+    /// Wakes the task that sends NOTIFY after local appends, coalescing bursts.
+    notify_others: Arc<Notify>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    notifier: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.notifier.abort();
+        if let Some(l) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            l.abort();
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects, creating `schema` and applying migrations as needed.
+    pub async fn open(
+        mut config: tokio_postgres::Config,
+        schema: &str,
+    ) -> Result<(Self, MigrationReport), StoreError> {
+        if !valid_schema(schema) {
+            return Err(StoreError::BadUrl {
+                url: schema.into(),
+                reason: "invalid schema name".into(),
+            });
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.options(format!("-c search_path={schema}"));
+        config.application_name("trafficbuster");
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(CONNECT_TIMEOUT))
+            .build()
+            .map_err(|e| StoreError::Unavailable {
+                backend: BACKEND,
+                message: e.to_string(),
+            })?;
+        let report = apply_migrations(&pool, schema).await?;
+        let channel = format!("tb_events_{schema}");
+        let notify_others = Arc::new(Notify::new());
+        let notifier = tokio::spawn(send_notifications(
+            pool.clone(),
+            channel.clone(),
+            notify_others.clone(),
+        ));
+        let store = Self {
+            inner: Arc::new(Inner {
+                pool,
+                config,
+                schema: schema.to_owned(),
+                channel,
+                changes: Arc::new(Changes::new()),
+                notify_others,
+                listener: Mutex::new(None),
+                notifier,
+            }),
+        };
+        Ok((store, report))
+    }
+
+    /// The schema holding this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Drops the schema and everything in it. For tests and benchmarks.
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
+            .await
+            .map_err(pg_err)
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    /// Starts the LISTEN task once, when the first subscription needs it.
+    fn ensure_listening(&self) {
+        let mut listener = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner());
+        if listener.is_none() {
+            *listener = Some(tokio::spawn(listen(
+                self.inner.config.clone(),
+                self.inner.channel.clone(),
+                self.inner.changes.clone(),
+            )));
+        }
+    }
+}
+
+async fn apply_migrations(pool: &Pool, schema: &str) -> Result<MigrationReport, StoreError> {
+    let failed = |name: &str, e: tokio_postgres::Error| StoreError::Migration {
+        name: name.to_owned(),
+        message: describe(&e),
+    };
+    let mut client = pool.get().await.map_err(pool_err)?;
+    let tx = client.transaction().await.map_err(pg_err)?;
+    // One migrator per schema at a time, however many gateways start at once.
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('trafficbuster-migrate-' || $1, 0))",
+        &[&schema],
+    )
+    .await
+    .map_err(|e| failed("lock", e))?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS tb_schema_migrations (
+             version bigint PRIMARY KEY, name text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    ))
+    .await
+    .map_err(|e| failed("bookkeeping", e))?;
+    let current: i64 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM tb_schema_migrations", &[])
+        .await
+        .map_err(|e| failed("bookkeeping", e))?
+        .get(0);
+    let mut report = MigrationReport {
+        applied: vec![],
+        version: current,
+    };
+    for m in migrate::POSTGRES.iter().filter(|m| m.version > current) {
+        tx.batch_execute(m.sql).await.map_err(|e| failed(m.name, e))?;
+        tx.execute(
+            "INSERT INTO tb_schema_migrations (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await
+        .map_err(|e| failed(m.name, e))?;
+        report.applied.push(m.name);
+        report.version = m.version;
+    }
+    tx.commit().await.map_err(|e| failed("commit", e))?;
+    Ok(report)
+}
+
+/// Sends one NOTIFY per wake-up; wake-ups that arrive meanwhile coalesce.
+async fn send_notifications(pool: Pool, channel: String, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        let sent = async {
+            let client = pool.get().await.map_err(pool_err)?;
+            client
+                .execute("SELECT pg_notify($1, '')", &[&channel])
+                .await
+                .map_err(pg_err)
+        };
+        if let Err(e) = sent.await {
+            // Other processes' subscriptions still poll; nothing is lost.
+            tracing::debug!(error = %e, "NOTIFY failed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Holds a LISTEN connection, reconnecting as needed, and turns each
+/// notification into a wake-up for this process's subscriptions.
+async fn listen(config: tokio_postgres::Config, channel: String, changes: Arc<Changes>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let (client, mut connection) = config.connect(NoTls).await?;
+            let wake = changes.clone();
+            let driver = tokio::spawn(async move {
+                let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notification(_)) => wake.notify(),
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Ok(())
+            });
+            client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+            // Anything appended while we were not listening: look now.
+            changes.notify();
+            let ended = driver.await;
+            drop(client);
+            match ended {
+                Ok(result) => result,
+                Err(_) => Ok(()),
+            }
+        };
+        match attempt.await {
+            Ok(()) => backoff = Duration::from_millis(100),
+            Err(e) => tracing::warn!(error = %describe(&e), "LISTEN connection lost; reconnecting"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// tokio-postgres's Display drops the server's message; this keeps it.
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+fn pg_err(e: tokio_postgres::Error) -> StoreError {
+    if e.as_db_error().is_none() || e.is_closed() {
+        StoreError::Unavailable {
+            backend: BACKEND,
+            message: describe(&e),
+        }
+    } else {
+        StoreError::Backend {
+            backend: BACKEND,
+            message: describe(&e),
+        }
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
+    let message = match &e {
+        PoolError::Backend(pg) => describe(pg),
+        other => other.to_string(),
+    };
+    StoreError::Unavailable {
+        backend: BACKEND,
+        message,
+    }
+}
+
+fn expected_code(expected: ExpectedVersion) -> i64 {
+    match expected {
+        ExpectedVersion::Any => -1,
+        ExpectedVersion::NoStream => -2,
+        ExpectedVersion::StreamExists => -3,
+        ExpectedVersion::Exact(v) => v.min(i64::MAX as u64) as i64,
+    }
+}
+
+fn position(tx: i64, seq: i64) -> Position {
+    Position::new(tx as u64, seq as u64)
+}
+
+const EVENT_COLUMNS: &str = "tx_id, seq, event_id, stream_id, version, event_type, \
+     schema_version, recorded_at, data::text, actor, correlation_id, causation_id, source";
+
+/// Decodes [`EVENT_COLUMNS`] starting at column `at`.
+fn event_from_row(row: &Row, at: usize) -> Result<RecordedEvent, StoreError> {
+    let corrupt = |e: tokio_postgres::Error| StoreError::Corrupt(format!("events row: {e}"));
+    let stream: String = row.try_get(at + 3).map_err(corrupt)?;
+    Ok(RecordedEvent {
+        position: position(
+            row.try_get(at).map_err(corrupt)?,
+            row.try_get(at + 1).map_err(corrupt)?,
+        ),
+        id: EventId(row.try_get(at + 2).map_err(corrupt)?),
+        stream_id: StreamId::parse(stream)
+            .map_err(|e| StoreError::Corrupt(format!("events row: stream_id: {e}")))?,
+        stream_version: row.try_get::<_, i64>(at + 4).map_err(corrupt)? as u64,
+        event_type: row.try_get(at + 5).map_err(corrupt)?,
+        schema_version: row.try_get::<_, i32>(at + 6).map_err(corrupt)? as u32,
+        recorded_at: row.try_get::<_, OffsetDateTime>(at + 7).map_err(corrupt)?,
+        data: row.try_get(at + 8).map_err(corrupt)?,
+        metadata: Metadata {
+            actor: row.try_get(at + 9).map_err(corrupt)?,
+            correlation_id: row.try_get(at + 10).map_err(corrupt)?,
+            causation_id: row.try_get(at + 11).map_err(corrupt)?,
+            source: row.try_get(at + 12).map_err(corrupt)?,
+        },
+    })
+}
+
+/// A LIKE pattern matching strings that start with `prefix`.
+fn like_prefix(prefix: &str) -> String {
+    let mut p = String::with_capacity(prefix.len() + 1);
+    for c in prefix.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        validate_append(&events)?;
+        let ids: Vec<Uuid> = events.iter().map(|e| e.id.0).collect();
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let schemas: Vec<i32> = events.iter().map(|e| e.schema_version as i32).collect();
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let actors: Vec<Option<&str>> =
+            events.iter().map(|e| e.metadata.actor.as_deref()).collect();
+        let correlations: Vec<Option<Uuid>> =
+            events.iter().map(|e| e.metadata.correlation_id).collect();
+        let causations: Vec<Option<Uuid>> =
+            events.iter().map(|e| e.metadata.causation_id).collect();
+        let sources: Vec<Option<&str>> =
+            events.iter().map(|e| e.metadata.source.as_deref()).collect();
+
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT o_tx, o_seq, o_version FROM tb_append($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            )
+            .await
+            .map_err(pg_err)?;
+        let result = client
+            .query_one(
+                &stmt,
+                &[
+                    &stream.as_str(),
+                    &expected_code(expected),
+                    &ids,
+                    &types,
+                    &schemas,
+                    &data,
+                    &actors,
+                    &correlations,
+                    &causations,
+                    &sources,
+                ],
+            )
+            .await;
+        let row = result.map_err(|e| append_error(e, stream, expected, &events))?;
+        self.inner.changes.notify();
+        self.inner.notify_others.notify_one();
+        Ok(AppendResult {
+            version: row.get::<_, i64>(2) as u64,
+            position: position(row.get(0), row.get(1)),
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let (cmp, order, from_version) = match (direction, from) {
+            (Direction::Forward, StreamFrom::Start) => (">=", "ASC", 0),
+            (Direction::Forward, StreamFrom::Version(v)) => (">=", "ASC", v.min(i64::MAX as u64) as i64),
+            (Direction::Forward, StreamFrom::End) => return Ok(vec![]),
+            (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
+            (Direction::Backward, StreamFrom::Version(v)) => ("<=", "DESC", v.min(i64::MAX as u64) as i64),
+            (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
+        };
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE stream_id = $1 AND version {cmp} $2 \
+                 ORDER BY version {order} LIMIT $3"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        let rows = client
+            .query(&stmt, &[&stream.as_str(), &from_version, &limit])
+            .await
+            .map_err(pg_err)?;
+        rows.iter().map(|r| event_from_row(r, 0)).collect()
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        // The horizon: every transaction with a smaller id has finished, so
+        // rows below it are final. Read only those, and note whether
+        // committed rows wait above it.
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
+                 SELECT h.horizon,
+                        EXISTS (SELECT 1 FROM events p WHERE p.tx_id >= h.horizon) AS pending,
+                        e.*
+                   FROM h LEFT JOIN LATERAL (
+                        SELECT {EVENT_COLUMNS} FROM events
+                         WHERE (tx_id, seq) > ($1, $2) AND tx_id < h.horizon
+                           AND ($3::text[] IS NULL OR stream_id LIKE ANY($3))
+                           AND ($4::text[] IS NULL OR event_type = ANY($4))
+                         ORDER BY tx_id, seq
+                         LIMIT $5) e ON true
+                  ORDER BY e.tx_id, e.seq"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let prefixes: Option<Vec<String>> = (!filter.stream_prefixes.is_empty())
+            .then(|| filter.stream_prefixes.iter().map(|p| like_prefix(p)).collect());
+        let types: Option<&Vec<String>> =
+            (!filter.event_types.is_empty()).then_some(&filter.event_types);
+        let limit_sql = limit.min(i64::MAX as usize) as i64;
+        let rows = client
+            .query(
+                &stmt,
+                &[
+                    &(after.commit as i64),
+                    &(after.prepare as i64),
+                    &prefixes,
+                    &types,
+                    &limit_sql,
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        let mut page = Page {
+            events: Vec::with_capacity(rows.len()),
+            next: after,
+            pending: false,
+        };
+        let Some(first) = rows.first() else {
+            return Ok(page);
+        };
+        let horizon: i64 = first.get(0);
+        for row in &rows {
+            // A lone row with NULL event columns: nothing matched.
+            if row.try_get::<_, Option<i64>>(2).ok().flatten().is_none() {
+                continue;
+            }
+            page.events.push(event_from_row(row, 2)?);
+        }
+        if page.events.len() >= limit && limit > 0 {
+            page.next = page.events.last().map_or(after, |e| e.position);
+        } else {
+            page.next = after.max(Position::new(horizon as u64, 0));
+            page.pending = first.get(1);
+        }
+        Ok(page)
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
+                        (SELECT tx_id FROM events ORDER BY tx_id DESC, seq DESC LIMIT 1),
+                        (SELECT seq FROM events ORDER BY tx_id DESC, seq DESC LIMIT 1)",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        let horizon = Position::new(row.get::<_, i64>(0) as u64, 0);
+        let last = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
+            (Some(tx), Some(seq)) => position(tx, seq),
+            _ => Position::START,
+        };
+        Ok(horizon.max(last))
+    }
+
+    fn subscribe_all(&self, from: SubscribeFrom, filter: Filter) -> Subscription {
+        self.ensure_listening();
+        Subscription::spawn(self.clone(), from, filter, self.inner.changes.watch(), POLL)
+    }
+
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobHash, StoreError> {
+        let hash = BlobHash::of(bytes);
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO blobs (hash, data) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+                &[&&hash.0[..], &bytes],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(hash)
+    }
+
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt("SELECT data FROM blobs WHERE hash = $1", &[&&hash.0[..]])
+            .await
+            .map_err(pg_err)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+}
+
+fn append_error(
+    e: tokio_postgres::Error,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> StoreError {
+    let Some(db) = e.as_db_error() else {
+        return pg_err(e);
+    };
+    match db.code().code() {
+        "TB001" => StoreError::WrongExpectedVersion {
+            stream: stream.clone(),
+            expected,
+            actual: db.detail().and_then(|d| d.parse().ok()),
+        },
+        "TB002" => StoreError::IdempotencyConflict {
+            stream: stream.clone(),
+            event_id: events[0].id,
+            reason: db.detail().unwrap_or("unknown").to_owned(),
+        },
+        _ if db.code() == &SqlState::UNIQUE_VIOLATION => StoreError::IdempotencyConflict {
+            stream: stream.clone(),
+            event_id: events
+                .iter()
+                .find(|ev| db.detail().is_some_and(|d| d.contains(&ev.id.to_string())))
+                .map_or(events[0].id, |ev| ev.id),
+            reason: "it is already stored by another append".into(),
+        },
+        _ => pg_err(e),
+    }
+}

@@ -1,0 +1,121 @@
+//! Test harness: a fresh PostgreSQL schema per test, so tests run in parallel.
+//!
+//! The server is `DATABASE_URL` when set, else the local one at
+//! 127.0.0.1:5432 (user `postgres`, database `test`). When it cannot be
+//! reached, tests fail under `CI=true` and otherwise skip with a loud line
+//! on stderr; they never skip silently.
+
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::postgres::PostgresStore;
+
+/// The default test server.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The server tests use.
+pub fn database_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())
+}
+
+/// Is this a CI run, where a missing component must fail the run?
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// A schema of its own on the test server.
+pub struct TestPostgres {
+    /// `DATABASE_URL` plus `schema=…`: pass it to `trafficbuster --store`.
+    pub url: String,
+    pub schema: String,
+    pub config: tokio_postgres::Config,
+}
+
+impl TestPostgres {
+    /// A fresh schema name, or `None` (after saying so) when PostgreSQL is
+    /// unreachable outside CI. Panics under CI when it is unreachable.
+    pub async fn fresh(test: &str) -> Option<Self> {
+        let base = database_url();
+        let config = tokio_postgres::Config::from_str(&base)
+            .unwrap_or_else(|e| panic!("DATABASE_URL {base:?} is not a PostgreSQL URL: {e}"));
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                sweep_stale_schemas(&client).await;
+            }
+            Err(e) => {
+                let msg = format!(
+                    "PostgreSQL at {} is unreachable ({e}); set DATABASE_URL or start it",
+                    crate::url::redact(&base)
+                );
+                if in_ci() {
+                    panic!("{msg}");
+                }
+                eprintln!("SKIPPED {test}: {msg}");
+                return None;
+            }
+        }
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_nanos();
+        let schema = format!(
+            "tb_test_{}_{:08x}",
+            nanos / 1_000_000_000,
+            (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
+        );
+        let sep = if base.contains('?') { '&' } else { '?' };
+        Some(Self {
+            url: format!("{base}{sep}schema={schema}"),
+            schema,
+            config,
+        })
+    }
+
+    /// Opens the store on this schema (creating it).
+    pub async fn open(&self) -> PostgresStore {
+        PostgresStore::open(self.config.clone(), &self.schema)
+            .await
+            .unwrap_or_else(|e| panic!("opening test schema {}: {e}", self.schema))
+            .0
+    }
+
+    /// Drops the schema. Call at the end of a passing test; a failing test
+    /// leaves its schema for inspection, and a later run sweeps it.
+    pub async fn drop_schema(self) {
+        self.open()
+            .await
+            .drop_schema()
+            .await
+            .unwrap_or_else(|e| panic!("dropping test schema {}: {e}", self.schema));
+    }
+}
+
+/// Drops test schemas left over from runs more than an hour ago.
+async fn sweep_stale_schemas(client: &tokio_postgres::Client) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let Ok(rows) = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tb\\_test\\_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let born = name
+            .split('_')
+            .nth(2)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(now);
+        if now.saturating_sub(born) > 3600 {
+            let _ = client
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                .await;
+        }
+    }
+}

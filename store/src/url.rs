@@ -1,0 +1,153 @@
+//! Store URLs: `sqlite://PATH` or `postgres://…[?schema=NAME]`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::error::StoreError;
+
+/// Where the events live.
+#[derive(Clone)]
+pub enum StoreUrl {
+    /// `sqlite://PATH`: a file, created if missing.
+    Sqlite(PathBuf),
+    /// `postgres://…` or `postgresql://…`, in libpq's URL form. The extra
+    /// query parameter `schema` (default `public`) names the schema to use.
+    Postgres {
+        config: tokio_postgres::Config,
+        schema: String,
+        /// The URL as given, with any password masked: safe to print.
+        redacted: String,
+    },
+}
+
+impl fmt::Display for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            Self::Postgres { redacted, .. } => f.write_str(redacted),
+        }
+    }
+}
+
+impl fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreUrl({self})")
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host…` with `***`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// A schema name we are willing to splice into SQL.
+pub fn valid_schema(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+impl FromStr for StoreUrl {
+    type Err = StoreError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        let bad = |reason: String| StoreError::BadUrl {
+            url: redact(url),
+            reason,
+        };
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(bad("no file path after sqlite://".into()));
+            }
+            return Ok(Self::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let (base, query) = url.split_once('?').unwrap_or((url, ""));
+            let mut schema = "public".to_owned();
+            let mut rest = Vec::new();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("schema", value)) => schema = value.to_owned(),
+                    _ => rest.push(pair),
+                }
+            }
+            if !valid_schema(&schema) {
+                return Err(bad(format!(
+                    "schema {schema:?} must be lowercase letters, digits and underscores, not starting with a digit"
+                )));
+            }
+            let libpq = if rest.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", rest.join("&"))
+            };
+            let config = tokio_postgres::Config::from_str(&libpq).map_err(|e| bad(e.to_string()))?;
+            return Ok(Self::Postgres {
+                config,
+                schema,
+                redacted: redact(url),
+            });
+        }
+        Err(bad(
+            "expected sqlite://PATH or postgres://USER@HOST:PORT/DATABASE".into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_name_a_path() {
+        match "sqlite://./data/tb.db".parse::<StoreUrl>().unwrap() {
+            StoreUrl::Sqlite(p) => assert_eq!(p, PathBuf::from("./data/tb.db")),
+            other => panic!("{other:?}"),
+        }
+        assert!("sqlite://".parse::<StoreUrl>().is_err());
+    }
+
+    #[test]
+    fn postgres_urls_take_a_schema_and_hide_the_password() {
+        let url = "postgres://tb:s3cret@db.local:5433/events?schema=tb_one&connect_timeout=3";
+        match url.parse::<StoreUrl>().unwrap() {
+            StoreUrl::Postgres {
+                config,
+                schema,
+                redacted,
+            } => {
+                assert_eq!(schema, "tb_one");
+                assert_eq!(config.get_dbname(), Some("events"));
+                assert!(!redacted.contains("s3cret"), "{redacted}");
+                assert!(redacted.contains("tb:***@db.local"), "{redacted}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_urls_say_what_is_wrong_without_the_password() {
+        for url in [
+            "mysql://x",
+            "postgres://u:pw@h/db?schema=Robert');DROP",
+            "postgres://u:pw@h:notaport/db",
+        ] {
+            let err = url.parse::<StoreUrl>().unwrap_err().to_string();
+            assert!(!err.contains(":pw@"), "{err}");
+            assert!(err.starts_with("bad store URL"), "{err}");
+        }
+    }
+}
