@@ -85,7 +85,7 @@ BEGIN
     IF NOT (p_expected = -1
             OR (p_expected = -2 AND v_actual IS NULL)
             OR (p_expected = -3 AND v_actual IS NOT NULL)
-            OR p_expected = v_actual) THEN
+            OR (v_actual IS NOT NULL AND p_expected = v_actual)) THEN
         RAISE EXCEPTION 'wrong expected version for stream %', p_stream
             USING ERRCODE = 'TB001', DETAIL = coalesce(v_actual::text, 'none');
     END IF;
