@@ -1,1 +1,44 @@
-fn main(){}
+//! `trafficbuster`: the one CLI (serve, migrate, events, bench).
+
+mod bench;
+mod cli;
+mod commands;
+mod configuration;
+mod telemetry;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{BenchCommand, Cli, Command, EventsCommand};
+use crate::configuration::Settings;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, the whole chain of causes, no backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&cli.global)?;
+    telemetry::init(settings.log_format);
+    match cli.command {
+        Command::Serve(args) => commands::serve::run(&settings, &args).await,
+        Command::Migrate => commands::migrate::run(&settings).await,
+        Command::Events(EventsCommand::Tail(args)) => commands::tail::run(&settings, &args).await,
+        Command::Bench(BenchCommand::Store(args)) => bench::store::run(&args).await,
+    }
+}

@@ -260,7 +260,26 @@ pub struct RecordedEvent {
     pub recorded_at: OffsetDateTime,
     pub metadata: Metadata,
     /// The payload as stored: JSON text. Decode it through an [`crate::EventRegistry`].
+    /// Serialized as embedded JSON, not as a string.
+    #[serde(with = "json_text")]
     pub data: String,
+}
+
+/// Serializes a string of JSON text as the JSON it holds.
+mod json_text {
+    use serde::de::Deserialize;
+    use serde::ser::Error as _;
+    use serde::{Deserializer, Serialize, Serializer};
+    use serde_json::value::RawValue;
+
+    pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+        let raw: Box<RawValue> = RawValue::from_string(text.to_owned()).map_err(S::Error::custom)?;
+        raw.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Ok(Box::<RawValue>::deserialize(d)?.get().to_owned())
+    }
 }
 
 #[cfg(test)]
@@ -299,6 +318,24 @@ mod tests {
         assert!(Position::new(1, 9) < Position::new(2, 0));
         assert!(Position::new(2, 0) < Position::new(2, 1));
         assert!(Position::START < Position::new(0, 1));
+    }
+
+    #[test]
+    fn a_recorded_event_serializes_its_payload_as_json_and_back() {
+        let event = RecordedEvent {
+            id: EventId::new(),
+            stream_id: StreamId::parse("job-1").unwrap(),
+            stream_version: 3,
+            position: Position::new(10, 2),
+            event_type: "JobStarted".into(),
+            schema_version: 1,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            metadata: Metadata::default(),
+            data: r#"{"flows":5}"#.into(),
+        };
+        let line = serde_json::to_string(&event).unwrap();
+        assert!(line.contains(r#""data":{"flows":5}"#), "{line}");
+        assert_eq!(serde_json::from_str::<RecordedEvent>(&line).unwrap(), event);
     }
 
     #[test]

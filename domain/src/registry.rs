@@ -196,7 +196,7 @@ impl EventRegistry {
 /// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// pub struct DomainVerified { pub domain: String }
 ///
-/// trafficbuster_domain::event_set! {
+/// domain::event_set! {
 ///     /// What happens to a target domain.
 ///     pub enum TargetEvent {
 ///         DomainVerified(DomainVerified) = 1,

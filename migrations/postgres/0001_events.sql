@@ -105,3 +105,54 @@ BEGIN
     o_version := v_first + v_n - 1;
 END
 $$;
+
+-- One page of the global order: up to p_limit matching events after
+-- (p_tx, p_seq), below the horizon. Every row carries the horizon and
+-- whether committed rows wait above it; with no matching event, one row
+-- carries them with NULL event columns.
+--
+-- STABLE, so the horizon and the rows come from the caller's one snapshot.
+-- The planner settings pin the plan to the (tx_id, seq) index: on a table
+-- without statistics yet (every new deployment, for a minute) the planner
+-- otherwise sorts the whole table to return one page.
+CREATE FUNCTION tb_read_all(p_tx bigint, p_seq bigint, p_prefixes text[], p_types text[], p_limit integer)
+RETURNS TABLE (
+    horizon bigint, pending boolean,
+    tx_id bigint, seq bigint, event_id uuid, stream_id text, version bigint, event_type text,
+    schema_version integer, recorded_at timestamptz, data text,
+    actor text, correlation_id uuid, causation_id uuid, source text)
+LANGUAGE plpgsql STABLE
+SET enable_seqscan = off
+SET enable_bitmapscan = off
+SET enable_sort = off
+AS $$
+DECLARE
+    v_horizon bigint := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+    v_pending boolean := coalesce((SELECT max(e.tx_id) FROM events e) >= v_horizon, false);
+BEGIN
+    RETURN QUERY
+        SELECT v_horizon, v_pending, e.tx_id, e.seq, e.event_id, e.stream_id, e.version, e.event_type,
+               e.schema_version, e.recorded_at, e.data::text, e.actor, e.correlation_id, e.causation_id, e.source
+          FROM events e
+         WHERE e.tx_id >= p_tx AND (e.tx_id, e.seq) > (p_tx, p_seq) AND e.tx_id < v_horizon
+           AND (p_prefixes IS NULL OR e.stream_id LIKE ANY (p_prefixes))
+           AND (p_types IS NULL OR e.event_type = ANY (p_types))
+         ORDER BY e.tx_id, e.seq
+         LIMIT p_limit;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT v_horizon, v_pending, NULL::bigint, NULL::bigint, NULL::uuid, NULL::text,
+                            NULL::bigint, NULL::text, NULL::integer, NULL::timestamptz, NULL::text,
+                            NULL::text, NULL::uuid, NULL::uuid, NULL::text;
+    END IF;
+END
+$$;
+
+-- The last event's position, and the horizon, without depending on statistics.
+CREATE FUNCTION tb_head(OUT horizon bigint, OUT last_tx bigint, OUT last_seq bigint)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    horizon := pg_snapshot_xmin(pg_current_snapshot())::text::bigint;
+    SELECT max(e.tx_id) INTO last_tx FROM events e;
+    SELECT max(e.seq) INTO last_seq FROM events e WHERE e.tx_id = last_tx;
+END
+$$;

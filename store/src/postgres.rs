@@ -440,24 +440,12 @@ impl EventStore for PostgresStore {
         filter: &Filter,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        // The horizon: every transaction with a smaller id has finished, so
-        // rows below it are final. Read only those, and note whether
-        // committed rows wait above it.
+        // Rows below the horizon (the oldest running transaction) are final;
+        // tb_read_all reads only those and says whether others wait above.
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
-                "WITH h AS (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon)
-                 SELECT h.horizon,
-                        EXISTS (SELECT 1 FROM events p WHERE p.tx_id >= h.horizon) AS pending,
-                        e.*
-                   FROM h LEFT JOIN LATERAL (
-                        SELECT {EVENT_COLUMNS} FROM events
-                         WHERE (tx_id, seq) > ($1, $2) AND tx_id < h.horizon
-                           AND ($3::text[] IS NULL OR stream_id LIKE ANY($3))
-                           AND ($4::text[] IS NULL OR event_type = ANY($4))
-                         ORDER BY tx_id, seq
-                         LIMIT $5) e ON true
-                  ORDER BY e.tx_id, e.seq"
+                "SELECT horizon, pending, {EVENT_COLUMNS} FROM tb_read_all($1, $2, $3, $4, $5)"
             ))
             .await
             .map_err(pg_err)?;
@@ -465,7 +453,7 @@ impl EventStore for PostgresStore {
             .then(|| filter.stream_prefixes.iter().map(|p| like_prefix(p)).collect());
         let types: Option<&Vec<String>> =
             (!filter.event_types.is_empty()).then_some(&filter.event_types);
-        let limit_sql = limit.min(i64::MAX as usize) as i64;
+        let limit_sql = limit.min(i32::MAX as usize) as i32;
         let rows = client
             .query(
                 &stmt,
@@ -507,12 +495,7 @@ impl EventStore for PostgresStore {
     async fn head(&self) -> Result<Position, StoreError> {
         let client = self.client().await?;
         let row = client
-            .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint,
-                        (SELECT tx_id FROM events ORDER BY tx_id DESC, seq DESC LIMIT 1),
-                        (SELECT seq FROM events ORDER BY tx_id DESC, seq DESC LIMIT 1)",
-                &[],
-            )
+            .query_one("SELECT horizon, last_tx, last_seq FROM tb_head()", &[])
             .await
             .map_err(pg_err)?;
         let horizon = Position::new(row.get::<_, i64>(0) as u64, 0);

@@ -136,6 +136,9 @@ async fn run<S: EventStore>(
             }
         };
         let full = page.events.len() == PAGE;
+        if !page.events.is_empty() {
+            pending_wait = PENDING_FIRST;
+        }
         for event in page.events {
             if tx.send(Ok(event)).await.is_err() {
                 return; // the consumer has gone
@@ -146,7 +149,12 @@ async fn run<S: EventStore>(
             continue;
         }
         if page.pending {
-            tokio::time::sleep(pending_wait).await;
+            // Committed events wait behind an open transaction: its end (a
+            // wake-up) or a short, growing pause lets us look again.
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(pending_wait) => {}
+            }
             pending_wait = (pending_wait * 2).min(PENDING_MAX);
             continue;
         }

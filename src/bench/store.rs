@@ -1,0 +1,367 @@
+//! `trafficbuster bench store`: append, replay and subscription figures.
+//!
+//! Each target is measured in scratch space (a temporary SQLite file, or a
+//! fresh PostgreSQL schema dropped afterwards), so a bench never touches
+//! real data. Phases run for a fixed time and stop by themselves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use domain::{NewEvent, Payload, Position, StreamId};
+use indicatif::{ProgressBar, ProgressStyle};
+use store::{EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore, StoreUrl, SubscribeFrom};
+
+use crate::cli::BenchStoreArgs;
+
+const LAG_WRITERS: usize = 8;
+const REPLAY_PAGE: usize = 5000;
+const FILL_BATCH: u64 = 1000;
+
+/// A store opened on scratch space, removed on [`Scratch::cleanup`].
+struct Scratch {
+    store: Arc<dyn EventStore>,
+    describe: String,
+    postgres: Option<PostgresStore>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    async fn open(target: Option<&str>) -> anyhow::Result<Self> {
+        let Some(target) = target else {
+            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let path = dir.path().join("bench.db");
+            let (store, _) = SqliteStore::open(&path).await?;
+            return Ok(Self {
+                store: Arc::new(store),
+                describe: format!("sqlite, temporary file {}", path.display()),
+                postgres: None,
+                _dir: Some(dir),
+            });
+        };
+        match target.parse::<StoreUrl>()? {
+            StoreUrl::Sqlite(path) => {
+                anyhow::ensure!(
+                    !path.exists(),
+                    "{} exists; bench only writes to a new file (or omit --target for a temporary one)",
+                    path.display()
+                );
+                let (store, _) = SqliteStore::open(&path).await?;
+                Ok(Self {
+                    store: Arc::new(store),
+                    describe: format!("sqlite, new file {}", path.display()),
+                    postgres: None,
+                    _dir: None,
+                })
+            }
+            url @ StoreUrl::Postgres { .. } => {
+                let StoreUrl::Postgres { config, .. } = &url else {
+                    unreachable!()
+                };
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let schema = format!("tb_bench_{stamp}");
+                let (store, _) = PostgresStore::open(config.clone(), &schema)
+                    .await
+                    .with_context(|| format!("cannot open {url}"))?;
+                Ok(Self {
+                    store: Arc::new(store.clone()),
+                    describe: format!("postgres, {url}, scratch schema {schema}"),
+                    postgres: Some(store),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    async fn cleanup(self) -> anyhow::Result<()> {
+        if let Some(pg) = self.postgres {
+            pg.drop_schema().await?;
+        }
+        Ok(())
+    }
+}
+
+pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.seconds > 0.0 && args.seconds <= 600.0,
+        "--seconds must be between 0 and 600"
+    );
+    let phase = Duration::from_secs_f64(args.seconds);
+    let targets: Vec<Option<&str>> = if args.targets.is_empty() {
+        vec![None]
+    } else {
+        args.targets.iter().map(|t| Some(t.as_str())).collect()
+    };
+    for target in targets {
+        let scratch = Scratch::open(target).await?;
+        println!("store bench: {} ({:?} per timed phase)", scratch.describe, phase);
+        let result = measure(&scratch.store, phase, args.replay_events).await;
+        scratch.cleanup().await?;
+        result?;
+        println!();
+    }
+    Ok(())
+}
+
+async fn measure(store: &Arc<dyn EventStore>, phase: Duration, replay_events: u64) -> anyhow::Result<()> {
+    for writers in [1, 8] {
+        let label = format!("single-event appends, {writers} writer{}", if writers > 1 { "s" } else { "" });
+        let (appends, secs) = timed_appends(store, &label, writers, 1, phase).await?;
+        report(&label, appends as f64 / secs, "appends/s");
+    }
+    let label = "100-event batch appends, 1 writer";
+    let (appends, secs) = timed_appends(store, label, 1, 100, phase).await?;
+    report(label, (appends * 100) as f64 / secs, "events/s");
+
+    let (events, secs) = replay(store, replay_events).await?;
+    report(&format!("read_all replay ({events} events)"), events as f64 / secs, "events/s");
+
+    let lags = subscription_lag(store, phase).await?;
+    println!(
+        "  {:<42} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events, {LAG_WRITERS} writers; append start to delivery)",
+        "subscription lag under load",
+        percentile(&lags, 0.50),
+        percentile(&lags, 0.99),
+        percentile(&lags, 1.0),
+        lags.len()
+    );
+    Ok(())
+}
+
+fn report(label: &str, rate: f64, unit: &str) {
+    println!("  {label:<42} {:>12} {unit}", thousands(rate.round() as u64));
+}
+
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn spinner(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"),
+    );
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn counter_bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("  {msg} {bar:30} {pos}/{len} [{elapsed}, eta {eta}]")
+            .expect("valid template"),
+    );
+    bar.set_message(label.to_owned());
+    bar
+}
+
+fn payload(n: u64) -> Payload {
+    Payload::to_json(&serde_json::json!({ "n": n, "url": "https://example.test/page", "dwell_ms": 1234 }))
+        .expect("JSON")
+}
+
+fn bench_stream(tag: &str, writer: usize, i: u64) -> StreamId {
+    StreamId::parse(format!("bench{tag}-w{writer}-{}", i % 64)).expect("valid stream id")
+}
+
+/// `writers` tasks append `batch`-event appends for `phase`; returns (appends, seconds).
+async fn timed_appends(
+    store: &Arc<dyn EventStore>,
+    label: &str,
+    writers: usize,
+    batch: u64,
+    phase: Duration,
+) -> anyhow::Result<(u64, f64)> {
+    let bar = spinner(label);
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + phase;
+    let tag = format!("{writers}x{batch}");
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = store.clone();
+            let done = done.clone();
+            let tag = tag.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let events = (0..batch).map(|n| NewEvent::new("BenchAppended", 1, payload(n))).collect();
+                    store.append(&bench_stream(&tag, w, i), ExpectedVersion::Any, events).await?;
+                    done.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((done.load(Ordering::Relaxed), secs))
+}
+
+/// Tops the store up to `target` events, then reads them all; returns (events, seconds).
+async fn replay(store: &Arc<dyn EventStore>, target: u64) -> anyhow::Result<(u64, f64)> {
+    let mut have = 0u64;
+    let mut after = Position::START;
+    loop {
+        let page = store.read_all(after, &Filter::all(), REPLAY_PAGE).await?;
+        have += page.events.len() as u64;
+        after = page.next;
+        if page.events.len() < REPLAY_PAGE {
+            break;
+        }
+    }
+    if have < target {
+        let bar = counter_bar("filling the store for replay", target);
+        bar.set_position(have);
+        let writers = 4;
+        let per_writer = (target - have).div_ceil(FILL_BATCH).div_ceil(writers);
+        let tasks: Vec<_> = (0..writers as usize)
+            .map(|w| {
+                let store = store.clone();
+                let bar = bar.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_writer {
+                        let events = (0..FILL_BATCH).map(|n| NewEvent::new("BenchFilled", 1, payload(n))).collect();
+                        store.append(&bench_stream("fill", w, i), ExpectedVersion::Any, events).await?;
+                        bar.inc(FILL_BATCH);
+                    }
+                    anyhow::Ok(())
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await??;
+        }
+        bar.finish_and_clear();
+    }
+    let bar = spinner("replaying with read_all");
+    let started = Instant::now();
+    let mut events = 0u64;
+    let mut after = Position::START;
+    loop {
+        let page = store.read_all(after, &Filter::all(), REPLAY_PAGE).await?;
+        events += page.events.len() as u64;
+        after = page.next;
+        if page.events.len() < REPLAY_PAGE {
+            break;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((events, secs))
+}
+
+/// Milliseconds from the start of each append to its delivery by a live
+/// subscription, while [`LAG_WRITERS`] writers append single events.
+async fn subscription_lag(store: &Arc<dyn EventStore>, phase: Duration) -> anyhow::Result<Vec<f64>> {
+    let bar = spinner("subscription lag under load");
+    let epoch = Instant::now();
+    let mut sub = store.subscribe_all(SubscribeFrom::End, Filter::event_type("BenchLag"));
+    // Let the subscription find its starting point before load begins.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..LAG_WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            let stop = stop.clone();
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = epoch.elapsed().as_nanos() as u64;
+                    let event = NewEvent::new("BenchLag", 1, Payload::to_json(&serde_json::json!({ "t": t })).expect("JSON"));
+                    store.append(&bench_stream("lag", w, i), ExpectedVersion::Any, vec![event]).await?;
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(phase).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut lags = Vec::new();
+    let drain_deadline = epoch + phase + Duration::from_secs(30);
+    loop {
+        let writers_done = stop.load(Ordering::Relaxed) && writers.iter().all(|w| w.is_finished());
+        if writers_done && lags.len() as u64 >= sent.load(Ordering::Relaxed) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < drain_deadline,
+            "subscription delivered {} of {} events within 30 s after the load stopped",
+            lags.len(),
+            sent.load(Ordering::Relaxed)
+        );
+        let next = tokio::time::timeout(Duration::from_millis(100), sub.next()).await;
+        let event = match next {
+            Err(_) => continue,
+            Ok(None) => anyhow::bail!("subscription ended"),
+            Ok(Some(event)) => event?,
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        let t = serde_json::from_str::<serde_json::Value>(&event.data)?["t"]
+            .as_u64()
+            .context("lag event without t")?;
+        lags.push(now.saturating_sub(t) as f64 / 1e6);
+    }
+    stopper.await?;
+    for w in writers {
+        w.await??;
+    }
+    bar.finish_and_clear();
+    lags.sort_by(f64::total_cmp);
+    Ok(lags)
+}
+
+/// The `q` quantile (0..=1) of sorted samples, nearest rank.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.50), 50.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&samples, 1.0), 100.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

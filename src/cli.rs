@@ -1,0 +1,106 @@
+//! The command line, as clap sees it.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// TrafficBuster: authorized synthetic browser traffic for sites you own.
+#[derive(Debug, Parser)]
+#[command(name = "trafficbuster", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every command takes. Precedence: flag, then `TB_*` environment
+/// variable, then the TOML config file, then the default.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Event store: sqlite://PATH or postgres://USER@HOST:PORT/DB[?schema=NAME]
+    /// [default: sqlite://./data/trafficbuster.db]
+    #[arg(long, env = "TB_STORE", global = true)]
+    pub store: Option<String>,
+
+    /// TOML file with the same settings (keys: store, listen, log_format).
+    #[arg(long, env = "TB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log format on stderr [default: pretty]
+    #[arg(long, env = "TB_LOG_FORMAT", global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: open the store, apply migrations, serve HTTP.
+    Serve(ServeArgs),
+    /// Apply pending schema migrations to the store and exit.
+    Migrate,
+    /// Inspect the event log.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Measure performance and print figures.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080]
+    #[arg(long, env = "TB_LISTEN")]
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as JSON lines, then follow new ones live (Ctrl-C stops).
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// Where to begin: `start`, `end`, or a position (COMMIT or COMMIT:PREPARE) to read after.
+    #[arg(long, default_value = "end")]
+    pub from: String,
+    /// Only streams starting with this prefix (repeatable).
+    #[arg(long = "stream", value_name = "PREFIX")]
+    pub streams: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+    /// Stop after printing this many events.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Append, replay and subscription figures for one or more stores.
+    Store(BenchStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchStoreArgs {
+    /// Store(s) to measure (repeatable). Each run works in scratch space: a
+    /// temporary SQLite file, or a new PostgreSQL schema dropped afterwards.
+    /// Default: a temporary SQLite file.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Seconds each timed phase runs.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    /// Events to replay with read_all.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub replay_events: u64,
+}

@@ -1,0 +1,133 @@
+//! Settings: flags and `TB_*` variables (clap merges those two), then the
+//! optional TOML file, then defaults.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use store::StoreUrl;
+
+use crate::cli::{GlobalArgs, LogFormat};
+
+pub const DEFAULT_STORE: &str = "sqlite://./data/trafficbuster.db";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// What the TOML file may say.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub store: Option<String>,
+    pub listen: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+impl FileSettings {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            // toml's message spans several lines (with a caret); keep one.
+            let msg = e.message();
+            match e.span() {
+                Some(span) => {
+                    let line = text[..span.start].lines().count().max(1);
+                    anyhow::anyhow!("config file {} line {line}: {msg}", path.display())
+                }
+                None => anyhow::anyhow!("config file {}: {msg}", path.display()),
+            }
+        })
+    }
+}
+
+/// The resolved settings.
+#[derive(Debug)]
+pub struct Settings {
+    pub store: StoreUrl,
+    pub log_format: LogFormat,
+    file: FileSettings,
+}
+
+impl Settings {
+    pub fn resolve(global: &GlobalArgs) -> anyhow::Result<Self> {
+        let file = match &global.config {
+            Some(path) => FileSettings::load(path)?,
+            None => FileSettings::default(),
+        };
+        let store_text = global
+            .store
+            .clone()
+            .or_else(|| file.store.clone())
+            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        let store = store_text.parse::<StoreUrl>()?;
+        let log_format = global
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Pretty);
+        Ok(Self {
+            store,
+            log_format,
+            file,
+        })
+    }
+
+    /// The listen address: `--listen`/`TB_LISTEN`, then the file, then the default.
+    pub fn listen(&self, flag: Option<&str>) -> anyhow::Result<SocketAddr> {
+        let text = flag
+            .or(self.file.listen.as_deref())
+            .unwrap_or(DEFAULT_LISTEN);
+        match text.parse() {
+            Ok(addr) => Ok(addr),
+            Err(_) => bail!("listen address {text:?} is not IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn global(store: Option<&str>, config: Option<&Path>) -> GlobalArgs {
+        GlobalArgs {
+            store: store.map(Into::into),
+            config: config.map(Into::into),
+            log_format: None,
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        std::fs::write(&path, "store = \"sqlite:///from/file.db\"\nlisten = \"127.0.0.1:9999\"\nlog_format = \"json\"\n").unwrap();
+
+        let from_file = Settings::resolve(&global(None, Some(&path))).unwrap();
+        assert_eq!(from_file.store.to_string(), "sqlite:///from/file.db");
+        assert_eq!(from_file.listen(None).unwrap().port(), 9999);
+        assert_eq!(from_file.log_format, LogFormat::Json);
+
+        let flagged = Settings::resolve(&global(Some("sqlite:///flag.db"), Some(&path))).unwrap();
+        assert_eq!(flagged.store.to_string(), "sqlite:///flag.db");
+        assert_eq!(flagged.listen(Some("127.0.0.1:1")).unwrap().port(), 1);
+
+        let defaults = Settings::resolve(&global(None, None)).unwrap();
+        assert_eq!(defaults.store.to_string(), DEFAULT_STORE);
+        assert_eq!(defaults.listen(None).unwrap().to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_bad_config_file_names_the_line_and_the_problem() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        std::fs::write(&path, "listen = \"127.0.0.1:1\"\nstroe = \"x\"\n").unwrap();
+        let err = Settings::resolve(&global(None, Some(&path))).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("stroe"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_listen_address_says_the_expected_form() {
+        let s = Settings::resolve(&global(None, None)).unwrap();
+        let err = s.listen(Some("localhost")).unwrap_err().to_string();
+        assert!(err.contains("IP:PORT"), "{err}");
+    }
+}
