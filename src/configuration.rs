@@ -27,11 +27,11 @@ impl FileSettings {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         toml::from_str(&text).map_err(|e| {
-            // toml's message spans several lines (with a caret); keep one.
+            // toml's Display spans several lines (with a caret); keep one.
             let msg = e.message();
             match e.span() {
                 Some(span) => {
-                    let line = text[..span.start].lines().count().max(1);
+                    let line = text[..span.start].matches('\n').count() + 1;
                     anyhow::anyhow!("config file {} line {line}: {msg}", path.display())
                 }
                 None => anyhow::anyhow!("config file {}: {msg}", path.display()),
