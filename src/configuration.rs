@@ -78,7 +78,9 @@ impl Settings {
             .unwrap_or(DEFAULT_LISTEN);
         match text.parse() {
             Ok(addr) => Ok(addr),
-            Err(_) => bail!("listen address {text:?} is not IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)"),
+            Err(_) => {
+                bail!("listen address {text:?} is not IP:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)")
+            }
         }
     }
 }
@@ -120,7 +122,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tb.toml");
         std::fs::write(&path, "listen = \"127.0.0.1:1\"\nstroe = \"x\"\n").unwrap();
-        let err = Settings::resolve(&global(None, Some(&path))).unwrap_err().to_string();
+        let err = Settings::resolve(&global(None, Some(&path)))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2") && err.contains("stroe"), "{err}");
     }
 

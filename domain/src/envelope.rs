@@ -273,7 +273,8 @@ mod json_text {
     use serde_json::value::RawValue;
 
     pub fn serialize<S: Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
-        let raw: Box<RawValue> = RawValue::from_string(text.to_owned()).map_err(S::Error::custom)?;
+        let raw: Box<RawValue> =
+            RawValue::from_string(text.to_owned()).map_err(S::Error::custom)?;
         raw.serialize(s)
     }
 
@@ -298,7 +299,9 @@ mod tests {
             Err(StreamIdError::BadCharacter(_))
         ));
         assert_eq!(
-            StreamId::for_aggregate("target", "example.com").unwrap().as_str(),
+            StreamId::for_aggregate("target", "example.com")
+                .unwrap()
+                .as_str(),
             "target-example.com"
         );
     }

@@ -70,7 +70,9 @@ pub enum DecodeError {
         from: u32,
         reason: String,
     },
-    #[error("payload of {event_type:?} (schema version {schema_version}) does not decode: {source}")]
+    #[error(
+        "payload of {event_type:?} (schema version {schema_version}) does not decode: {source}"
+    )]
     Payload {
         event_type: String,
         schema_version: u32,
@@ -109,10 +111,7 @@ impl EventRegistry {
                     upcasters: HashMap::new(),
                 },
             );
-            assert!(
-                previous.is_none(),
-                "event type {name:?} registered twice"
-            );
+            assert!(previous.is_none(), "event type {name:?} registered twice");
         }
         self
     }
@@ -308,7 +307,10 @@ mod tests {
     fn a_current_event_decodes_as_written() {
         let event = made("gear", 4);
         let new = event.to_new_event(Metadata::default()).unwrap();
-        assert_eq!((new.event_type.as_str(), new.schema_version), ("WidgetMade", 3));
+        assert_eq!(
+            (new.event_type.as_str(), new.schema_version),
+            ("WidgetMade", 3)
+        );
         let decoded: WidgetEvent = registry()
             .decode(&stored("WidgetMade", 3, new.data.as_str()))
             .unwrap();
@@ -336,7 +338,14 @@ mod tests {
         let err = registry()
             .decode::<WidgetEvent>(&stored("WidgetMade", 4, r#"{"title":"x"}"#))
             .unwrap_err();
-        assert!(matches!(err, DecodeError::FutureSchema { stored: 4, current: 3, .. }));
+        assert!(matches!(
+            err,
+            DecodeError::FutureSchema {
+                stored: 4,
+                current: 3,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -361,6 +370,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "registered twice")]
     fn registering_a_type_twice_is_a_wiring_bug() {
-        let _ = EventRegistry::new().with::<WidgetEvent>().with::<WidgetEvent>();
+        let _ = EventRegistry::new()
+            .with::<WidgetEvent>()
+            .with::<WidgetEvent>();
     }
 }

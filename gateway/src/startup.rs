@@ -37,7 +37,10 @@ impl Gateway {
     }
 
     /// Serves until `shutdown` completes, then finishes in-flight requests.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         axum::serve(self.listener, router(self.store))
             .with_graceful_shutdown(shutdown)
             .await

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use domain::{NewEvent, Payload, Position, StreamId};
 use indicatif::{ProgressBar, ProgressStyle};
-use store::{EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore, StoreUrl, SubscribeFrom};
+use store::{
+    EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore, StoreUrl, SubscribeFrom,
+};
 
 use crate::cli::BenchStoreArgs;
 
@@ -55,20 +57,19 @@ impl Scratch {
                     _dir: None,
                 })
             }
-            url @ StoreUrl::Postgres { .. } => {
-                let StoreUrl::Postgres { config, .. } = &url else {
-                    unreachable!()
-                };
+            StoreUrl::Postgres {
+                config, redacted, ..
+            } => {
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let schema = format!("tb_bench_{stamp}");
-                let (store, _) = PostgresStore::open(config.clone(), &schema)
+                let (store, _) = PostgresStore::open(*config, &schema)
                     .await
-                    .with_context(|| format!("cannot open {url}"))?;
+                    .with_context(|| format!("cannot open {redacted}"))?;
                 Ok(Self {
                     store: Arc::new(store.clone()),
-                    describe: format!("postgres, {url}, scratch schema {schema}"),
+                    describe: format!("postgres, {redacted}, scratch schema {schema}"),
                     postgres: Some(store),
                     _dir: None,
                 })
@@ -97,7 +98,10 @@ pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
     };
     for target in targets {
         let scratch = Scratch::open(target).await?;
-        println!("store bench: {} ({:?} per timed phase)", scratch.describe, phase);
+        println!(
+            "store bench: {} ({:?} per timed phase)",
+            scratch.describe, phase
+        );
         let result = measure(&scratch.store, phase, args.replay_events).await;
         scratch.cleanup().await?;
         result?;
@@ -106,9 +110,16 @@ pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(store: &Arc<dyn EventStore>, phase: Duration, replay_events: u64) -> anyhow::Result<()> {
+async fn measure(
+    store: &Arc<dyn EventStore>,
+    phase: Duration,
+    replay_events: u64,
+) -> anyhow::Result<()> {
     for writers in [1, 8] {
-        let label = format!("single-event appends, {writers} writer{}", if writers > 1 { "s" } else { "" });
+        let label = format!(
+            "single-event appends, {writers} writer{}",
+            if writers > 1 { "s" } else { "" }
+        );
         let (appends, secs) = timed_appends(store, &label, writers, 1, phase).await?;
         report(&label, appends as f64 / secs, "appends/s");
     }
@@ -117,7 +128,11 @@ async fn measure(store: &Arc<dyn EventStore>, phase: Duration, replay_events: u6
     report(label, (appends * 100) as f64 / secs, "events/s");
 
     let (events, secs) = replay(store, replay_events).await?;
-    report(&format!("read_all replay ({events} events)"), events as f64 / secs, "events/s");
+    report(
+        &format!("read_all replay ({events} events)"),
+        events as f64 / secs,
+        "events/s",
+    );
 
     let lags = subscription_lag(store, phase).await?;
     println!(
@@ -132,14 +147,17 @@ async fn measure(store: &Arc<dyn EventStore>, phase: Duration, replay_events: u6
 }
 
 fn report(label: &str, rate: f64, unit: &str) {
-    println!("  {label:<42} {:>12} {unit}", thousands(rate.round() as u64));
+    println!(
+        "  {label:<42} {:>12} {unit}",
+        thousands(rate.round() as u64)
+    );
 }
 
 fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -168,8 +186,10 @@ fn counter_bar(label: &str, len: u64) -> ProgressBar {
 }
 
 fn payload(n: u64) -> Payload {
-    Payload::to_json(&serde_json::json!({ "n": n, "url": "https://example.test/page", "dwell_ms": 1234 }))
-        .expect("JSON")
+    Payload::to_json(
+        &serde_json::json!({ "n": n, "url": "https://example.test/page", "dwell_ms": 1234 }),
+    )
+    .expect("JSON")
 }
 
 fn bench_stream(tag: &str, writer: usize, i: u64) -> StreamId {
@@ -197,8 +217,12 @@ async fn timed_appends(
             tokio::spawn(async move {
                 let mut i = 0u64;
                 while Instant::now() < deadline {
-                    let events = (0..batch).map(|n| NewEvent::new("BenchAppended", 1, payload(n))).collect();
-                    store.append(&bench_stream(&tag, w, i), ExpectedVersion::Any, events).await?;
+                    let events = (0..batch)
+                        .map(|n| NewEvent::new("BenchAppended", 1, payload(n)))
+                        .collect();
+                    store
+                        .append(&bench_stream(&tag, w, i), ExpectedVersion::Any, events)
+                        .await?;
                     done.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }
@@ -237,8 +261,12 @@ async fn replay(store: &Arc<dyn EventStore>, target: u64) -> anyhow::Result<(u64
                 let bar = bar.clone();
                 tokio::spawn(async move {
                     for i in 0..per_writer {
-                        let events = (0..FILL_BATCH).map(|n| NewEvent::new("BenchFilled", 1, payload(n))).collect();
-                        store.append(&bench_stream("fill", w, i), ExpectedVersion::Any, events).await?;
+                        let events = (0..FILL_BATCH)
+                            .map(|n| NewEvent::new("BenchFilled", 1, payload(n)))
+                            .collect();
+                        store
+                            .append(&bench_stream("fill", w, i), ExpectedVersion::Any, events)
+                            .await?;
                         bar.inc(FILL_BATCH);
                     }
                     anyhow::Ok(())
@@ -269,7 +297,10 @@ async fn replay(store: &Arc<dyn EventStore>, target: u64) -> anyhow::Result<(u64
 
 /// Milliseconds from the start of each append to its delivery by a live
 /// subscription, while [`LAG_WRITERS`] writers append single events.
-async fn subscription_lag(store: &Arc<dyn EventStore>, phase: Duration) -> anyhow::Result<Vec<f64>> {
+async fn subscription_lag(
+    store: &Arc<dyn EventStore>,
+    phase: Duration,
+) -> anyhow::Result<Vec<f64>> {
     let bar = spinner("subscription lag under load");
     let epoch = Instant::now();
     let mut sub = store.subscribe_all(SubscribeFrom::End, Filter::event_type("BenchLag"));
@@ -286,8 +317,18 @@ async fn subscription_lag(store: &Arc<dyn EventStore>, phase: Duration) -> anyho
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let t = epoch.elapsed().as_nanos() as u64;
-                    let event = NewEvent::new("BenchLag", 1, Payload::to_json(&serde_json::json!({ "t": t })).expect("JSON"));
-                    store.append(&bench_stream("lag", w, i), ExpectedVersion::Any, vec![event]).await?;
+                    let event = NewEvent::new(
+                        "BenchLag",
+                        1,
+                        Payload::to_json(&serde_json::json!({ "t": t })).expect("JSON"),
+                    );
+                    store
+                        .append(
+                            &bench_stream("lag", w, i),
+                            ExpectedVersion::Any,
+                            vec![event],
+                        )
+                        .await?;
                     sent.fetch_add(1, Ordering::Relaxed);
                     i += 1;
                 }

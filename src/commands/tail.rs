@@ -71,6 +71,9 @@ mod tests {
             SubscribeFrom::After(Position::new(12, 3))
         );
         let err = format!("{:#}", parse_from("yesterday").unwrap_err());
-        assert!(err.contains("--from takes start, end, or a position"), "{err}");
+        assert!(
+            err.contains("--from takes start, end, or a position"),
+            "{err}"
+        );
     }
 }

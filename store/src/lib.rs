@@ -33,7 +33,7 @@ pub async fn open(url: &StoreUrl) -> Result<(Arc<dyn EventStore>, MigrationRepor
             Ok((Arc::new(store), report))
         }
         StoreUrl::Postgres { config, schema, .. } => {
-            let (store, report) = PostgresStore::open(config.clone(), schema).await?;
+            let (store, report) = PostgresStore::open((**config).clone(), schema).await?;
             Ok((Arc::new(store), report))
         }
     }

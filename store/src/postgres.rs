@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom,
-    SubscribeFrom, validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, SubscribeFrom,
+    validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -57,7 +57,12 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         self.notifier.abort();
-        if let Some(l) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(l) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             l.abort();
         }
     }
@@ -129,7 +134,10 @@ impl PostgresStore {
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.inner.schema))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {} CASCADE",
+                self.inner.schema
+            ))
             .await
             .map_err(pg_err)
     }
@@ -140,7 +148,11 @@ impl PostgresStore {
 
     /// Starts the LISTEN task once, when the first subscription needs it.
     fn ensure_listening(&self) {
-        let mut listener = self.inner.listener.lock().unwrap_or_else(|p| p.into_inner());
+        let mut listener = self
+            .inner
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if listener.is_none() {
             *listener = Some(tokio::spawn(listen(
                 self.inner.config.clone(),
@@ -174,7 +186,10 @@ async fn apply_migrations(pool: &Pool, schema: &str) -> Result<MigrationReport, 
     .await
     .map_err(|e| failed("bookkeeping", e))?;
     let current: i64 = tx
-        .query_one("SELECT coalesce(max(version), 0) FROM tb_schema_migrations", &[])
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tb_schema_migrations",
+            &[],
+        )
         .await
         .map_err(|e| failed("bookkeeping", e))?
         .get(0);
@@ -183,7 +198,9 @@ async fn apply_migrations(pool: &Pool, schema: &str) -> Result<MigrationReport, 
         version: current,
     };
     for m in migrate::POSTGRES.iter().filter(|m| m.version > current) {
-        tx.batch_execute(m.sql).await.map_err(|e| failed(m.name, e))?;
+        tx.batch_execute(m.sql)
+            .await
+            .map_err(|e| failed(m.name, e))?;
         tx.execute(
             "INSERT INTO tb_schema_migrations (version, name) VALUES ($1, $2)",
             &[&m.version, &m.name],
@@ -235,7 +252,9 @@ async fn listen(config: tokio_postgres::Config, channel: String, changes: Arc<Ch
                 }
                 Ok(())
             });
-            client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+            client
+                .batch_execute(&format!("LISTEN \"{channel}\""))
+                .await?;
             // Anything appended while we were not listening: look now.
             changes.notify();
             let ended = driver.await;
@@ -367,8 +386,10 @@ impl EventStore for PostgresStore {
             events.iter().map(|e| e.metadata.correlation_id).collect();
         let causations: Vec<Option<Uuid>> =
             events.iter().map(|e| e.metadata.causation_id).collect();
-        let sources: Vec<Option<&str>> =
-            events.iter().map(|e| e.metadata.source.as_deref()).collect();
+        let sources: Vec<Option<&str>> = events
+            .iter()
+            .map(|e| e.metadata.source.as_deref())
+            .collect();
 
         let client = self.client().await?;
         let stmt = client
@@ -412,10 +433,14 @@ impl EventStore for PostgresStore {
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         let (cmp, order, from_version) = match (direction, from) {
             (Direction::Forward, StreamFrom::Start) => (">=", "ASC", 0),
-            (Direction::Forward, StreamFrom::Version(v)) => (">=", "ASC", v.min(i64::MAX as u64) as i64),
+            (Direction::Forward, StreamFrom::Version(v)) => {
+                (">=", "ASC", v.min(i64::MAX as u64) as i64)
+            }
             (Direction::Forward, StreamFrom::End) => return Ok(vec![]),
             (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
-            (Direction::Backward, StreamFrom::Version(v)) => ("<=", "DESC", v.min(i64::MAX as u64) as i64),
+            (Direction::Backward, StreamFrom::Version(v)) => {
+                ("<=", "DESC", v.min(i64::MAX as u64) as i64)
+            }
             (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
         };
         let client = self.client().await?;
@@ -449,8 +474,13 @@ impl EventStore for PostgresStore {
             ))
             .await
             .map_err(pg_err)?;
-        let prefixes: Option<Vec<String>> = (!filter.stream_prefixes.is_empty())
-            .then(|| filter.stream_prefixes.iter().map(|p| like_prefix(p)).collect());
+        let prefixes: Option<Vec<String>> = (!filter.stream_prefixes.is_empty()).then(|| {
+            filter
+                .stream_prefixes
+                .iter()
+                .map(|p| like_prefix(p))
+                .collect()
+        });
         let types: Option<&Vec<String>> =
             (!filter.event_types.is_empty()).then_some(&filter.event_types);
         let limit_sql = limit.min(i32::MAX as usize) as i32;

@@ -10,17 +10,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use domain::{
-    BlobHash, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId,
-};
+use domain::{BlobHash, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom,
-    SubscribeFrom, validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, SubscribeFrom,
+    validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -295,7 +293,9 @@ fn earlier_append(
                 return Err(conflict(format!("it is in stream {s}")));
             }
             Some((_, v, _)) if v != first_version + i as i64 => {
-                return Err(conflict(format!("it is at version {v}, out of batch order")));
+                return Err(conflict(format!(
+                    "it is at version {v}, out of batch order"
+                )));
             }
             Some((_, v, p)) => last = Some((v, p)),
         }
@@ -392,7 +392,9 @@ fn read_stream_blocking(
         (Direction::Forward, StreamFrom::Version(v)) => (">=", "ASC", v as i64),
         (Direction::Forward, StreamFrom::End) => return Ok(vec![]),
         (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
-        (Direction::Backward, StreamFrom::Version(v)) => ("<=", "DESC", v.min(i64::MAX as u64) as i64),
+        (Direction::Backward, StreamFrom::Version(v)) => {
+            ("<=", "DESC", v.min(i64::MAX as u64) as i64)
+        }
         (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
     };
     let sql = format!(
@@ -400,7 +402,11 @@ fn read_stream_blocking(
     );
     let mut stmt = conn.prepare_cached(&sql).map_err(db_err)?;
     let mut rows = stmt
-        .query(params![stream.as_str(), from_version, limit.min(i64::MAX as usize) as i64])
+        .query(params![
+            stream.as_str(),
+            from_version,
+            limit.min(i64::MAX as usize) as i64
+        ])
         .map_err(db_err)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(db_err)? {
@@ -418,7 +424,9 @@ fn read_all_blocking(
     // Rows are stepped lazily inside one statement, so the page reads one
     // snapshot; filtered-out rows cost only their stream id and type.
     let mut stmt = conn
-        .prepare_cached(&format!("{SELECT_EVENT} WHERE position > ?1 ORDER BY position"))
+        .prepare_cached(&format!(
+            "{SELECT_EVENT} WHERE position > ?1 ORDER BY position"
+        ))
         .map_err(db_err)?;
     let mut rows = stmt.query([after.commit as i64]).map_err(db_err)?;
     let mut page = Page {
@@ -433,8 +441,14 @@ fn read_all_blocking(
         let position: i64 = row.get(0).map_err(db_err)?;
         page.next = Position::new(position as u64, 0);
         if !filter.is_all() {
-            let stream: &str = row.get_ref(2).and_then(|v| Ok(v.as_str()?)).map_err(db_err)?;
-            let ty: &str = row.get_ref(4).and_then(|v| Ok(v.as_str()?)).map_err(db_err)?;
+            let stream: &str = row
+                .get_ref(2)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(db_err)?;
+            let ty: &str = row
+                .get_ref(4)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(db_err)?;
             if !filter.admits(stream, ty) {
                 continue;
             }
@@ -487,7 +501,9 @@ impl EventStore for SqliteStore {
     async fn head(&self) -> Result<Position, StoreError> {
         self.read(|conn| {
             let max: i64 = conn
-                .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| r.get(0))
+                .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
+                    r.get(0)
+                })
                 .map_err(db_err)?;
             Ok(Position::new(max as u64, 0))
         })

@@ -14,7 +14,8 @@ pub enum StoreUrl {
     /// `postgres://…` or `postgresql://…`, in libpq's URL form. The extra
     /// query parameter `schema` (default `public`) names the schema to use.
     Postgres {
-        config: tokio_postgres::Config,
+        /// Boxed: a libpq config is large next to a path.
+        config: Box<tokio_postgres::Config>,
         schema: String,
         /// The URL as given, with any password masked: safe to print.
         redacted: String,
@@ -94,9 +95,10 @@ impl FromStr for StoreUrl {
             } else {
                 format!("{base}?{}", rest.join("&"))
             };
-            let config = tokio_postgres::Config::from_str(&libpq).map_err(|e| bad(e.to_string()))?;
+            let config =
+                tokio_postgres::Config::from_str(&libpq).map_err(|e| bad(e.to_string()))?;
             return Ok(Self::Postgres {
-                config,
+                config: Box::new(config),
                 schema,
                 redacted: redact(url),
             });

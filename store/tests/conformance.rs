@@ -17,7 +17,10 @@ use uuid::Uuid;
 /// Storage that can be opened more than once, as separate processes would.
 enum Backend {
     /// The directory is kept alive (and deleted) with the backend.
-    Sqlite { path: PathBuf, _dir: tempfile::TempDir },
+    Sqlite {
+        path: PathBuf,
+        _dir: tempfile::TempDir,
+    },
     Postgres(TestPostgres),
 }
 
@@ -42,7 +45,11 @@ fn stream(name: &str) -> StreamId {
 }
 
 fn event(ty: &str, n: u64) -> NewEvent {
-    NewEvent::new(ty, 1, Payload::to_json(&serde_json::json!({ "n": n })).unwrap())
+    NewEvent::new(
+        ty,
+        1,
+        Payload::to_json(&serde_json::json!({ "n": n })).unwrap(),
+    )
 }
 
 fn events(ty: &str, count: u64) -> Vec<NewEvent> {
@@ -117,32 +124,69 @@ mod cases {
             .append(&s, ExpectedVersion::StreamExists, events("X", 1))
             .await
             .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::WrongExpectedVersion { actual: None, expected: ExpectedVersion::StreamExists, .. }
-        ), "{err}");
+        assert!(
+            matches!(
+                err,
+                StoreError::WrongExpectedVersion {
+                    actual: None,
+                    expected: ExpectedVersion::StreamExists,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         let err = store
             .append(&s, ExpectedVersion::Exact(0), events("X", 1))
             .await
             .unwrap_err();
-        assert!(matches!(err, StoreError::WrongExpectedVersion { actual: None, .. }), "{err}");
+        assert!(
+            matches!(err, StoreError::WrongExpectedVersion { actual: None, .. }),
+            "{err}"
+        );
 
-        store.append(&s, ExpectedVersion::NoStream, events("X", 2)).await.unwrap();
-        for expected in [ExpectedVersion::NoStream, ExpectedVersion::Exact(0), ExpectedVersion::Exact(5)] {
-            match store.append(&s, expected, events("X", 1)).await.unwrap_err() {
-                StoreError::WrongExpectedVersion { stream, expected: e, actual } => {
-                    assert_eq!((stream.as_str(), e, actual), ("account-7", expected, Some(1)));
+        store
+            .append(&s, ExpectedVersion::NoStream, events("X", 2))
+            .await
+            .unwrap();
+        for expected in [
+            ExpectedVersion::NoStream,
+            ExpectedVersion::Exact(0),
+            ExpectedVersion::Exact(5),
+        ] {
+            match store
+                .append(&s, expected, events("X", 1))
+                .await
+                .unwrap_err()
+            {
+                StoreError::WrongExpectedVersion {
+                    stream,
+                    expected: e,
+                    actual,
+                } => {
+                    assert_eq!(
+                        (stream.as_str(), e, actual),
+                        ("account-7", expected, Some(1))
+                    );
                 }
                 other => panic!("{other}"),
             }
         }
-        let err = store.append(&s, ExpectedVersion::NoStream, events("X", 1)).await.unwrap_err();
+        let err = store
+            .append(&s, ExpectedVersion::NoStream, events("X", 1))
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "stream account-7: expected no stream, but it is at version 1"
         );
-        store.append(&s, ExpectedVersion::StreamExists, events("X", 1)).await.unwrap();
-        let r = store.append(&s, ExpectedVersion::Any, events("X", 1)).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::StreamExists, events("X", 1))
+            .await
+            .unwrap();
+        let r = store
+            .append(&s, ExpectedVersion::Any, events("X", 1))
+            .await
+            .unwrap();
         assert_eq!(r.version, 3);
     }
 
@@ -156,7 +200,10 @@ mod cases {
             .append(&s, ExpectedVersion::NoStream, batch.clone())
             .await
             .unwrap();
-        store.append(&s, ExpectedVersion::Any, events("Other", 1)).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::Any, events("Other", 1))
+            .await
+            .unwrap();
         // A retry after a lost reply: the expectation no longer holds, the ids do.
         for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
             let again = store.append(&s, expected, batch.clone()).await.unwrap();
@@ -165,7 +212,10 @@ mod cases {
         // And from another handle, as another gateway would.
         let other = b.open().await;
         assert_eq!(
-            other.append(&s, ExpectedVersion::Exact(0), batch.clone()).await.unwrap(),
+            other
+                .append(&s, ExpectedVersion::Exact(0), batch.clone())
+                .await
+                .unwrap(),
             first
         );
         let all = store
@@ -180,17 +230,32 @@ mod cases {
         let store = b.open().await;
         let s = stream("dataset-1");
         let batch = events("Uploaded", 2);
-        store.append(&s, ExpectedVersion::Any, batch.clone()).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::Any, batch.clone())
+            .await
+            .unwrap();
 
         // The first id repeats, the second is new.
         let mixed = vec![batch[0].clone(), event("Uploaded", 9)];
-        let err = store.append(&s, ExpectedVersion::Any, mixed).await.unwrap_err();
-        assert!(matches!(err, StoreError::IdempotencyConflict { .. }), "{err}");
+        let err = store
+            .append(&s, ExpectedVersion::Any, mixed)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::IdempotencyConflict { .. }),
+            "{err}"
+        );
 
         // A new first id, then a repeated one: still nothing written.
         let mixed = vec![event("Uploaded", 9), batch[1].clone()];
-        let err = store.append(&s, ExpectedVersion::Any, mixed).await.unwrap_err();
-        assert!(matches!(err, StoreError::IdempotencyConflict { .. }), "{err}");
+        let err = store
+            .append(&s, ExpectedVersion::Any, mixed)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::IdempotencyConflict { .. }),
+            "{err}"
+        );
 
         // The same ids sent to another stream.
         let err = store
@@ -205,7 +270,10 @@ mod cases {
     pub async fn invalid_appends_are_refused_with_a_reason_and_write_nothing(b: Backend) {
         let store = b.open().await;
         let s = stream("job-2");
-        let err = store.append(&s, ExpectedVersion::Any, vec![]).await.unwrap_err();
+        let err = store
+            .append(&s, ExpectedVersion::Any, vec![])
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("at least one event"), "{err}");
 
         let e = event("X", 1);
@@ -217,11 +285,17 @@ mod cases {
 
         let huge = "x".repeat(store::MAX_EVENT_DATA_BYTES + 1);
         let big = NewEvent::new("Big", 1, Payload::to_json(&huge).unwrap());
-        let err = store.append(&s, ExpectedVersion::Any, vec![big]).await.unwrap_err();
+        let err = store
+            .append(&s, ExpectedVersion::Any, vec![big])
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("limit"), "{err}");
 
         let unnamed = NewEvent::new("", 1, Payload::to_json(&1).unwrap());
-        let err = store.append(&s, ExpectedVersion::Any, vec![unnamed]).await.unwrap_err();
+        let err = store
+            .append(&s, ExpectedVersion::Any, vec![unnamed])
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("empty event type"), "{err}");
 
         assert!(read_everything(&*store, &Filter::all()).await.is_empty());
@@ -230,23 +304,54 @@ mod cases {
     pub async fn streams_read_forward_and_backward_from_any_version(b: Backend) {
         let store = b.open().await;
         let s = stream("schedule-1");
-        store.append(&s, ExpectedVersion::NoStream, events("Tick", 10)).await.unwrap();
-        store.append(&stream("schedule-2"), ExpectedVersion::Any, events("Tick", 3)).await.unwrap();
-        let versions = |es: Vec<RecordedEvent>| es.iter().map(|e| e.stream_version).collect::<Vec<_>>();
+        store
+            .append(&s, ExpectedVersion::NoStream, events("Tick", 10))
+            .await
+            .unwrap();
+        store
+            .append(
+                &stream("schedule-2"),
+                ExpectedVersion::Any,
+                events("Tick", 3),
+            )
+            .await
+            .unwrap();
+        let versions =
+            |es: Vec<RecordedEvent>| es.iter().map(|e| e.stream_version).collect::<Vec<_>>();
         let read = |from, dir, limit| {
             let store = store.clone();
             let s = s.clone();
             async move { versions(store.read_stream(&s, from, dir, limit).await.unwrap()) }
         };
-        assert_eq!(read(StreamFrom::Start, Direction::Forward, 3).await, [0, 1, 2]);
-        assert_eq!(read(StreamFrom::Version(7), Direction::Forward, 100).await, [7, 8, 9]);
-        assert_eq!(read(StreamFrom::End, Direction::Forward, 100).await, Vec::<u64>::new());
+        assert_eq!(
+            read(StreamFrom::Start, Direction::Forward, 3).await,
+            [0, 1, 2]
+        );
+        assert_eq!(
+            read(StreamFrom::Version(7), Direction::Forward, 100).await,
+            [7, 8, 9]
+        );
+        assert_eq!(
+            read(StreamFrom::End, Direction::Forward, 100).await,
+            Vec::<u64>::new()
+        );
         assert_eq!(read(StreamFrom::End, Direction::Backward, 2).await, [9, 8]);
-        assert_eq!(read(StreamFrom::Version(2), Direction::Backward, 100).await, [2, 1, 0]);
+        assert_eq!(
+            read(StreamFrom::Version(2), Direction::Backward, 100).await,
+            [2, 1, 0]
+        );
         assert_eq!(read(StreamFrom::Start, Direction::Backward, 100).await, [0]);
-        assert_eq!(read(StreamFrom::Version(50), Direction::Forward, 10).await, Vec::<u64>::new());
+        assert_eq!(
+            read(StreamFrom::Version(50), Direction::Forward, 10).await,
+            Vec::<u64>::new()
+        );
         let missing = store
-            .read_stream(&stream("schedule-404"), StreamFrom::Start, Direction::Forward, 10)
+            .read_stream(
+                &stream("schedule-404"),
+                StreamFrom::Start,
+                Direction::Forward,
+                10,
+            )
             .await
             .unwrap();
         assert!(missing.is_empty());
@@ -271,7 +376,10 @@ mod cases {
             metadata: metadata.clone(),
         };
         let before = time::OffsetDateTime::now_utc() - time::Duration::seconds(5);
-        let result = store.append(&s, ExpectedVersion::NoStream, vec![new]).await.unwrap();
+        let result = store
+            .append(&s, ExpectedVersion::NoStream, vec![new])
+            .await
+            .unwrap();
         let after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
         let got = &store
             .read_stream(&s, StreamFrom::Start, Direction::Forward, 1)
@@ -285,8 +393,15 @@ mod cases {
         assert_eq!(got.schema_version, 3);
         assert_eq!(got.metadata, metadata);
         let parsed: serde_json::Value = serde_json::from_str(&got.data).unwrap();
-        assert_eq!(parsed, serde_json::from_str::<serde_json::Value>(data).unwrap());
-        assert!(got.recorded_at > before && got.recorded_at < after, "{}", got.recorded_at);
+        assert_eq!(
+            parsed,
+            serde_json::from_str::<serde_json::Value>(data).unwrap()
+        );
+        assert!(
+            got.recorded_at > before && got.recorded_at < after,
+            "{}",
+            got.recorded_at
+        );
         let via_all = read_everything(&*store, &Filter::all()).await;
         assert_eq!(&via_all[0], got);
     }
@@ -296,7 +411,10 @@ mod cases {
         let mut appended = Vec::new();
         for i in 0..25u64 {
             let s = stream(&format!("job-{}", i % 4));
-            let r = store.append(&s, ExpectedVersion::Any, events("Step", 1 + i % 3)).await.unwrap();
+            let r = store
+                .append(&s, ExpectedVersion::Any, events("Step", 1 + i % 3))
+                .await
+                .unwrap();
             appended.push(r.position);
         }
         let mut after = Position::START;
@@ -318,7 +436,14 @@ mod cases {
         // Reading from the end yields nothing; the head is the last event.
         let head = store.head().await.unwrap();
         assert!(head >= *appended.last().unwrap());
-        assert!(store.read_all(head, &Filter::all(), 10).await.unwrap().events.is_empty());
+        assert!(
+            store
+                .read_all(head, &Filter::all(), 10)
+                .await
+                .unwrap()
+                .events
+                .is_empty()
+        );
     }
 
     pub async fn filters_select_by_stream_prefix_and_event_type(b: Backend) {
@@ -332,7 +457,11 @@ mod cases {
             ("account-1", "AccountCreated"),
             ("job-1", "JobFinished"),
         ] {
-            last = store.append(&stream(s), ExpectedVersion::Any, events(ty, 1)).await.unwrap().position;
+            last = store
+                .append(&stream(s), ExpectedVersion::Any, events(ty, 1))
+                .await
+                .unwrap()
+                .position;
         }
         let streams = |es: Vec<RecordedEvent>| {
             es.iter()
@@ -349,7 +478,11 @@ mod cases {
         );
         assert_eq!(
             streams(read_everything(&*store, &Filter::event_type("JobCreated")).await),
-            ["job-1/JobCreated", "jobs_x-1/JobCreated", "job%-1/JobCreated"]
+            [
+                "job-1/JobCreated",
+                "jobs_x-1/JobCreated",
+                "job%-1/JobCreated"
+            ]
         );
         let both = Filter {
             stream_prefixes: vec!["job-".into(), "account-".into()],
@@ -365,26 +498,56 @@ mod cases {
             .await
             .unwrap();
         assert!(page.events.is_empty());
-        assert!(page.next >= last || page.pending, "{:?} < {last:?}", page.next);
+        assert!(
+            page.next >= last || page.pending,
+            "{:?} < {last:?}",
+            page.next
+        );
 
         let mut sub = store.subscribe_all(SubscribeFrom::Start, Filter::stream_prefix("account-"));
-        assert_eq!(next_within(&mut sub, 10).await.stream_id.as_str(), "account-1");
-        store.append(&stream("job-9"), ExpectedVersion::Any, events("JobCreated", 1)).await.unwrap();
-        store.append(&stream("account-2"), ExpectedVersion::Any, events("AccountCreated", 1)).await.unwrap();
-        assert_eq!(next_within(&mut sub, 10).await.stream_id.as_str(), "account-2");
+        assert_eq!(
+            next_within(&mut sub, 10).await.stream_id.as_str(),
+            "account-1"
+        );
+        store
+            .append(
+                &stream("job-9"),
+                ExpectedVersion::Any,
+                events("JobCreated", 1),
+            )
+            .await
+            .unwrap();
+        store
+            .append(
+                &stream("account-2"),
+                ExpectedVersion::Any,
+                events("AccountCreated", 1),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next_within(&mut sub, 10).await.stream_id.as_str(),
+            "account-2"
+        );
     }
 
     pub async fn a_subscription_catches_up_then_goes_live(b: Backend) {
         let store = b.open().await;
         let s = stream("job-live");
-        store.append(&s, ExpectedVersion::Any, events("Old", 1500)).await.unwrap();
+        store
+            .append(&s, ExpectedVersion::Any, events("Old", 1500))
+            .await
+            .unwrap();
         let mut sub = store.subscribe_all(SubscribeFrom::Start, Filter::all());
         for n in 0..1500 {
             let e = next_within(&mut sub, 10).await;
             assert_eq!((e.event_type.as_str(), n_of(&e)), ("Old", n));
         }
         nothing_within(&mut sub, 200).await;
-        let r = store.append(&s, ExpectedVersion::Any, events("New", 2)).await.unwrap();
+        let r = store
+            .append(&s, ExpectedVersion::Any, events("New", 2))
+            .await
+            .unwrap();
         let a = next_within(&mut sub, 5).await;
         let b2 = next_within(&mut sub, 5).await;
         assert_eq!((a.event_type.as_str(), n_of(&a), n_of(&b2)), ("New", 0, 1));
@@ -393,18 +556,27 @@ mod cases {
 
     pub async fn a_subscription_from_the_end_sees_only_later_events(b: Backend) {
         let store = b.open().await;
-        store.append(&stream("job-a"), ExpectedVersion::Any, events("Before", 5)).await.unwrap();
+        store
+            .append(&stream("job-a"), ExpectedVersion::Any, events("Before", 5))
+            .await
+            .unwrap();
         let mut sub = store.subscribe_all(SubscribeFrom::End, Filter::all());
         // Let the subscription find the head before appending.
         nothing_within(&mut sub, 300).await;
-        store.append(&stream("job-b"), ExpectedVersion::Any, events("After", 1)).await.unwrap();
+        store
+            .append(&stream("job-b"), ExpectedVersion::Any, events("After", 1))
+            .await
+            .unwrap();
         assert_eq!(next_within(&mut sub, 5).await.event_type, "After");
         nothing_within(&mut sub, 200).await;
     }
 
     pub async fn a_subscription_resumes_after_a_checkpoint_without_duplicates(b: Backend) {
         let store = b.open().await;
-        store.append(&stream("job-c"), ExpectedVersion::Any, events("E", 10)).await.unwrap();
+        store
+            .append(&stream("job-c"), ExpectedVersion::Any, events("E", 10))
+            .await
+            .unwrap();
         let all = read_everything(&*store, &Filter::all()).await;
         let checkpoint = all[4].position;
         let mut sub = store.subscribe_all(SubscribeFrom::After(checkpoint), Filter::all());
@@ -421,10 +593,17 @@ mod cases {
         nothing_within(&mut sub, 300).await;
         for i in 0..5 {
             let started = std::time::Instant::now();
-            writer.append(&stream("job-x"), ExpectedVersion::Any, events("Remote", 1)).await.unwrap();
+            writer
+                .append(&stream("job-x"), ExpectedVersion::Any, events("Remote", 1))
+                .await
+                .unwrap();
             next_within(&mut sub, 5).await;
             // Wake-ups (NOTIFY) or the poll must bring it well inside the poll ceiling.
-            assert!(started.elapsed() < Duration::from_secs(2), "round {i}: {:?}", started.elapsed());
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "round {i}: {:?}",
+                started.elapsed()
+            );
         }
     }
 
@@ -442,7 +621,9 @@ mod cases {
                 while got.len() < want {
                     match tokio::time::timeout(Duration::from_secs(30), sub.next()).await {
                         Ok(Some(Ok(e))) => got.push(e),
-                        other => panic!("subscription stalled after {} events: {other:?}", got.len()),
+                        other => {
+                            panic!("subscription stalled after {} events: {other:?}", got.len())
+                        }
                     }
                 }
                 nothing_within(&mut sub, 300).await;
@@ -463,14 +644,20 @@ mod cases {
                     } else {
                         stream(&format!("job-shared-{}", i % 3))
                     };
-                    store.append(&s, ExpectedVersion::Any, events("Work", batch)).await.unwrap();
+                    store
+                        .append(&s, ExpectedVersion::Any, events("Work", batch))
+                        .await
+                        .unwrap();
                 }
             }));
         }
         let live = collect(live, total);
         // A second subscriber joins in the middle of the storm.
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let late = collect(store.subscribe_all(SubscribeFrom::Start, Filter::all()), total);
+        let late = collect(
+            store.subscribe_all(SubscribeFrom::Start, Filter::all()),
+            total,
+        );
         for w in writers {
             w.await.unwrap();
         }
@@ -487,7 +674,10 @@ mod cases {
             );
             let seen_ids: Vec<EventId> = seen.iter().map(|e| e.id).collect();
             let truth_ids: Vec<EventId> = truth.iter().map(|e| e.id).collect();
-            assert!(seen_ids == truth_ids, "{name}: order differs from a full read");
+            assert!(
+                seen_ids == truth_ids,
+                "{name}: order differs from a full read"
+            );
         }
         // Within each stream, versions arrive 0, 1, 2… with no hole.
         let mut next_version: HashMap<&str, u64> = HashMap::new();
@@ -505,8 +695,17 @@ mod cases {
         let h2 = store.put_blob(&bytes).await.unwrap();
         assert_eq!(h1, h2);
         assert_eq!(h1, domain::BlobHash::of(&bytes));
-        assert_eq!(store.get_blob(&h1).await.unwrap().as_deref(), Some(&bytes[..]));
-        assert_eq!(store.get_blob(&domain::BlobHash::of(b"other")).await.unwrap(), None);
+        assert_eq!(
+            store.get_blob(&h1).await.unwrap().as_deref(),
+            Some(&bytes[..])
+        );
+        assert_eq!(
+            store
+                .get_blob(&domain::BlobHash::of(b"other"))
+                .await
+                .unwrap(),
+            None
+        );
         let empty = store.put_blob(b"").await.unwrap();
         assert_eq!(store.get_blob(&empty).await.unwrap(), Some(vec![]));
     }
@@ -514,7 +713,10 @@ mod cases {
     pub async fn events_survive_reopening_the_store(b: Backend) {
         let r = {
             let store = b.open().await;
-            store.append(&stream("job-d"), ExpectedVersion::NoStream, events("E", 3)).await.unwrap()
+            store
+                .append(&stream("job-d"), ExpectedVersion::NoStream, events("E", 3))
+                .await
+                .unwrap()
         };
         let store = b.open().await;
         let all = store
@@ -523,7 +725,10 @@ mod cases {
             .unwrap();
         assert_eq!(all.len(), 3);
         assert_eq!(all[2].position, r.position);
-        let next = store.append(&stream("job-d"), ExpectedVersion::Exact(2), events("E", 1)).await.unwrap();
+        let next = store
+            .append(&stream("job-d"), ExpectedVersion::Exact(2), events("E", 1))
+            .await
+            .unwrap();
         assert!(next.position > r.position);
     }
 
@@ -542,11 +747,19 @@ mod cases {
         // Let it write a while, then kill it mid-stride.
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let n = store.read_all(Position::START, &Filter::all(), 5_000).await.unwrap().events.len();
+            let n = store
+                .read_all(Position::START, &Filter::all(), 5_000)
+                .await
+                .unwrap()
+                .events
+                .len();
             if n >= 3_000 {
                 break;
             }
-            assert!(std::time::Instant::now() < deadline, "child wrote only {n} events");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "child wrote only {n} events"
+            );
             assert!(child.try_wait().unwrap().is_none(), "child exited early");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -556,17 +769,32 @@ mod cases {
         let all = read_everything(&*store, &Filter::all()).await;
         let mut per_stream: HashMap<String, Vec<&RecordedEvent>> = HashMap::new();
         for e in &all {
-            per_stream.entry(e.stream_id.to_string()).or_default().push(e);
+            per_stream
+                .entry(e.stream_id.to_string())
+                .or_default()
+                .push(e);
         }
         for (s, es) in per_stream {
-            assert_eq!(es.len() % CRASH_BATCH as usize, 0, "{s}: a torn batch of {}", es.len());
+            assert_eq!(
+                es.len() % CRASH_BATCH as usize,
+                0,
+                "{s}: a torn batch of {}",
+                es.len()
+            );
             for (i, e) in es.iter().enumerate() {
                 assert_eq!(e.stream_version, i as u64);
                 assert_eq!(n_of(e), i as u64 % CRASH_BATCH, "{s}: batch out of order");
             }
         }
         // The store still takes appends.
-        store.append(&stream("job-after-crash"), ExpectedVersion::NoStream, events("E", 1)).await.unwrap();
+        store
+            .append(
+                &stream("job-after-crash"),
+                ExpectedVersion::NoStream,
+                events("E", 1),
+            )
+            .await
+            .unwrap();
     }
 }
 
@@ -587,7 +815,10 @@ async fn crash_child_writer() {
         tasks.push(tokio::spawn(async move {
             for i in 0u64.. {
                 let s = stream(&format!("crash-{w}-{}", i % 5));
-                store.append(&s, ExpectedVersion::Any, events("Batch", CRASH_BATCH)).await.unwrap();
+                store
+                    .append(&s, ExpectedVersion::Any, events("Batch", CRASH_BATCH))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -628,7 +859,7 @@ macro_rules! conformance {
 
 async fn drop_postgres(url: &str) {
     if let store::StoreUrl::Postgres { config, schema, .. } = url.parse().unwrap() {
-        let (pg, _) = PostgresStore::open(config, &schema).await.unwrap();
+        let (pg, _) = PostgresStore::open(*config, &schema).await.unwrap();
         pg.drop_schema().await.unwrap();
     }
 }

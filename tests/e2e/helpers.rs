@@ -1,0 +1,153 @@
+//! Starting the binary, reading its output, and fresh stores to point it at.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+
+/// The binary under test.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trafficbuster"));
+    // Settings come from each test's flags, not from the developer's shell.
+    for var in ["TB_STORE", "TB_LISTEN", "TB_CONFIG", "TB_LOG_FORMAT"] {
+        cmd.env_remove(var);
+    }
+    cmd.kill_on_drop(true);
+    cmd
+}
+
+/// A store for one test: its URL, and what to drop afterwards.
+pub struct TestStore {
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<store::testing::TestPostgres>,
+}
+
+impl TestStore {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// `None` (after saying so) when PostgreSQL is unreachable outside CI.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let pg = store::testing::TestPostgres::fresh(test).await?;
+        Some(Self {
+            url: pg.url.clone(),
+            _dir: None,
+            postgres: Some(pg),
+        })
+    }
+
+    /// Opens the store in this (test) process.
+    pub async fn open(&self) -> std::sync::Arc<dyn store::EventStore> {
+        store::open(&self.url.parse().unwrap()).await.unwrap().0
+    }
+
+    pub async fn cleanup(self) {
+        if let Some(pg) = self.postgres {
+            pg.drop_schema().await;
+        }
+    }
+}
+
+/// A running child whose output lines can be awaited.
+pub struct Running {
+    pub child: Child,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    pub stderr: Lines<BufReader<ChildStderr>>,
+}
+
+impl Running {
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub async fn stdout_line(&mut self, within: Duration) -> String {
+        match tokio::time::timeout(within, self.stdout.next_line()).await {
+            Ok(Ok(Some(line))) => line,
+            other => panic!("no stdout line within {within:?}: {other:?}"),
+        }
+    }
+
+    /// Reads stderr until a line contains `needle`; returns that line.
+    pub async fn stderr_line_containing(&mut self, needle: &str, within: Duration) -> String {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stderr.next_line()).await {
+                Ok(Ok(Some(line))) if line.contains(needle) => return line,
+                Ok(Ok(Some(_))) => continue,
+                other => panic!("no stderr line containing {needle:?}: {other:?}"),
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("still running") as i32;
+        // SAFETY-free: `kill` via the shell keeps us off libc.
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("exits within 10 s of SIGTERM")
+            .unwrap()
+    }
+}
+
+/// Runs the binary to completion: (exit success, stdout, stderr).
+pub async fn run(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), bin().args(args).output())
+        .await
+        .expect("finishes within a minute")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A plain HTTP/1.1 GET on loopback: (status, body).
+pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
+    (status, body)
+}
