@@ -240,16 +240,7 @@ async fn timed_appends(
 
 /// Tops the store up to `target` events, then reads them all; returns (events, seconds).
 async fn replay(store: &Arc<dyn EventStore>, target: u64) -> anyhow::Result<(u64, f64)> {
-    let mut have = 0u64;
-    let mut after = Position::START;
-    loop {
-        let page = store.read_all(after, &Filter::all(), REPLAY_PAGE).await?;
-        have += page.events.len() as u64;
-        after = page.next;
-        if page.events.len() < REPLAY_PAGE {
-            break;
-        }
-    }
+    let have = count_all(store).await?;
     if have < target {
         let bar = counter_bar("filling the store for replay", target);
         bar.set_position(have);
@@ -280,19 +271,28 @@ async fn replay(store: &Arc<dyn EventStore>, target: u64) -> anyhow::Result<(u64
     }
     let bar = spinner("replaying with read_all");
     let started = Instant::now();
+    let events = count_all(store).await?;
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok((events, secs))
+}
+
+/// Reads the whole log with `read_all`, counting events.
+async fn count_all(store: &Arc<dyn EventStore>) -> anyhow::Result<u64> {
     let mut events = 0u64;
     let mut after = Position::START;
     loop {
         let page = store.read_all(after, &Filter::all(), REPLAY_PAGE).await?;
         events += page.events.len() as u64;
         after = page.next;
-        if page.events.len() < REPLAY_PAGE {
-            break;
+        if page.events.len() < REPLAY_PAGE && !page.pending {
+            return Ok(events);
+        }
+        if page.events.is_empty() {
+            // Only an open transaction's events remain: let it finish.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    bar.finish_and_clear();
-    Ok((events, secs))
 }
 
 /// Milliseconds from the start of each append to its delivery by a live

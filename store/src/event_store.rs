@@ -68,6 +68,31 @@ pub enum Direction {
     Backward,
 }
 
+/// A stream read as SQL sees it: `version <cmp> from ORDER BY version <order>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StreamRange {
+    pub cmp: &'static str,
+    pub order: &'static str,
+    pub from: i64,
+}
+
+impl StreamRange {
+    /// `None` when the read is empty by definition (forward from the end).
+    pub(crate) fn of(from: StreamFrom, direction: Direction) -> Option<Self> {
+        // Stored versions fit in i64; clamping keeps huge requests in range.
+        let clamp = |v: u64| v.min(i64::MAX as u64) as i64;
+        let (cmp, order, from) = match (direction, from) {
+            (Direction::Forward, StreamFrom::End) => return None,
+            (Direction::Forward, StreamFrom::Start) => (">=", "ASC", 0),
+            (Direction::Forward, StreamFrom::Version(v)) => (">=", "ASC", clamp(v)),
+            (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
+            (Direction::Backward, StreamFrom::Version(v)) => ("<=", "DESC", clamp(v)),
+            (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
+        };
+        Some(Self { cmp, order, from })
+    }
+}
+
 /// Where a subscription begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscribeFrom {

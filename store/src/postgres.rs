@@ -23,8 +23,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, SubscribeFrom,
-    validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, StreamRange,
+    SubscribeFrom, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -431,17 +431,8 @@ impl EventStore for PostgresStore {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let (cmp, order, from_version) = match (direction, from) {
-            (Direction::Forward, StreamFrom::Start) => (">=", "ASC", 0),
-            (Direction::Forward, StreamFrom::Version(v)) => {
-                (">=", "ASC", v.min(i64::MAX as u64) as i64)
-            }
-            (Direction::Forward, StreamFrom::End) => return Ok(vec![]),
-            (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
-            (Direction::Backward, StreamFrom::Version(v)) => {
-                ("<=", "DESC", v.min(i64::MAX as u64) as i64)
-            }
-            (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
+        let Some(StreamRange { cmp, order, from }) = StreamRange::of(from, direction) else {
+            return Ok(vec![]);
         };
         let client = self.client().await?;
         let stmt = client
@@ -453,7 +444,7 @@ impl EventStore for PostgresStore {
             .map_err(pg_err)?;
         let limit = limit.min(i64::MAX as usize) as i64;
         let rows = client
-            .query(&stmt, &[&stream.as_str(), &from_version, &limit])
+            .query(&stmt, &[&stream.as_str(), &from, &limit])
             .await
             .map_err(pg_err)?;
         rows.iter().map(|r| event_from_row(r, 0)).collect()

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, SubscribeFrom,
-    validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, StreamRange,
+    SubscribeFrom, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -387,15 +387,8 @@ fn read_stream_blocking(
     direction: Direction,
     limit: usize,
 ) -> Result<Vec<RecordedEvent>, StoreError> {
-    let (cmp, order, from_version) = match (direction, from) {
-        (Direction::Forward, StreamFrom::Start) => (">=", "ASC", 0),
-        (Direction::Forward, StreamFrom::Version(v)) => (">=", "ASC", v as i64),
-        (Direction::Forward, StreamFrom::End) => return Ok(vec![]),
-        (Direction::Backward, StreamFrom::Start) => ("<=", "DESC", 0),
-        (Direction::Backward, StreamFrom::Version(v)) => {
-            ("<=", "DESC", v.min(i64::MAX as u64) as i64)
-        }
-        (Direction::Backward, StreamFrom::End) => ("<=", "DESC", i64::MAX),
+    let Some(StreamRange { cmp, order, from }) = StreamRange::of(from, direction) else {
+        return Ok(vec![]);
     };
     let sql = format!(
         "{SELECT_EVENT} WHERE stream_id = ?1 AND version {cmp} ?2 ORDER BY version {order} LIMIT ?3"
@@ -404,7 +397,7 @@ fn read_stream_blocking(
     let mut rows = stmt
         .query(params![
             stream.as_str(),
-            from_version,
+            from,
             limit.min(i64::MAX as usize) as i64
         ])
         .map_err(db_err)?;
