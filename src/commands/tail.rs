@@ -31,6 +31,20 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
         stream_prefixes: args.streams.clone(),
         event_types: args.types.clone(),
     };
+    // Pin "end" to a position now, so what counts as new is fixed when the
+    // command starts, and say where we follow from.
+    let from = match from {
+        SubscribeFrom::End => {
+            SubscribeFrom::After(store.head().await.context("cannot read the store's head")?)
+        }
+        other => other,
+    };
+    match from {
+        SubscribeFrom::After(p) => {
+            tracing::info!(store = %settings.store, "following events after position {p}")
+        }
+        _ => tracing::info!(store = %settings.store, "following events from the start"),
+    }
     let mut sub = store.subscribe_all(from, filter);
     let stop = shutdown_signal();
     tokio::pin!(stop);

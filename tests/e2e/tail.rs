@@ -84,8 +84,9 @@ async fn tail_from_end_skips_history_and_limit_stops_it() {
     let mut cmd = bin();
     cmd.args(["--store", &store.url, "events", "tail", "--limit", "2"]);
     let mut tail = Running::spawn(cmd);
-    // The subscription has found the end once it logs nothing further; give it a moment.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Appends after this line are new to the tail; the earlier one is history.
+    tail.stderr_line_containing("following events after position", Duration::from_secs(20))
+        .await;
     events
         .append(
             &stream,
