@@ -31,9 +31,23 @@ INSERT INTO tb_pgbench_events (stream_id, version, event_type, data)
 SELECT 'b-' || :client_id || '-' || r, g, 'BenchAppended', '{"n":1,"url":"https://example.test/page","dwell_ms":1234}'
   FROM (SELECT (random() * 1e12)::bigint AS r) x, generate_series(0, 99) g;
 SQL
+# Prints pgbench's transactions per second, or its whole output if it gave none.
+tps_of() {
+    local out
+    out="$(pgbench -n "$@" "$url" 2>&1)" || true
+    local tps
+    tps="$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")"
+    if [ -z "$tps" ]; then
+        echo "pgbench gave no figure:" >&2
+        echo "$out" >&2
+        exit 1
+    fi
+    echo "$tps"
+}
+
 for clients in 1 8; do
-    tps=$(pgbench -n -f "$dir/one.sql" -c "$clients" -j "$clients" -T "$secs" "$url" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
+    tps="$(tps_of -f "$dir/one.sql" -c "$clients" -j "$clients" -T "$secs")"
     printf 'pgbench one row per transaction, %d client(s): %8.0f tx/s\n' "$clients" "$tps"
 done
-tps=$(pgbench -n -f "$dir/batch.sql" -c 1 -j 1 -T "$secs" "$url" 2>/dev/null | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-printf 'pgbench 100-row INSERT ... SELECT, 1 client:    %8.0f rows/s\n' "$(awk -v t="$tps" "BEGIN { print t * 100 }")"
+tps="$(tps_of -f "$dir/batch.sql" -c 1 -j 1 -T "$secs")"
+printf 'pgbench 100-row INSERT ... SELECT, 1 client:    %8.0f rows/s\n' "$(awk -v t="$tps" 'BEGIN { print t * 100 }')"
