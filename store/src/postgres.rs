@@ -132,6 +132,12 @@ impl PostgresStore {
         &self.inner.schema
     }
 
+    /// The connection pool (search_path set to [`Self::schema`]), for read
+    /// models kept in the same database as the events.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
     /// Drops the schema and everything in it. For tests and benchmarks.
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         let client = self.client().await?;
