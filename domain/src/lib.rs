@@ -4,11 +4,16 @@
 //! Pure: no I/O, no async, no database. Everything here is plain data and
 //! plain functions, so it is tested without any infrastructure.
 
+pub mod account;
 pub mod blob;
+pub mod decider;
 pub mod envelope;
+pub mod licence;
 pub mod registry;
+pub mod spec;
 
 pub use blob::{BlobHash, BlobHashError};
+pub use decider::{Actor, Context, Decider, Role};
 pub use envelope::{
     EventId, Metadata, NewEvent, Payload, PayloadError, Position, PositionParseError,
     RecordedEvent, StreamId, StreamIdError,

@@ -1,0 +1,120 @@
+//! The decider pattern: an aggregate is three plain functions over plain data.
+//!
+//! `decide` holds every rule and may refuse; `evolve` only records what
+//! happened and cannot fail. Pure: no I/O, no clock, no randomness — what a
+//! decision needs from outside arrives in [`Context`] or in the command.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::registry::EventSet;
+
+/// One aggregate's rules.
+pub trait Decider {
+    type State: Clone + Default + Send + Sync + 'static;
+    type Command;
+    type Event: EventSet + Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Applies one event. Never fails: events are facts.
+    fn evolve(state: Self::State, event: &Self::Event) -> Self::State;
+
+    /// Decides which events a command causes, or why it is refused.
+    fn decide(
+        state: &Self::State,
+        command: Self::Command,
+        ctx: &Context,
+    ) -> Result<Vec<Self::Event>, Self::Error>;
+
+    /// The state after `events`, from the initial state.
+    fn fold<'a>(events: impl IntoIterator<Item = &'a Self::Event>) -> Self::State
+    where
+        Self::Event: 'a,
+    {
+        events
+            .into_iter()
+            .fold(Self::State::default(), |s, e| Self::evolve(s, e))
+    }
+}
+
+/// A role an account holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    User,
+    Admin,
+    SuperAdmin,
+    Auditor,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::User => "user",
+            Role::Admin => "admin",
+            Role::SuperAdmin => "super_admin",
+            Role::Auditor => "auditor",
+        })
+    }
+}
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The system itself: bootstrap, schedulers, expiry sweeps.
+    System,
+    /// Nobody logged in yet (a login attempt).
+    Anonymous,
+    /// A logged-in account.
+    Account {
+        account_id: Uuid,
+        username: String,
+        roles: BTreeSet<Role>,
+    },
+}
+
+impl Actor {
+    /// Does the actor hold `role`? The system holds every role.
+    pub fn has(&self, role: Role) -> bool {
+        match self {
+            Actor::System => true,
+            Actor::Anonymous => false,
+            Actor::Account { roles, .. } => roles.contains(&role),
+        }
+    }
+
+    /// An admin or super-admin (or the system).
+    pub fn is_admin(&self) -> bool {
+        self.has(Role::Admin) || self.has(Role::SuperAdmin)
+    }
+
+    /// The name recorded as `by` in events: a username or `system`.
+    pub fn name(&self) -> String {
+        match self {
+            Actor::System => "system".into(),
+            Actor::Anonymous => "anonymous".into(),
+            Actor::Account { username, .. } => username.clone(),
+        }
+    }
+
+    pub fn is_account(&self, username: &str) -> bool {
+        matches!(self, Actor::Account { username: u, .. } if u == username)
+    }
+}
+
+/// What a decision needs from outside: the time and who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Context {
+    pub now: OffsetDateTime,
+    pub actor: Actor,
+}
+
+impl Context {
+    pub fn new(now: OffsetDateTime, actor: Actor) -> Self {
+        Self { now, actor }
+    }
+}

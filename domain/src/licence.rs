@@ -1,0 +1,358 @@
+//! The licence: what an account may use (features) and how much (limits),
+//! until when. Stream `licence-<username>`.
+//!
+//! Every later command a licence governs checks it in its decider through
+//! [`LicenceTerms::require`] / [`LicenceTerms::require_within`]; a refusal
+//! is [`NotLicensed`], which the gateway reports as FEATURE_NOT_LICENSED.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::decider::{Context, Decider, Role};
+
+/// A switch in the feature matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Feature {
+    HumanSurfing,
+    ImportProxy,
+    Scheduler,
+    ExternalClicks,
+}
+
+impl Feature {
+    /// The name clients see (GraphQL field names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Feature::HumanSurfing => "humanSurfing",
+            Feature::ImportProxy => "importProxy",
+            Feature::Scheduler => "scheduler",
+            Feature::ExternalClicks => "externalClicks",
+        }
+    }
+}
+
+/// A counted allowance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Limit {
+    MaxInstances,
+    MaxTargets,
+    MaxFlowsPerDay,
+}
+
+impl Limit {
+    pub fn name(self) -> &'static str {
+        match self {
+            Limit::MaxInstances => "maxInstances",
+            Limit::MaxTargets => "maxTargets",
+            Limit::MaxFlowsPerDay => "maxFlowsPerDay",
+        }
+    }
+}
+
+/// The feature matrix, limits and expiry of one licence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LicenceTerms {
+    pub max_instances: u32,
+    pub human_surfing: bool,
+    pub import_proxy: bool,
+    pub scheduler: bool,
+    pub external_clicks: bool,
+    pub max_targets: u32,
+    pub max_flows_per_day: u32,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// A licence refused something: which feature or limit, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{feature} is not licensed: {reason}")]
+pub struct NotLicensed {
+    /// The feature or limit's client-facing name, e.g. `scheduler`.
+    pub feature: &'static str,
+    pub reason: String,
+}
+
+impl LicenceTerms {
+    fn check_current(&self, feature: &'static str, now: OffsetDateTime) -> Result<(), NotLicensed> {
+        if now >= self.expires_at {
+            return Err(NotLicensed {
+                feature,
+                reason: format!("the licence expired at {}", self.expires_at),
+            });
+        }
+        Ok(())
+    }
+
+    /// Is `feature` on, and the licence current?
+    pub fn require(&self, feature: Feature, now: OffsetDateTime) -> Result<(), NotLicensed> {
+        self.check_current(feature.name(), now)?;
+        let on = match feature {
+            Feature::HumanSurfing => self.human_surfing,
+            Feature::ImportProxy => self.import_proxy,
+            Feature::Scheduler => self.scheduler,
+            Feature::ExternalClicks => self.external_clicks,
+        };
+        if on {
+            Ok(())
+        } else {
+            Err(NotLicensed {
+                feature: feature.name(),
+                reason: "the licence does not include it".into(),
+            })
+        }
+    }
+
+    /// The allowance for `limit`.
+    pub fn allowance(&self, limit: Limit) -> u32 {
+        match limit {
+            Limit::MaxInstances => self.max_instances,
+            Limit::MaxTargets => self.max_targets,
+            Limit::MaxFlowsPerDay => self.max_flows_per_day,
+        }
+    }
+
+    /// May the account use `wanted` of `limit` in total?
+    pub fn require_within(
+        &self,
+        limit: Limit,
+        wanted: u64,
+        now: OffsetDateTime,
+    ) -> Result<(), NotLicensed> {
+        self.check_current(limit.name(), now)?;
+        let allowed = self.allowance(limit);
+        if wanted <= u64::from(allowed) {
+            Ok(())
+        } else {
+            Err(NotLicensed {
+                feature: limit.name(),
+                reason: format!("{wanted} requested, the licence allows {allowed}"),
+            })
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenceIssued {
+    pub username: String,
+    pub terms: LicenceTerms,
+    pub by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LicenceRevoked {
+    pub username: String,
+    pub by: String,
+}
+
+crate::event_set! {
+    /// What happens to a licence.
+    pub enum LicenceEvent {
+        LicenceIssued(LicenceIssued) = 1,
+        LicenceRevoked(LicenceRevoked) = 1,
+    }
+}
+
+/// Commands on a licence.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LicenceCommand {
+    /// Issues (or replaces) the account's licence.
+    Issue {
+        username: String,
+        terms: LicenceTerms,
+    },
+    Revoke {
+        username: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LicenceError {
+    #[error("only an admin or super-admin may issue or revoke licences")]
+    Forbidden,
+    #[error("the licence's expiry {0} is not in the future")]
+    ExpiresInThePast(OffsetDateTime),
+    #[error("{0} has no licence to revoke")]
+    NoLicence(String),
+}
+
+/// The licence as it stands: `None` when none is in force.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LicenceState {
+    pub terms: Option<LicenceTerms>,
+}
+
+pub struct Licence;
+
+impl Decider for Licence {
+    type State = LicenceState;
+    type Command = LicenceCommand;
+    type Event = LicenceEvent;
+    type Error = LicenceError;
+
+    fn evolve(_state: LicenceState, event: &LicenceEvent) -> LicenceState {
+        match event {
+            LicenceEvent::LicenceIssued(e) => LicenceState {
+                terms: Some(e.terms.clone()),
+            },
+            LicenceEvent::LicenceRevoked(_) => LicenceState { terms: None },
+        }
+    }
+
+    fn decide(
+        state: &LicenceState,
+        command: LicenceCommand,
+        ctx: &Context,
+    ) -> Result<Vec<LicenceEvent>, LicenceError> {
+        if !(ctx.actor.has(Role::Admin) || ctx.actor.has(Role::SuperAdmin)) {
+            return Err(LicenceError::Forbidden);
+        }
+        let by = ctx.actor.name();
+        match command {
+            LicenceCommand::Issue { username, terms } => {
+                if terms.expires_at <= ctx.now {
+                    return Err(LicenceError::ExpiresInThePast(terms.expires_at));
+                }
+                Ok(vec![LicenceEvent::LicenceIssued(LicenceIssued {
+                    username,
+                    terms,
+                    by,
+                })])
+            }
+            LicenceCommand::Revoke { username } => {
+                if state.terms.is_none() {
+                    return Err(LicenceError::NoLicence(username));
+                }
+                Ok(vec![LicenceEvent::LicenceRevoked(LicenceRevoked {
+                    username,
+                    by,
+                })])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use time::Duration;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::decider::Actor;
+    use crate::spec::Spec;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
+    }
+
+    fn terms() -> LicenceTerms {
+        LicenceTerms {
+            max_instances: 4,
+            human_surfing: true,
+            import_proxy: false,
+            scheduler: true,
+            external_clicks: false,
+            max_targets: 3,
+            max_flows_per_day: 1000,
+            expires_at: now() + Duration::days(30),
+        }
+    }
+
+    fn as_role(role: Role) -> Context {
+        Context::new(
+            now(),
+            Actor::Account {
+                account_id: Uuid::nil(),
+                username: "someone".into(),
+                roles: BTreeSet::from([role]),
+            },
+        )
+    }
+
+    fn issued() -> LicenceEvent {
+        LicenceEvent::LicenceIssued(LicenceIssued {
+            username: "ada".into(),
+            terms: terms(),
+            by: "someone".into(),
+        })
+    }
+
+    #[test]
+    fn an_admin_issues_a_licence() {
+        Spec::<Licence>::given([])
+            .in_context(as_role(Role::Admin))
+            .when(LicenceCommand::Issue {
+                username: "ada".into(),
+                terms: terms(),
+            })
+            .then([issued()]);
+    }
+
+    #[test]
+    fn a_user_cannot_issue_a_licence() {
+        Spec::<Licence>::given([])
+            .in_context(as_role(Role::User))
+            .when(LicenceCommand::Issue {
+                username: "ada".into(),
+                terms: terms(),
+            })
+            .then_err(|e| *e == LicenceError::Forbidden);
+    }
+
+    #[test]
+    fn a_licence_that_already_expired_is_refused() {
+        let mut old = terms();
+        old.expires_at = now() - Duration::seconds(1);
+        Spec::<Licence>::given([])
+            .in_context(as_role(Role::SuperAdmin))
+            .when(LicenceCommand::Issue {
+                username: "ada".into(),
+                terms: old,
+            })
+            .then_err(|e| matches!(e, LicenceError::ExpiresInThePast(_)));
+    }
+
+    #[test]
+    fn revoking_without_a_licence_says_so() {
+        Spec::<Licence>::given([])
+            .in_context(as_role(Role::Admin))
+            .when(LicenceCommand::Revoke {
+                username: "ada".into(),
+            })
+            .then_err(|e| matches!(e, LicenceError::NoLicence(_)));
+        let state = Spec::<Licence>::given([issued()])
+            .in_context(as_role(Role::Admin))
+            .when(LicenceCommand::Revoke {
+                username: "ada".into(),
+            })
+            .then([LicenceEvent::LicenceRevoked(LicenceRevoked {
+                username: "ada".into(),
+                by: "someone".into(),
+            })]);
+        assert_eq!(state.terms, None);
+    }
+
+    #[test]
+    fn features_off_or_over_the_limit_are_refused_naming_them() {
+        let t = terms();
+        assert!(t.require(Feature::Scheduler, now()).is_ok());
+        let err = t.require(Feature::ImportProxy, now()).unwrap_err();
+        assert_eq!(err.feature, "importProxy");
+        assert!(t.require_within(Limit::MaxTargets, 3, now()).is_ok());
+        let err = t.require_within(Limit::MaxTargets, 4, now()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "maxTargets is not licensed: 4 requested, the licence allows 3"
+        );
+    }
+
+    #[test]
+    fn an_expired_licence_refuses_everything() {
+        let t = terms();
+        let later = t.expires_at;
+        let err = t.require(Feature::Scheduler, later).unwrap_err();
+        assert!(err.reason.contains("expired"), "{err}");
+        assert!(t.require_within(Limit::MaxInstances, 1, later).is_err());
+    }
+}
