@@ -3,7 +3,7 @@
 use std::fmt;
 
 use async_trait::async_trait;
-use domain::{BlobHash, NewEvent, Position, RecordedEvent, StreamId};
+use domain::{BlobHash, EventId, NewEvent, Position, RecordedEvent, StreamId};
 
 use crate::error::StoreError;
 use crate::subscription::Subscription;
@@ -191,6 +191,9 @@ pub trait EventStore: Send + Sync + 'static {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The event with this id, wherever it is.
+    async fn read_event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError>;
 
     /// Reads up to `limit` matching events strictly after `after`, in global order.
     async fn read_all(

@@ -465,6 +465,18 @@ impl EventStore for PostgresStore {
         rows.iter().map(|r| event_from_row(r, 0)).collect()
     }
 
+    async fn read_event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE event_id = $1"
+            ))
+            .await
+            .map_err(pg_err)?;
+        let row = client.query_opt(&stmt, &[&id.0]).await.map_err(pg_err)?;
+        row.map(|r| event_from_row(&r, 0)).transpose()
+    }
+
     async fn read_all(
         &self,
         after: Position,

@@ -480,6 +480,20 @@ impl EventStore for SqliteStore {
             .await
     }
 
+    async fn read_event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("{SELECT_EVENT} WHERE event_id = ?1"))
+                .map_err(db_err)?;
+            let mut rows = stmt.query([id.0.as_bytes()]).map_err(db_err)?;
+            match rows.next().map_err(db_err)? {
+                Some(row) => Ok(Some(event_from_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
     async fn read_all(
         &self,
         after: Position,

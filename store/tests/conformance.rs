@@ -413,6 +413,8 @@ mod cases {
         );
         let via_all = read_everything(&*store, &Filter::all()).await;
         assert_eq!(&via_all[0], got);
+        assert_eq!(store.read_event(id).await.unwrap().as_ref(), Some(got));
+        assert_eq!(store.read_event(EventId::new()).await.unwrap(), None);
     }
 
     pub async fn read_all_pages_through_the_global_order(b: Backend) {
