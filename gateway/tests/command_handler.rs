@@ -1,0 +1,271 @@
+//! The command handler against real stores: a temp SQLite file and a fresh
+//! PostgreSQL schema. Two handlers on one store stand for two gateways.
+
+use std::sync::Arc;
+
+use domain::account::{Account, AccountCommand, AccountError, PasswordHash, Username};
+use domain::licence::{Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceTerms};
+use domain::{Actor, Context, EventRegistry, Role, StreamId};
+use gateway::{CommandError, CommandHandler, CommandMeta};
+use store::{Direction, EventStore, StreamFrom};
+use time::{Duration, OffsetDateTime};
+use uuid::Uuid;
+
+fn registry() -> Arc<EventRegistry> {
+    Arc::new(
+        EventRegistry::new()
+            .with::<domain::account::AccountEvent>()
+            .with::<LicenceEvent>(),
+    )
+}
+
+fn admin() -> Context {
+    Context::new(
+        OffsetDateTime::now_utc(),
+        Actor::Account {
+            account_id: Uuid::nil(),
+            username: "root".into(),
+            roles: [Role::Admin].into(),
+        },
+    )
+}
+
+fn terms(instances: u32) -> LicenceTerms {
+    LicenceTerms {
+        max_instances: instances,
+        human_surfing: true,
+        import_proxy: true,
+        scheduler: true,
+        external_clicks: false,
+        max_targets: 5,
+        max_flows_per_day: 100,
+        expires_at: OffsetDateTime::now_utc() + Duration::days(30),
+    }
+}
+
+fn issue(instances: u32) -> LicenceCommand {
+    LicenceCommand::Issue {
+        username: "ada".into(),
+        terms: terms(instances),
+    }
+}
+
+fn revoke() -> LicenceCommand {
+    LicenceCommand::Revoke {
+        username: "ada".into(),
+    }
+}
+
+fn licence_stream() -> StreamId {
+    StreamId::parse("licence-ada").unwrap()
+}
+
+async fn stream_versions(store: &Arc<dyn EventStore>, stream: &StreamId) -> Vec<u64> {
+    store
+        .read_stream(stream, StreamFrom::Start, Direction::Forward, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn a_command_appends_its_events_with_metadata(store: Arc<dyn EventStore>) {
+        let handler = CommandHandler::new(store.clone(), registry());
+        let meta = CommandMeta {
+            source: Some("gateway".into()),
+            correlation_id: Some(Uuid::now_v7()),
+            ..CommandMeta::default()
+        };
+        let done = handler
+            .handle::<Licence>(&licence_stream(), issue(2), &admin(), &meta)
+            .await
+            .unwrap();
+        assert_eq!(
+            (done.version, done.events.len(), done.replayed),
+            (Some(0), 1, false)
+        );
+        let stored = &store
+            .read_stream(&licence_stream(), StreamFrom::Start, Direction::Forward, 10)
+            .await
+            .unwrap()[0];
+        assert_eq!(stored.event_type, "LicenceIssued");
+        assert_eq!(stored.metadata.actor.as_deref(), Some("root"));
+        assert_eq!(stored.metadata.source.as_deref(), Some("gateway"));
+        assert_eq!(stored.metadata.correlation_id, meta.correlation_id);
+        let (version, state) = handler.load::<Licence>(&licence_stream()).await.unwrap();
+        assert_eq!(
+            (version, state.terms.map(|t| t.max_instances)),
+            (Some(0), Some(2))
+        );
+    }
+
+    pub async fn a_refusal_appends_nothing(store: Arc<dyn EventStore>) {
+        let handler = CommandHandler::new(store.clone(), registry());
+        let err = handler
+            .handle::<Licence>(
+                &licence_stream(),
+                revoke(),
+                &admin(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CommandError::Rejected(LicenceError::NoLicence(_))),
+            "{err}"
+        );
+        assert!(stream_versions(&store, &licence_stream()).await.is_empty());
+    }
+
+    pub async fn two_gateways_on_one_stream_both_get_their_commands_in(store: Arc<dyn EventStore>) {
+        let a = Arc::new(CommandHandler::new(store.clone(), registry()));
+        let b = Arc::new(CommandHandler::new(store.clone(), registry()));
+        let mut tasks = Vec::new();
+        for (handler, base) in [(a, 0u32), (b, 1000)] {
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25 {
+                    handler
+                        .handle::<Licence>(
+                            &licence_stream(),
+                            issue(base + i),
+                            &admin(),
+                            &CommandMeta::default(),
+                        )
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(
+            stream_versions(&store, &licence_stream()).await,
+            (0..50).collect::<Vec<u64>>()
+        );
+    }
+
+    pub async fn a_stale_cached_state_is_corrected_not_trusted(store: Arc<dyn EventStore>) {
+        let a = CommandHandler::new(store.clone(), registry());
+        let b = CommandHandler::new(store.clone(), registry());
+        let none = CommandMeta::default();
+        a.handle::<Licence>(&licence_stream(), issue(1), &admin(), &none)
+            .await
+            .unwrap();
+        // B revokes behind A's back; A's cache still holds a licence.
+        b.handle::<Licence>(&licence_stream(), revoke(), &admin(), &none)
+            .await
+            .unwrap();
+        let err = a
+            .handle::<Licence>(&licence_stream(), revoke(), &admin(), &none)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CommandError::Rejected(LicenceError::NoLicence(_))),
+            "{err}"
+        );
+        // Now A caches "no licence"; B issues one. A's stale refusal must be re-checked.
+        b.handle::<Licence>(&licence_stream(), issue(3), &admin(), &none)
+            .await
+            .unwrap();
+        let done = a
+            .handle::<Licence>(&licence_stream(), revoke(), &admin(), &none)
+            .await
+            .unwrap();
+        assert_eq!(done.version, Some(3));
+    }
+
+    pub async fn a_repeated_idempotency_key_returns_the_first_result(store: Arc<dyn EventStore>) {
+        let handler = CommandHandler::new(store.clone(), registry());
+        let username = Username::parse("ada").unwrap();
+        let stream = username.stream().unwrap();
+        let create = AccountCommand::Create {
+            account_id: Uuid::now_v7(),
+            username,
+            roles: [Role::User].into(),
+            password_hash: PasswordHash("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into()),
+        };
+        let keyed = CommandMeta {
+            idempotency_key: Some("create-ada-1".into()),
+            ..CommandMeta::default()
+        };
+        let first = handler
+            .handle::<Account>(&stream, create.clone(), &admin(), &keyed)
+            .await
+            .unwrap();
+        // The retry of a request whose reply was lost: same key, same answer,
+        // even though deciding again would now say "already exists".
+        let again = handler
+            .handle::<Account>(&stream, create.clone(), &admin(), &keyed)
+            .await
+            .unwrap();
+        assert!(again.replayed);
+        assert_eq!(
+            (again.events, again.version, again.position),
+            (first.events, first.version, first.position)
+        );
+        // Also from another gateway, which never saw the first request.
+        let other = CommandHandler::new(store.clone(), registry());
+        assert!(
+            other
+                .handle::<Account>(&stream, create.clone(), &admin(), &keyed)
+                .await
+                .unwrap()
+                .replayed
+        );
+        // A new key is a new request.
+        let fresh = CommandMeta {
+            idempotency_key: Some("create-ada-2".into()),
+            ..CommandMeta::default()
+        };
+        let err = handler
+            .handle::<Account>(&stream, create, &admin(), &fresh)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CommandError::Rejected(AccountError::AlreadyExists(_))),
+            "{err}"
+        );
+        assert_eq!(stream_versions(&store, &stream).await, [0]);
+    }
+}
+
+macro_rules! on_both_backends {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let dir = tempfile::tempdir().unwrap();
+                    let (store, _) = store::SqliteStore::open(dir.path().join("events.db")).await.unwrap();
+                    super::cases::$case(std::sync::Arc::new(store)).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(pg) = store::testing::TestPostgres::fresh(stringify!($case)).await else {
+                        return;
+                    };
+                    super::cases::$case(std::sync::Arc::new(pg.open().await)).await;
+                    pg.drop_schema().await;
+                }
+            )+
+        }
+    };
+}
+
+on_both_backends!(
+    a_command_appends_its_events_with_metadata,
+    a_refusal_appends_nothing,
+    two_gateways_on_one_stream_both_get_their_commands_in,
+    a_stale_cached_state_is_corrected_not_trusted,
+    a_repeated_idempotency_key_returns_the_first_result,
+);
