@@ -50,6 +50,9 @@ pub enum Command {
     /// Inspect the event log.
     #[command(subcommand)]
     Events(EventsCommand),
+    /// Administer accounts directly against the store (no gateway needed).
+    #[command(subcommand)]
+    Admin(AdminCommand),
     /// Measure performance and print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -82,6 +85,35 @@ pub struct TailArgs {
     /// Stop after printing this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Create an account, e.g. the first super-admin. Reads the password
+    /// from standard input so it stays out of shell history and `ps`.
+    CreateUser(CreateUserArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateUserArgs {
+    /// Login name: 3 to 64 of a-z, 0-9, '.', '_', '-'.
+    #[arg(long)]
+    pub username: String,
+    /// Role to grant (repeatable): user, admin, super_admin, auditor.
+    #[arg(long = "role", value_enum, required = true)]
+    pub roles: Vec<RoleArg>,
+    /// Read the password from standard input (its first line).
+    #[arg(long, required = true)]
+    pub password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum RoleArg {
+    User,
+    Admin,
+    SuperAdmin,
+    Auditor,
 }
 
 #[derive(Debug, Subcommand)]

@@ -19,3 +19,10 @@ pub use envelope::{
     RecordedEvent, StreamId, StreamIdError,
 };
 pub use registry::{DecodeError, EventRegistry, EventSet, Upcaster};
+
+/// Every event set the system knows, with its upcasters.
+pub fn event_registry() -> EventRegistry {
+    EventRegistry::new()
+        .with::<account::AccountEvent>()
+        .with::<licence::LicenceEvent>()
+}

@@ -1,5 +1,6 @@
 //! One module per CLI command.
 
+pub mod admin;
 pub mod migrate;
 pub mod serve;
 pub mod tail;

@@ -151,3 +151,26 @@ pub async fn http_get(addr: &str, path: &str) -> (u16, String) {
         .to_owned();
     (status, body)
 }
+
+/// Runs the binary with `input` on standard input: (exit success, stdout, stderr).
+pub async fn run_with_stdin(args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).await.unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("finishes within a minute")
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,6 +1,7 @@
 //! End-to-end tests of the `trafficbuster` binary: real processes, real
 //! stores (a temporary SQLite file; a fresh PostgreSQL schema), real HTTP.
 
+mod admin;
 mod helpers;
 mod serve;
 mod setup_errors;

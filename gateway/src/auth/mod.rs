@@ -1,0 +1,3 @@
+//! Authentication: password hashing now; tokens and sessions join it here.
+
+pub mod password;
