@@ -1,3 +1,4 @@
-//! Authentication: password hashing now; tokens and sessions join it here.
+//! Authentication: password hashing and tokens.
 
 pub mod password;
+pub mod tokens;
