@@ -1,4 +1,5 @@
 //! Authentication: password hashing and tokens.
 
 pub mod password;
+pub mod sessions;
 pub mod tokens;
