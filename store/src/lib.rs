@@ -25,16 +25,40 @@ pub use sqlite::SqliteStore;
 pub use subscription::Subscription;
 pub use url::StoreUrl;
 
+/// An opened store with its concrete backend, for read models kept in the
+/// same database as the events.
+#[derive(Clone)]
+pub enum Backend {
+    Sqlite(SqliteStore),
+    Postgres(PostgresStore),
+}
+
+impl Backend {
+    /// The same store, type-erased.
+    pub fn event_store(&self) -> Arc<dyn EventStore> {
+        match self {
+            Self::Sqlite(store) => Arc::new(store.clone()),
+            Self::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+}
+
 /// Opens the store at `url`, applying any pending migrations.
 pub async fn open(url: &StoreUrl) -> Result<(Arc<dyn EventStore>, MigrationReport), StoreError> {
+    let (backend, report) = open_backend(url).await?;
+    Ok((backend.event_store(), report))
+}
+
+/// Like [`open`], keeping the concrete backend.
+pub async fn open_backend(url: &StoreUrl) -> Result<(Backend, MigrationReport), StoreError> {
     match url {
         StoreUrl::Sqlite(path) => {
             let (store, report) = SqliteStore::open(path).await?;
-            Ok((Arc::new(store), report))
+            Ok((Backend::Sqlite(store), report))
         }
         StoreUrl::Postgres { config, schema, .. } => {
             let (store, report) = PostgresStore::open((**config).clone(), schema).await?;
-            Ok((Arc::new(store), report))
+            Ok((Backend::Postgres(store), report))
         }
     }
 }
