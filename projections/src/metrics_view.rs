@@ -1,0 +1,69 @@
+//! The `metrics` view: running totals of logins, failed logins and live
+//! sessions, for dashboards and `/metrics`.
+
+use domain::RecordedEvent;
+use domain::account::AccountEvent;
+use store::Filter;
+
+use crate::error::ProjectionError;
+use crate::identity::{ACCOUNT_PREFIX, account_event};
+use crate::projection::Projection;
+use crate::sql::Statement;
+
+pub struct MetricsView;
+
+pub const TABLE: &str = "view_metrics";
+
+pub const LOGINS: &str = "logins";
+pub const FAILED_LOGINS: &str = "failed_logins";
+pub const ACTIVE_SESSIONS: &str = "active_sessions";
+
+const SCHEMA: &[&str] =
+    &["CREATE TABLE view_metrics (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"];
+
+const ADD: &str = "INSERT INTO view_metrics (name, value) VALUES ($1, $2) \
+     ON CONFLICT (name) DO UPDATE SET value = view_metrics.value + excluded.value";
+
+fn add(out: &mut Vec<Statement>, name: &'static str, delta: i64) {
+    out.push(Statement::new(ADD).bind(name).bind(delta));
+}
+
+impl Projection for MetricsView {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn schema(&self) -> &'static [&'static str] {
+        SCHEMA
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[TABLE]
+    }
+
+    fn filter(&self) -> Filter {
+        Filter {
+            stream_prefixes: vec![ACCOUNT_PREFIX.into()],
+            event_types: ["SessionStarted", "SessionEnded", "LoginFailed"]
+                .map(String::from)
+                .to_vec(),
+        }
+    }
+
+    fn apply(
+        &self,
+        event: &RecordedEvent,
+        out: &mut Vec<Statement>,
+    ) -> Result<(), ProjectionError> {
+        match account_event(event)? {
+            Some(AccountEvent::SessionStarted(_)) => {
+                add(out, LOGINS, 1);
+                add(out, ACTIVE_SESSIONS, 1);
+            }
+            Some(AccountEvent::SessionEnded(_)) => add(out, ACTIVE_SESSIONS, -1),
+            Some(AccountEvent::LoginFailed(_)) => add(out, FAILED_LOGINS, 1),
+            _ => {}
+        }
+        Ok(())
+    }
+}
