@@ -164,7 +164,7 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_rotates_the_tok
     let meta = CommandMeta::default();
     let renewed = w
         .sessions
-        .refresh("ada", first.session_id, &first.refresh_token, &meta, later)
+        .refresh(&first.refresh_token, &meta, later)
         .await
         .unwrap();
     assert_eq!(renewed.session_id, first.session_id);
@@ -177,10 +177,22 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_rotates_the_tok
     // The old refresh token was rotated out.
     let err = w
         .sessions
-        .refresh("ada", first.session_id, &first.refresh_token, &meta, later)
+        .refresh(&first.refresh_token, &meta, later)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("refresh token"), "{err}");
+    for garbage in [
+        "",
+        "x",
+        "not-a-uuid.ada.abc",
+        &format!("{}.ada", first.session_id),
+    ] {
+        let err = w.sessions.refresh(garbage, &meta, later).await.unwrap_err();
+        assert!(
+            err.to_string().contains("malformed refresh token"),
+            "{garbage}: {err}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -190,13 +202,7 @@ async fn a_refresh_after_the_grace_period_means_logging_in_again() {
     let too_late = t0() + Duration::minutes(46);
     let err = w
         .sessions
-        .refresh(
-            "ada",
-            first.session_id,
-            &first.refresh_token,
-            &CommandMeta::default(),
-            too_late,
-        )
+        .refresh(&first.refresh_token, &CommandMeta::default(), too_late)
         .await
         .unwrap_err();
     assert!(matches!(err, AuthError::SessionEnded(_)), "{err}");

@@ -135,7 +135,8 @@ impl Sessions {
             session_id,
             access_token,
             access_expires_at,
-            refresh_token,
+            // One opaque string for the client; only the secret's hash is stored.
+            refresh_token: format!("{session_id}.{username}.{refresh_token}"),
             refresh_until: terms.refresh_until,
         })
     }
@@ -208,17 +209,23 @@ impl Sessions {
         Err(AuthError::Account(AccountError::StaleCredentials))
     }
 
-    /// Exchanges a refresh token for new tokens, within the grace period.
+    /// Exchanges a refresh token (as issued: `session.username.secret`) for
+    /// new tokens, within the grace period.
     pub async fn refresh(
         &self,
-        username: &str,
-        session_id: SessionId,
         refresh_token: &str,
         meta: &CommandMeta,
         now: OffsetDateTime,
     ) -> Result<IssuedTokens, AuthError> {
-        let username = Username::parse(username)
-            .map_err(|_| AuthError::SessionEnded("no such account".into()))?;
+        let malformed = || AuthError::Token(TokenError::Invalid("malformed refresh token".into()));
+        let mut parts = refresh_token.trim().splitn(3, '.');
+        let (Some(sid), Some(user), Some(secret)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(malformed());
+        };
+        let session_id = SessionId(sid.parse::<Uuid>().map_err(|_| malformed())?);
+        let username = Username::parse(user).map_err(|_| malformed())?;
+        let refresh_token = secret;
         let stream = username
             .stream()
             .map_err(|e| AuthError::Internal(e.to_string()))?;
