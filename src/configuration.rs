@@ -20,6 +20,8 @@ pub struct FileSettings {
     pub store: Option<String>,
     pub listen: Option<String>,
     pub log_format: Option<LogFormat>,
+    /// Signs access tokens; at least 32 characters; the same on every gateway.
+    pub jwt_secret: Option<String>,
 }
 
 impl FileSettings {
@@ -71,6 +73,29 @@ impl Settings {
         })
     }
 
+    /// The token signing secret: `TB_JWT_SECRET`, then the file. With the
+    /// embedded store and neither set, one is made once and kept beside the
+    /// database file (readable by its owner only).
+    pub fn jwt_secret(&self, from_env: Option<&str>) -> anyhow::Result<Vec<u8>> {
+        if let Some(secret) = from_env.or(self.file.jwt_secret.as_deref()) {
+            if secret.len() < 32 {
+                bail!(
+                    "the JWT secret (TB_JWT_SECRET or jwt_secret) must be at least 32 characters"
+                );
+            }
+            return Ok(secret.as_bytes().to_vec());
+        }
+        match &self.store {
+            StoreUrl::Sqlite(db) => {
+                let path = db.with_file_name("jwt-secret");
+                secret_file(&path)
+            }
+            StoreUrl::Postgres { .. } => bail!(
+                "set TB_JWT_SECRET (at least 32 characters, the same on every gateway) when the store is PostgreSQL"
+            ),
+        }
+    }
+
     /// The listen address: `--listen`/`TB_LISTEN`, then the file, then the default.
     pub fn listen(&self, flag: Option<&str>) -> anyhow::Result<SocketAddr> {
         let text = flag
@@ -83,6 +108,43 @@ impl Settings {
             }
         }
     }
+}
+
+/// Reads the secret at `path`, creating it (32 random bytes, hex, mode 0600) if missing.
+fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if existing.len() < 32 {
+            bail!(
+                "{} holds a secret shorter than 32 characters; delete it to make a new one",
+                path.display()
+            );
+        }
+        return Ok(existing.as_bytes().to_vec());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let secret: String = uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(uuid::Uuid::new_v4().as_bytes())
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create the token secret {}", path.display()))?;
+    file.write_all(secret.as_bytes())?;
+    tracing::info!(path = %path.display(), "created a token signing secret");
+    Ok(secret.into_bytes())
 }
 
 #[cfg(test)]

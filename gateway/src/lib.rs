@@ -1,10 +1,14 @@
-//! The gateway: the HTTP face of TrafficBuster. For now it serves health and
-//! readiness; GraphQL, the runner socket and metrics join it here.
+//! The gateway: the HTTP face of TrafficBuster. GraphQL (queries, mutations,
+//! subscriptions) for the UI, health and readiness; command handling and
+//! authentication behind them. The runner socket and metrics join it here.
 
 pub mod auth;
 pub mod command_handler;
+pub mod expiry;
+pub mod graphql;
 pub mod health;
 pub mod startup;
+pub mod state;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};
-pub use startup::{Gateway, router};
+pub use startup::{Gateway, GatewayConfig, StartError, router};

@@ -1,48 +1,236 @@
-//! Wiring: the router and the server loop with graceful shutdown.
+//! Wiring: the state, the router, and the server loop with its background
+//! work (projections, session expiry) and graceful shutdown.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use async_graphql::Data;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use store::EventStore;
+use projections::{ProjectionEngine, ViewStore};
 use tokio::net::TcpListener;
 
-use crate::health;
+use crate::auth::rate_limit::LoginLimiter;
+use crate::auth::sessions::{SessionPolicy, Sessions};
+use crate::auth::tokens::{TokenError, TokenKeys};
+use crate::command_handler::CommandHandler;
+use crate::graphql::{self, ApiSchema, RequestAuth};
+use crate::state::AppState;
+use crate::{expiry, health};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+/// What the router's handlers share.
+#[derive(Clone)]
+pub struct Shared {
+    pub app: AppState,
+    pub schema: ApiSchema,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("token signing: {0}")]
+    Token(#[from] TokenError),
+    #[error("views: {0}")]
+    Views(#[from] projections::ViewError),
+    #[error("projections: {0}")]
+    Engine(#[from] projections::EngineError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// How the gateway is set up.
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// Signs access tokens; every gateway of a deployment needs the same.
+    pub jwt_secret: Vec<u8>,
+    pub session_policy: SessionPolicy,
+}
 
 /// Every route the gateway serves.
-pub fn router(store: Arc<dyn EventStore>) -> Router {
+pub fn router(shared: Shared) -> Router {
     Router::new()
+        .route("/graphql", get(graphql_ws).post(graphql_http))
+        .route("/graphiql", get(graphiql))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .with_state(store)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(shared)
+}
+
+/// The bearer token of an `Authorization` value, or of a `connection_init` payload.
+fn bearer(value: &str) -> Option<&str> {
+    let value = value.trim();
+    value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+async fn authenticate(
+    app: &AppState,
+    token: Option<&str>,
+    client_ip: Option<IpAddr>,
+    user_agent: Option<String>,
+) -> RequestAuth {
+    let mut auth = RequestAuth {
+        client_ip,
+        user_agent,
+        ..RequestAuth::default()
+    };
+    if let Some(token) = token {
+        match app.sessions.authenticate(token, graphql::now()).await {
+            Ok(p) => auth.principal = Some(p),
+            Err(e) => auth.rejected = Some(e.to_string()),
+        }
+    }
+    auth
+}
+
+fn user_agent(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(axum::http::header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(256).collect())
+}
+
+async fn graphql_http(
+    State(shared): State<Shared>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> GraphQLResponse {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    let auth = authenticate(&shared.app, token, Some(addr.ip()), user_agent(&headers)).await;
+    let mut response = shared.schema.execute(request.into_inner().data(auth)).await;
+    // Errors from parsing and validation (syntax, unknown fields, depth,
+    // complexity) carry no code of their own: they are the client's to fix.
+    for e in &mut response.errors {
+        let ext = e.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", graphql::error::Code::Validation.as_str());
+        }
+    }
+    response.into()
+}
+
+async fn graphql_ws(
+    State(shared): State<Shared>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let agent = user_agent(&headers);
+    upgrade
+        .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            let app = shared.app.clone();
+            GraphQLWebSocket::new(socket, shared.schema.clone(), protocol)
+                .on_connection_init(move |payload| async move {
+                    // {"authorization": "Bearer …"}, {"Authorization": …} or {"token": "…"}.
+                    let token = ["authorization", "Authorization"]
+                        .iter()
+                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).and_then(bearer))
+                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+                        .map(str::to_owned);
+                    let auth = authenticate(&app, token.as_deref(), Some(addr.ip()), agent).await;
+                    if let Some(why) = &auth.rejected {
+                        return Err(async_graphql::Error::new(why.clone()));
+                    }
+                    let mut data = Data::default();
+                    data.insert(auth);
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+async fn graphiql() -> impl IntoResponse {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql")
+            .finish(),
+    )
 }
 
 /// A bound gateway, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
-    store: Arc<dyn EventStore>,
+    shared: Shared,
+    engine: ProjectionEngine,
 }
 
 impl Gateway {
-    /// Binds `addr` (port 0 picks a free port).
-    pub async fn bind(addr: SocketAddr, store: Arc<dyn EventStore>) -> std::io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
-        Ok(Self { listener, store })
+    /// Opens views, starts the projections, and binds `addr` (port 0 picks one).
+    pub async fn start(
+        addr: SocketAddr,
+        backend: &store::Backend,
+        config: GatewayConfig,
+    ) -> Result<Self, StartError> {
+        let store = backend.event_store();
+        let keys = TokenKeys::from_secret(&config.jwt_secret)?;
+        let views = ViewStore::open(backend).await?;
+        let engine =
+            ProjectionEngine::start(store.clone(), views.clone(), projections::all_views())?;
+        let handler = Arc::new(CommandHandler::new(
+            store.clone(),
+            Arc::new(domain::event_registry()),
+        ));
+        let sessions = Arc::new(Sessions::new(handler.clone(), keys, config.session_policy));
+        let app = AppState {
+            store,
+            handler,
+            sessions,
+            limiter: Arc::new(LoginLimiter::new()),
+            views,
+            projections: engine.status(),
+        };
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind { addr, source })?;
+        let schema = graphql::schema(Some(app.clone()));
+        Ok(Self {
+            listener,
+            shared: Shared { app, schema },
+            engine,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes, then finishes in-flight requests
+    /// and stops the projections.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        axum::serve(self.listener, router(self.store))
-            .with_graceful_shutdown(shutdown)
-            .await
+        let sweeper = tokio::spawn(expiry::run(self.shared.app.clone()));
+        let served = axum::serve(
+            self.listener,
+            router(self.shared).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await;
+        sweeper.abort();
+        self.engine.shutdown().await;
+        served
     }
 }

@@ -1,21 +1,27 @@
-//! `trafficbuster serve`: open the store, apply migrations, serve the gateway.
+//! `trafficbuster serve`: open the store, apply migrations, run projections
+//! and serve the gateway.
 
 use anyhow::Context;
-use gateway::Gateway;
+use gateway::{Gateway, GatewayConfig};
 
 use crate::cli::ServeArgs;
-use crate::commands::{open_store, shutdown_signal};
+use crate::commands::shutdown_signal;
 use crate::configuration::Settings;
 
 pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let addr = settings.listen(args.listen.as_deref())?;
-    let (store, report) = open_store(&settings.store).await?;
+    let jwt_secret = settings.jwt_secret(std::env::var("TB_JWT_SECRET").ok().as_deref())?;
+    let (backend, report) = store::open_backend(&settings.store)
+        .await
+        .with_context(|| format!("cannot open store {}", settings.store))?;
     for name in &report.applied {
         tracing::info!(migration = name, "applied migration");
     }
-    let gateway = Gateway::bind(addr, store)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let config = GatewayConfig {
+        jwt_secret,
+        session_policy: Default::default(),
+    };
+    let gateway = Gateway::start(addr, &backend, config).await?;
     let bound = gateway.local_addr()?;
     tracing::info!(store = %settings.store, "gateway listening on http://{bound}");
     gateway.serve(shutdown_signal()).await?;

@@ -10,7 +10,13 @@ use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trafficbuster"));
     // Settings come from each test's flags, not from the developer's shell.
-    for var in ["TB_STORE", "TB_LISTEN", "TB_CONFIG", "TB_LOG_FORMAT"] {
+    for var in [
+        "TB_STORE",
+        "TB_LISTEN",
+        "TB_CONFIG",
+        "TB_LOG_FORMAT",
+        "TB_JWT_SECRET",
+    ] {
         cmd.env_remove(var);
     }
     cmd.kill_on_drop(true);

@@ -4,8 +4,11 @@ use std::time::Duration;
 
 use crate::helpers::{Running, TestStore, bin, http_get, run};
 
-async fn serve_answers_health_and_readiness(store: TestStore) {
+async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option<&str>) {
     let mut cmd = bin();
+    if let Some(secret) = jwt_secret {
+        cmd.env("TB_JWT_SECRET", secret);
+    }
     cmd.args([
         "--store",
         &store.url,
@@ -28,15 +31,40 @@ async fn serve_answers_health_and_readiness(store: TestStore) {
 
     let (status, body) = http_get(&addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-    let (status, body) = http_get(&addr, "/readyz").await;
-    assert_eq!(status, 200, "{body}");
-    let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+    // Ready once every view has caught up with the log.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let ready = loop {
+        let (status, body) = http_get(&addr, "/readyz").await;
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if status == 200 {
+            break ready;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(ready["status"], "catching_up", "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never ready: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["views"]["audit"], "live", "{ready}");
     let (status, _) = http_get(&addr, "/nope").await;
     assert_eq!(status, 404);
 
     let status = server.terminate().await;
     assert!(status.success(), "serve exits 0 on SIGTERM: {status}");
+
+    if jwt_secret.is_none() {
+        // With no secret configured, the embedded set-up made one, private to its owner.
+        use std::os::unix::fs::PermissionsExt;
+        let path = store
+            .url
+            .trim_start_matches("sqlite://")
+            .replace("tb.db", "jwt-secret");
+        let meta = std::fs::metadata(&path).expect("jwt-secret beside the database");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    }
 
     // serve applied the migrations, so migrate has nothing left to do.
     let (ok, stdout, stderr) = run(&["--store", &store.url, "migrate"]).await;
@@ -50,15 +78,23 @@ async fn serve_answers_health_and_readiness(store: TestStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_health_and_readiness_on_sqlite() {
-    serve_answers_health_and_readiness(TestStore::sqlite()).await;
+    serve_answers_health_and_readiness(TestStore::sqlite(), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_answers_health_and_readiness_on_postgres() {
     if let Some(store) = TestStore::postgres("serve_answers_health_and_readiness_on_postgres").await
     {
-        serve_answers_health_and_readiness(store).await;
+        serve_answers_health_and_readiness(store, Some("an-e2e-test-secret-of-at-least-32-chars"))
+            .await;
     }
+}
+
+#[tokio::test]
+async fn serve_on_postgres_without_a_jwt_secret_says_what_to_set() {
+    let (ok, _, stderr) = run(&["--store", "postgres://postgres@127.0.0.1:1/x", "serve"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("set TB_JWT_SECRET"), "{stderr}");
 }
 
 #[tokio::test]

@@ -1,0 +1,103 @@
+//! GraphQL errors with a stable machine code in `extensions.code`.
+
+use async_graphql::{Error, ErrorExtensions};
+use domain::account::AccountError;
+use domain::licence::LicenceError;
+
+use crate::auth::rate_limit::RateLimited;
+use crate::auth::sessions::AuthError;
+use crate::command_handler::CommandError;
+
+/// The codes clients may rely on (DESIGN.md, "The gateway").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Unauthenticated,
+    Forbidden,
+    FeatureNotLicensed,
+    RateLimited,
+    Conflict,
+    Validation,
+    NotFound,
+    SafeMode,
+    Internal,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::Unauthenticated => "UNAUTHENTICATED",
+            Code::Forbidden => "FORBIDDEN",
+            Code::FeatureNotLicensed => "FEATURE_NOT_LICENSED",
+            Code::RateLimited => "RATE_LIMITED",
+            Code::Conflict => "CONFLICT",
+            Code::Validation => "VALIDATION",
+            Code::NotFound => "NOT_FOUND",
+            Code::SafeMode => "SAFE_MODE",
+            Code::Internal => "INTERNAL",
+        }
+    }
+}
+
+/// An error with `extensions.code`.
+pub fn error(code: Code, message: impl Into<String>) -> Error {
+    Error::new(message).extend_with(|_, e| e.set("code", code.as_str()))
+}
+
+/// Unexpected failures: logged in full, told to the client briefly.
+pub fn internal(what: &str, e: &dyn std::fmt::Display) -> Error {
+    tracing::error!(error = %e, "{what}");
+    error(
+        Code::Internal,
+        format!("{what}; the gateway log has the details"),
+    )
+}
+
+pub fn rate_limited(r: RateLimited) -> Error {
+    let secs = r.retry_after.as_secs().max(1);
+    Error::new(r.to_string()).extend_with(|_, e| {
+        e.set("code", Code::RateLimited.as_str());
+        e.set("retryAfter", secs);
+    })
+}
+
+pub fn account(e: &AccountError) -> Error {
+    let code = match e {
+        AccountError::NotFound => Code::NotFound,
+        AccountError::AlreadyExists(_)
+        | AccountError::StaleCredentials
+        | AccountError::NotExpired(_) => Code::Conflict,
+        AccountError::NoRoles => Code::Validation,
+        AccountError::Forbidden(_) | AccountError::Disabled => Code::Forbidden,
+        AccountError::SessionNotLive(_)
+        | AccountError::InvalidRefreshToken
+        | AccountError::RefreshWindowClosed(_) => Code::Unauthenticated,
+    };
+    error(code, e.to_string())
+}
+
+pub fn licence(e: &LicenceError) -> Error {
+    let code = match e {
+        LicenceError::Forbidden => Code::Forbidden,
+        LicenceError::ExpiresInThePast(_) => Code::Validation,
+        LicenceError::NoLicence(_) => Code::NotFound,
+    };
+    error(code, e.to_string())
+}
+
+pub fn command<E: std::error::Error>(e: CommandError<E>, domain: impl Fn(&E) -> Error) -> Error {
+    match &e {
+        CommandError::Rejected(inner) => domain(inner),
+        CommandError::Conflict { .. } => error(Code::Conflict, e.to_string()),
+        _ => internal("the command could not be carried out", &e),
+    }
+}
+
+pub fn auth(e: AuthError) -> Error {
+    match e {
+        AuthError::WrongCredentials | AuthError::Token(_) | AuthError::SessionEnded(_) => {
+            error(Code::Unauthenticated, e.to_string())
+        }
+        AuthError::Account(a) => account(&a),
+        AuthError::Internal(_) => internal("authentication failed", &e),
+    }
+}

@@ -1,0 +1,117 @@
+//! The GraphQL API: the UI's one API. Queries read views, mutations issue
+//! commands, subscriptions push changes. Every error carries
+//! `extensions.code`.
+
+pub mod error;
+pub mod identity;
+pub mod subscriptions;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
+use domain::Role;
+use time::OffsetDateTime;
+
+use crate::auth::sessions::Principal;
+use crate::graphql::error::{Code, error};
+use crate::state::AppState;
+
+/// Deepest query accepted.
+pub const MAX_DEPTH: usize = 12;
+/// Most complex query accepted (roughly: fields selected, lists weighted).
+pub const MAX_COMPLEXITY: usize = 1000;
+
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(identity::IdentityQuery);
+
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(identity::IdentityMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct SubscriptionRoot(subscriptions::IdentitySubscription);
+
+pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// The schema, with the shared state and the limits.
+pub fn schema(state: Option<AppState>) -> ApiSchema {
+    let builder = Schema::build(
+        QueryRoot::default(),
+        MutationRoot::default(),
+        SubscriptionRoot::default(),
+    )
+    .limit_depth(MAX_DEPTH)
+    .limit_complexity(MAX_COMPLEXITY);
+    match state {
+        Some(state) => builder.data(state).finish(),
+        None => builder.finish(),
+    }
+}
+
+/// The SDL, as written to `gateway/schema.graphql`.
+pub fn sdl() -> String {
+    schema(None).sdl()
+}
+
+/// Who sent this request, as established from its token.
+#[derive(Debug, Clone, Default)]
+pub struct RequestAuth {
+    pub principal: Option<Principal>,
+    /// Why a presented token was not accepted, to say so when it matters.
+    pub rejected: Option<String>,
+    pub client_ip: Option<IpAddr>,
+    pub user_agent: Option<String>,
+}
+
+pub fn app<'a>(ctx: &Context<'a>) -> &'a AppState {
+    ctx.data_unchecked::<AppState>()
+}
+
+pub fn request<'a>(ctx: &Context<'a>) -> &'a RequestAuth {
+    static ANONYMOUS: std::sync::OnceLock<RequestAuth> = std::sync::OnceLock::new();
+    ctx.data_opt::<RequestAuth>()
+        .unwrap_or_else(|| ANONYMOUS.get_or_init(RequestAuth::default))
+}
+
+/// The logged-in principal, or UNAUTHENTICATED saying why not.
+pub fn principal<'a>(ctx: &Context<'a>) -> async_graphql::Result<&'a Principal> {
+    let auth = request(ctx);
+    auth.principal.as_ref().ok_or_else(|| match &auth.rejected {
+        Some(why) => error(Code::Unauthenticated, why.clone()),
+        None => error(
+            Code::Unauthenticated,
+            "log in first: send `Authorization: Bearer <accessToken>`",
+        ),
+    })
+}
+
+/// The principal, if it holds one of `roles` (or FORBIDDEN).
+pub fn principal_with<'a>(
+    ctx: &Context<'a>,
+    roles: &[Role],
+    what: &str,
+) -> async_graphql::Result<&'a Principal> {
+    let p = principal(ctx)?;
+    if roles.iter().any(|r| p.roles.contains(r)) {
+        Ok(p)
+    } else {
+        let names: BTreeSet<String> = roles.iter().map(ToString::to_string).collect();
+        Err(error(
+            Code::Forbidden,
+            format!(
+                "{what} needs one of the roles: {}",
+                names.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+}
+
+pub fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc()
+}
+
+/// A view timestamp (microseconds) as a date-time.
+pub fn from_micros(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}

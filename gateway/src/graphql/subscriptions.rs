@@ -1,0 +1,196 @@
+//! Live updates. Every subscription runs under its session: when the
+//! session ends (logout, a newer login, revocation, expiry, a disabled
+//! account) `sessionEvents` receives a final `SessionEnded { reason }` and
+//! every subscription of that session completes, so a UI logs out at once.
+
+use async_graphql::{Context, SimpleObject, Subscription, Union};
+use domain::RecordedEvent;
+use domain::account::{Account, AccountEvent};
+use futures_util::Stream;
+use store::{Filter, SubscribeFrom};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::auth::sessions::Principal;
+use crate::graphql::identity::AuditEntry;
+use crate::graphql::{app, principal, principal_with};
+use crate::state::AppState;
+
+#[derive(SimpleObject, Clone)]
+pub struct SessionRefreshed {
+    pub session_id: Uuid,
+    pub access_expires_at: OffsetDateTime,
+    pub refresh_until: OffsetDateTime,
+}
+
+#[derive(SimpleObject, Clone)]
+pub struct SessionEnded {
+    pub session_id: Uuid,
+    pub reason: String,
+}
+
+#[derive(Union, Clone)]
+pub enum SessionEvent {
+    SessionRefreshed(SessionRefreshed),
+    SessionEnded(SessionEnded),
+}
+
+#[derive(Default)]
+pub struct IdentitySubscription;
+
+#[Subscription]
+impl IdentitySubscription {
+    /// The current session's changes; the last one is `SessionEnded`.
+    async fn session_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
+        let p = principal(ctx)?.clone();
+        Ok(guarded(
+            app(ctx).clone(),
+            p,
+            None,
+            |_| None::<SessionEvent>,
+            Some,
+            Some,
+        ))
+    }
+
+    /// New audit entries as they happen (auditors and admins).
+    async fn audit_events(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<impl Stream<Item = AuditEntry>> {
+        let p = principal_with(
+            ctx,
+            &[
+                domain::Role::Auditor,
+                domain::Role::Admin,
+                domain::Role::SuperAdmin,
+            ],
+            "watching the audit log",
+        )?
+        .clone();
+        Ok(guarded(
+            app(ctx).clone(),
+            p,
+            Some(Filter::all()),
+            |e: &RecordedEvent| {
+                Some(AuditEntry {
+                    position: e.position.to_string(),
+                    recorded_at: e.recorded_at,
+                    actor: e.metadata.actor.clone(),
+                    stream_id: e.stream_id.to_string(),
+                    event_type: e.event_type.clone(),
+                    summary: projections::audit_view::summarize(e),
+                })
+            },
+            |_| None,
+            |_| None,
+        ))
+    }
+}
+
+/// Runs a subscription under `principal`'s session: `inner` events (if
+/// any) are mapped by `on_event`; the session's own refreshes and its end
+/// are mapped by `on_refreshed` and `on_ended`, and the end completes it.
+fn guarded<T: Send + 'static>(
+    app: AppState,
+    principal: Principal,
+    inner: Option<Filter>,
+    on_event: impl Fn(&RecordedEvent) -> Option<T> + Send + 'static,
+    on_refreshed: impl Fn(SessionEvent) -> Option<T> + Send + 'static,
+    on_ended: impl Fn(SessionEvent) -> Option<T> + Send + 'static,
+) -> impl Stream<Item = T> {
+    let (tx, rx) = mpsc::channel::<T>(256);
+    tokio::spawn(async move {
+        let Ok(stream) = principal.username.stream() else {
+            return;
+        };
+        let sid = principal.session_id;
+        // Subscribe first, then look: an end in between is seen either way.
+        let mut own = app.store.subscribe_all(
+            SubscribeFrom::End,
+            Filter {
+                stream_prefixes: vec![stream.to_string()],
+                event_types: vec!["SessionRefreshed".into(), "SessionEnded".into()],
+            },
+        );
+        let mut others = inner.map(|f| app.store.subscribe_all(SubscribeFrom::End, f));
+        let ended = |reason: String| {
+            SessionEvent::SessionEnded(SessionEnded {
+                session_id: sid.0,
+                reason,
+            })
+        };
+        match app.handler.load::<Account>(&stream).await {
+            Ok((_, state)) => {
+                let live = state.account.as_ref().is_some_and(|a| {
+                    !a.disabled && a.session.as_ref().is_some_and(|s| s.session_id == sid)
+                });
+                if !live {
+                    if let Some(item) = on_ended(ended("the session is no longer live".into())) {
+                        let _ = tx.send(item).await;
+                    }
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "subscription cannot read its account; closing it");
+                return;
+            }
+        }
+        let registry = domain::event_registry();
+        loop {
+            let next_other = async {
+                match others.as_mut() {
+                    Some(sub) => sub.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tx.closed() => return,
+                event = own.next() => {
+                    let Some(Ok(event)) = event else { return };
+                    // The prefix also matches longer names (account-ada vs account-adam).
+                    if event.stream_id != stream {
+                        continue;
+                    }
+                    match registry.decode::<domain::account::AccountEvent>(&event) {
+                        Ok(AccountEvent::SessionRefreshed(r)) if r.session_id == sid => {
+                            let item = SessionEvent::SessionRefreshed(SessionRefreshed {
+                                session_id: sid.0,
+                                access_expires_at: r.tokens.expires_at,
+                                refresh_until: r.tokens.refresh_until,
+                            });
+                            if let Some(item) = on_refreshed(item)
+                                && tx.send(item).await.is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Ok(AccountEvent::SessionEnded(x)) if x.session_id == sid => {
+                            if let Some(item) = on_ended(ended(x.reason.to_string())) {
+                                let _ = tx.send(item).await;
+                            }
+                            return;
+                        }
+                        _ => {}
+                    }
+                }
+                event = next_other => {
+                    let Some(Ok(event)) = event else { return };
+                    if let Some(item) = on_event(&event)
+                        && tx.send(item).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

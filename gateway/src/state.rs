@@ -1,0 +1,22 @@
+//! What every request shares: the store, the command handler, sessions,
+//! login limits, the views and the projections' progress.
+
+use std::sync::Arc;
+
+use projections::{EngineStatus, ViewStore};
+use store::EventStore;
+use tokio::sync::watch;
+
+use crate::auth::rate_limit::LoginLimiter;
+use crate::auth::sessions::Sessions;
+use crate::command_handler::CommandHandler;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<dyn EventStore>,
+    pub handler: Arc<CommandHandler>,
+    pub sessions: Arc<Sessions>,
+    pub limiter: Arc<LoginLimiter>,
+    pub views: ViewStore,
+    pub projections: watch::Receiver<EngineStatus>,
+}
