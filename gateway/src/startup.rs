@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLRequest, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
+use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use projections::{ProjectionEngine, ViewStore};
@@ -109,14 +110,24 @@ async fn graphql_http(
     State(shared): State<Shared>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    request: GraphQLRequest,
-) -> GraphQLResponse {
+    // Bytes, not async-graphql's extractor: it streams past DefaultBodyLimit.
+    body: Bytes,
+) -> Response {
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            let message =
+                format!("the request body is not a GraphQL request (JSON with a `query`): {e}");
+            let body = serde_json::json!({ "errors": [{ "message": message, "extensions": { "code": "VALIDATION" } }] });
+            return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+        }
+    };
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
     let auth = authenticate(&shared.app, token, Some(addr.ip()), user_agent(&headers)).await;
-    let mut response = shared.schema.execute(request.into_inner().data(auth)).await;
+    let mut response = shared.schema.execute(request.data(auth)).await;
     // Errors from parsing and validation (syntax, unknown fields, depth,
     // complexity) carry no code of their own: they are the client's to fix.
     for e in &mut response.errors {
@@ -125,7 +136,7 @@ async fn graphql_http(
             ext.set("code", graphql::error::Code::Validation.as_str());
         }
     }
-    response.into()
+    GraphQLResponse::from(response).into_response()
 }
 
 async fn graphql_ws(

@@ -2,6 +2,7 @@
 //! stores (a temporary SQLite file; a fresh PostgreSQL schema), real HTTP.
 
 mod admin;
+mod graphql;
 mod helpers;
 mod serve;
 mod setup_errors;

@@ -92,6 +92,34 @@ impl IdentitySubscription {
     }
 }
 
+/// Why `sid` ended, from the account's recent events (it may have ended
+/// just before the subscription began watching).
+async fn end_reason(
+    app: &AppState,
+    stream: &domain::StreamId,
+    sid: domain::account::SessionId,
+) -> String {
+    let recent = app
+        .store
+        .read_stream(
+            stream,
+            store::StreamFrom::End,
+            store::Direction::Backward,
+            100,
+        )
+        .await
+        .unwrap_or_default();
+    let registry = domain::event_registry();
+    recent
+        .iter()
+        .filter_map(|e| registry.decode::<AccountEvent>(e).ok())
+        .find_map(|e| match e {
+            AccountEvent::SessionEnded(x) if x.session_id == sid => Some(x.reason.to_string()),
+            _ => None,
+        })
+        .unwrap_or_else(|| "the session is no longer live".into())
+}
+
 /// Runs a subscription under `principal`'s session: `inner` events (if
 /// any) are mapped by `on_event`; the session's own refreshes and its end
 /// are mapped by `on_refreshed` and `on_ended`, and the end completes it.
@@ -130,7 +158,8 @@ fn guarded<T: Send + 'static>(
                     !a.disabled && a.session.as_ref().is_some_and(|s| s.session_id == sid)
                 });
                 if !live {
-                    if let Some(item) = on_ended(ended("the session is no longer live".into())) {
+                    let reason = end_reason(&app, &stream, sid).await;
+                    if let Some(item) = on_ended(ended(reason)) {
                         let _ = tx.send(item).await;
                     }
                     return;
