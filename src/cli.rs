@@ -53,6 +53,9 @@ pub enum Command {
     /// Administer accounts directly against the store (no gateway needed).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Manage the read models (views).
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
     /// Measure performance and print figures.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -85,6 +88,16 @@ pub struct TailArgs {
     /// Stop after printing this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Drop a view (or every view) and rebuild it from the first event.
+    /// Safe while gateways run: they pick up the rebuilt view.
+    Rebuild {
+        /// The view to rebuild: accounts, sessions, audit, metrics, event_counts. Default: all.
+        view: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

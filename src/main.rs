@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{AdminCommand, BenchCommand, Cli, Command, EventsCommand};
+use crate::cli::{AdminCommand, BenchCommand, Cli, Command, EventsCommand, ProjectionsCommand};
 use crate::configuration::Settings;
 
 fn main() -> ExitCode {
@@ -42,6 +42,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => commands::serve::run(&settings, &args).await,
         Command::Migrate => commands::migrate::run(&settings).await,
         Command::Events(EventsCommand::Tail(args)) => commands::tail::run(&settings, &args).await,
+        Command::Projections(ProjectionsCommand::Rebuild { view }) => {
+            commands::projections::rebuild(&settings, view.as_deref()).await
+        }
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await
         }

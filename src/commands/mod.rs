@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod migrate;
+pub mod projections;
 pub mod serve;
 pub mod tail;
 

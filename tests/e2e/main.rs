@@ -4,6 +4,7 @@
 mod admin;
 mod graphql;
 mod helpers;
+mod projections;
 mod serve;
 mod setup_errors;
 mod tail;
