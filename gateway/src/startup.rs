@@ -22,8 +22,9 @@ use crate::auth::sessions::{SessionPolicy, Sessions};
 use crate::auth::tokens::{TokenError, TokenKeys};
 use crate::command_handler::CommandHandler;
 use crate::graphql::{self, ApiSchema, RequestAuth};
+use crate::metrics::{Metered, Metrics};
 use crate::state::AppState;
-use crate::{expiry, health};
+use crate::{expiry, health, metrics};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -43,6 +44,8 @@ pub enum StartError {
     Views(#[from] projections::ViewError),
     #[error("projections: {0}")]
     Engine(#[from] projections::EngineError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -65,7 +68,12 @@ pub fn router(shared: Shared) -> Router {
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::endpoint))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            metrics::track,
+        ))
         .with_state(shared)
 }
 
@@ -127,7 +135,14 @@ async fn graphql_http(
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
     let auth = authenticate(&shared.app, token, Some(addr.ip()), user_agent(&headers)).await;
+    let operation = operation_type(&request);
+    let started = std::time::Instant::now();
     let mut response = shared.schema.execute(request.data(auth)).await;
+    shared.app.metrics.observe_graphql(
+        operation,
+        response.errors.is_empty(),
+        started.elapsed().as_secs_f64(),
+    );
     // Errors from parsing and validation (syntax, unknown fields, depth,
     // complexity) carry no code of their own: they are the client's to fix.
     for e in &mut response.errors {
@@ -137,6 +152,28 @@ async fn graphql_http(
         }
     }
     GraphQLResponse::from(response).into_response()
+}
+
+/// `query`, `mutation`, `subscription`, or `invalid`: a bounded label.
+fn operation_type(request: &async_graphql::Request) -> &'static str {
+    use async_graphql::parser::types::OperationType;
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return "invalid";
+    };
+    let ty = match &request.operation_name {
+        Some(name) => doc
+            .operations
+            .iter()
+            .find(|(n, _)| n.is_some_and(|n| n.as_str() == name))
+            .map(|(_, op)| op.node.ty),
+        None => doc.operations.iter().next().map(|(_, op)| op.node.ty),
+    };
+    match ty {
+        Some(OperationType::Query) => "query",
+        Some(OperationType::Mutation) => "mutation",
+        Some(OperationType::Subscription) => "subscription",
+        None => "invalid",
+    }
 }
 
 async fn graphql_ws(
@@ -194,7 +231,9 @@ impl Gateway {
         backend: &store::Backend,
         config: GatewayConfig,
     ) -> Result<Self, StartError> {
-        let store = backend.event_store();
+        let metrics = Arc::new(Metrics::new()?);
+        let store: Arc<dyn store::EventStore> =
+            Arc::new(Metered::new(backend.event_store(), metrics.clone()));
         let keys = TokenKeys::from_secret(&config.jwt_secret)?;
         let views = ViewStore::open(backend).await?;
         let engine =
@@ -211,6 +250,7 @@ impl Gateway {
             limiter: Arc::new(LoginLimiter::new()),
             views,
             projections: engine.status(),
+            metrics,
         };
         let listener = TcpListener::bind(addr)
             .await

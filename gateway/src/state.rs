@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::sessions::Sessions;
 use crate::command_handler::CommandHandler;
+use crate::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -19,4 +20,5 @@ pub struct AppState {
     pub limiter: Arc<LoginLimiter>,
     pub views: ViewStore,
     pub projections: watch::Receiver<EngineStatus>,
+    pub metrics: Arc<Metrics>,
 }

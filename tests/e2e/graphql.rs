@@ -523,3 +523,37 @@ async fn a_restarted_gateway_keeps_sessions_views_and_the_audit_log() {
         .len();
     assert_eq!(entries.len(), events, "the audit log holds every event");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_events_and_view_progress() {
+    let app = App::spawn(TestStore::sqlite()).await;
+    app.with_accounts().await;
+    let token = app.token("ada", PASSWORD).await;
+    app.gql("{ me { username } }", json!({}), Some(&token))
+        .await;
+    app.gql("{ me { nope } }", json!({}), Some(&token)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(&app.addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if body.contains("tb_projection_live{view=\"sessions\"} 1")
+            || tokio::time::Instant::now() > deadline
+        {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for expected in [
+        "tb_http_requests_total{method=\"POST\",route=\"/graphql\",status=\"200\"}",
+        "tb_http_request_duration_seconds_bucket{method=\"POST\",route=\"/graphql\"",
+        "tb_graphql_requests_total{operation=\"mutation\",outcome=\"ok\"}",
+        "tb_graphql_requests_total{operation=\"query\",outcome=\"error\"} 1",
+        "tb_graphql_request_duration_seconds_count{operation=\"query\"} 2",
+        "tb_events_appended_total{event_type=\"SessionStarted\"}",
+        "tb_events_appended_total{event_type=\"AccountCreated\"} 2",
+        "tb_projection_live{view=\"sessions\"} 1",
+        "tb_projection_lag_seconds{view=\"audit\"}",
+    ] {
+        assert!(body.contains(expected), "missing {expected} in:\n{body}");
+    }
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics at `GET /metrics`: HTTP and GraphQL requests (counts
+//! and latency histograms), events appended by type, and each view's
+//! progress and lag. Counters are per gateway; sum them across a fleet.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use domain::{BlobHash, EventId, NewEvent, Position, RecordedEvent, StreamId};
+use projections::{EngineStatus, Phase};
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use store::{
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StoreError, StreamFrom,
+    SubscribeFrom, Subscription,
+};
+use time::OffsetDateTime;
+
+use crate::startup::Shared;
+
+/// Latency buckets, in seconds: 0.5 ms to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    http_requests: IntCounterVec,
+    http_seconds: HistogramVec,
+    graphql_requests: IntCounterVec,
+    graphql_seconds: HistogramVec,
+    events_appended: IntCounterVec,
+    view_applied: IntGaugeVec,
+    view_live: IntGaugeVec,
+    view_lag: GaugeVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("tb".into()), None)?;
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "http_requests_total",
+                "HTTP requests by route, method and status",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let http_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["route", "method"],
+        )?;
+        let graphql_requests = IntCounterVec::new(
+            Opts::new(
+                "graphql_requests_total",
+                "GraphQL operations by type and outcome",
+            ),
+            &["operation", "outcome"],
+        )?;
+        let graphql_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "graphql_request_duration_seconds",
+                "GraphQL operation latency by type",
+            )
+            .buckets(BUCKETS.to_vec()),
+            &["operation"],
+        )?;
+        let events_appended = IntCounterVec::new(
+            Opts::new(
+                "events_appended_total",
+                "Events appended by this gateway, by type",
+            ),
+            &["event_type"],
+        )?;
+        let view_applied = IntGaugeVec::new(
+            Opts::new(
+                "projection_events_applied",
+                "Events a view applied since it (re)started",
+            ),
+            &["view"],
+        )?;
+        let view_live = IntGaugeVec::new(
+            Opts::new(
+                "projection_live",
+                "1 when a view has caught up and follows the log",
+            ),
+            &["view"],
+        )?;
+        let view_lag = GaugeVec::new(
+            Opts::new(
+                "projection_lag_seconds",
+                "0 when a view has caught up; else the age of the newest event it has applied",
+            ),
+            &["view"],
+        )?;
+        for c in [&http_requests, &graphql_requests, &events_appended] {
+            registry.register(Box::new(c.clone()))?;
+        }
+        for h in [&http_seconds, &graphql_seconds] {
+            registry.register(Box::new(h.clone()))?;
+        }
+        for g in [&view_applied, &view_live] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        registry.register(Box::new(view_lag.clone()))?;
+        Ok(Self {
+            registry,
+            http_requests,
+            http_seconds,
+            graphql_requests,
+            graphql_seconds,
+            events_appended,
+            view_applied,
+            view_live,
+            view_lag,
+        })
+    }
+
+    pub fn observe_graphql(&self, operation: &str, ok: bool, seconds: f64) {
+        let outcome = if ok { "ok" } else { "error" };
+        self.graphql_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
+        self.graphql_seconds
+            .with_label_values(&[operation])
+            .observe(seconds);
+    }
+
+    /// The text exposition, with the views' state read now.
+    pub fn render(&self, views: &EngineStatus) -> String {
+        let now = OffsetDateTime::now_utc();
+        for p in &views.projections {
+            self.view_applied
+                .with_label_values(&[p.name])
+                .set(p.applied as i64);
+            let live = p.phase == Phase::Live && p.caught_up;
+            self.view_live
+                .with_label_values(&[p.name])
+                .set(i64::from(live));
+            let lag = if live {
+                0.0
+            } else {
+                p.last_event_at
+                    .map_or(0.0, |at| (now - at).as_seconds_f64().max(0.0))
+            };
+            self.view_lag.with_label_values(&[p.name]).set(lag);
+        }
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// `GET /metrics`.
+pub async fn endpoint(State(shared): State<Shared>) -> Response {
+    let status = shared.app.projections.borrow().clone();
+    let body = shared.app.metrics.render(&status);
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// Middleware: counts and times every HTTP request by its route pattern
+/// (never the raw path, which clients control).
+pub async fn track(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = request.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let m = &shared.app.metrics;
+    m.http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
+        .inc();
+    m.http_seconds
+        .with_label_values(&[route.as_str(), method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// An event store that counts what is appended through it.
+pub struct Metered {
+    inner: Arc<dyn EventStore>,
+    metrics: Arc<Metrics>,
+}
+
+impl Metered {
+    pub fn new(inner: Arc<dyn EventStore>, metrics: Arc<Metrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl EventStore for Metered {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult, StoreError> {
+        let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
+        let result = self.inner.append(stream, expected, events).await?;
+        for t in &types {
+            self.metrics
+                .events_appended
+                .with_label_values(&[t.as_str()])
+                .inc();
+        }
+        Ok(result)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from: StreamFrom,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.inner.read_stream(stream, from, direction, limit).await
+    }
+
+    async fn read_event(&self, id: EventId) -> Result<Option<RecordedEvent>, StoreError> {
+        self.inner.read_event(id).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Position,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.inner.read_all(after, filter, limit).await
+    }
+
+    async fn head(&self) -> Result<Position, StoreError> {
+        self.inner.head().await
+    }
+
+    fn subscribe_all(&self, from: SubscribeFrom, filter: Filter) -> Subscription {
+        self.inner.subscribe_all(from, filter)
+    }
+
+    async fn put_blob(&self, bytes: &[u8]) -> Result<BlobHash, StoreError> {
+        self.inner.put_blob(bytes).await
+    }
+
+    async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get_blob(hash).await
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
