@@ -169,8 +169,9 @@ pub async fn endpoint(State(shared): State<Shared>) -> Response {
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
-/// Middleware: counts and times every HTTP request by its route pattern
-/// (never the raw path, which clients control).
+/// Middleware: counts, times and logs every HTTP request by its route
+/// pattern (never the raw path, which clients control). Bodies, query text
+/// and headers are never logged: any of them may carry a password or token.
 pub async fn track(State(shared): State<Shared>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -179,13 +180,22 @@ pub async fn track(State(shared): State<Shared>, request: Request, next: Next) -
     let method = request.method().as_str().to_owned();
     let started = Instant::now();
     let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    tracing::info!(
+        target: "trafficbuster::http",
+        method = %method,
+        route = %route,
+        status = response.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        "request"
+    );
     let m = &shared.app.metrics;
     m.http_requests
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
         .inc();
     m.http_seconds
         .with_label_values(&[route.as_str(), method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+        .observe(elapsed.as_secs_f64());
     response
 }
 

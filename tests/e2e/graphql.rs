@@ -15,11 +15,23 @@ const ROOT_PASSWORD: &str = "root password for the tests";
 const PASSWORD: &str = "a perfectly fine password";
 const SECRET: &str = "an-e2e-test-secret-of-at-least-32-chars";
 
-/// A running gateway and the store it serves.
+/// A running gateway and the store it serves; requests go through its [`Client`].
 pub struct App {
-    pub addr: String,
+    pub client: Client,
     pub server: Running,
     pub store: TestStore,
+}
+
+impl std::ops::Deref for App {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+/// Speaks GraphQL over HTTP to a gateway at `addr`.
+pub struct Client {
+    pub addr: String,
 }
 
 impl App {
@@ -48,7 +60,7 @@ impl App {
             .unwrap()
             .to_owned();
         let app = App {
-            addr,
+            client: Client { addr },
             server,
             store,
         };
@@ -56,6 +68,37 @@ impl App {
         app
     }
 
+    /// Creates the super-admin `root` with the CLI and `ada` (a user) through GraphQL.
+    pub async fn with_accounts(&self) -> String {
+        let args = [
+            "--store",
+            &self.store.url,
+            "admin",
+            "create-user",
+            "--username",
+            "root",
+            "--role",
+            "super_admin",
+            "--password-stdin",
+        ];
+        let (ok, _, stderr) = run_with_stdin(&args, ROOT_PASSWORD).await;
+        assert!(ok, "{stderr}");
+        let root = self.token("root", ROOT_PASSWORD).await;
+        for (name, role) in [("ada", "USER"), ("audrey", "AUDITOR")] {
+            let r = self
+                .gql(
+                    "mutation($u: String!, $p: String!, $r: [RoleName!]!) { createAccount(username: $u, password: $p, roles: $r) }",
+                    json!({ "u": name, "p": PASSWORD, "r": [role] }),
+                    Some(&root),
+                )
+                .await;
+            assert_eq!(r["data"]["createAccount"], name, "{r}");
+        }
+        root
+    }
+}
+
+impl Client {
     pub async fn wait_ready(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         while http_get(&self.addr, "/readyz").await.0 != 200 {
@@ -124,35 +167,6 @@ impl App {
             .as_str()
             .unwrap_or_else(|| panic!("login failed: {r}"))
             .to_owned()
-    }
-
-    /// Creates the super-admin `root` with the CLI and `ada` (a user) through GraphQL.
-    pub async fn with_accounts(&self) -> String {
-        let args = [
-            "--store",
-            &self.store.url,
-            "admin",
-            "create-user",
-            "--username",
-            "root",
-            "--role",
-            "super_admin",
-            "--password-stdin",
-        ];
-        let (ok, _, stderr) = run_with_stdin(&args, ROOT_PASSWORD).await;
-        assert!(ok, "{stderr}");
-        let root = self.token("root", ROOT_PASSWORD).await;
-        for (name, role) in [("ada", "USER"), ("audrey", "AUDITOR")] {
-            let r = self
-                .gql(
-                    "mutation($u: String!, $p: String!, $r: [RoleName!]!) { createAccount(username: $u, password: $p, roles: $r) }",
-                    json!({ "u": name, "p": PASSWORD, "r": [role] }),
-                    Some(&root),
-                )
-                .await;
-            assert_eq!(r["data"]["createAccount"], name, "{r}");
-        }
-        root
     }
 }
 

@@ -5,6 +5,7 @@ mod admin;
 mod graphql;
 mod helpers;
 mod projections;
+mod secrets;
 mod serve;
 mod setup_errors;
 mod tail;

@@ -1,0 +1,172 @@
+//! Passwords, tokens and the signing secret never reach the logs, even at
+//! the most verbose level.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::graphql::Client;
+use crate::helpers::{TestStore, bin, http_get, run_with_stdin};
+
+const SECRET: &str = "a-signing-secret-that-must-stay-hidden";
+const ROOT_PASSWORD: &str = "root password never logged";
+const ADA_PASSWORD: &str = "ada password never logged";
+const NEW_PASSWORD: &str = "ada new password never logged";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_token_or_secret_appears_in_trace_logs() {
+    let store = TestStore::sqlite();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("gateway.log");
+    let create = [
+        "--store",
+        &store.url,
+        "admin",
+        "create-user",
+        "--username",
+        "root",
+        "--role",
+        "super_admin",
+        "--password-stdin",
+    ];
+    let (ok, out, err) = run_with_stdin(&create, ROOT_PASSWORD).await;
+    assert!(ok, "{err}");
+
+    let mut child = bin()
+        .env("TB_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "trace")
+        .args([
+            "--store",
+            &store.url,
+            "--log-format",
+            "json",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let addr = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(line) = log.lines().find(|l| l.contains("gateway listening on")) {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                break v["message"]
+                    .as_str()
+                    .unwrap()
+                    .rsplit("http://")
+                    .next()
+                    .unwrap()
+                    .to_owned();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "gateway did not start:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    while http_get(&addr, "/readyz").await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    let app = Client { addr };
+
+    let root = app.token("root", ROOT_PASSWORD).await;
+    let created = app
+        .gql(
+            "mutation($p: String!) { createAccount(username: \"ada\", password: $p, roles: [USER]) }",
+            json!({ "p": ADA_PASSWORD }),
+            Some(&root),
+        )
+        .await;
+    assert_eq!(created["data"]["createAccount"], "ada", "{created}");
+    let wrong = app.login("ada", "a wrong password never logged").await;
+    assert!(wrong["errors"].is_array());
+    // A password written into the query text itself, not a variable.
+    let inline = app
+        .gql(
+            "mutation { login(username: \"ada\", password: \"an inline password never logged\") { accessToken } }",
+            json!({}),
+            None,
+        )
+        .await;
+    assert!(inline["errors"].is_array());
+    let login = app.login("ada", ADA_PASSWORD).await;
+    let access = login["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh = login["data"]["login"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let renewed = app
+        .gql(
+            "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }",
+            json!({ "t": refresh }),
+            None,
+        )
+        .await;
+    let access2 = renewed["data"]["refresh"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh2 = renewed["data"]["refresh"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let changed = app
+        .gql(
+            "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }",
+            json!({ "c": ADA_PASSWORD, "n": NEW_PASSWORD }),
+            Some(&access2),
+        )
+        .await;
+    assert_eq!(changed["data"]["changePassword"], true, "{changed}");
+    app.gql("{ me { username } }", json!({}), Some(&access))
+        .await;
+
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let requests = log
+        .lines()
+        .filter(|l| l.contains("\"route\":\"/graphql\""))
+        .count();
+    assert!(
+        requests >= 8,
+        "every request is logged ({requests} seen):\n{log}"
+    );
+    // The secret part of a refresh token is what follows its last dot.
+    let secret_of = |t: &str| t.rsplit('.').next().unwrap().to_owned();
+    for (what, value) in [
+        ("signing secret", SECRET.to_owned()),
+        ("root password", ROOT_PASSWORD.to_owned()),
+        ("ada's password", ADA_PASSWORD.to_owned()),
+        ("ada's new password", NEW_PASSWORD.to_owned()),
+        (
+            "a wrong password",
+            "a wrong password never logged".to_owned(),
+        ),
+        (
+            "an inline password",
+            "an inline password never logged".to_owned(),
+        ),
+        ("an access token", access),
+        ("a refreshed access token", access2),
+        ("a refresh token", secret_of(&refresh)),
+        ("a refreshed refresh token", secret_of(&refresh2)),
+    ] {
+        assert!(!log.contains(&value), "{what} appears in the logs");
+    }
+    drop(out);
+}
