@@ -213,6 +213,26 @@ fn decision(ctx: &Context<'_>) -> async_graphql::Result<DecisionContext> {
     Ok(DecisionContext::new(now(), principal(ctx)?.actor()))
 }
 
+/// Runs an account command as the logged-in principal.
+async fn account_command(
+    ctx: &Context<'_>,
+    username: &Username,
+    command: AccountCommand,
+    idempotency_key: Option<String>,
+) -> async_graphql::Result<()> {
+    app(ctx)
+        .handler
+        .handle::<Account>(
+            &stream_of(username)?,
+            command,
+            &decision(ctx)?,
+            &meta(idempotency_key),
+        )
+        .await
+        .map_err(|e| error::command(e, error::account))?;
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct IdentityQuery;
 
@@ -448,16 +468,13 @@ impl IdentityMutation {
         let new_password_hash = password::hash(new_password)
             .await
             .map_err(|e| error::error(Code::Validation, format!("newPassword: {e}")))?;
-        state
-            .handler
-            .handle::<Account>(
-                &stream,
-                AccountCommand::ChangePassword { new_password_hash },
-                &decision(ctx)?,
-                &meta(None),
-            )
-            .await
-            .map_err(|e| error::command(e, error::account))?;
+        account_command(
+            ctx,
+            &p.username,
+            AccountCommand::ChangePassword { new_password_hash },
+            None,
+        )
+        .await?;
         Ok(true)
     }
 
@@ -481,16 +498,7 @@ impl IdentityMutation {
             roles: roles.into_iter().map(Role::from).collect(),
             password_hash,
         };
-        app(ctx)
-            .handler
-            .handle::<Account>(
-                &stream_of(&username)?,
-                command,
-                &decision(ctx)?,
-                &meta(idempotency_key),
-            )
-            .await
-            .map_err(|e| error::command(e, error::account))?;
+        account_command(ctx, &username, command, idempotency_key).await?;
         Ok(username.to_string())
     }
 
@@ -503,16 +511,7 @@ impl IdentityMutation {
     ) -> async_graphql::Result<bool> {
         principal_with(ctx, ADMINS, "disabling accounts")?;
         let username = parse_username("username", &username)?;
-        app(ctx)
-            .handler
-            .handle::<Account>(
-                &stream_of(&username)?,
-                AccountCommand::Disable { reason },
-                &decision(ctx)?,
-                &meta(None),
-            )
-            .await
-            .map_err(|e| error::command(e, error::account))?;
+        account_command(ctx, &username, AccountCommand::Disable { reason }, None).await?;
         Ok(true)
     }
 
@@ -576,16 +575,7 @@ impl IdentityMutation {
         let command = AccountCommand::RevokeSession {
             session_id: SessionId(session_id),
         };
-        app(ctx)
-            .handler
-            .handle::<Account>(
-                &stream_of(&username)?,
-                command,
-                &decision(ctx)?,
-                &meta(None),
-            )
-            .await
-            .map_err(|e| error::command(e, error::account))?;
+        account_command(ctx, &username, command, None).await?;
         Ok(true)
     }
 }
