@@ -66,6 +66,13 @@ pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080]
     #[arg(long, env = "TB_LISTEN")]
     pub listen: Option<String>,
+    /// Seconds an access token lives [default: 900]
+    #[arg(long, env = "TB_ACCESS_TOKEN_TTL", value_name = "SECONDS")]
+    pub access_token_ttl: Option<u32>,
+    /// Seconds after an access token expires during which a refresh still
+    /// keeps the session [default: 43200]
+    #[arg(long, env = "TB_REFRESH_GRACE", value_name = "SECONDS")]
+    pub refresh_grace: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -22,6 +22,10 @@ pub struct FileSettings {
     pub log_format: Option<LogFormat>,
     /// Signs access tokens; at least 32 characters; the same on every gateway.
     pub jwt_secret: Option<String>,
+    /// Seconds an access token lives.
+    pub access_token_ttl: Option<u32>,
+    /// Seconds after expiry during which a refresh keeps the session.
+    pub refresh_grace: Option<u32>,
 }
 
 impl FileSettings {
@@ -94,6 +98,29 @@ impl Settings {
                 "set TB_JWT_SECRET (at least 32 characters, the same on every gateway) when the store is PostgreSQL"
             ),
         }
+    }
+
+    /// Token lifetimes: flags/`TB_*`, then the file, then the defaults.
+    pub fn session_policy(
+        &self,
+        access_ttl: Option<u32>,
+        grace: Option<u32>,
+    ) -> anyhow::Result<gateway::auth::sessions::SessionPolicy> {
+        let defaults = gateway::auth::sessions::SessionPolicy::default();
+        let seconds = |v: Option<u32>, file: Option<u32>, default: time::Duration| {
+            v.or(file)
+                .map_or(default, |s| time::Duration::seconds(i64::from(s)))
+        };
+        let policy = gateway::auth::sessions::SessionPolicy {
+            access_ttl: seconds(access_ttl, self.file.access_token_ttl, defaults.access_ttl),
+            grace: seconds(grace, self.file.refresh_grace, defaults.grace),
+        };
+        if policy.access_ttl <= time::Duration::ZERO {
+            bail!(
+                "the access token lifetime (--access-token-ttl / TB_ACCESS_TOKEN_TTL) must be at least 1 second"
+            );
+        }
+        Ok(policy)
     }
 
     /// The listen address: `--listen`/`TB_LISTEN`, then the file, then the default.

@@ -19,7 +19,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     }
     let config = GatewayConfig {
         jwt_secret,
-        session_policy: Default::default(),
+        session_policy: settings.session_policy(args.access_token_ttl, args.refresh_grace)?,
     };
     let gateway = Gateway::start(addr, &backend, config).await?;
     let bound = gateway.local_addr()?;

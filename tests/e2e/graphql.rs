@@ -571,3 +571,92 @@ async fn metrics_count_requests_events_and_view_progress() {
         assert!(body.contains(expected), "missing {expected} in:\n{body}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_not() {
+    let store = TestStore::sqlite();
+    let mut cmd = bin();
+    cmd.env("TB_JWT_SECRET", SECRET);
+    // Tokens live 1 s; a refresh keeps the session up to 2 s after that.
+    cmd.args([
+        "--store",
+        &store.url,
+        "--log-format",
+        "json",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--access-token-ttl",
+        "1",
+        "--refresh-grace",
+        "2",
+    ]);
+    let mut server = Running::spawn(cmd);
+    let line = server
+        .stderr_line_containing("gateway listening on", Duration::from_secs(30))
+        .await;
+    let log: Value = serde_json::from_str(&line).unwrap();
+    let addr = log["message"]
+        .as_str()
+        .unwrap()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .to_owned();
+    let app = App {
+        client: Client { addr },
+        server,
+        store,
+    };
+    app.wait_ready().await;
+    app.with_accounts().await;
+
+    let refresh =
+        "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
+    let login = app.login("ada", PASSWORD).await;
+    let access = login["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let token = login["data"]["login"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    let expired = app
+        .gql("{ me { username } }", json!({}), Some(&access))
+        .await;
+    assert_eq!(code(&expired), "UNAUTHENTICATED", "{expired}");
+    assert!(
+        expired["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{expired}"
+    );
+    // Inside the grace period: the session goes on.
+    let renewed = app.gql(refresh, json!({ "t": token }), None).await;
+    let access = renewed["data"]["refresh"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{renewed}"))
+        .to_owned();
+    let token = renewed["data"]["refresh"]["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me = app
+        .gql("{ me { username } }", json!({}), Some(&access))
+        .await;
+    assert_eq!(me["data"]["me"]["username"], "ada", "{me}");
+    // Past access expiry (1 s) plus grace (2 s): log in again.
+    tokio::time::sleep(Duration::from_millis(3300)).await;
+    let late = app.gql(refresh, json!({ "t": token }), None).await;
+    assert_eq!(code(&late), "UNAUTHENTICATED", "{late}");
+    assert!(
+        late["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("log in again"),
+        "{late}"
+    );
+}
