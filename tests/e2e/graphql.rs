@@ -480,6 +480,29 @@ async fn bad_input_gets_a_clear_error_and_the_server_stays_up() {
     );
     let r = app.gql(&deep, json!({}), Some(&token)).await;
     assert_eq!(code(&r), "VALIDATION", "deep query: {r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nested too deep"),
+        "{r}"
+    );
+
+    // Shallow but wide: 1,100 aliased fields exceed the complexity limit.
+    let wide: String = (0..1100)
+        .map(|i| format!("a{i}: me {{ username }} "))
+        .collect();
+    let r = app
+        .gql(&format!("{{ {wide} }}"), json!({}), Some(&token))
+        .await;
+    assert_eq!(code(&r), "VALIDATION", "wide query: {r}");
+    assert!(
+        r["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("complex"),
+        "{r}"
+    );
 
     let r = app
         .gql(
