@@ -140,6 +140,9 @@ pub enum RoleArg {
 pub enum BenchCommand {
     /// Append, replay and subscription figures for one or more stores.
     Store(BenchStoreArgs),
+    /// Login, subscription fan-out and command-handler figures for an
+    /// in-process gateway on 127.0.0.1.
+    Gateway(BenchGatewayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -155,4 +158,22 @@ pub struct BenchStoreArgs {
     /// Events to replay with read_all.
     #[arg(long, default_value_t = 1_000_000)]
     pub replay_events: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchGatewayArgs {
+    /// Store(s) to measure (repeatable), each in scratch space as for
+    /// `bench store`. The command-handler goals are PostgreSQL's; pass a
+    /// postgres:// target to measure them there. Default: a temporary SQLite file.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Concurrent WebSocket subscribers for the fan-out figure.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub subscribers: u32,
+    /// Appended events timed by the fan-out figure, one at a time.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rounds: u32,
+    /// Logins (one account each) for the login → first query figure.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub logins: u32,
 }

@@ -49,5 +49,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             commands::admin::create_user(&settings, &args).await
         }
         Command::Bench(BenchCommand::Store(args)) => bench::store::run(&args).await,
+        Command::Bench(BenchCommand::Gateway(args)) => bench::gateway::run(&args).await,
     }
 }

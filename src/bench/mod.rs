@@ -1,1 +1,168 @@
+//! `trafficbuster bench …`: figures, not assertions. Each bench works in
+//! scratch space (a temporary SQLite file, or a fresh PostgreSQL schema
+//! dropped afterwards), so it never touches real data, and every phase is
+//! bounded so a bench stops by itself.
+
+pub mod gateway;
 pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+// `::store`: the crate, not the `store` bench below.
+use ::store::{Backend, EventStore, PostgresStore, SqliteStore, StoreUrl};
+
+/// A store opened on scratch space, removed on [`Scratch::cleanup`].
+pub struct Scratch {
+    pub backend: Backend,
+    pub describe: String,
+    /// Holds the temporary SQLite file; dropping it deletes the file.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Scratch {
+    /// `None`: a temporary SQLite file. A `sqlite://` URL must name a new
+    /// file; a `postgres://` URL gets a new schema of its own.
+    pub async fn open(target: Option<&str>) -> anyhow::Result<Self> {
+        let Some(target) = target else {
+            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
+            let path = dir.path().join("bench.db");
+            let (store, _) = SqliteStore::open(&path).await?;
+            return Ok(Self {
+                backend: Backend::Sqlite(store),
+                describe: format!("sqlite, temporary file {}", path.display()),
+                _dir: Some(dir),
+            });
+        };
+        match target.parse::<StoreUrl>()? {
+            StoreUrl::Sqlite(path) => {
+                anyhow::ensure!(
+                    !path.exists(),
+                    "{} exists; bench only writes to a new file (or omit --target for a temporary one)",
+                    path.display()
+                );
+                let (store, _) = SqliteStore::open(&path).await?;
+                Ok(Self {
+                    backend: Backend::Sqlite(store),
+                    describe: format!("sqlite, new file {}", path.display()),
+                    _dir: None,
+                })
+            }
+            StoreUrl::Postgres {
+                config, redacted, ..
+            } => {
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let schema = format!("tb_bench_{stamp}");
+                let (store, _) = PostgresStore::open(*config, &schema)
+                    .await
+                    .with_context(|| format!("cannot open {redacted}"))?;
+                Ok(Self {
+                    backend: Backend::Postgres(store),
+                    describe: format!("postgres, {redacted}, scratch schema {schema}"),
+                    _dir: None,
+                })
+            }
+        }
+    }
+
+    /// The scratch store, type-erased.
+    pub fn store(&self) -> Arc<dyn EventStore> {
+        self.backend.event_store()
+    }
+
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Drops the PostgreSQL scratch schema; a temporary SQLite file goes with `self`.
+    pub async fn cleanup(self) -> anyhow::Result<()> {
+        if let Backend::Postgres(pg) = &self.backend {
+            pg.drop_schema().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The `--target` list, or one temporary SQLite file when it is empty.
+pub fn targets(given: &[String]) -> Vec<Option<&str>> {
+    if given.is_empty() {
+        vec![None]
+    } else {
+        given.iter().map(|t| Some(t.as_str())).collect()
+    }
+}
+
+/// One figure line: label, rate, unit.
+pub fn report(label: &str, rate: f64, unit: &str) {
+    println!(
+        "  {label:<42} {:>12} {unit}",
+        thousands(rate.round() as u64)
+    );
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn spinner(label: &str) -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    // The template is a constant; the fallback only guards against a typo.
+    let style = ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+pub fn counter_bar(label: &str, len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template("  {msg} {bar:30} {pos}/{len} [{elapsed}, eta {eta}]")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.set_message(label.to_owned());
+    bar
+}
+
+/// The `q` quantile (0..=1) of sorted samples, nearest rank.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&samples, 0.50), 50.0);
+        assert_eq!(percentile(&samples, 0.99), 99.0);
+        assert_eq!(percentile(&samples, 1.0), 100.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
+
+    #[test]
+    fn thousands_are_grouped() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+}

@@ -10,80 +10,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use domain::{NewEvent, Payload, Position, StreamId};
-use indicatif::{ProgressBar, ProgressStyle};
-use store::{
-    EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore, StoreUrl, SubscribeFrom,
-};
+use store::{EventStore, ExpectedVersion, Filter, SubscribeFrom};
 
+use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets};
 use crate::cli::BenchStoreArgs;
 
 const LAG_WRITERS: usize = 8;
 const REPLAY_PAGE: usize = 5000;
 const FILL_BATCH: u64 = 1000;
-
-/// A store opened on scratch space, removed on [`Scratch::cleanup`].
-struct Scratch {
-    store: Arc<dyn EventStore>,
-    describe: String,
-    postgres: Option<PostgresStore>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Scratch {
-    async fn open(target: Option<&str>) -> anyhow::Result<Self> {
-        let Some(target) = target else {
-            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-            let path = dir.path().join("bench.db");
-            let (store, _) = SqliteStore::open(&path).await?;
-            return Ok(Self {
-                store: Arc::new(store),
-                describe: format!("sqlite, temporary file {}", path.display()),
-                postgres: None,
-                _dir: Some(dir),
-            });
-        };
-        match target.parse::<StoreUrl>()? {
-            StoreUrl::Sqlite(path) => {
-                anyhow::ensure!(
-                    !path.exists(),
-                    "{} exists; bench only writes to a new file (or omit --target for a temporary one)",
-                    path.display()
-                );
-                let (store, _) = SqliteStore::open(&path).await?;
-                Ok(Self {
-                    store: Arc::new(store),
-                    describe: format!("sqlite, new file {}", path.display()),
-                    postgres: None,
-                    _dir: None,
-                })
-            }
-            StoreUrl::Postgres {
-                config, redacted, ..
-            } => {
-                let stamp = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_millis());
-                let schema = format!("tb_bench_{stamp}");
-                let (store, _) = PostgresStore::open(*config, &schema)
-                    .await
-                    .with_context(|| format!("cannot open {redacted}"))?;
-                Ok(Self {
-                    store: Arc::new(store.clone()),
-                    describe: format!("postgres, {redacted}, scratch schema {schema}"),
-                    postgres: Some(store),
-                    _dir: None,
-                })
-            }
-        }
-    }
-
-    async fn cleanup(self) -> anyhow::Result<()> {
-        if let Some(pg) = self.postgres {
-            pg.drop_schema().await?;
-        }
-        Ok(())
-    }
-}
 
 pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -91,18 +25,13 @@ pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
         "--seconds must be between 0 and 600"
     );
     let phase = Duration::from_secs_f64(args.seconds);
-    let targets: Vec<Option<&str>> = if args.targets.is_empty() {
-        vec![None]
-    } else {
-        args.targets.iter().map(|t| Some(t.as_str())).collect()
-    };
-    for target in targets {
+    for target in targets(&args.targets) {
         let scratch = Scratch::open(target).await?;
         println!(
             "store bench: {} ({:?} per timed phase)",
             scratch.describe, phase
         );
-        let result = measure(&scratch.store, phase, args.replay_events).await;
+        let result = measure(&scratch.store(), phase, args.replay_events).await;
         scratch.cleanup().await?;
         result?;
         println!();
@@ -144,45 +73,6 @@ async fn measure(
         lags.len()
     );
     Ok(())
-}
-
-fn report(label: &str, rate: f64, unit: &str) {
-    println!(
-        "  {label:<42} {:>12} {unit}",
-        thousands(rate.round() as u64)
-    );
-}
-
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn spinner(label: &str) -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("  {spinner} {msg} [{elapsed}]").expect("valid template"),
-    );
-    bar.set_message(label.to_owned());
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
-}
-
-fn counter_bar(label: &str, len: u64) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("  {msg} {bar:30} {pos}/{len} [{elapsed}, eta {eta}]")
-            .expect("valid template"),
-    );
-    bar.set_message(label.to_owned());
-    bar
 }
 
 fn payload(n: u64) -> Payload {
@@ -375,34 +265,4 @@ async fn subscription_lag(
     bar.finish_and_clear();
     lags.sort_by(f64::total_cmp);
     Ok(lags)
-}
-
-/// The `q` quantile (0..=1) of sorted samples, nearest rank.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentiles_use_nearest_rank() {
-        let samples: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(percentile(&samples, 0.50), 50.0);
-        assert_eq!(percentile(&samples, 0.99), 99.0);
-        assert_eq!(percentile(&samples, 1.0), 100.0);
-        assert!(percentile(&[], 0.5).is_nan());
-    }
-
-    #[test]
-    fn thousands_are_grouped() {
-        assert_eq!(thousands(0), "0");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1_234_567), "1,234,567");
-    }
 }

@@ -1,0 +1,866 @@
+//! `trafficbuster bench gateway`: login → first query latency, subscription
+//! fan-out, and commands/s through the command handler.
+//!
+//! The gateway runs inside this process on 127.0.0.1 with a fixed secret,
+//! over a scratch store (see [`Scratch`]); clients speak plain HTTP/1.1 and
+//! WebSocket to it as a browser would. Figures, not assertions: nothing
+//! here fails because a goal is missed. The gateway gets no bench-only
+//! switch: the login rate limits stay on (see [`client_address`]).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use domain::account::{Account, AccountCommand, PasswordHash, Username};
+use domain::licence::{Licence, LicenceCommand, LicenceEvent, LicenceIssued, LicenceTerms};
+use domain::{Actor, Context, EventSet, Metadata, Role, StreamId};
+use futures_util::{SinkExt, StreamExt};
+use gateway::auth::password;
+use gateway::auth::rate_limit::PER_IP_PER_MINUTE;
+use gateway::auth::sessions::SessionPolicy;
+use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
+use serde_json::{Value, json};
+use store::{EventStore, ExpectedVersion};
+use time::OffsetDateTime;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use uuid::Uuid;
+
+use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets, thousands};
+use crate::cli::BenchGatewayArgs;
+
+/// Signs the bench gateway's tokens; it never leaves this process.
+const JWT_SECRET: &[u8] = b"trafficbuster bench gateway secret, 32+ bytes";
+/// Every bench account's password.
+const PASSWORD: &str = "bench password, long enough";
+const AUDITOR: &str = "bench-auditor";
+
+/// Logins sent from one client address: half the per-address quota, so
+/// the limiter never refuses one (a refusal would end the bench).
+const LOGINS_PER_ADDRESS: u32 = PER_IP_PER_MINUTE.div_ceil(2);
+const _: () = assert!(LOGINS_PER_ADDRESS >= 1 && LOGINS_PER_ADDRESS <= PER_IP_PER_MINUTE);
+/// Subscribers connecting at once while the fan-out is set up.
+const CONNECT_CONCURRENCY: usize = 32;
+/// Warm-up events appended, at most, until every subscription is attached.
+const WARM_UP_ATTEMPTS: u32 = 10;
+/// Pause between fan-out rounds, so one round's tail never overlaps the next.
+const ROUND_GAP: Duration = Duration::from_millis(100);
+/// Longest wait for any one reply or delivery before the bench gives up.
+const PATIENCE: Duration = Duration::from_secs(30);
+/// Both ends of every subscriber's socket live in this process; on top,
+/// the store's connections (SQLite opens a reader per concurrent read, up
+/// to tokio's 512 blocking threads, at about three files each).
+const SPARE_FILES: u64 = 2048;
+
+/// Command-handler figure (a): aggregates × commands, by concurrent clients.
+const AGGREGATES: usize = 1000;
+const COMMANDS_PER_AGGREGATE: usize = 10;
+const CLIENTS: usize = 8;
+/// Command-handler figure (b): sequential commands on a stream this long.
+const LONG_STREAM_EVENTS: u64 = 100_000;
+const SEQUENTIAL_COMMANDS: usize = 5000;
+const FILL_BATCH: u64 = 1000;
+/// Commands per slice when (b) checks that the rate stays flat.
+const SLICE: usize = 1000;
+
+const LOGIN: &str =
+    "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { accessToken } }";
+const ME: &str = "{ me { username } }";
+const AUDIT_EVENTS: &str = "subscription { auditEvents { streamId } }";
+
+pub async fn run(args: &BenchGatewayArgs) -> anyhow::Result<()> {
+    check_open_files(args.subscribers)?;
+    for target in targets(&args.targets) {
+        let scratch = Scratch::open(target).await?;
+        println!("gateway bench: {}", scratch.describe);
+        let result = measure(&scratch, args).await;
+        scratch.cleanup().await?;
+        result?;
+        println!();
+    }
+    Ok(())
+}
+
+async fn measure(scratch: &Scratch, args: &BenchGatewayArgs) -> anyhow::Result<()> {
+    let live = LiveGateway::start(scratch).await?;
+    let result = gateway_figures(&live, args).await;
+    live.stop().await?;
+    result?;
+    // The gateway is stopped first so its projections do not compete with
+    // the command handler for the store: these figures are the handler's.
+    command_figures(&scratch.store(), scratch.is_postgres()).await
+}
+
+/// Refuses early, with the fix, when the subscribers would run out of files.
+fn check_open_files(subscribers: u32) -> anyhow::Result<()> {
+    let needed = 2 * u64::from(subscribers) + SPARE_FILES;
+    let Some(limit) = open_file_limit() else {
+        return Ok(());
+    };
+    ensure!(
+        limit >= needed,
+        "--subscribers {subscribers} needs about {needed} open files (both ends of every \
+         WebSocket live in this process) but the limit is {limit}: raise it, e.g. \
+         `ulimit -n {needed}`, or pass fewer --subscribers"
+    );
+    Ok(())
+}
+
+/// The soft limit on open files, where Linux tells it (`None`: unknown or unlimited).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// A gateway serving on 127.0.0.1 inside this process, and a command
+/// handler of the bench's own on the same store (for set-up and appends).
+struct LiveGateway {
+    addr: SocketAddr,
+    handler: Arc<CommandHandler>,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+}
+
+impl LiveGateway {
+    async fn start(scratch: &Scratch) -> anyhow::Result<Self> {
+        let config = GatewayConfig {
+            jwt_secret: JWT_SECRET.to_vec(),
+            session_policy: SessionPolicy::default(),
+        };
+        let gateway = Gateway::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            &scratch.backend,
+            config,
+        )
+        .await
+        .context("cannot start the gateway")?;
+        let addr = gateway.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            addr,
+            handler: Arc::new(new_handler(scratch.store())),
+            stop,
+            serving,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        match tokio::time::timeout(PATIENCE, self.serving).await {
+            Ok(served) => Ok(served??),
+            Err(_) => bail!("the gateway did not stop within {PATIENCE:?}"),
+        }
+    }
+}
+
+fn new_handler(store: Arc<dyn EventStore>) -> CommandHandler {
+    CommandHandler::new(store, Arc::new(domain::event_registry()))
+}
+
+fn bench_meta() -> CommandMeta {
+    CommandMeta {
+        source: Some("bench".into()),
+        ..CommandMeta::default()
+    }
+}
+
+fn system() -> Context {
+    Context::new(OffsetDateTime::now_utc(), Actor::System)
+}
+
+async fn gateway_figures(live: &LiveGateway, args: &BenchGatewayArgs) -> anyhow::Result<()> {
+    create_accounts(&live.handler, args.logins).await?;
+
+    let (total, login) = login_latency(live.addr, args.logins).await?;
+    report_latency(
+        &format!(
+            "login → first query ({} logins)",
+            thousands(args.logins.into())
+        ),
+        &total,
+        &format!(
+            "login alone p50 {:.2} ms, p99 {:.2} ms",
+            percentile(&login, 0.50),
+            percentile(&login, 0.99)
+        ),
+    );
+
+    let (lags, appends) = fan_out(live, args.subscribers as usize, args.rounds).await?;
+    report_latency(
+        &format!(
+            "subscription fan-out, {} subscribers",
+            thousands(args.subscribers.into())
+        ),
+        &lags,
+        &format!(
+            "{} rounds, append alone p50 {:.2} ms; goal p99 ≤ 50 ms at 1,000",
+            args.rounds,
+            percentile(&appends, 0.50)
+        ),
+    );
+    Ok(())
+}
+
+/// One latency line: p50, p99 and max of sorted milliseconds, then a note.
+fn report_latency(label: &str, sorted: &[f64], note: &str) {
+    println!(
+        "  {label:<42} p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({note})",
+        percentile(sorted, 0.50),
+        percentile(sorted, 0.99),
+        percentile(sorted, 1.0),
+    );
+}
+
+fn username(i: u32) -> String {
+    format!("bench-user-{i}")
+}
+
+/// `logins` users and one auditor, all with [`PASSWORD`].
+async fn create_accounts(handler: &CommandHandler, logins: u32) -> anyhow::Result<()> {
+    let bar = counter_bar("creating accounts", u64::from(logins) + 1);
+    // One argon2 hash for every account: hashing each would only slow the
+    // set-up, and verifying at login costs the same either way.
+    let hash = password::hash(PASSWORD.into()).await?;
+    create_account(handler, AUDITOR, Role::Auditor, &hash).await?;
+    bar.inc(1);
+    for i in 0..logins {
+        create_account(handler, &username(i), Role::User, &hash).await?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+async fn create_account(
+    handler: &CommandHandler,
+    name: &str,
+    role: Role,
+    hash: &PasswordHash,
+) -> anyhow::Result<()> {
+    let username = Username::parse(name)?;
+    let command = AccountCommand::Create {
+        account_id: Uuid::now_v7(),
+        username: username.clone(),
+        roles: [role].into(),
+        password_hash: hash.clone(),
+    };
+    handler
+        .handle::<Account>(&username.stream()?, command, &system(), &bench_meta())
+        .await
+        .with_context(|| format!("cannot create account {name}"))?;
+    Ok(())
+}
+
+/// The loopback address login `i` is sent from. The gateway allows 20
+/// logins a minute per client address, so one address could not send 200
+/// in a bench's time; Linux routes all of 127.0.0.0/8 to loopback, so the
+/// logins come from distinct addresses (127.0.1.0, 127.0.1.1, …), as the
+/// logins of many users would, each staying under its quota. Each account
+/// logs in once, well under its own quota of 5 a minute.
+fn client_address(i: u32) -> IpAddr {
+    let base = u32::from(Ipv4Addr::new(127, 0, 1, 0));
+    IpAddr::V4(Ipv4Addr::from(base + i / LOGINS_PER_ADDRESS))
+}
+
+/// Sequential logins, each on a fresh keep-alive connection (opened before
+/// the clock starts, as a browser holds one from loading the page): the
+/// `login` mutation, then `{ me }` with the returned token on the same
+/// connection. Returns sorted milliseconds: (login to `me` answer, login alone).
+async fn login_latency(addr: SocketAddr, logins: u32) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let bar = counter_bar("logging in, then asking `me`", logins.into());
+    let mut total = Vec::with_capacity(logins as usize);
+    let mut login = Vec::with_capacity(logins as usize);
+    for i in 0..logins {
+        let name = username(i);
+        let mut conn = HttpConn::connect(client_address(i), addr).await?;
+        let started = Instant::now();
+        let reply = conn
+            .graphql(LOGIN, json!({ "u": name, "p": PASSWORD }), None)
+            .await
+            .with_context(|| format!("login of {name}"))?;
+        let logged_in = started.elapsed();
+        let token = reply["data"]["login"]["accessToken"]
+            .as_str()
+            .with_context(|| format!("login of {name} returned no access token: {reply}"))?;
+        let me = conn.graphql(ME, json!({}), Some(token)).await?;
+        let answered = started.elapsed();
+        ensure!(
+            me["data"]["me"]["username"] == name.as_str(),
+            "`me` after the login of {name} answered {me}"
+        );
+        total.push(answered.as_secs_f64() * 1e3);
+        login.push(logged_in.as_secs_f64() * 1e3);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    total.sort_by(f64::total_cmp);
+    login.sort_by(f64::total_cmp);
+    Ok((total, login))
+}
+
+/// A keep-alive HTTP/1.1 connection to the gateway's `/graphql`.
+struct HttpConn {
+    io: BufReader<TcpStream>,
+    host: String,
+}
+
+impl HttpConn {
+    async fn connect(from: IpAddr, to: SocketAddr) -> anyhow::Result<Self> {
+        let socket = TcpSocket::new_v4()?;
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .with_context(|| format!("cannot bind a client socket to {from}"))?;
+        let stream = socket
+            .connect(to)
+            .await
+            .with_context(|| format!("cannot connect from {from} to {to}"))?;
+        // Requests go out in one write each; no reason to let Nagle hold them.
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            io: BufReader::new(stream),
+            host: to.to_string(),
+        })
+    }
+
+    /// Posts a GraphQL request; a non-200 answer or a GraphQL error is an error.
+    async fn graphql(
+        &mut self,
+        query: &str,
+        variables: Value,
+        token: Option<&str>,
+    ) -> anyhow::Result<Value> {
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let request = format!(
+            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            self.host,
+            body.len()
+        );
+        self.io.get_mut().write_all(request.as_bytes()).await?;
+        let (status, body) = tokio::time::timeout(PATIENCE, self.read_response())
+            .await
+            .with_context(|| format!("no HTTP response within {PATIENCE:?}"))??;
+        let text = String::from_utf8_lossy(&body);
+        ensure!(status == 200, "HTTP {status}: {text}");
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("the response is not JSON: {text}"))?;
+        if let Some(errors) = value.get("errors") {
+            bail!("GraphQL errors: {errors}");
+        }
+        Ok(value)
+    }
+
+    /// The status and body of one response (Content-Length or chunked).
+    async fn read_response(&mut self) -> anyhow::Result<(u16, Vec<u8>)> {
+        let mut line = String::new();
+        self.io.read_line(&mut line).await?;
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("not an HTTP status line: {line:?}"))?;
+        let mut length = None;
+        let mut chunked = false;
+        loop {
+            line.clear();
+            ensure!(
+                self.io.read_line(&mut line).await? > 0,
+                "the gateway closed the connection mid-response"
+            );
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            let Some((name, value)) = header.split_once(':') else {
+                continue;
+            };
+            let value = value.trim();
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.parse::<usize>()?);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = value.eq_ignore_ascii_case("chunked");
+            }
+        }
+        let body = if chunked {
+            self.read_chunked().await?
+        } else {
+            let mut body = vec![0; length.context("a response without a length")?];
+            self.io.read_exact(&mut body).await?;
+            body
+        };
+        Ok((status, body))
+    }
+
+    async fn read_chunked(&mut self) -> anyhow::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.io.read_line(&mut line).await?;
+            let size = line.trim().split(';').next().unwrap_or_default();
+            let size = usize::from_str_radix(size, 16)
+                .with_context(|| format!("not a chunk size: {line:?}"))?;
+            // The chunk, then its CRLF (no trailers follow the last one).
+            let mut chunk = vec![0; size + 2];
+            self.io.read_exact(&mut chunk).await?;
+            if size == 0 {
+                return Ok(body);
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What a subscriber's task reports.
+enum Heard {
+    /// An audit entry for stream `licence-<tag>` reached subscriber `who` at `at`.
+    Entry {
+        who: usize,
+        tag: String,
+        at: Instant,
+    },
+    /// The subscription stopped: the socket closed or the server said why.
+    Ended { who: usize, why: String },
+}
+
+/// `subscribers` WebSocket clients each hold one `auditEvents`
+/// subscription (graphql-transport-ws), all under one auditor session, so
+/// each appended event reaches every one of them. After a warm-up event
+/// has reached them all, `rounds` times: note the time, append one event
+/// through a command handler, and take each subscriber's receipt time
+/// minus that. Returns sorted milliseconds: (every delivery, every append).
+async fn fan_out(
+    live: &LiveGateway,
+    subscribers: usize,
+    rounds: u32,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let mut auditor = HttpConn::connect(IpAddr::V4(Ipv4Addr::LOCALHOST), live.addr).await?;
+    let reply = auditor
+        .graphql(LOGIN, json!({ "u": AUDITOR, "p": PASSWORD }), None)
+        .await
+        .context("login of the auditor")?;
+    let token = reply["data"]["login"]["accessToken"]
+        .as_str()
+        .context("the auditor's login returned no access token")?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Held to the end: dropping it closes every subscriber's socket.
+    let _listeners = open_subscriptions(live.addr, token, subscribers, &tx).await?;
+    warm_up(&live.handler, &mut rx, subscribers).await?;
+    timed_rounds(&live.handler, &mut rx, subscribers, rounds).await
+}
+
+/// Aborts the subscribers' tasks (closing their sockets) when dropped.
+struct AbortOnDrop(Vec<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// Opens the subscriptions, a few at a time, each read by its own task.
+async fn open_subscriptions(
+    addr: SocketAddr,
+    token: &str,
+    subscribers: usize,
+    tx: &mpsc::UnboundedSender<Heard>,
+) -> anyhow::Result<AbortOnDrop> {
+    let bar = counter_bar("opening subscriptions", subscribers as u64);
+    let mut connecting = futures_util::stream::iter(0..subscribers)
+        .map(|who| async move { (who, subscribe(addr, token).await) })
+        .buffer_unordered(CONNECT_CONCURRENCY);
+    let mut listeners = AbortOnDrop(Vec::with_capacity(subscribers));
+    while let Some((who, ws)) = connecting.next().await {
+        let ws = ws.with_context(|| format!("subscriber {who}"))?;
+        listeners.0.push(tokio::spawn(listen(who, ws, tx.clone())));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(listeners)
+}
+
+/// One client: connects, authenticates with `token`, subscribes.
+async fn subscribe(addr: SocketAddr, token: &str) -> anyhow::Result<Ws> {
+    let mut request = format!("ws://{addr}/graphql").into_client_request()?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        HeaderValue::from_static("graphql-transport-ws"),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
+        .await
+        .context("WebSocket handshake")?;
+    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
+    ws.send(Message::text(init.to_string())).await?;
+    let ack = tokio::time::timeout(PATIENCE, ws.next())
+        .await
+        .context("no connection_ack in time")?
+        .context("the socket closed before connection_ack")??;
+    let ack: Value = serde_json::from_str(ack.to_text()?)?;
+    ensure!(
+        ack["type"] == "connection_ack",
+        "expected connection_ack, got {ack}"
+    );
+    let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": AUDIT_EVENTS } });
+    ws.send(Message::text(start.to_string())).await?;
+    Ok(ws)
+}
+
+/// Reports every audit entry subscriber `who` receives, stamped on arrival.
+async fn listen(who: usize, mut ws: Ws, tx: mpsc::UnboundedSender<Heard>) {
+    let why = loop {
+        let message = match ws.next().await {
+            None => break "the socket closed".to_owned(),
+            Some(Err(e)) => break e.to_string(),
+            Some(Ok(m)) => m,
+        };
+        let at = Instant::now();
+        let text = match message {
+            Message::Text(text) => text,
+            Message::Close(frame) => break format!("the server closed the socket: {frame:?}"),
+            _ => continue,
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            break format!("not JSON: {text}");
+        };
+        match v["type"].as_str() {
+            Some("next") => {
+                let stream = v["payload"]["data"]["auditEvents"]["streamId"]
+                    .as_str()
+                    .unwrap_or_default();
+                if let Some(tag) = stream.strip_prefix("licence-") {
+                    let tag = tag.to_owned();
+                    let _ = tx.send(Heard::Entry { who, tag, at });
+                }
+            }
+            Some("ping") => {
+                let pong = json!({ "type": "pong" }).to_string();
+                if let Err(e) = ws.send(Message::text(pong)).await {
+                    break e.to_string();
+                }
+            }
+            Some("pong") => {}
+            _ => break format!("the subscription stopped: {text}"),
+        }
+    };
+    let _ = tx.send(Heard::Ended { who, why });
+}
+
+/// Appends a licence for `tag` (stream `licence-<tag>`): one event.
+async fn append_marker(handler: &CommandHandler, tag: &str) -> anyhow::Result<()> {
+    let stream = StreamId::for_aggregate("licence", tag)?;
+    issue_licence(handler, &stream, 1).await
+}
+
+/// Appends warm-up events until each subscriber has received one: a
+/// subscription attaches some time after `subscribe` is sent, and only
+/// from then on does it see new events.
+async fn warm_up(
+    handler: &CommandHandler,
+    rx: &mut mpsc::UnboundedReceiver<Heard>,
+    subscribers: usize,
+) -> anyhow::Result<()> {
+    let bar = spinner("waiting for every subscription to attach");
+    let mut attached = vec![false; subscribers];
+    let mut count = 0;
+    for attempt in 0..WARM_UP_ATTEMPTS {
+        append_marker(handler, &format!("warm-up-{attempt}")).await?;
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while count < subscribers {
+            let Ok(heard) = tokio::time::timeout_at(until, rx.recv()).await else {
+                break;
+            };
+            match heard.context("every subscriber has gone")? {
+                Heard::Entry { who, .. } => {
+                    if !attached[who] {
+                        attached[who] = true;
+                        count += 1;
+                    }
+                }
+                Heard::Ended { who, why } => bail!("subscriber {who} stopped: {why}"),
+            }
+        }
+        if count == subscribers {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+    }
+    bail!(
+        "only {count} of {subscribers} subscriptions received any of {WARM_UP_ATTEMPTS} warm-up events"
+    )
+}
+
+/// The fan-out rounds proper.
+async fn timed_rounds(
+    handler: &CommandHandler,
+    rx: &mut mpsc::UnboundedReceiver<Heard>,
+    subscribers: usize,
+    rounds: u32,
+) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
+    let bar = counter_bar("fan-out rounds", rounds.into());
+    let mut lags = Vec::with_capacity(subscribers * rounds as usize);
+    let mut appends = Vec::with_capacity(rounds as usize);
+    for round in 0..rounds {
+        tokio::time::sleep(ROUND_GAP).await;
+        let tag = format!("fan-out-{round}");
+        let started = Instant::now();
+        append_marker(handler, &tag).await?;
+        appends.push(started.elapsed().as_secs_f64() * 1e3);
+        lags.extend(deliveries(rx, &tag, started, subscribers).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    lags.sort_by(f64::total_cmp);
+    appends.sort_by(f64::total_cmp);
+    Ok((lags, appends))
+}
+
+/// Milliseconds from `started` to each subscriber's receipt of `tag`.
+async fn deliveries(
+    rx: &mut mpsc::UnboundedReceiver<Heard>,
+    tag: &str,
+    started: Instant,
+    subscribers: usize,
+) -> anyhow::Result<Vec<f64>> {
+    let until = tokio::time::Instant::now() + PATIENCE;
+    let mut seen = vec![false; subscribers];
+    let mut lags = Vec::with_capacity(subscribers);
+    while lags.len() < subscribers {
+        let heard = tokio::time::timeout_at(until, rx.recv())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "only {} of {subscribers} subscribers received {tag} within {PATIENCE:?}",
+                    lags.len()
+                )
+            })?
+            .context("every subscriber has gone")?;
+        match heard {
+            Heard::Entry { who, tag: t, at } if t == tag && !seen[who] => {
+                seen[who] = true;
+                lags.push(at.saturating_duration_since(started).as_secs_f64() * 1e3);
+            }
+            // A late warm-up event, or a duplicate (which would be a bug, not a figure).
+            Heard::Entry { .. } => {}
+            Heard::Ended { who, why } => bail!("subscriber {who} stopped: {why}"),
+        }
+    }
+    Ok(lags)
+}
+
+fn licence_terms(k: usize) -> LicenceTerms {
+    LicenceTerms {
+        max_instances: 4,
+        human_surfing: true,
+        import_proxy: false,
+        scheduler: true,
+        external_clicks: false,
+        max_targets: k as u32,
+        max_flows_per_day: 1000,
+        expires_at: OffsetDateTime::now_utc() + time::Duration::days(365),
+    }
+}
+
+/// One command through `handler`: (re)issue the licence of `stream`.
+async fn issue_licence(
+    handler: &CommandHandler,
+    stream: &StreamId,
+    k: usize,
+) -> anyhow::Result<()> {
+    let command = LicenceCommand::Issue {
+        username: stream.to_string(),
+        terms: licence_terms(k),
+    };
+    handler
+        .handle::<Licence>(stream, command, &system(), &bench_meta())
+        .await
+        .with_context(|| format!("command on {stream}"))?;
+    Ok(())
+}
+
+async fn command_figures(store: &Arc<dyn EventStore>, postgres: bool) -> anyhow::Result<()> {
+    // The goals are PostgreSQL's; elsewhere the figure is for reference.
+    let unit = |note: String, goal: &str| {
+        if postgres {
+            format!("commands/s ({note}; goal {goal})")
+        } else {
+            format!("commands/s ({note}; goal on PostgreSQL {goal})")
+        }
+    };
+    let rate = many_aggregates(store).await?;
+    report(
+        &format!(
+            "(a) {} aggregates × {COMMANDS_PER_AGGREGATE} commands",
+            thousands(AGGREGATES as u64)
+        ),
+        rate,
+        &unit(format!("{CLIENTS} clients"), "≥ 4,000/s"),
+    );
+    let long = long_stream(store).await?;
+    report(
+        &format!(
+            "(b) {} sequential commands, 1 stream",
+            thousands(SEQUENTIAL_COMMANDS as u64)
+        ),
+        long.overall,
+        &unit(
+            format!("stream of {} events", thousands(LONG_STREAM_EVENTS)),
+            "≥ 2,000/s and flat",
+        ),
+    );
+    println!(
+        "  {:<42} {:>12.2} ms",
+        format!(
+            "    first command (folds {} events)",
+            thousands(LONG_STREAM_EVENTS)
+        ),
+        long.cold_ms
+    );
+    report("    commands 2–1,001", long.early, "commands/s");
+    report(
+        &format!(
+            "    commands {}–{}",
+            thousands((SEQUENTIAL_COMMANDS - SLICE + 1) as u64),
+            thousands(SEQUENTIAL_COMMANDS as u64)
+        ),
+        long.late,
+        "commands/s",
+    );
+    Ok(())
+}
+
+/// (a): [`CLIENTS`] tasks share one handler, as one gateway's requests
+/// would; client `c` owns aggregates `c`, `c + CLIENTS`, … and sends each
+/// its commands in turn. Returns commands/s.
+async fn many_aggregates(store: &Arc<dyn EventStore>) -> anyhow::Result<f64> {
+    let total = AGGREGATES * COMMANDS_PER_AGGREGATE;
+    let bar = counter_bar("(a) commands on many aggregates", total as u64);
+    let handler = Arc::new(new_handler(store.clone()));
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let handler = handler.clone();
+            let bar = bar.clone();
+            tokio::spawn(async move {
+                for aggregate in (client..AGGREGATES).step_by(CLIENTS) {
+                    let stream = StreamId::for_aggregate("licence", format!("many-{aggregate}"))?;
+                    for k in 0..COMMANDS_PER_AGGREGATE {
+                        issue_licence(&handler, &stream, k).await?;
+                        bar.inc(1);
+                    }
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    for client in clients {
+        client.await??;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(total as f64 / secs)
+}
+
+/// What (b) measured.
+struct LongStream {
+    /// Commands/s over all of them.
+    overall: f64,
+    /// The first command: a fresh handler folds the whole stream once.
+    cold_ms: f64,
+    /// Commands/s for the [`SLICE`] commands after the first, and the last [`SLICE`].
+    early: f64,
+    late: f64,
+}
+
+/// (b): fills one licence stream with [`LONG_STREAM_EVENTS`], then sends
+/// it [`SEQUENTIAL_COMMANDS`] one after another through a fresh handler.
+async fn long_stream(store: &Arc<dyn EventStore>) -> anyhow::Result<LongStream> {
+    let stream = StreamId::for_aggregate("licence", "long")?;
+    fill_stream(store, &stream).await?;
+    let bar = counter_bar(
+        "(b) sequential commands on one stream",
+        SEQUENTIAL_COMMANDS as u64,
+    );
+    let handler = new_handler(store.clone());
+    let started = Instant::now();
+    // done[i]: seconds from the start until command i+1 completed.
+    let mut done = Vec::with_capacity(SEQUENTIAL_COMMANDS);
+    for k in 0..SEQUENTIAL_COMMANDS {
+        issue_licence(&handler, &stream, k).await?;
+        done.push(started.elapsed().as_secs_f64());
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let n = SEQUENTIAL_COMMANDS;
+    Ok(LongStream {
+        overall: n as f64 / done[n - 1],
+        cold_ms: done[0] * 1e3,
+        early: SLICE as f64 / (done[SLICE] - done[0]),
+        late: SLICE as f64 / (done[n - 1] - done[n - 1 - SLICE]),
+    })
+}
+
+/// Appends [`LONG_STREAM_EVENTS`] licence events to `stream` straight
+/// through the store, in batches: only the commands after it are timed.
+async fn fill_stream(store: &Arc<dyn EventStore>, stream: &StreamId) -> anyhow::Result<()> {
+    let bar = counter_bar("(b) filling one stream", LONG_STREAM_EVENTS);
+    let metadata = Metadata {
+        actor: Some(Actor::System.name()),
+        source: Some("bench".into()),
+        ..Metadata::default()
+    };
+    for batch in 0..LONG_STREAM_EVENTS / FILL_BATCH {
+        let events = (0..FILL_BATCH)
+            .map(|n| {
+                LicenceEvent::LicenceIssued(LicenceIssued {
+                    username: stream.to_string(),
+                    terms: licence_terms((batch * FILL_BATCH + n) as usize),
+                    by: Actor::System.name(),
+                })
+                .to_new_event(metadata.clone())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        store.append(stream, ExpectedVersion::Any, events).await?;
+        bar.inc(FILL_BATCH);
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logins_spread_over_addresses_under_the_per_address_quota() {
+        assert_eq!(client_address(0), IpAddr::from([127, 0, 1, 0]));
+        assert_eq!(
+            client_address(LOGINS_PER_ADDRESS - 1),
+            IpAddr::from([127, 0, 1, 0])
+        );
+        assert_eq!(
+            client_address(LOGINS_PER_ADDRESS),
+            IpAddr::from([127, 0, 1, 1])
+        );
+        assert_eq!(
+            client_address(LOGINS_PER_ADDRESS * 256),
+            IpAddr::from([127, 0, 2, 0])
+        );
+    }
+}
