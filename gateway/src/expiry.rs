@@ -66,7 +66,8 @@ pub async fn sweep(app: &AppState, now: OffsetDateTime) -> usize {
 
 /// Sweeps forever, every [`EVERY`].
 pub async fn run(app: AppState) {
-    let mut tick = tokio::time::interval(EVERY);
+    // The first sweep waits a period: the views are still being created.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
     loop {
         tick.tick().await;
         let n = sweep(&app, OffsetDateTime::now_utc()).await;

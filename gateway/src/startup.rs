@@ -244,13 +244,14 @@ impl Gateway {
         ));
         let sessions = Arc::new(Sessions::new(handler.clone(), keys, config.session_policy));
         let app = AppState {
-            store,
+            store: store.clone(),
             handler,
             sessions,
             limiter: Arc::new(LoginLimiter::new()),
             views,
             projections: engine.status(),
             metrics,
+            live: Arc::new(crate::live::LiveFeed::start(store.clone())),
         };
         let listener = TcpListener::bind(addr)
             .await

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::sessions::Sessions;
 use crate::command_handler::CommandHandler;
+use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 
 #[derive(Clone)]
@@ -21,4 +22,6 @@ pub struct AppState {
     pub views: ViewStore,
     pub projections: watch::Receiver<EngineStatus>,
     pub metrics: Arc<Metrics>,
+    /// The log as it grows, shared by every subscription.
+    pub live: Arc<LiveFeed>,
 }

@@ -7,9 +7,9 @@ use async_graphql::{Context, SimpleObject, Subscription, Union};
 use domain::RecordedEvent;
 use domain::account::{Account, AccountEvent};
 use futures_util::Stream;
-use store::{Filter, SubscribeFrom};
+use store::Filter;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 use crate::auth::sessions::Principal;
@@ -92,6 +92,23 @@ impl IdentitySubscription {
     }
 }
 
+/// Is `sid` the account's live session (and the account enabled)?
+async fn session_is_live(
+    app: &AppState,
+    stream: &domain::StreamId,
+    sid: domain::account::SessionId,
+) -> bool {
+    match app.handler.load::<Account>(stream).await {
+        Ok((_, state)) => state.account.as_ref().is_some_and(|a| {
+            !a.disabled && a.session.as_ref().is_some_and(|s| s.session_id == sid)
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "subscription cannot read its account; closing it");
+            false
+        }
+    }
+}
+
 /// Why `sid` ended, from the account's recent events (it may have ended
 /// just before the subscription began watching).
 async fn end_reason(
@@ -127,9 +144,9 @@ fn guarded<T: Send + 'static>(
     app: AppState,
     principal: Principal,
     inner: Option<Filter>,
-    on_event: impl Fn(&RecordedEvent) -> Option<T> + Send + 'static,
-    on_refreshed: impl Fn(SessionEvent) -> Option<T> + Send + 'static,
-    on_ended: impl Fn(SessionEvent) -> Option<T> + Send + 'static,
+    on_event: impl Fn(&RecordedEvent) -> Option<T> + Send + Sync + 'static,
+    on_refreshed: impl Fn(SessionEvent) -> Option<T> + Send + Sync + 'static,
+    on_ended: impl Fn(SessionEvent) -> Option<T> + Send + Sync + 'static,
 ) -> impl Stream<Item = T> {
     let (tx, rx) = mpsc::channel::<T>(256);
     tokio::spawn(async move {
@@ -137,85 +154,84 @@ fn guarded<T: Send + 'static>(
             return;
         };
         let sid = principal.session_id;
-        // Subscribe first, then look: an end in between is seen either way.
-        let mut own = app.store.subscribe_all(
-            SubscribeFrom::End,
-            Filter {
-                stream_prefixes: vec![stream.to_string()],
-                event_types: vec!["SessionRefreshed".into(), "SessionEnded".into()],
-            },
-        );
-        let mut others = inner.map(|f| app.store.subscribe_all(SubscribeFrom::End, f));
         let ended = |reason: String| {
             SessionEvent::SessionEnded(SessionEnded {
                 session_id: sid.0,
                 reason,
             })
         };
-        match app.handler.load::<Account>(&stream).await {
-            Ok((_, state)) => {
-                let live = state.account.as_ref().is_some_and(|a| {
-                    !a.disabled && a.session.as_ref().is_some_and(|s| s.session_id == sid)
-                });
-                if !live {
-                    let reason = end_reason(&app, &stream, sid).await;
-                    if let Some(item) = on_ended(ended(reason)) {
-                        let _ = tx.send(item).await;
-                    }
-                    return;
-                }
+        // Listen first, then look: an end in between is seen either way.
+        let mut feed = app.live.subscribe();
+        if !session_is_live(&app, &stream, sid).await {
+            if let Some(item) = on_ended(ended(end_reason(&app, &stream, sid).await)) {
+                let _ = tx.send(item).await;
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "subscription cannot read its account; closing it");
-                return;
-            }
+            return;
         }
         let registry = domain::event_registry();
         loop {
-            let next_other = async {
-                match others.as_mut() {
-                    Some(sub) => sub.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
+            let event = tokio::select! {
                 _ = tx.closed() => return,
-                event = own.next() => {
-                    let Some(Ok(event)) = event else { return };
-                    // The prefix also matches longer names (account-ada vs account-adam).
-                    if event.stream_id != stream {
-                        continue;
-                    }
-                    match registry.decode::<domain::account::AccountEvent>(&event) {
-                        Ok(AccountEvent::SessionRefreshed(r)) if r.session_id == sid => {
-                            let item = SessionEvent::SessionRefreshed(SessionRefreshed {
-                                session_id: sid.0,
-                                access_expires_at: r.tokens.expires_at,
-                                refresh_until: r.tokens.refresh_until,
-                            });
-                            if let Some(item) = on_refreshed(item)
-                                && tx.send(item).await.is_err()
-                            {
-                                return;
-                            }
+                event = feed.recv() => event,
+            };
+            let event = match event {
+                Ok(event) => event,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    // Too slow for the feed: the session's end must not be
+                    // missed, so ask the store; other events are lost, so
+                    // a feed of them ends here (the client resubscribes).
+                    tracing::warn!(missed, "a subscriber fell behind the live feed");
+                    if !session_is_live(&app, &stream, sid).await {
+                        if let Some(item) = on_ended(ended(end_reason(&app, &stream, sid).await)) {
+                            let _ = tx.send(item).await;
                         }
-                        Ok(AccountEvent::SessionEnded(x)) if x.session_id == sid => {
-                            if let Some(item) = on_ended(ended(x.reason.to_string())) {
-                                let _ = tx.send(item).await;
-                            }
-                            return;
-                        }
-                        _ => {}
-                    }
-                }
-                event = next_other => {
-                    let Some(Ok(event)) = event else { return };
-                    if let Some(item) = on_event(&event)
-                        && tx.send(item).await.is_err()
-                    {
                         return;
                     }
+                    if inner.is_some() {
+                        return;
+                    }
+                    continue;
                 }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if event.stream_id == stream {
+                match registry.decode::<AccountEvent>(&event) {
+                    Ok(AccountEvent::SessionRefreshed(r)) if r.session_id == sid => {
+                        let item = SessionEvent::SessionRefreshed(SessionRefreshed {
+                            session_id: sid.0,
+                            access_expires_at: r.tokens.expires_at,
+                            refresh_until: r.tokens.refresh_until,
+                        });
+                        if let Some(item) = on_refreshed(item)
+                            && tx.send(item).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(AccountEvent::SessionEnded(x)) if x.session_id == sid => {
+                        // Show the ending event itself to a feed that wants it.
+                        if inner
+                            .as_ref()
+                            .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type))
+                            && let Some(item) = on_event(&event)
+                        {
+                            let _ = tx.send(item).await;
+                        }
+                        if let Some(item) = on_ended(ended(x.reason.to_string())) {
+                            let _ = tx.send(item).await;
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+            if inner
+                .as_ref()
+                .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type))
+                && let Some(item) = on_event(&event)
+                && tx.send(item).await.is_err()
+            {
+                return;
             }
         }
     });

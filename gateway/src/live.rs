@@ -1,0 +1,62 @@
+//! One live feed of the event log per gateway, fanned out in memory to
+//! every GraphQL subscription: the store is read once per append, however
+//! many subscribers there are.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::{Position, RecordedEvent};
+use store::{EventStore, Filter, SubscribeFrom};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+/// Events buffered for subscribers that are momentarily slow. One that
+/// falls further behind is told so (and re-checks what it must not miss).
+const CAPACITY: usize = 16_384;
+
+pub struct LiveFeed {
+    tx: broadcast::Sender<Arc<RecordedEvent>>,
+    task: JoinHandle<()>,
+}
+
+impl LiveFeed {
+    /// Follows the log from its current end.
+    pub fn start(store: Arc<dyn EventStore>) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        let task = tokio::spawn(follow(store, tx.clone()));
+        Self { tx, task }
+    }
+
+    /// Every event appended from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
+        self.tx.subscribe()
+    }
+}
+
+impl Drop for LiveFeed {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn follow(store: Arc<dyn EventStore>, tx: broadcast::Sender<Arc<RecordedEvent>>) {
+    let mut from = SubscribeFrom::End;
+    loop {
+        let mut sub = store.subscribe_all(from, Filter::all());
+        while let Some(next) = sub.next().await {
+            match next {
+                Ok(event) => {
+                    let position: Position = event.position;
+                    // No receivers is fine: nobody is subscribed right now.
+                    let _ = tx.send(Arc::new(event));
+                    from = SubscribeFrom::After(position);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "live feed lost the log; following again");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
