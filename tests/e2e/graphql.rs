@@ -598,9 +598,23 @@ async fn metrics_count_requests_events_and_view_progress() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_not() {
     let store = TestStore::sqlite();
+    // The account comes from the CLI: no admin token that could expire meanwhile.
+    let create = [
+        "--store",
+        &store.url,
+        "admin",
+        "create-user",
+        "--username",
+        "ada",
+        "--role",
+        "user",
+        "--password-stdin",
+    ];
+    let (ok, _, stderr) = run_with_stdin(&create, PASSWORD).await;
+    assert!(ok, "{stderr}");
     let mut cmd = bin();
     cmd.env("TB_JWT_SECRET", SECRET);
-    // Tokens live 1 s; a refresh keeps the session up to 2 s after that.
+    // Tokens live 2 s; a refresh keeps the session up to 3 s after that.
     cmd.args([
         "--store",
         &store.url,
@@ -610,9 +624,9 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
         "--listen",
         "127.0.0.1:0",
         "--access-token-ttl",
-        "1",
-        "--refresh-grace",
         "2",
+        "--refresh-grace",
+        "3",
     ]);
     let mut server = Running::spawn(cmd);
     let line = server
@@ -632,7 +646,6 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
         store,
     };
     app.wait_ready().await;
-    app.with_accounts().await;
 
     let refresh =
         "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
@@ -645,7 +658,7 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
         .as_str()
         .unwrap()
         .to_owned();
-    tokio::time::sleep(Duration::from_millis(1600)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let expired = app
         .gql("{ me { username } }", json!({}), Some(&access))
         .await;
@@ -671,8 +684,8 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
         .gql("{ me { username } }", json!({}), Some(&access))
         .await;
     assert_eq!(me["data"]["me"]["username"], "ada", "{me}");
-    // Past access expiry (1 s) plus grace (2 s): log in again.
-    tokio::time::sleep(Duration::from_millis(3300)).await;
+    // Past access expiry (2 s, rounded up to a whole second) plus grace (3 s): log in again.
+    tokio::time::sleep(Duration::from_millis(6200)).await;
     let late = app.gql(refresh, json!({ "t": token }), None).await;
     assert_eq!(code(&late), "UNAUTHENTICATED", "{late}");
     assert!(

@@ -68,12 +68,17 @@ impl TokenKeys {
         now: OffsetDateTime,
         ttl: Duration,
     ) -> Result<(String, OffsetDateTime), TokenError> {
-        let expires_at = now + ttl;
+        // JWT times are whole seconds: round the expiry up, so a token
+        // lives at least `ttl`, never up to a second less.
+        let end = now + ttl;
+        let exp = end.unix_timestamp() + i64::from(end.nanosecond() > 0);
+        let expires_at = OffsetDateTime::from_unix_timestamp(exp)
+            .map_err(|e| TokenError::Invalid(e.to_string()))?;
         let claims = Claims {
             sub: sub.to_owned(),
             sid,
             iat: now.unix_timestamp(),
-            exp: expires_at.unix_timestamp(),
+            exp,
             iss: ISSUER.into(),
         };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -144,6 +149,22 @@ mod tests {
             keys().verify(&token, expires_at).unwrap_err(),
             TokenError::Expired(expires_at)
         );
+    }
+
+    #[test]
+    fn a_token_lives_at_least_its_ttl_despite_whole_second_claims() {
+        let sid = SessionId(Uuid::now_v7());
+        let issued = t0() + Duration::milliseconds(900);
+        let (token, expires_at) = keys()
+            .issue("ada", sid, issued, Duration::seconds(1))
+            .unwrap();
+        assert_eq!(expires_at, t0() + Duration::seconds(2));
+        assert!(
+            keys()
+                .verify(&token, issued + Duration::milliseconds(999))
+                .is_ok()
+        );
+        assert!(keys().verify(&token, t0() + Duration::seconds(2)).is_err());
     }
 
     #[test]
