@@ -69,10 +69,7 @@ async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option
     // serve applied the migrations, so migrate has nothing left to do.
     let (ok, stdout, stderr) = run(&["--store", &store.url, "migrate"]).await;
     assert!(ok, "{stderr}");
-    assert!(
-        stdout.contains("schema is up to date (version 1)"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("schema is up to date (version"), "{stdout}");
     store.cleanup().await;
 }
 
