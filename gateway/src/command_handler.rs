@@ -109,6 +109,11 @@ impl CommandHandler {
         &self.store
     }
 
+    /// The event types this handler decodes.
+    pub fn registry(&self) -> &EventRegistry {
+        &self.registry
+    }
+
     /// The current state of a stream, from the cache when possible.
     pub async fn load<D: Decider>(
         &self,

@@ -126,7 +126,7 @@ async fn end_reason(
         )
         .await
         .unwrap_or_default();
-    let registry = domain::event_registry();
+    let registry = app.handler.registry();
     recent
         .iter()
         .filter_map(|e| registry.decode::<AccountEvent>(e).ok())
@@ -168,7 +168,7 @@ fn guarded<T: Send + 'static>(
             }
             return;
         }
-        let registry = domain::event_registry();
+        let registry = app.handler.registry();
         loop {
             let event = tokio::select! {
                 _ = tx.closed() => return,
