@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Running, TestStore, bin, http_get, run_with_stdin};
+use crate::helpers::{Running, TestStore, create_user, http_get, listening_addr, serve_command};
 
 const ROOT_PASSWORD: &str = "root password for the tests";
 const PASSWORD: &str = "a perfectly fine password";
@@ -36,31 +36,19 @@ pub struct Client {
 
 impl App {
     pub async fn spawn(store: TestStore) -> App {
-        let mut cmd = bin();
-        cmd.env("TB_JWT_SECRET", SECRET);
-        cmd.args([
-            "--store",
-            &store.url,
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ]);
-        let mut server = Running::spawn(cmd);
+        App::spawn_with(store, &[]).await
+    }
+
+    /// Spawns with extra `serve` flags.
+    pub async fn spawn_with(store: TestStore, extra: &[&str]) -> App {
+        let mut server = Running::spawn(serve_command(&store.url, Some(SECRET), extra));
         let line = server
             .stderr_line_containing("gateway listening on", Duration::from_secs(30))
             .await;
-        let log: Value = serde_json::from_str(&line).unwrap();
-        let addr = log["message"]
-            .as_str()
-            .unwrap()
-            .rsplit("http://")
-            .next()
-            .unwrap()
-            .to_owned();
         let app = App {
-            client: Client { addr },
+            client: Client {
+                addr: listening_addr(&line),
+            },
             server,
             store,
         };
@@ -70,19 +58,7 @@ impl App {
 
     /// Creates the super-admin `root` with the CLI and `ada` (a user) through GraphQL.
     pub async fn with_accounts(&self) -> String {
-        let args = [
-            "--store",
-            &self.store.url,
-            "admin",
-            "create-user",
-            "--username",
-            "root",
-            "--role",
-            "super_admin",
-            "--password-stdin",
-        ];
-        let (ok, _, stderr) = run_with_stdin(&args, ROOT_PASSWORD).await;
-        assert!(ok, "{stderr}");
+        create_user(&self.store.url, "root", "super_admin", ROOT_PASSWORD).await;
         let root = self.token("root", ROOT_PASSWORD).await;
         for (name, role) in [("ada", "USER"), ("audrey", "AUDITOR")] {
             let r = self
@@ -599,53 +575,9 @@ async fn metrics_count_requests_events_and_view_progress() {
 async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_not() {
     let store = TestStore::sqlite();
     // The account comes from the CLI: no admin token that could expire meanwhile.
-    let create = [
-        "--store",
-        &store.url,
-        "admin",
-        "create-user",
-        "--username",
-        "ada",
-        "--role",
-        "user",
-        "--password-stdin",
-    ];
-    let (ok, _, stderr) = run_with_stdin(&create, PASSWORD).await;
-    assert!(ok, "{stderr}");
-    let mut cmd = bin();
-    cmd.env("TB_JWT_SECRET", SECRET);
+    create_user(&store.url, "ada", "user", PASSWORD).await;
     // Tokens live 2 s; a refresh keeps the session up to 3 s after that.
-    cmd.args([
-        "--store",
-        &store.url,
-        "--log-format",
-        "json",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--access-token-ttl",
-        "2",
-        "--refresh-grace",
-        "3",
-    ]);
-    let mut server = Running::spawn(cmd);
-    let line = server
-        .stderr_line_containing("gateway listening on", Duration::from_secs(30))
-        .await;
-    let log: Value = serde_json::from_str(&line).unwrap();
-    let addr = log["message"]
-        .as_str()
-        .unwrap()
-        .rsplit("http://")
-        .next()
-        .unwrap()
-        .to_owned();
-    let app = App {
-        client: Client { addr },
-        server,
-        store,
-    };
-    app.wait_ready().await;
+    let app = App::spawn_with(store, &["--access-token-ttl", "2", "--refresh-grace", "3"]).await;
 
     let refresh =
         "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";

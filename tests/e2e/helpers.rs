@@ -180,3 +180,49 @@ pub async fn run_with_stdin(args: &[&str], input: &str) -> (bool, String, String
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// `trafficbuster serve` on a free loopback port, logging JSON, plus `extra` flags.
+pub fn serve_command(store_url: &str, jwt_secret: Option<&str>, extra: &[&str]) -> Command {
+    let mut cmd = bin();
+    if let Some(secret) = jwt_secret {
+        cmd.env("TB_JWT_SECRET", secret);
+    }
+    cmd.args([
+        "--store",
+        store_url,
+        "--log-format",
+        "json",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    cmd.args(extra);
+    cmd
+}
+
+/// The address in serve's JSON "gateway listening on http://ADDR" line.
+pub fn listening_addr(log_line: &str) -> String {
+    let log: serde_json::Value = serde_json::from_str(log_line).expect("a JSON log line");
+    log["message"]
+        .as_str()
+        .and_then(|m| m.rsplit("http://").next())
+        .unwrap_or_else(|| panic!("no address in {log_line}"))
+        .to_owned()
+}
+
+/// Creates an account with `admin create-user`, panicking with its stderr on failure.
+pub async fn create_user(store_url: &str, username: &str, role: &str, password: &str) {
+    let args = [
+        "--store",
+        store_url,
+        "admin",
+        "create-user",
+        "--username",
+        username,
+        "--role",
+        role,
+        "--password-stdin",
+    ];
+    let (ok, _, stderr) = run_with_stdin(&args, password).await;
+    assert!(ok, "{stderr}");
+}

@@ -1,23 +1,17 @@
 //! `trafficbuster projections rebuild` replays views from the first event.
 
-use crate::helpers::{TestStore, run, run_with_stdin};
+use crate::helpers::{TestStore, create_user, run};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rebuild_replays_one_view_or_all_and_names_unknown_ones() {
     let store = TestStore::sqlite();
-    let create = [
-        "--store",
+    create_user(
         &store.url,
-        "admin",
-        "create-user",
-        "--username",
         "root",
-        "--role",
         "super_admin",
-        "--password-stdin",
-    ];
-    let (ok, _, stderr) = run_with_stdin(&create, "a long bootstrap passphrase").await;
-    assert!(ok, "{stderr}");
+        "a long bootstrap passphrase",
+    )
+    .await;
 
     let (ok, stdout, stderr) =
         run(&["--store", &store.url, "projections", "rebuild", "audit"]).await;

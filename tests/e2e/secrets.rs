@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::graphql::Client;
-use crate::helpers::{TestStore, bin, http_get, run_with_stdin};
+use crate::helpers::{TestStore, create_user, http_get, listening_addr, serve_command};
 
 const SECRET: &str = "a-signing-secret-that-must-stay-hidden";
 const ROOT_PASSWORD: &str = "root password never logged";
@@ -19,32 +19,10 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
     let store = TestStore::sqlite();
     let log_dir = tempfile::tempdir().unwrap();
     let log_path = log_dir.path().join("gateway.log");
-    let create = [
-        "--store",
-        &store.url,
-        "admin",
-        "create-user",
-        "--username",
-        "root",
-        "--role",
-        "super_admin",
-        "--password-stdin",
-    ];
-    let (ok, out, err) = run_with_stdin(&create, ROOT_PASSWORD).await;
-    assert!(ok, "{err}");
+    create_user(&store.url, "root", "super_admin", ROOT_PASSWORD).await;
 
-    let mut child = bin()
-        .env("TB_JWT_SECRET", SECRET)
+    let mut child = serve_command(&store.url, Some(SECRET), &[])
         .env("RUST_LOG", "trace")
-        .args([
-            "--store",
-            &store.url,
-            "--log-format",
-            "json",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-        ])
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
         .spawn()
@@ -54,14 +32,7 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
         loop {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             if let Some(line) = log.lines().find(|l| l.contains("gateway listening on")) {
-                let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                break v["message"]
-                    .as_str()
-                    .unwrap()
-                    .rsplit("http://")
-                    .next()
-                    .unwrap()
-                    .to_owned();
+                break listening_addr(line);
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
@@ -168,5 +139,4 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
     ] {
         assert!(!log.contains(&value), "{what} appears in the logs");
     }
-    drop(out);
 }

@@ -2,32 +2,14 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Running, TestStore, bin, http_get, run};
+use crate::helpers::{Running, TestStore, bin, http_get, listening_addr, run, serve_command};
 
 async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option<&str>) {
-    let mut cmd = bin();
-    if let Some(secret) = jwt_secret {
-        cmd.env("TB_JWT_SECRET", secret);
-    }
-    cmd.args([
-        "--store",
-        &store.url,
-        "--log-format",
-        "json",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let mut server = Running::spawn(cmd);
+    let mut server = Running::spawn(serve_command(&store.url, jwt_secret, &[]));
     let line = server
         .stderr_line_containing("gateway listening on", Duration::from_secs(30))
         .await;
-    let log: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
-    let addr = log["message"]
-        .as_str()
-        .and_then(|m| m.rsplit("http://").next())
-        .unwrap()
-        .to_owned();
+    let addr = listening_addr(&line);
 
     let (status, body) = http_get(&addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
