@@ -37,7 +37,13 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
-    telemetry::init(settings.log_format);
+    // A bench's figures go to stdout; the per-request lines of its
+    // in-process gateway would bury them (RUST_LOG still brings them back).
+    let default_level = match cli.command {
+        Command::Bench(_) => "warn",
+        _ => "info",
+    };
+    telemetry::init(settings.log_format, default_level);
     match cli.command {
         Command::Serve(args) => commands::serve::run(&settings, &args).await,
         Command::Migrate => commands::migrate::run(&settings).await,

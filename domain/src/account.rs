@@ -291,14 +291,14 @@ pub enum AccountError {
 }
 
 /// The live session, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LiveSession {
     pub session_id: SessionId,
     pub tokens: SessionTokens,
 }
 
 /// An existing account.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountRecord {
     pub account_id: Uuid,
     pub username: Username,
@@ -309,7 +309,7 @@ pub struct AccountRecord {
 }
 
 /// `None` until the account is created.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccountState {
     pub account: Option<AccountRecord>,
 }
@@ -317,6 +317,7 @@ pub struct AccountState {
 pub struct Account;
 
 impl Decider for Account {
+    const SNAPSHOT_KIND: &'static str = "account/1";
     type State = AccountState;
     type Command = AccountCommand;
     type Event = AccountEvent;

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -15,7 +16,13 @@ use crate::registry::EventSet;
 
 /// One aggregate's rules.
 pub trait Decider {
-    type State: Clone + Default + Send + Sync + 'static;
+    /// Names `State`'s shape and meaning in saved snapshots, e.g.
+    /// `"licence/1"`. Change it whenever `State` or `evolve` changes, so
+    /// that snapshots an older build saved are ignored, not trusted.
+    const SNAPSHOT_KIND: &'static str;
+
+    /// Plain data; serialized only into snapshots, a cache of the fold.
+    type State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 'static;
     type Command;
     type Event: EventSet + Clone + Send + Sync + 'static;
     type Error: std::error::Error + Send + Sync + 'static;

@@ -176,7 +176,7 @@ pub enum LicenceError {
 }
 
 /// The licence as it stands: `None` when none is in force.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LicenceState {
     pub terms: Option<LicenceTerms>,
 }
@@ -184,6 +184,7 @@ pub struct LicenceState {
 pub struct Licence;
 
 impl Decider for Licence {
+    const SNAPSHOT_KIND: &'static str = "licence/1";
     type State = LicenceState;
     type Command = LicenceCommand;
     type Event = LicenceEvent;

@@ -29,14 +29,35 @@ impl<D: Decider> Spec<D> {
         self
     }
 
-    /// Decides `command`.
-    pub fn when(self, command: D::Command) -> Outcome<D> {
+    /// Decides `command`. Every specification also checks that the state
+    /// it decides on survives a snapshot unchanged.
+    pub fn when(self, command: D::Command) -> Outcome<D>
+    where
+        D::State: PartialEq + Debug,
+    {
         let state = D::fold(&self.history);
+        assert_snapshot_round_trips::<D>(&state);
         Outcome {
             result: D::decide(&state, command, &self.ctx),
             state,
         }
     }
+}
+
+/// A state saved into a snapshot and loaded again is the same state.
+fn assert_snapshot_round_trips<D: Decider>(state: &D::State)
+where
+    D::State: PartialEq + Debug,
+{
+    let saved = serde_json::to_string(state).expect("a state serializes");
+    let loaded: D::State = serde_json::from_str(&saved)
+        .unwrap_or_else(|e| panic!("{} snapshot {saved} does not load: {e}", D::SNAPSHOT_KIND));
+    assert_eq!(
+        &loaded,
+        state,
+        "{} snapshot changed the state",
+        D::SNAPSHOT_KIND
+    );
 }
 
 /// A decision to check.

@@ -5,8 +5,10 @@
 //! Recently used states stay in memory with their version, so a command on
 //! a long stream costs what it costs on a new one. A cached state is never
 //! trusted blindly: the append expects its exact version, and a conflict
-//! reads only the events after it. This is the only place where deciders
-//! meet I/O.
+//! reads only the events after it. A state not in memory starts from the
+//! stream's snapshot, saved every [`SNAPSHOT_EVERY`] events, so a restarted
+//! gateway does not fold a long stream from its start either. This is the
+//! only place where deciders meet I/O.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -16,7 +18,7 @@ use domain::{
     Context, Decider, DecodeError, EventId, EventRegistry, EventSet, Metadata, PayloadError,
     Position, StreamId,
 };
-use store::{Direction, EventStore, ExpectedVersion, StoreError, StreamFrom};
+use store::{Direction, EventStore, ExpectedVersion, Snapshot, StoreError, StreamFrom};
 use uuid::Uuid;
 
 /// Decisions re-made after version conflicts before giving up.
@@ -25,6 +27,9 @@ const MAX_ATTEMPTS: usize = 8;
 const CACHE_CAPACITY: usize = 10_000;
 /// Events read per page when loading or catching up.
 const PAGE: usize = 1000;
+/// Events folded past a stream's last snapshot before the next one is
+/// saved: a state loaded afresh reads at most about this many events.
+pub const SNAPSHOT_EVERY: u64 = 1000;
 
 /// Where a command comes from, for the events' metadata.
 #[derive(Debug, Clone, Default)]
@@ -79,8 +84,18 @@ pub enum CommandError<E: std::error::Error> {
 
 struct Cached {
     version: Option<u64>,
+    /// The version of the stream's last snapshot saved or loaded.
+    snapshot: Option<u64>,
     state: Box<dyn Any + Send + Sync>,
     last_used: u64,
+}
+
+/// A state and where it stands in its stream.
+#[derive(Default)]
+struct Loaded<S> {
+    version: Option<u64>,
+    snapshot: Option<u64>,
+    state: S,
 }
 
 /// Handles commands for every decider, over one event store.
@@ -88,6 +103,7 @@ pub struct CommandHandler {
     store: Arc<dyn EventStore>,
     registry: Arc<EventRegistry>,
     cache: Mutex<Cache>,
+    snapshot_every: u64,
 }
 
 #[derive(Default)]
@@ -102,7 +118,15 @@ impl CommandHandler {
             store,
             registry,
             cache: Mutex::new(Cache::default()),
+            snapshot_every: SNAPSHOT_EVERY,
         }
+    }
+
+    /// Saves a stream's snapshot every `events` events (at least 1) instead
+    /// of every [`SNAPSHOT_EVERY`].
+    pub fn with_snapshot_every(mut self, events: u64) -> Self {
+        self.snapshot_every = events.max(1);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -119,8 +143,12 @@ impl CommandHandler {
         &self,
         stream: &StreamId,
     ) -> Result<(Option<u64>, D::State), CommandError<D::Error>> {
-        let (version, state) = self.cached::<D>(stream).unwrap_or_default();
-        self.catch_up::<D>(stream, version, state).await
+        let loaded = match self.cached::<D>(stream) {
+            Some(cached) => cached,
+            None => self.restore::<D>(stream).await,
+        };
+        let loaded = self.catch_up::<D>(stream, loaded).await?;
+        Ok((loaded.version, loaded.state))
     }
 
     /// Decides `command` against `stream` and appends the outcome.
@@ -142,21 +170,19 @@ impl CommandHandler {
         // `fresh`: the state was read from the store during this call. A
         // refusal or no-op decided on a cached state is checked once more
         // against the store, since only an append would reveal staleness.
-        let (mut version, mut state, mut fresh) = match self.cached::<D>(stream) {
-            Some((version, state)) => (version, state, false),
+        let (mut loaded, mut fresh) = match self.cached::<D>(stream) {
+            Some(cached) => (cached, false),
             None => {
-                let (version, state) = self
-                    .catch_up::<D>(stream, None, D::State::default())
-                    .await?;
-                (version, state, true)
+                let restored = self.restore::<D>(stream).await;
+                (self.catch_up::<D>(stream, restored).await?, true)
             }
         };
         for attempt in 0..MAX_ATTEMPTS {
-            let decided = D::decide(&state, command.clone(), ctx);
+            let decided = D::decide(&loaded.state, command.clone(), ctx);
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
                 _ if !fresh => {
-                    (version, state) = self.catch_up::<D>(stream, version, state).await?;
+                    loaded = self.catch_up::<D>(stream, loaded).await?;
                     fresh = true;
                     continue;
                 }
@@ -164,7 +190,7 @@ impl CommandHandler {
                 Ok(events) => {
                     return Ok(Handled {
                         events,
-                        version,
+                        version: loaded.version,
                         position: None,
                         replayed: false,
                     });
@@ -184,11 +210,21 @@ impl CommandHandler {
                 }
                 new_events.push(new);
             }
-            let expected = version.map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
+            let expected = loaded
+                .version
+                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
             match self.store.append(stream, expected, new_events).await {
                 Ok(result) => {
-                    let state = events.iter().fold(state, |s, e| D::evolve(s, e));
-                    self.remember::<D>(stream, Some(result.version), state);
+                    let state = events.iter().fold(loaded.state, |s, e| D::evolve(s, e));
+                    self.remember::<D>(
+                        stream,
+                        Loaded {
+                            version: Some(result.version),
+                            snapshot: loaded.snapshot,
+                            state,
+                        },
+                    )
+                    .await;
                     return Ok(Handled {
                         events,
                         version: Some(result.version),
@@ -196,11 +232,24 @@ impl CommandHandler {
                         replayed: false,
                     });
                 }
+                Err(StoreError::WrongExpectedVersion { actual, .. }) if actual < loaded.version => {
+                    // The state is ahead of the stream: only a snapshot that
+                    // does not belong to it can do that. Fold from the start.
+                    tracing::warn!(%stream, ?actual, state_version = ?loaded.version,
+                        "a state ahead of its stream (a foreign snapshot?); folding the stream again");
+                    loaded = self.catch_up::<D>(stream, Loaded::default()).await?;
+                    if loaded.snapshot != loaded.version {
+                        // Replace the foreign snapshot now, however short the stream.
+                        self.save_snapshot::<D>(stream, &loaded).await;
+                        loaded.snapshot = loaded.version;
+                    }
+                    fresh = true;
+                }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
                     // Writers that collide once tend to collide again in
                     // lockstep; a random pause breaks the step.
                     tokio::time::sleep(jitter(attempt)).await;
-                    (version, state) = self.catch_up::<D>(stream, version, state).await?;
+                    loaded = self.catch_up::<D>(stream, loaded).await?;
                     fresh = true;
                 }
                 Err(StoreError::IdempotencyConflict { .. }) if meta.idempotency_key.is_some() => {
@@ -264,43 +313,97 @@ impl CommandHandler {
             })
     }
 
-    /// Folds the events after `version` into `state`.
+    /// The stream's snapshot, or the initial state. A snapshot is a cache:
+    /// one that cannot be read is passed over, never an error.
+    async fn restore<D: Decider>(&self, stream: &StreamId) -> Loaded<D::State> {
+        let snapshot = match self.store.get_snapshot(stream).await {
+            Ok(Some(snapshot)) if snapshot.kind == D::SNAPSHOT_KIND => snapshot,
+            Ok(_) => return Loaded::default(),
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "snapshot unreadable; folding the whole stream");
+                return Loaded::default();
+            }
+        };
+        match serde_json::from_str(&snapshot.data) {
+            Ok(state) => Loaded {
+                version: Some(snapshot.version),
+                snapshot: Some(snapshot.version),
+                state,
+            },
+            Err(e) => {
+                tracing::warn!(%stream, kind = snapshot.kind, error = %e,
+                    "snapshot does not decode; folding the whole stream");
+                Loaded::default()
+            }
+        }
+    }
+
+    /// Folds the events after `loaded.version` into its state.
     async fn catch_up<D: Decider>(
         &self,
         stream: &StreamId,
-        mut version: Option<u64>,
-        mut state: D::State,
-    ) -> Result<(Option<u64>, D::State), CommandError<D::Error>> {
+        mut loaded: Loaded<D::State>,
+    ) -> Result<Loaded<D::State>, CommandError<D::Error>> {
         loop {
-            let from = version.map_or(StreamFrom::Start, |v| StreamFrom::Version(v + 1));
+            let from = loaded
+                .version
+                .map_or(StreamFrom::Start, |v| StreamFrom::Version(v + 1));
             let page = self
                 .store
                 .read_stream(stream, from, Direction::Forward, PAGE)
                 .await?;
             for recorded in &page {
                 let event = self.decode::<D>(stream, recorded)?;
-                state = D::evolve(state, &event);
-                version = Some(recorded.stream_version);
+                loaded.state = D::evolve(loaded.state, &event);
+                loaded.version = Some(recorded.stream_version);
             }
             if page.len() < PAGE {
                 break;
             }
         }
-        self.remember::<D>(stream, version, state.clone());
-        Ok((version, state))
+        loaded.snapshot = self
+            .remember::<D>(
+                stream,
+                Loaded {
+                    version: loaded.version,
+                    snapshot: loaded.snapshot,
+                    state: loaded.state.clone(),
+                },
+            )
+            .await;
+        Ok(loaded)
     }
 
-    fn cached<D: Decider>(&self, stream: &StreamId) -> Option<(Option<u64>, D::State)> {
+    fn cached<D: Decider>(&self, stream: &StreamId) -> Option<Loaded<D::State>> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.clock += 1;
         let now = cache.clock;
         let entry = cache.entries.get_mut(stream)?;
         entry.last_used = now;
         let state = entry.state.downcast_ref::<D::State>()?.clone();
-        Some((entry.version, state))
+        Some(Loaded {
+            version: entry.version,
+            snapshot: entry.snapshot,
+            state,
+        })
     }
 
-    fn remember<D: Decider>(&self, stream: &StreamId, version: Option<u64>, state: D::State) {
+    /// Keeps `loaded` in memory, and saves a snapshot when one is due.
+    /// Returns the version of the stream's last snapshot, as now known.
+    async fn remember<D: Decider>(
+        &self,
+        stream: &StreamId,
+        mut loaded: Loaded<D::State>,
+    ) -> Option<u64> {
+        let due = match (loaded.version, loaded.snapshot) {
+            (Some(v), Some(s)) => v.saturating_sub(s) >= self.snapshot_every,
+            (Some(v), None) => v + 1 >= self.snapshot_every,
+            (None, _) => false,
+        };
+        if due {
+            self.save_snapshot::<D>(stream, &loaded).await;
+            loaded.snapshot = loaded.version;
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.clock += 1;
         let last_used = cache.clock;
@@ -315,11 +418,37 @@ impl CommandHandler {
         cache.entries.insert(
             stream.clone(),
             Cached {
-                version,
-                state: Box::new(state),
+                version: loaded.version,
+                snapshot: loaded.snapshot,
+                state: Box::new(loaded.state),
                 last_used,
             },
         );
+        loaded.snapshot
+    }
+
+    /// Saves `loaded` as the stream's snapshot: one write per
+    /// [`SNAPSHOT_EVERY`] events, on PostgreSQL to an unlogged table. A cache
+    /// that cannot be written fails nothing.
+    async fn save_snapshot<D: Decider>(&self, stream: &StreamId, loaded: &Loaded<D::State>) {
+        let Some(version) = loaded.version else {
+            return;
+        };
+        let data = match serde_json::to_string(&loaded.state) {
+            Ok(data) => data,
+            Err(e) => {
+                tracing::warn!(%stream, error = %e, "state does not serialize; no snapshot");
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            kind: D::SNAPSHOT_KIND.to_owned(),
+            version,
+            data,
+        };
+        if let Err(e) = self.store.put_snapshot(stream, snapshot).await {
+            tracing::warn!(%stream, error = %e, "snapshot not saved");
+        }
     }
 
     fn forget(&self, stream: &StreamId) {

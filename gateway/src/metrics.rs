@@ -17,8 +17,8 @@ use prometheus::{
     TextEncoder,
 };
 use store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StoreError, StreamFrom,
-    SubscribeFrom, Subscription,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, Snapshot, StoreError,
+    StreamFrom, SubscribeFrom, Subscription,
 };
 use time::OffsetDateTime;
 
@@ -267,6 +267,14 @@ impl EventStore for Metered {
 
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_blob(hash).await
+    }
+
+    async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        self.inner.put_snapshot(stream, snapshot).await
+    }
+
+    async fn get_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        self.inner.get_snapshot(stream).await
     }
 
     fn backend(&self) -> &'static str {

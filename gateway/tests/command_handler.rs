@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use domain::account::{Account, AccountCommand, AccountError, PasswordHash, Username};
-use domain::licence::{Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceTerms};
+use domain::licence::{
+    Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceState, LicenceTerms,
+};
 use domain::{Actor, Context, EventRegistry, Role, StreamId};
 use gateway::{CommandError, CommandHandler, CommandMeta};
-use store::{Direction, EventStore, StreamFrom};
+use store::{Direction, EventStore, Snapshot, StreamFrom};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
@@ -232,6 +234,115 @@ mod cases {
         );
         assert_eq!(stream_versions(&store, &stream).await, [0]);
     }
+
+    async fn snapshot_of(store: &Arc<dyn EventStore>, stream: &StreamId) -> Snapshot {
+        store
+            .get_snapshot(stream)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{stream} has no snapshot"))
+    }
+
+    fn licence_with(instances: u32) -> LicenceState {
+        LicenceState {
+            terms: Some(terms(instances)),
+        }
+    }
+
+    /// A loaded licence, told apart by its `max_instances` (the expiry
+    /// differs by when the terms were made).
+    fn instances((version, state): (Option<u64>, LicenceState)) -> (Option<u64>, Option<u32>) {
+        (version, state.terms.map(|t| t.max_instances))
+    }
+
+    pub async fn a_fresh_handler_starts_from_the_snapshot(store: Arc<dyn EventStore>) {
+        let stream = licence_stream();
+        let writer = CommandHandler::new(store.clone(), registry()).with_snapshot_every(10);
+        for n in 1..=25 {
+            writer
+                .handle::<Licence>(&stream, issue(n), &admin(), &CommandMeta::default())
+                .await
+                .unwrap();
+        }
+        // Saved at versions 9 and 19 (every 10 events): the fold up to there.
+        let saved = snapshot_of(&store, &stream).await;
+        assert_eq!((saved.kind.as_str(), saved.version), ("licence/1", 19));
+        let state: LicenceState = serde_json::from_str(&saved.data).unwrap();
+        assert_eq!(state.terms.unwrap().max_instances, 20);
+
+        // A fresh handler (a restarted gateway) starts from the snapshot and
+        // reads only the events after it. To see that it does, the snapshot
+        // is swapped for one that no fold of this stream could produce.
+        let marked = Snapshot {
+            data: serde_json::to_string(&licence_with(1000)).unwrap(),
+            version: 24,
+            ..saved
+        };
+        store.put_snapshot(&stream, marked).await.unwrap();
+        let fresh = CommandHandler::new(store.clone(), registry()).with_snapshot_every(10);
+        let loaded = fresh.load::<Licence>(&stream).await.unwrap();
+        assert_eq!(instances(loaded), (Some(24), Some(1000)));
+        // And commands go on from there.
+        let done = fresh
+            .handle::<Licence>(&stream, issue(26), &admin(), &CommandMeta::default())
+            .await
+            .unwrap();
+        assert_eq!(done.version, Some(25));
+        assert_eq!(
+            stream_versions(&store, &stream).await,
+            (0..=25).collect::<Vec<_>>()
+        );
+    }
+
+    pub async fn a_snapshot_that_does_not_fit_is_passed_over(store: Arc<dyn EventStore>) {
+        let stream = licence_stream();
+        let writer = CommandHandler::new(store.clone(), registry());
+        for n in 1..=5 {
+            writer
+                .handle::<Licence>(&stream, issue(n), &admin(), &CommandMeta::default())
+                .await
+                .unwrap();
+        }
+        let truth = (Some(4), Some(5));
+        let fresh_load = || async {
+            instances(
+                CommandHandler::new(store.clone(), registry())
+                    .load::<Licence>(&stream)
+                    .await
+                    .unwrap(),
+            )
+        };
+        let wrong_state = serde_json::to_string(&licence_with(1000)).unwrap();
+        // Another build's state, and one that does not decode: folded anew.
+        for (kind, data) in [
+            ("licence/0", wrong_state.as_str()),
+            ("licence/1", "{not json"),
+        ] {
+            let snapshot = Snapshot {
+                kind: kind.into(),
+                version: 3,
+                data: data.into(),
+            };
+            store.put_snapshot(&stream, snapshot).await.unwrap();
+            assert_eq!(fresh_load().await, truth, "{kind} {data}");
+        }
+        // One ahead of the stream (restored from elsewhere): the first append
+        // exposes it; the handler folds the stream and replaces it.
+        let ahead = Snapshot {
+            kind: "licence/1".into(),
+            version: 40,
+            data: wrong_state.clone(),
+        };
+        store.put_snapshot(&stream, ahead).await.unwrap();
+        let fresh = CommandHandler::new(store.clone(), registry());
+        let done = fresh
+            .handle::<Licence>(&stream, issue(6), &admin(), &CommandMeta::default())
+            .await
+            .unwrap();
+        assert_eq!(done.version, Some(5));
+        assert_eq!(snapshot_of(&store, &stream).await.version, 4);
+        assert_eq!(fresh_load().await, (Some(5), Some(6)));
+    }
 }
 
 macro_rules! on_both_backends {
@@ -268,4 +379,6 @@ on_both_backends!(
     two_gateways_on_one_stream_both_get_their_commands_in,
     a_stale_cached_state_is_corrected_not_trusted,
     a_repeated_idempotency_key_returns_the_first_result,
+    a_fresh_handler_starts_from_the_snapshot,
+    a_snapshot_that_does_not_fit_is_passed_over,
 );

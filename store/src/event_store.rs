@@ -53,6 +53,20 @@ pub struct AppendResult {
     pub position: Position,
 }
 
+/// A decider's state saved at a stream version, so that loading a long
+/// stream reads only the events after it. A cache, not a record: a store may
+/// lose snapshots (PostgreSQL's table is unlogged), never events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// What `data` holds: the decider and its state version (`licence/1`).
+    /// A reader ignores a snapshot of another kind.
+    pub kind: String,
+    /// The last stream version folded into `data`.
+    pub version: u64,
+    /// The state, as JSON.
+    pub data: String,
+}
+
 /// Where a stream read begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StreamFrom {
@@ -214,6 +228,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The bytes stored under `hash`, if any.
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Saves `snapshot` as `stream`'s, replacing any earlier one.
+    async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError>;
+
+    /// `stream`'s snapshot, if any.
+    async fn get_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError>;
 
     /// A short name for logs and benchmarks: `sqlite` or `postgres`.
     fn backend(&self) -> &'static str;

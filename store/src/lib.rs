@@ -17,7 +17,7 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use event_store::{
     AppendResult, Direction, EventStore, ExpectedVersion, Filter, MAX_EVENT_DATA_BYTES, Page,
-    StreamFrom, SubscribeFrom,
+    Snapshot, StreamFrom, SubscribeFrom,
 };
 pub use migrate::MigrationReport;
 pub use postgres::PostgresStore;

@@ -9,11 +9,18 @@ pub struct Migration {
     pub sql: &'static str,
 }
 
-pub const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_events",
-    sql: include_str!("../../migrations/sqlite/0001_events.sql"),
-}];
+pub const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_events",
+        sql: include_str!("../../migrations/sqlite/0001_events.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_snapshots",
+        sql: include_str!("../../migrations/sqlite/0002_snapshots.sql"),
+    },
+];
 
 pub const POSTGRES: &[Migration] = &[
     Migration {
@@ -25,6 +32,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 2,
         name: "0002_append_checks_ids_when_needed",
         sql: include_str!("../../migrations/postgres/0002_append_checks_ids_when_needed.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_snapshots",
+        sql: include_str!("../../migrations/postgres/0003_snapshots.sql"),
     },
 ];
 

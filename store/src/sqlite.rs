@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, StreamFrom, StreamRange,
-    SubscribeFrom, validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, Snapshot, StreamFrom,
+    StreamRange, SubscribeFrom, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -543,7 +543,51 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
+        let stream = stream.to_string();
+        self.write(move |conn| {
+            conn.prepare_cached(SAVE_SNAPSHOT)
+                .and_then(|mut s| {
+                    s.execute(params![
+                        stream,
+                        snapshot.kind,
+                        snapshot.version as i64,
+                        snapshot.data
+                    ])
+                })
+                .map_err(db_err)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn get_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>, StoreError> {
+        let stream = stream.to_string();
+        self.read(move |conn| {
+            conn.prepare_cached("SELECT kind, version, data FROM snapshots WHERE stream_id = ?1")
+                .and_then(|mut s| {
+                    s.query_row([stream], |r| {
+                        Ok(Snapshot {
+                            kind: r.get(0)?,
+                            version: r.get::<_, i64>(1)? as u64,
+                            data: r.get(2)?,
+                        })
+                    })
+                    .optional()
+                })
+                .map_err(db_err)
+        })
+        .await
+    }
+
     fn backend(&self) -> &'static str {
         BACKEND
     }
 }
+
+/// Replaces the stream's snapshot: any state a handler saw is a true
+/// state of the stream, so a slower writer's older one costs only time.
+const SAVE_SNAPSHOT: &str = "INSERT INTO snapshots (stream_id, kind, version, data) \
+     VALUES (?1, ?2, ?3, ?4) \
+     ON CONFLICT (stream_id) DO UPDATE \
+     SET kind = excluded.kind, version = excluded.version, data = excluded.data";

@@ -9,8 +9,8 @@ use std::time::Duration;
 use domain::{EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, StreamId};
 use store::testing::TestPostgres;
 use store::{
-    Direction, EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore, StoreError,
-    StreamFrom, SubscribeFrom, Subscription,
+    Direction, EventStore, ExpectedVersion, Filter, PostgresStore, Snapshot, SqliteStore,
+    StoreError, StreamFrom, SubscribeFrom, Subscription,
 };
 use uuid::Uuid;
 
@@ -721,6 +721,35 @@ mod cases {
         assert_eq!(store.get_blob(&empty).await.unwrap(), Some(vec![]));
     }
 
+    pub async fn a_stream_keeps_its_last_saved_snapshot(b: Backend) {
+        let store = b.open().await;
+        let (one, two) = (stream("licence-one"), stream("licence-two"));
+        let snapshot = |kind: &str, version: u64| Snapshot {
+            kind: kind.into(),
+            version,
+            data: format!(r#"{{"at":{version}}}"#),
+        };
+        assert_eq!(store.get_snapshot(&one).await.unwrap(), None);
+        for saved in [
+            snapshot("licence/1", 10),
+            snapshot("licence/1", 20),
+            // Older, or another build's kind: still the last word.
+            snapshot("licence/1", 5),
+            snapshot("licence/2", 3),
+        ] {
+            store.put_snapshot(&one, saved.clone()).await.unwrap();
+            assert_eq!(store.get_snapshot(&one).await.unwrap(), Some(saved));
+        }
+        assert_eq!(store.get_snapshot(&two).await.unwrap(), None);
+
+        drop(store);
+        let store = b.open().await;
+        assert_eq!(
+            store.get_snapshot(&one).await.unwrap(),
+            Some(snapshot("licence/2", 3))
+        );
+    }
+
     pub async fn events_survive_reopening_the_store(b: Backend) {
         let r = {
             let store = b.open().await;
@@ -891,6 +920,7 @@ conformance!(
     a_subscription_wakes_for_appends_made_through_another_handle,
     concurrent_writers_are_seen_exactly_once_in_order,
     blobs_are_stored_once_under_their_sha256,
+    a_stream_keeps_its_last_saved_snapshot,
     events_survive_reopening_the_store,
     a_killed_writer_leaves_only_whole_batches,
 );

@@ -81,8 +81,13 @@ async fn migrate_applies_once_then_reports_up_to_date() {
     let store = TestStore::sqlite();
     let (ok, first, stderr) = run(&["--store", &store.url, "migrate"]).await;
     assert!(ok, "{stderr}");
+    let names: Vec<&str> = store::migrate::SQLITE.iter().map(|m| m.name).collect();
+    let latest = store::migrate::SQLITE.last().map_or(0, |m| m.version);
     assert!(
-        first.contains("applied 0001_events (schema version 1)"),
+        first.contains(&format!(
+            "applied {} (schema version {latest})",
+            names.join(", ")
+        )),
         "{first}"
     );
     let (ok, second, _) = run(&["--store", &store.url, "migrate"]).await;
