@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Pool, PoolError, QueueMode, RecyclingMethod, Runtime,
+};
 use domain::{BlobHash, EventId, Metadata, NewEvent, Position, RecordedEvent, StreamId};
 use futures_util::StreamExt;
 use time::OffsetDateTime;
@@ -49,6 +51,10 @@ struct Inner {
     config: tokio_postgres::Config,
     schema: String,
     channel: String,
+    /// This handle's NOTIFY payload: its own notifications come back to
+    /// its LISTEN connection and are ignored, since its appends already
+    /// woke its subscriptions.
+    origin: String,
     changes: Arc<Changes>,
     /// Wakes the task that sends NOTIFY after local appends, coalescing bursts.
     notify_others: Arc<Notify>,
@@ -96,6 +102,10 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            // The most recently used connection is the warm one: a
+            // sequential caller keeps reusing one server process instead of
+            // cycling through every connection a burst once opened.
+            .queue_mode(QueueMode::Lifo)
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(Duration::from_secs(30)))
             .create_timeout(Some(CONNECT_TIMEOUT))
@@ -106,10 +116,11 @@ impl PostgresStore {
             })?;
         let report = apply_migrations(&pool, schema).await?;
         let channel = format!("tb_events_{schema}");
+        let origin = Uuid::now_v7().simple().to_string();
         let notify_others = Arc::new(Notify::new());
         let notifier = tokio::spawn(send_notifications(
             pool.clone(),
-            channel.clone(),
+            format!("NOTIFY \"{channel}\", '{origin}'"),
             notify_others.clone(),
         ));
         let store = Self {
@@ -118,6 +129,7 @@ impl PostgresStore {
                 config,
                 schema: schema.to_owned(),
                 channel,
+                origin,
                 changes: Arc::new(Changes::new()),
                 notify_others,
                 listener: Mutex::new(None),
@@ -165,6 +177,7 @@ impl PostgresStore {
             *listener = Some(tokio::spawn(listen(
                 self.inner.config.clone(),
                 self.inner.channel.clone(),
+                self.inner.origin.clone(),
                 self.inner.changes.clone(),
             )));
         }
@@ -227,8 +240,8 @@ async fn apply_migrations(pool: &Pool, schema: &str) -> Result<MigrationReport, 
 /// A NOTIFY commits a transaction of its own. A wake-up hint needs no
 /// durability, so that commit skips the WAL flush: otherwise every append
 /// would cost a second fsync.
-async fn send_notifications(pool: Pool, channel: String, wake: Arc<Notify>) {
-    let notify = format!("BEGIN; SET LOCAL synchronous_commit = off; NOTIFY \"{channel}\"; COMMIT");
+async fn send_notifications(pool: Pool, notify: String, wake: Arc<Notify>) {
+    let notify = format!("BEGIN; SET LOCAL synchronous_commit = off; {notify}; COMMIT");
     loop {
         wake.notified().await;
         let sent = async {
@@ -250,17 +263,22 @@ async fn send_notifications(pool: Pool, channel: String, wake: Arc<Notify>) {
 
 /// Holds a LISTEN connection, reconnecting as needed, and turns each
 /// notification into a wake-up for this process's subscriptions.
-async fn listen(config: tokio_postgres::Config, channel: String, changes: Arc<Changes>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    channel: String,
+    origin: String,
+    changes: Arc<Changes>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
             let (client, mut connection) = config.connect(NoTls).await?;
-            let wake = changes.clone();
+            let (wake, origin) = (changes.clone(), origin.clone());
             let driver = tokio::spawn(async move {
                 let mut messages = futures_util::stream::poll_fn(|cx| connection.poll_message(cx));
                 while let Some(message) = messages.next().await {
                     match message {
-                        Ok(AsyncMessage::Notification(_)) => wake.notify(),
+                        Ok(AsyncMessage::Notification(n)) if n.payload() != origin => wake.notify(),
                         Ok(_) => {}
                         Err(e) => return Err(e),
                     }
