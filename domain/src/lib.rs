@@ -9,6 +9,7 @@ pub mod blob;
 pub mod decider;
 pub mod envelope;
 pub mod licence;
+pub mod login_attempts;
 pub mod registry;
 pub mod spec;
 
@@ -25,4 +26,5 @@ pub fn event_registry() -> EventRegistry {
     EventRegistry::new()
         .with::<account::AccountEvent>()
         .with::<licence::LicenceEvent>()
+        .with::<login_attempts::LoginAttemptEvent>()
 }

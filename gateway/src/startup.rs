@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::sessions::{SessionPolicy, Sessions};
-use crate::auth::tokens::{TokenError, TokenKeys};
+use crate::auth::tokens::TokenError;
 use crate::command_handler::CommandHandler;
 use crate::graphql::{self, ApiSchema, RequestAuth};
 use crate::metrics::{Metered, Metrics};
@@ -234,7 +234,6 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new()?);
         let store: Arc<dyn store::EventStore> =
             Arc::new(Metered::new(backend.event_store(), metrics.clone()));
-        let keys = TokenKeys::from_secret(&config.jwt_secret)?;
         let views = ViewStore::open(backend).await?;
         let engine =
             ProjectionEngine::start(store.clone(), views.clone(), projections::all_views())?;
@@ -242,7 +241,11 @@ impl Gateway {
             store.clone(),
             Arc::new(domain::event_registry()),
         ));
-        let sessions = Arc::new(Sessions::new(handler.clone(), keys, config.session_policy));
+        let sessions = Arc::new(Sessions::new(
+            handler.clone(),
+            &config.jwt_secret,
+            config.session_policy,
+        )?);
         let app = AppState {
             store: store.clone(),
             handler,

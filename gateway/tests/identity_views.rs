@@ -8,7 +8,6 @@ use domain::account::{Account, AccountCommand, Username};
 use domain::{Actor, Context, Role};
 use gateway::auth::password;
 use gateway::auth::sessions::{SessionPolicy, Sessions};
-use gateway::auth::tokens::TokenKeys;
 use gateway::{CommandHandler, CommandMeta};
 use projections::{ProjectionEngine, Row, SqlValue, ViewStore};
 use store::{EventStore, Filter};
@@ -76,11 +75,7 @@ async fn identity_views_follow_logins_and_rebuild_equal(backend: store::Backend)
         store.clone(),
         Arc::new(domain::event_registry()),
     ));
-    let sessions = Sessions::new(
-        handler.clone(),
-        TokenKeys::from_secret(&[1u8; 32]).unwrap(),
-        SessionPolicy::default(),
-    );
+    let sessions = Sessions::new(handler.clone(), &[1u8; 32], SessionPolicy::default()).unwrap();
     let meta = CommandMeta::default();
     let now = OffsetDateTime::now_utc;
 
@@ -122,6 +117,7 @@ async fn identity_views_follow_logins_and_rebuild_equal(backend: store::Backend)
     login("ada", PASSWORD).await.unwrap();
     let ada = login("ada", PASSWORD).await.unwrap(); // supersedes the first
     assert!(login("ada", "not the password").await.is_err());
+    assert!(login("nobody-by-this-name", PASSWORD).await.is_err());
     let root_tokens = login("root", PASSWORD).await.unwrap();
     let root = sessions
         .authenticate(&root_tokens.access_token, now())
@@ -145,7 +141,7 @@ async fn identity_views_follow_logins_and_rebuild_equal(backend: store::Backend)
             metric(v, "logins").await,
             metric(v, "failed_logins").await,
             metric(v, "active_sessions").await,
-        ) == (3, 1, 1)
+        ) == (3, 2, 1)
     })
     .await;
 
@@ -204,10 +200,17 @@ async fn identity_views_follow_logins_and_rebuild_equal(backend: store::Backend)
     for row in &audit {
         let summary = row.get::<String>("summary").unwrap();
         assert!(
-            !summary.contains("argon2") && !summary.contains(PASSWORD),
+            !summary.contains("argon2")
+                && !summary.contains(PASSWORD)
+                && !summary.contains("nobody-by-this-name"),
             "{summary}"
         );
     }
+    assert!(audit.iter().any(|r| {
+        r.get::<String>("summary")
+            .unwrap()
+            .starts_with("failed login naming no account from 127.0.0.9 (name fingerprint ")
+    }));
     let revoke = audit
         .iter()
         .find(|r| {

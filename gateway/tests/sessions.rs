@@ -3,10 +3,10 @@
 use std::sync::Arc;
 
 use domain::account::{Account, AccountCommand, Username};
+use domain::login_attempts::{self, LoginAttemptEvent};
 use domain::{Actor, Context, Role};
 use gateway::auth::password;
 use gateway::auth::sessions::{AuthError, SessionPolicy, Sessions};
-use gateway::auth::tokens::TokenKeys;
 use gateway::{CommandHandler, CommandMeta};
 use store::{Direction, EventStore, StreamFrom};
 use time::{Duration, OffsetDateTime};
@@ -39,11 +39,7 @@ async fn world() -> World {
         access_ttl: Duration::minutes(15),
         grace: Duration::minutes(30),
     };
-    let sessions = Sessions::new(
-        handler.clone(),
-        TokenKeys::from_secret(&[42u8; 32]).unwrap(),
-        policy,
-    );
+    let sessions = Sessions::new(handler.clone(), &[42u8; 32], policy).unwrap();
     let w = World {
         sessions,
         handler,
@@ -132,6 +128,47 @@ async fn every_failed_login_says_the_same_thing_and_wrong_passwords_are_recorded
         "{}",
         failed.data
     );
+}
+
+#[tokio::test]
+async fn logins_naming_no_account_are_recorded_by_fingerprint_never_as_typed() {
+    let w = world().await;
+    // A password typed into the username field, twice; then another name,
+    // and one that is not even a valid username.
+    let typed = [
+        "Tr0ub4dor&3-secret",
+        "Tr0ub4dor&3-secret",
+        "nobody",
+        "no spaces allowed",
+    ];
+    for name in typed {
+        let err = login(&w, name, PASSWORD).await.unwrap_err();
+        assert_eq!(err.to_string(), "wrong username or password", "{name}");
+    }
+    let stream = login_attempts::stream(Some("127.0.0.1")).unwrap();
+    let events = w
+        .store
+        .read_stream(&stream, StreamFrom::Start, Direction::Forward, 10)
+        .await
+        .unwrap();
+    let fingerprints: Vec<String> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.event_type, "UnknownAccountLoginFailed");
+            for secret in typed.iter().chain([&PASSWORD]) {
+                assert!(!e.data.contains(secret), "{secret:?} stored: {}", e.data);
+            }
+            let LoginAttemptEvent::UnknownAccountLoginFailed(f) =
+                domain::event_registry().decode(e).unwrap();
+            assert_eq!(f.client_ip.as_deref(), Some("127.0.0.1"));
+            f.name_fingerprint.0
+        })
+        .collect();
+    assert_eq!(fingerprints.len(), 4);
+    // The same name gives the same fingerprint; others differ.
+    assert_eq!(fingerprints[0], fingerprints[1]);
+    assert_ne!(fingerprints[0], fingerprints[2]);
+    assert_ne!(fingerprints[2], fingerprints[3]);
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use domain::licence::LicenceEvent;
+use domain::login_attempts::LoginAttemptEvent;
 
 use crate::error::ProjectionError;
 use crate::identity::registry;
@@ -77,6 +78,15 @@ pub fn summarize(event: &RecordedEvent) -> String {
             LicenceEvent::LicenceRevoked(l) => {
                 format!("licence of {} revoked by {}", l.username, l.by)
             }
+        };
+    }
+    if let Ok(e) = registry().decode::<LoginAttemptEvent>(event) {
+        return match e {
+            LoginAttemptEvent::UnknownAccountLoginFailed(f) => format!(
+                "failed login naming no account from {} (name fingerprint {})",
+                f.client_ip.as_deref().unwrap_or("an unknown address"),
+                f.name_fingerprint
+            ),
         };
     }
     format!("{} on {stream}", event.event_type)

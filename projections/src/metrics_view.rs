@@ -1,12 +1,14 @@
-//! The `metrics` view: running totals of logins, failed logins and live
+//! The `metrics` view: running totals of logins, failed logins (wrong
+//! passwords, disabled accounts, and names that match no account) and live
 //! sessions, for dashboards and `/metrics`.
 
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
+use domain::login_attempts::{self, LoginAttemptEvent};
 use store::Filter;
 
 use crate::error::ProjectionError;
-use crate::identity::{ACCOUNT_PREFIX, account_event};
+use crate::identity::{ACCOUNT_PREFIX, account_event, registry};
 use crate::projection::Projection;
 use crate::sql::Statement;
 
@@ -41,12 +43,22 @@ impl Projection for MetricsView {
         &[TABLE]
     }
 
+    /// 2: failed logins include those naming no account.
+    fn version(&self) -> u32 {
+        2
+    }
+
     fn filter(&self) -> Filter {
         Filter {
-            stream_prefixes: vec![ACCOUNT_PREFIX.into()],
-            event_types: ["SessionStarted", "SessionEnded", "LoginFailed"]
-                .map(String::from)
-                .to_vec(),
+            stream_prefixes: vec![ACCOUNT_PREFIX.into(), login_attempts::STREAM_PREFIX.into()],
+            event_types: [
+                "SessionStarted",
+                "SessionEnded",
+                "LoginFailed",
+                "UnknownAccountLoginFailed",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 
@@ -55,6 +67,16 @@ impl Projection for MetricsView {
         event: &RecordedEvent,
         out: &mut Vec<Statement>,
     ) -> Result<(), ProjectionError> {
+        if event
+            .stream_id
+            .as_str()
+            .starts_with(login_attempts::STREAM_PREFIX)
+        {
+            match registry().decode::<LoginAttemptEvent>(event)? {
+                LoginAttemptEvent::UnknownAccountLoginFailed(_) => add(out, FAILED_LOGINS, 1),
+            }
+            return Ok(());
+        }
         match account_event(event)? {
             Some(AccountEvent::SessionStarted(_)) => {
                 add(out, LOGINS, 1);

@@ -1,5 +1,6 @@
 //! Authentication: password hashing and tokens.
 
+pub mod fingerprint;
 pub mod password;
 pub mod rate_limit;
 pub mod sessions;

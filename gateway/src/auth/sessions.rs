@@ -14,10 +14,12 @@ use domain::account::{
     Account, AccountCommand, AccountError, AccountEvent, EndReason, PasswordCheck, PasswordHash,
     SessionId, SessionTokens, Username,
 };
+use domain::login_attempts::{self, LoginAttemptCommand, LoginAttempts};
 use domain::{Actor, Context, Role};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
+use crate::auth::fingerprint::Fingerprints;
 use crate::auth::password;
 use crate::auth::tokens::{self, TokenError, TokenKeys};
 use crate::command_handler::{CommandError, CommandHandler, CommandMeta};
@@ -97,16 +99,23 @@ const DUMMY_HASH: &str =
 pub struct Sessions {
     handler: Arc<CommandHandler>,
     keys: TokenKeys,
+    fingerprints: Fingerprints,
     policy: SessionPolicy,
 }
 
 impl Sessions {
-    pub fn new(handler: Arc<CommandHandler>, keys: TokenKeys, policy: SessionPolicy) -> Self {
-        Self {
+    /// Sessions whose tokens are signed with `secret` (at least 32 bytes).
+    pub fn new(
+        handler: Arc<CommandHandler>,
+        secret: &[u8],
+        policy: SessionPolicy,
+    ) -> Result<Self, TokenError> {
+        Ok(Self {
             handler,
-            keys,
+            keys: TokenKeys::from_secret(secret)?,
+            fingerprints: Fingerprints::from_secret(secret),
             policy,
-        }
+        })
     }
 
     fn tokens_at(&self, now: OffsetDateTime) -> (String, SessionTokens) {
@@ -144,16 +153,17 @@ impl Sessions {
     /// Checks the password and starts a session, superseding any older one.
     pub async fn login(
         &self,
-        username: &str,
+        name: &str,
         password: String,
         client_ip: Option<String>,
         user_agent: Option<String>,
         meta: &CommandMeta,
         now: OffsetDateTime,
     ) -> Result<IssuedTokens, AuthError> {
-        let Ok(username) = Username::parse(username) else {
-            let _ = password::verify(password, PasswordHash(DUMMY_HASH.into())).await;
-            return Err(AuthError::WrongCredentials);
+        let Ok(username) = Username::parse(name) else {
+            return self
+                .refuse_unknown(name, password, client_ip, meta, now)
+                .await;
         };
         let stream = username
             .stream()
@@ -163,8 +173,9 @@ impl Sessions {
         for _ in 0..2 {
             let (_, state) = self.handler.load::<Account>(&stream).await?;
             let Some(account) = state.account else {
-                let _ = password::verify(password, PasswordHash(DUMMY_HASH.into())).await;
-                return Err(AuthError::WrongCredentials);
+                return self
+                    .refuse_unknown(name, password, client_ip, meta, now)
+                    .await;
             };
             let matched = password::verify(password.clone(), account.password_hash.clone())
                 .await
@@ -207,6 +218,31 @@ impl Sessions {
             }
         }
         Err(AuthError::Account(AccountError::StaleCredentials))
+    }
+
+    /// Refuses a login that names no account as any other failed login is
+    /// refused, after the same argon2 work, and records it (the name only
+    /// as a fingerprint) against the client's address.
+    async fn refuse_unknown(
+        &self,
+        name: &str,
+        password: String,
+        client_ip: Option<String>,
+        meta: &CommandMeta,
+        now: OffsetDateTime,
+    ) -> Result<IssuedTokens, AuthError> {
+        let _ = password::verify(password, PasswordHash(DUMMY_HASH.into())).await;
+        let stream = login_attempts::stream(client_ip.as_deref())
+            .map_err(|e| AuthError::Internal(e.to_string()))?;
+        let command = LoginAttemptCommand::RecordUnknownAccount {
+            client_ip,
+            name_fingerprint: self.fingerprints.of_login_name(name),
+        };
+        let ctx = Context::new(now, Actor::Anonymous);
+        self.handler
+            .handle::<LoginAttempts>(&stream, command, &ctx, meta)
+            .await?;
+        Err(AuthError::WrongCredentials)
     }
 
     /// Exchanges a refresh token (as issued: `session.username.secret`) for
