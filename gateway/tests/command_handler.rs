@@ -9,6 +9,7 @@ use domain::licence::{
 };
 use domain::{Actor, Context, EventRegistry, Role, StreamId};
 use gateway::{CommandError, CommandHandler, CommandMeta};
+use store::testing::TestStore;
 use store::{Direction, EventStore, Snapshot, StreamFrom};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
@@ -75,7 +76,8 @@ async fn stream_versions(store: &Arc<dyn EventStore>, stream: &StreamId) -> Vec<
 mod cases {
     use super::*;
 
-    pub async fn a_command_appends_its_events_with_metadata(store: Arc<dyn EventStore>) {
+    pub async fn a_command_appends_its_events_with_metadata(b: &TestStore) {
+        let store = b.open().await;
         let handler = CommandHandler::new(store.clone(), registry());
         let meta = CommandMeta {
             source: Some("gateway".into()),
@@ -105,7 +107,8 @@ mod cases {
         );
     }
 
-    pub async fn a_refusal_appends_nothing(store: Arc<dyn EventStore>) {
+    pub async fn a_refusal_appends_nothing(b: &TestStore) {
+        let store = b.open().await;
         let handler = CommandHandler::new(store.clone(), registry());
         let err = handler
             .handle::<Licence>(
@@ -123,7 +126,8 @@ mod cases {
         assert!(stream_versions(&store, &licence_stream()).await.is_empty());
     }
 
-    pub async fn two_gateways_on_one_stream_both_get_their_commands_in(store: Arc<dyn EventStore>) {
+    pub async fn two_gateways_on_one_stream_both_get_their_commands_in(b: &TestStore) {
+        let store = b.open().await;
         let a = Arc::new(CommandHandler::new(store.clone(), registry()));
         let b = Arc::new(CommandHandler::new(store.clone(), registry()));
         let mut tasks = Vec::new();
@@ -151,7 +155,8 @@ mod cases {
         );
     }
 
-    pub async fn a_stale_cached_state_is_corrected_not_trusted(store: Arc<dyn EventStore>) {
+    pub async fn a_stale_cached_state_is_corrected_not_trusted(b: &TestStore) {
+        let store = b.open().await;
         let a = CommandHandler::new(store.clone(), registry());
         let b = CommandHandler::new(store.clone(), registry());
         let none = CommandMeta::default();
@@ -181,7 +186,8 @@ mod cases {
         assert_eq!(done.version, Some(3));
     }
 
-    pub async fn a_repeated_idempotency_key_returns_the_first_result(store: Arc<dyn EventStore>) {
+    pub async fn a_repeated_idempotency_key_returns_the_first_result(b: &TestStore) {
+        let store = b.open().await;
         let handler = CommandHandler::new(store.clone(), registry());
         let username = Username::parse("ada").unwrap();
         let stream = username.stream().unwrap();
@@ -255,7 +261,8 @@ mod cases {
         (version, state.terms.map(|t| t.max_instances))
     }
 
-    pub async fn a_fresh_handler_starts_from_the_snapshot(store: Arc<dyn EventStore>) {
+    pub async fn a_fresh_handler_starts_from_the_snapshot(b: &TestStore) {
+        let store = b.open().await;
         let stream = licence_stream();
         let writer = CommandHandler::new(store.clone(), registry()).with_snapshot_every(10);
         for n in 1..=25 {
@@ -294,7 +301,8 @@ mod cases {
         );
     }
 
-    pub async fn a_snapshot_that_does_not_fit_is_passed_over(store: Arc<dyn EventStore>) {
+    pub async fn a_snapshot_that_does_not_fit_is_passed_over(b: &TestStore) {
+        let store = b.open().await;
         let stream = licence_stream();
         let writer = CommandHandler::new(store.clone(), registry());
         for n in 1..=5 {
@@ -345,35 +353,7 @@ mod cases {
     }
 }
 
-macro_rules! on_both_backends {
-    ($($case:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let (store, _) = store::SqliteStore::open(dir.path().join("events.db")).await.unwrap();
-                    super::cases::$case(std::sync::Arc::new(store)).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(pg) = store::testing::TestPostgres::fresh(stringify!($case)).await else {
-                        return;
-                    };
-                    super::cases::$case(std::sync::Arc::new(pg.open().await)).await;
-                    pg.drop_schema().await;
-                }
-            )+
-        }
-    };
-}
-
-on_both_backends!(
+store::each_backend!(
     a_command_appends_its_events_with_metadata,
     a_refusal_appends_nothing,
     two_gateways_on_one_stream_both_get_their_commands_in,

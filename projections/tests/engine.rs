@@ -1,7 +1,6 @@
 //! The projection engine and view storage against real databases: every
 //! case runs on a temp SQLite file and on a fresh PostgreSQL schema.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,47 +9,15 @@ use projections::{
     Checkpoint, EngineError, EngineStatus, EventCounts, Phase, Projection, ProjectionEngine,
     ProjectionError, Row, SqlValue, Statement, ViewError, ViewStore,
 };
-use store::testing::TestPostgres;
-use store::{AppendResult, EventStore, ExpectedVersion, Filter, PostgresStore, SqliteStore};
+use store::testing::TestStore;
+use store::{AppendResult, Backend, EventStore, ExpectedVersion, Filter};
 use time::OffsetDateTime;
 
-/// Storage that can be opened more than once, as a restarted process would.
-enum Backend {
-    /// The directory is kept alive (and deleted) with the backend.
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    /// Boxed: a libpq config is large next to a path.
-    Postgres(Box<TestPostgres>),
-}
-
-impl Backend {
-    async fn open(&self) -> (Arc<dyn EventStore>, ViewStore) {
-        match self {
-            Backend::Sqlite { path, .. } => {
-                let store = SqliteStore::open(path).await.unwrap().0;
-                let views = ViewStore::sqlite(&store).await.unwrap();
-                (Arc::new(store), views)
-            }
-            Backend::Postgres(pg) => {
-                let store = pg.open().await;
-                let views = ViewStore::postgres(&store).await.unwrap();
-                (Arc::new(store), views)
-            }
-        }
-    }
-
-    /// Opens through the store URL, as the CLI does.
-    async fn open_by_url(&self) -> (Arc<dyn EventStore>, ViewStore) {
-        let url = match self {
-            Backend::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
-            Backend::Postgres(pg) => pg.url.clone(),
-        };
-        let (backend, _) = store::open_backend(&url.parse().unwrap()).await.unwrap();
-        let views = ViewStore::open(&backend).await.unwrap();
-        (backend.event_store(), views)
-    }
+/// The events and the views kept beside them, opened as the CLI opens them.
+async fn open(b: &TestStore) -> (Arc<dyn EventStore>, ViewStore) {
+    let backend = b.open_backend().await;
+    let views = ViewStore::open(&backend).await.unwrap();
+    (backend.event_store(), views)
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -284,8 +251,8 @@ impl Projection for Wide {
 mod cases {
     use super::*;
 
-    pub async fn a_view_catches_up_with_existing_events_then_follows_live_appends(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn a_view_catches_up_with_existing_events_then_follows_live_appends(b: &TestStore) {
+        let (store, views) = open(b).await;
         for i in 0..6 {
             append(store.as_ref(), &format!("job-{i}"), "JobCreated", 100).await;
         }
@@ -348,8 +315,8 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn the_checkpoint_and_the_view_commit_together(b: Backend) {
-        let (_store, views) = b.open().await;
+    pub async fn the_checkpoint_and_the_view_commit_together(b: &TestStore) {
+        let (_store, views) = open(b).await;
         let start = views.reset(&EventCounts).await.unwrap();
         assert_eq!(
             start,
@@ -430,16 +397,16 @@ mod cases {
     }
 
     pub async fn a_restarted_engine_resumes_from_its_checkpoint_without_double_counting(
-        b: Backend,
+        b: &TestStore,
     ) {
-        let (store, views) = b.open().await;
+        let (store, views) = open(b).await;
         append(store.as_ref(), "job-1", "A", 20).await;
         let engine = start(&store, &views, vec![Arc::new(EventCounts)]);
         live(&engine).await;
         engine.shutdown().await;
         drop((store, views));
 
-        let (store, views) = b.open_by_url().await;
+        let (store, views) = open(b).await;
         append(store.as_ref(), "job-1", "A", 10).await;
         append(store.as_ref(), "job-2", "B", 5).await;
         let engine = start(&store, &views, vec![Arc::new(EventCounts)]);
@@ -458,8 +425,8 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn rebuild_drops_and_replays_and_the_rebuilt_view_equals_the_live_one(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn rebuild_drops_and_replays_and_the_rebuilt_view_equals_the_live_one(b: &TestStore) {
+        let (store, views) = open(b).await;
         for i in 0..12 {
             let ty = ["SessionStarted", "JobCreated", "ProxyFailedOver"][i % 3];
             append(store.as_ref(), &format!("s-{}", i % 5), ty, 10 + i).await;
@@ -495,8 +462,8 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn an_apply_error_stops_that_projection_and_is_reported_not_skipped(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn an_apply_error_stops_that_projection_and_is_reported_not_skipped(b: &TestStore) {
+        let (store, views) = open(b).await;
         let kept = append(store.as_ref(), "job-1", "A", 2).await;
         let poison = store
             .append(&stream("job-2"), ExpectedVersion::Any, events("Poison", 1))
@@ -544,8 +511,8 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn a_write_the_database_refuses_stops_that_projection_at_its_event(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn a_write_the_database_refuses_stops_that_projection_at_its_event(b: &TestStore) {
+        let (store, views) = open(b).await;
         // One append: the good events before Bad share its batch.
         let mut batch = events("Good", 2);
         batch.extend(events("Bad", 1));
@@ -578,8 +545,10 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn placeholders_past_nine_bind_in_order_and_leave_string_literals_alone(b: Backend) {
-        let (_store, views) = b.open().await;
+    pub async fn placeholders_past_nine_bind_in_order_and_leave_string_literals_alone(
+        b: &TestStore,
+    ) {
+        let (_store, views) = open(b).await;
         let cp = views.reset(&Wide).await.unwrap();
         let insert = (1..=11)
             .fold(
@@ -635,8 +604,8 @@ mod cases {
         }
     }
 
-    pub async fn a_filtered_view_is_live_even_when_the_newest_events_do_not_match(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn a_filtered_view_is_live_even_when_the_newest_events_do_not_match(b: &TestStore) {
+        let (store, views) = open(b).await;
         append(store.as_ref(), "job-1", "JobCreated", 3).await;
         let last_job = append(store.as_ref(), "job-2", "JobCreated", 1).await;
         for i in 0..5 {
@@ -666,14 +635,13 @@ mod cases {
     }
 
     pub async fn a_view_is_not_live_while_committed_events_wait_behind_an_open_transaction(
-        b: Backend,
+        b: &TestStore,
     ) {
-        let (store, views) = b.open().await;
+        let (store, views) = open(b).await;
         // On PostgreSQL, an open transaction with an id holds back the read
         // horizon: events committed after it began are not readable yet.
-        let holder = match &b {
-            Backend::Postgres(pg) => {
-                let other = pg.open().await;
+        let holder = match b.open_backend().await {
+            Backend::Postgres(other) => {
                 let client = other.pool().get().await.unwrap();
                 client
                     .batch_execute("BEGIN; SELECT pg_current_xact_id()")
@@ -681,7 +649,7 @@ mod cases {
                     .unwrap();
                 Some((other, client))
             }
-            Backend::Sqlite { .. } => None,
+            Backend::Sqlite(_) => None,
         };
         append(store.as_ref(), "job-1", "JobCreated", 5).await;
         let engine = start(&store, &views, vec![Arc::new(EventCounts)]);
@@ -698,8 +666,8 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn a_view_built_by_an_older_version_is_rebuilt_when_the_engine_starts(b: Backend) {
-        let (store, views) = b.open().await;
+    pub async fn a_view_built_by_an_older_version_is_rebuilt_when_the_engine_starts(b: &TestStore) {
+        let (store, views) = open(b).await;
         append(store.as_ref(), "job-1", "JobCreated", 7).await;
         let engine = start(&store, &views, vec![Arc::new(JobCounts { version: 1 })]);
         live(&engine).await;
@@ -721,7 +689,7 @@ mod cases {
 
         // The newer build runs elsewhere (its own connections); this process's
         // cached reads of the old table must not get in the way.
-        let (other_store, other_views) = b.open().await;
+        let (other_store, other_views) = open(b).await;
         let engine = start(
             &other_store,
             &other_views,
@@ -756,9 +724,9 @@ mod cases {
         engine.shutdown().await;
     }
 
-    pub async fn two_engines_on_one_database_never_double_count(b: Backend) {
-        let (store, views) = b.open().await;
-        let (other_store, other_views) = b.open().await;
+    pub async fn two_engines_on_one_database_never_double_count(b: &TestStore) {
+        let (store, views) = open(b).await;
+        let (other_store, other_views) = open(b).await;
         let one = start(&store, &views, vec![Arc::new(EventCounts)]);
         let two = start(&other_store, &other_views, vec![Arc::new(EventCounts)]);
         let writers: Vec<_> = (0..4)
@@ -799,44 +767,7 @@ mod cases {
     }
 }
 
-macro_rules! each_backend {
-    ($($case:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let path = dir.path().join("events.db");
-                    super::cases::$case(super::Backend::Sqlite { path, _dir: dir }).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(pg) = store::testing::TestPostgres::fresh(stringify!($case)).await else {
-                        return;
-                    };
-                    let url = pg.url.clone();
-                    super::cases::$case(super::Backend::Postgres(Box::new(pg))).await;
-                    // The case consumed the harness; drop the schema by URL.
-                    super::drop_postgres(&url).await;
-                }
-            )+
-        }
-    };
-}
-
-async fn drop_postgres(url: &str) {
-    if let store::StoreUrl::Postgres { config, schema, .. } = url.parse().unwrap() {
-        let (pg, _) = PostgresStore::open(*config, &schema).await.unwrap();
-        pg.drop_schema().await.unwrap();
-    }
-}
-
-each_backend!(
+store::each_backend!(
     a_view_catches_up_with_existing_events_then_follows_live_appends,
     the_checkpoint_and_the_view_commit_together,
     a_restarted_engine_resumes_from_its_checkpoint_without_double_counting,

@@ -1,4 +1,6 @@
-//! Test harness: a fresh PostgreSQL schema per test, so tests run in parallel.
+//! Test harness: a fresh PostgreSQL schema per test, so tests run in
+//! parallel; [`TestStore`] and [`each_backend!`](crate::each_backend) to run
+//! one test case on each backend.
 //!
 //! The server is `DATABASE_URL` when set, else the local one at
 //! 127.0.0.1:5432 (user `postgres`, database `test`). When it cannot be
@@ -6,9 +8,100 @@
 //! on stderr; they never skip silently.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::postgres::PostgresStore;
+use crate::{Backend, EventStore};
+
+/// A scratch store for one test: a temporary SQLite file, or a fresh
+/// PostgreSQL schema. Open it as often as the test needs, as separate
+/// processes would.
+pub struct TestStore {
+    /// Pass it to `trafficbuster --store`.
+    pub url: String,
+    /// Holds the SQLite file's directory; dropping it deletes the file.
+    _dir: Option<tempfile::TempDir>,
+    postgres: Option<TestPostgres>,
+}
+
+impl TestStore {
+    pub fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("events.db").display());
+        Self {
+            url,
+            _dir: Some(dir),
+            postgres: None,
+        }
+    }
+
+    /// `None` (after saying so) when PostgreSQL is unreachable outside CI.
+    pub async fn postgres(test: &str) -> Option<Self> {
+        let pg = TestPostgres::fresh(test).await?;
+        Some(Self {
+            url: pg.url.clone(),
+            _dir: None,
+            postgres: Some(pg),
+        })
+    }
+
+    /// Opens the store, as the CLI does, applying migrations.
+    pub async fn open(&self) -> Arc<dyn EventStore> {
+        self.open_backend().await.event_store()
+    }
+
+    /// Opens the store, keeping its concrete backend.
+    pub async fn open_backend(&self) -> Backend {
+        let url = self
+            .url
+            .parse()
+            .unwrap_or_else(|e| panic!("test store URL {}: {e}", self.url));
+        crate::open_backend(&url)
+            .await
+            .unwrap_or_else(|e| panic!("opening test store {}: {e}", self.url))
+            .0
+    }
+
+    /// Drops the PostgreSQL schema (a SQLite file goes with `self`). A
+    /// failing test skips this and leaves its schema for inspection.
+    pub async fn cleanup(self) {
+        if let Some(pg) = self.postgres {
+            pg.drop_schema().await;
+        }
+    }
+}
+
+/// Runs each named `cases::NAME(&TestStore)` on SQLite and on PostgreSQL,
+/// as tests `sqlite::NAME` and `postgres::NAME`.
+#[macro_export]
+macro_rules! each_backend {
+    ($($case:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let store = $crate::testing::TestStore::sqlite();
+                    super::cases::$case(&store).await;
+                }
+            )+
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    let Some(store) = $crate::testing::TestStore::postgres(stringify!($case)).await
+                    else {
+                        return;
+                    };
+                    super::cases::$case(&store).await;
+                    store.cleanup().await;
+                }
+            )+
+        }
+    };
+}
 
 /// The default test server.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";

@@ -2,44 +2,15 @@
 //! run against each backend (a temp SQLite file; a fresh PostgreSQL schema).
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use domain::{EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, StreamId};
-use store::testing::TestPostgres;
+use store::testing::TestStore;
 use store::{
-    Direction, EventStore, ExpectedVersion, Filter, PostgresStore, Snapshot, SqliteStore,
-    StoreError, StreamFrom, SubscribeFrom, Subscription,
+    Direction, EventStore, ExpectedVersion, Filter, Snapshot, StoreError, StreamFrom,
+    SubscribeFrom, Subscription,
 };
 use uuid::Uuid;
-
-/// Storage that can be opened more than once, as separate processes would.
-enum Backend {
-    /// The directory is kept alive (and deleted) with the backend.
-    Sqlite {
-        path: PathBuf,
-        _dir: tempfile::TempDir,
-    },
-    /// Boxed: a libpq config is large next to a path.
-    Postgres(Box<TestPostgres>),
-}
-
-impl Backend {
-    async fn open(&self) -> Arc<dyn EventStore> {
-        match self {
-            Backend::Sqlite { path, .. } => Arc::new(SqliteStore::open(path).await.unwrap().0),
-            Backend::Postgres(pg) => Arc::new(pg.open().await),
-        }
-    }
-
-    fn url(&self) -> String {
-        match self {
-            Backend::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
-            Backend::Postgres(pg) => pg.url.clone(),
-        }
-    }
-}
 
 fn stream(name: &str) -> StreamId {
     StreamId::parse(name).unwrap()
@@ -94,7 +65,7 @@ async fn nothing_within(sub: &mut Subscription, millis: u64) {
 mod cases {
     use super::*;
 
-    pub async fn a_new_stream_numbers_its_events_from_zero(b: Backend) {
+    pub async fn a_new_stream_numbers_its_events_from_zero(b: &TestStore) {
         let store = b.open().await;
         let s = stream("job-1");
         let first = store
@@ -118,7 +89,9 @@ mod cases {
         assert_eq!(read[2].position, first.position);
     }
 
-    pub async fn a_wrong_expected_version_is_a_typed_error_naming_the_actual_version(b: Backend) {
+    pub async fn a_wrong_expected_version_is_a_typed_error_naming_the_actual_version(
+        b: &TestStore,
+    ) {
         let store = b.open().await;
         let s = stream("account-7");
         let err = store
@@ -192,7 +165,7 @@ mod cases {
     }
 
     pub async fn appending_the_same_events_again_returns_the_first_result_and_writes_nothing(
-        b: Backend,
+        b: &TestStore,
     ) {
         let store = b.open().await;
         let s = stream("session-1");
@@ -227,7 +200,7 @@ mod cases {
         assert_eq!(read_everything(&*store, &Filter::all()).await.len(), 4);
     }
 
-    pub async fn a_batch_that_only_partly_repeats_earlier_events_is_refused_whole(b: Backend) {
+    pub async fn a_batch_that_only_partly_repeats_earlier_events_is_refused_whole(b: &TestStore) {
         let store = b.open().await;
         let s = stream("dataset-1");
         let batch = events("Uploaded", 2);
@@ -268,7 +241,7 @@ mod cases {
         assert_eq!(read_everything(&*store, &Filter::all()).await.len(), 2);
     }
 
-    pub async fn invalid_appends_are_refused_with_a_reason_and_write_nothing(b: Backend) {
+    pub async fn invalid_appends_are_refused_with_a_reason_and_write_nothing(b: &TestStore) {
         let store = b.open().await;
         let s = stream("job-2");
         let err = store
@@ -302,7 +275,7 @@ mod cases {
         assert!(read_everything(&*store, &Filter::all()).await.is_empty());
     }
 
-    pub async fn streams_read_forward_and_backward_from_any_version(b: Backend) {
+    pub async fn streams_read_forward_and_backward_from_any_version(b: &TestStore) {
         let store = b.open().await;
         let s = stream("schedule-1");
         store
@@ -366,7 +339,7 @@ mod cases {
         assert!(missing.is_empty());
     }
 
-    pub async fn the_envelope_round_trips_every_field(b: Backend) {
+    pub async fn the_envelope_round_trips_every_field(b: &TestStore) {
         let store = b.open().await;
         let s = stream("runner-abc");
         let id = EventId::new();
@@ -417,7 +390,7 @@ mod cases {
         assert_eq!(store.read_event(EventId::new()).await.unwrap(), None);
     }
 
-    pub async fn read_all_pages_through_the_global_order(b: Backend) {
+    pub async fn read_all_pages_through_the_global_order(b: &TestStore) {
         let store = b.open().await;
         let mut appended = Vec::new();
         for i in 0..25u64 {
@@ -457,7 +430,7 @@ mod cases {
         );
     }
 
-    pub async fn filters_select_by_stream_prefix_and_event_type(b: Backend) {
+    pub async fn filters_select_by_stream_prefix_and_event_type(b: &TestStore) {
         let store = b.open().await;
         let mut last = Position::START;
         for (s, ty) in [
@@ -542,7 +515,7 @@ mod cases {
         );
     }
 
-    pub async fn a_subscription_catches_up_then_goes_live(b: Backend) {
+    pub async fn a_subscription_catches_up_then_goes_live(b: &TestStore) {
         let store = b.open().await;
         let s = stream("job-live");
         store
@@ -565,7 +538,7 @@ mod cases {
         assert_eq!(b2.position, r.position);
     }
 
-    pub async fn a_subscription_from_the_end_sees_only_later_events(b: Backend) {
+    pub async fn a_subscription_from_the_end_sees_only_later_events(b: &TestStore) {
         let store = b.open().await;
         store
             .append(&stream("job-a"), ExpectedVersion::Any, events("Before", 5))
@@ -582,7 +555,7 @@ mod cases {
         nothing_within(&mut sub, 200).await;
     }
 
-    pub async fn a_subscription_resumes_after_a_checkpoint_without_duplicates(b: Backend) {
+    pub async fn a_subscription_resumes_after_a_checkpoint_without_duplicates(b: &TestStore) {
         let store = b.open().await;
         store
             .append(&stream("job-c"), ExpectedVersion::Any, events("E", 10))
@@ -597,7 +570,7 @@ mod cases {
         nothing_within(&mut sub, 200).await;
     }
 
-    pub async fn a_subscription_wakes_for_appends_made_through_another_handle(b: Backend) {
+    pub async fn a_subscription_wakes_for_appends_made_through_another_handle(b: &TestStore) {
         let reader = b.open().await;
         let writer = b.open().await;
         let mut sub = reader.subscribe_all(SubscribeFrom::Start, Filter::all());
@@ -621,7 +594,7 @@ mod cases {
     /// Many writers commit concurrently while subscriptions read: each must
     /// see every event exactly once, in one global order that matches a
     /// later full read. A plain sequence number fails this on PostgreSQL.
-    pub async fn concurrent_writers_are_seen_exactly_once_in_order(b: Backend) {
+    pub async fn concurrent_writers_are_seen_exactly_once_in_order(b: &TestStore) {
         const WRITERS: usize = 12;
         const APPENDS: usize = 400;
         let store = b.open().await;
@@ -699,7 +672,7 @@ mod cases {
         }
     }
 
-    pub async fn blobs_are_stored_once_under_their_sha256(b: Backend) {
+    pub async fn blobs_are_stored_once_under_their_sha256(b: &TestStore) {
         let store = b.open().await;
         let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let h1 = store.put_blob(&bytes).await.unwrap();
@@ -721,7 +694,7 @@ mod cases {
         assert_eq!(store.get_blob(&empty).await.unwrap(), Some(vec![]));
     }
 
-    pub async fn a_stream_keeps_its_last_saved_snapshot(b: Backend) {
+    pub async fn a_stream_keeps_its_last_saved_snapshot(b: &TestStore) {
         let store = b.open().await;
         let (one, two) = (stream("licence-one"), stream("licence-two"));
         let snapshot = |kind: &str, version: u64| Snapshot {
@@ -750,7 +723,7 @@ mod cases {
         );
     }
 
-    pub async fn events_survive_reopening_the_store(b: Backend) {
+    pub async fn events_survive_reopening_the_store(b: &TestStore) {
         let r = {
             let store = b.open().await;
             store
@@ -774,8 +747,8 @@ mod cases {
 
     /// A writer process killed with SIGKILL in the middle of appending
     /// leaves only whole batches behind.
-    pub async fn a_killed_writer_leaves_only_whole_batches(b: Backend) {
-        let url = b.url();
+    pub async fn a_killed_writer_leaves_only_whole_batches(b: &TestStore) {
+        let url = b.url.clone();
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "crash_child_writer", "--ignored", "--nocapture"])
             .env("TB_CRASH_CHILD_STORE", &url)
@@ -867,44 +840,7 @@ async fn crash_child_writer() {
     }
 }
 
-macro_rules! conformance {
-    ($($case:ident),+ $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let dir = tempfile::tempdir().unwrap();
-                    let path = dir.path().join("events.db");
-                    super::cases::$case(super::Backend::Sqlite { path, _dir: dir }).await;
-                }
-            )+
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $case() {
-                    let Some(pg) = store::testing::TestPostgres::fresh(stringify!($case)).await else {
-                        return;
-                    };
-                    let url = pg.url.clone();
-                    super::cases::$case(super::Backend::Postgres(Box::new(pg))).await;
-                    // The case consumed the harness; drop the schema by URL.
-                    super::drop_postgres(&url).await;
-                }
-            )+
-        }
-    };
-}
-
-async fn drop_postgres(url: &str) {
-    if let store::StoreUrl::Postgres { config, schema, .. } = url.parse().unwrap() {
-        let (pg, _) = PostgresStore::open(*config, &schema).await.unwrap();
-        pg.drop_schema().await.unwrap();
-    }
-}
-
-conformance!(
+store::each_backend!(
     a_new_stream_numbers_its_events_from_zero,
     a_wrong_expected_version_is_a_typed_error_naming_the_actual_version,
     appending_the_same_events_again_returns_the_first_result_and_writes_nothing,

@@ -6,6 +6,9 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStderr, ChildStdout, Command};
 
+/// A fresh store for one test (temporary SQLite file or PostgreSQL schema).
+pub use store::testing::TestStore;
+
 /// The binary under test.
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trafficbuster"));
@@ -21,46 +24,6 @@ pub fn bin() -> Command {
     }
     cmd.kill_on_drop(true);
     cmd
-}
-
-/// A store for one test: its URL, and what to drop afterwards.
-pub struct TestStore {
-    pub url: String,
-    _dir: Option<tempfile::TempDir>,
-    postgres: Option<store::testing::TestPostgres>,
-}
-
-impl TestStore {
-    pub fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("tb.db").display());
-        Self {
-            url,
-            _dir: Some(dir),
-            postgres: None,
-        }
-    }
-
-    /// `None` (after saying so) when PostgreSQL is unreachable outside CI.
-    pub async fn postgres(test: &str) -> Option<Self> {
-        let pg = store::testing::TestPostgres::fresh(test).await?;
-        Some(Self {
-            url: pg.url.clone(),
-            _dir: None,
-            postgres: Some(pg),
-        })
-    }
-
-    /// Opens the store in this (test) process.
-    pub async fn open(&self) -> std::sync::Arc<dyn store::EventStore> {
-        store::open(&self.url.parse().unwrap()).await.unwrap().0
-    }
-
-    pub async fn cleanup(self) {
-        if let Some(pg) = self.postgres {
-            pg.drop_schema().await;
-        }
-    }
 }
 
 /// A running child whose output lines can be awaited.

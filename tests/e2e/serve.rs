@@ -40,10 +40,8 @@ async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option
     if jwt_secret.is_none() {
         // With no secret configured, the embedded set-up made one, private to its owner.
         use std::os::unix::fs::PermissionsExt;
-        let path = store
-            .url
-            .trim_start_matches("sqlite://")
-            .replace("tb.db", "jwt-secret");
+        let path = std::path::Path::new(store.url.trim_start_matches("sqlite://"))
+            .with_file_name("jwt-secret");
         let meta = std::fs::metadata(&path).expect("jwt-secret beside the database");
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     }
