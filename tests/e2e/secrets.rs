@@ -1,5 +1,5 @@
 //! Passwords, tokens and the signing secret never reach the logs, even at
-//! the most verbose level.
+//! the most verbose level, nor the events.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,6 +13,8 @@ const SECRET: &str = "a-signing-secret-that-must-stay-hidden";
 const ROOT_PASSWORD: &str = "root password never logged";
 const ADA_PASSWORD: &str = "ada password never logged";
 const NEW_PASSWORD: &str = "ada new password never logged";
+/// A password typed into the username field.
+const PASSWORD_AS_NAME: &str = "password-typed-as-a-username";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_token_or_secret_appears_in_trace_logs() {
@@ -57,6 +59,8 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
     assert_eq!(created["data"]["createAccount"], "ada", "{created}");
     let wrong = app.login("ada", "a wrong password never logged").await;
     assert!(wrong["errors"].is_array());
+    let misplaced = app.login(PASSWORD_AS_NAME, "anything").await;
+    assert!(misplaced["errors"].is_array());
     // A password written into the query text itself, not a variable.
     let inline = app
         .gql(
@@ -136,7 +140,40 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
         ("a refreshed access token", access2),
         ("a refresh token", secret_of(&refresh)),
         ("a refreshed refresh token", secret_of(&refresh2)),
+        (
+            "a password typed as a username",
+            PASSWORD_AS_NAME.to_owned(),
+        ),
     ] {
         assert!(!log.contains(&value), "{what} appears in the logs");
+    }
+
+    // Nor in any event: every login, failed or not, was recorded.
+    let events = store
+        .open()
+        .await
+        .read_all(domain::Position::START, &store::Filter::all(), 10_000)
+        .await
+        .unwrap()
+        .events;
+    for ty in ["LoginFailed", "UnknownAccountLoginFailed", "SessionStarted"] {
+        assert!(events.iter().any(|e| e.event_type == ty), "no {ty} event");
+    }
+    for e in &events {
+        for secret in [
+            SECRET,
+            ROOT_PASSWORD,
+            ADA_PASSWORD,
+            NEW_PASSWORD,
+            "a wrong password never logged",
+            "an inline password never logged",
+            PASSWORD_AS_NAME,
+        ] {
+            assert!(
+                !e.data.contains(secret),
+                "{} holds {secret:?}",
+                e.event_type
+            );
+        }
     }
 }
