@@ -262,7 +262,8 @@ async fn send_notifications(pool: Pool, notify: String, wake: Arc<Notify>) {
 }
 
 /// Holds a LISTEN connection, reconnecting as needed, and turns each
-/// notification into a wake-up for this process's subscriptions.
+/// notification from another handle (any process) into a wake-up for this
+/// handle's subscriptions.
 async fn listen(
     config: tokio_postgres::Config,
     channel: String,
