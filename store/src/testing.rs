@@ -11,8 +11,29 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use domain::{Position, RecordedEvent};
+
 use crate::postgres::PostgresStore;
-use crate::{Backend, EventStore};
+use crate::{Backend, EventStore, Filter};
+
+/// Every committed event `filter` admits, in global order, page by page.
+pub async fn read_everything(store: &dyn EventStore, filter: &Filter) -> Vec<RecordedEvent> {
+    const PAGE: usize = 333;
+    let mut out = Vec::new();
+    let mut after = Position::START;
+    loop {
+        let page = store
+            .read_all(after, filter, PAGE)
+            .await
+            .unwrap_or_else(|e| panic!("reading every event: {e}"));
+        let done = page.events.len() < PAGE && !page.pending;
+        out.extend(page.events);
+        after = page.next;
+        if done {
+            return out;
+        }
+    }
+}
 
 /// A scratch store for one test: a temporary SQLite file, or a fresh
 /// PostgreSQL schema. Open it as often as the test needs, as separate
@@ -61,6 +82,11 @@ impl TestStore {
             .await
             .unwrap_or_else(|e| panic!("opening test store {}: {e}", self.url))
             .0
+    }
+
+    /// Every event in the store, in global order.
+    pub async fn events(&self) -> Vec<RecordedEvent> {
+        read_everything(&*self.open().await, &Filter::all()).await
     }
 
     /// Drops the PostgreSQL schema (a SQLite file goes with `self`). A

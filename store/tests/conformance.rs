@@ -5,10 +5,10 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use domain::{EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, StreamId};
-use store::testing::TestStore;
+use store::testing::{TestStore, read_everything};
 use store::{
-    Direction, EventStore, ExpectedVersion, Filter, Snapshot, StoreError, StreamFrom,
-    SubscribeFrom, Subscription,
+    Direction, ExpectedVersion, Filter, Snapshot, StoreError, StreamFrom, SubscribeFrom,
+    Subscription,
 };
 use uuid::Uuid;
 
@@ -32,20 +32,6 @@ fn n_of(e: &RecordedEvent) -> u64 {
     serde_json::from_str::<serde_json::Value>(&e.data).unwrap()["n"]
         .as_u64()
         .unwrap()
-}
-
-async fn read_everything(store: &dyn EventStore, filter: &Filter) -> Vec<RecordedEvent> {
-    let mut out = Vec::new();
-    let mut after = Position::START;
-    loop {
-        let page = store.read_all(after, filter, 333).await.unwrap();
-        let done = page.events.len() < 333 && !page.pending;
-        out.extend(page.events);
-        after = page.next;
-        if done {
-            return out;
-        }
-    }
 }
 
 async fn next_within(sub: &mut Subscription, secs: u64) -> RecordedEvent {

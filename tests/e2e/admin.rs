@@ -1,8 +1,5 @@
 //! `trafficbuster admin create-user` bootstraps accounts against the store.
 
-use domain::Position;
-use store::Filter;
-
 use crate::helpers::{TestStore, run, run_with_stdin};
 
 const PASSWORD: &str = "a long bootstrap passphrase";
@@ -23,13 +20,7 @@ async fn create_user_bootstraps_a_super_admin(store: TestStore) {
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "created account root (super_admin)");
 
-    let events = store
-        .open()
-        .await
-        .read_all(Position::START, &Filter::all(), 10)
-        .await
-        .unwrap()
-        .events;
+    let events = store.events().await;
     assert_eq!(events.len(), 1);
     let created = &events[0];
     assert_eq!(
@@ -97,13 +88,7 @@ async fn create_user_refuses_bad_input_with_the_reason() {
     .await;
     assert!(!ok && stderr.contains("--role"), "{stderr}");
     // Nothing was written by any of these.
-    let events = store
-        .open()
-        .await
-        .read_all(Position::START, &Filter::all(), 10)
-        .await
-        .unwrap()
-        .events;
+    let events = store.events().await;
     assert!(events.is_empty(), "{events:?}");
 }
 
