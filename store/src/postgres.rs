@@ -308,7 +308,8 @@ async fn listen(
 }
 
 /// tokio-postgres's Display drops the server's message; this keeps it.
-fn describe(e: &tokio_postgres::Error) -> String {
+/// Public for read models kept in the same database.
+pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => match db.detail() {
             Some(detail) => format!("{} ({detail})", db.message()),
@@ -335,14 +336,18 @@ fn pg_err(e: tokio_postgres::Error) -> StoreError {
     }
 }
 
-fn pool_err(e: PoolError) -> StoreError {
-    let message = match &e {
+/// Why no connection could be had, with the server's message if it gave one.
+pub fn describe_pool(e: &PoolError) -> String {
+    match e {
         PoolError::Backend(pg) => describe(pg),
         other => other.to_string(),
-    };
+    }
+}
+
+fn pool_err(e: PoolError) -> StoreError {
     StoreError::Unavailable {
         backend: BACKEND,
-        message,
+        message: describe_pool(&e),
     }
 }
 

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use deadpool_postgres::{Pool, PoolError};
+use store::postgres::{describe, describe_pool};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -371,20 +372,6 @@ fn now_micros() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-/// tokio-postgres's Display drops the server's message; this keeps it.
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({detail})", db.message()),
-            None => db.message().to_owned(),
-        },
-        None => match std::error::Error::source(e) {
-            Some(source) => format!("{e}: {source}"),
-            None => e.to_string(),
-        },
-    }
-}
-
 /// Connection trouble, or the server aborting a transaction it may accept
 /// on a retry (serialization failure, deadlock, shutdown, resources).
 fn is_transient(e: &tokio_postgres::Error) -> bool {
@@ -423,12 +410,8 @@ fn statement_err(view: &str, index: usize, s: &Statement, e: tokio_postgres::Err
 }
 
 fn pool_err(e: PoolError) -> ViewError {
-    let message = match &e {
-        PoolError::Backend(pg) => describe(pg),
-        other => other.to_string(),
-    };
     ViewError::Unavailable {
         backend: BACKEND,
-        message,
+        message: describe_pool(&e),
     }
 }
