@@ -87,7 +87,14 @@ impl Running {
 
 /// Runs the binary to completion: (exit success, stdout, stderr).
 pub async fn run(args: &[&str]) -> (bool, String, String) {
-    let out = tokio::time::timeout(Duration::from_secs(60), bin().args(args).output())
+    finished(bin().args(args).output()).await
+}
+
+/// Waits (a minute at most) for a run's output: (exit success, stdout, stderr).
+async fn finished(
+    output: impl std::future::Future<Output = std::io::Result<std::process::Output>>,
+) -> (bool, String, String) {
+    let out = tokio::time::timeout(Duration::from_secs(60), output)
         .await
         .expect("finishes within a minute")
         .unwrap();
@@ -133,15 +140,7 @@ pub async fn run_with_stdin(args: &[&str], input: &str) -> (bool, String, String
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(input.as_bytes()).await.unwrap();
     drop(stdin);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .expect("finishes within a minute")
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    finished(child.wait_with_output()).await
 }
 
 /// `trafficbuster serve` on a free loopback port, logging JSON, plus `extra` flags.
