@@ -42,7 +42,18 @@ impl Drop for LiveFeed {
 async fn follow(store: Arc<dyn EventStore>, tx: broadcast::Sender<Arc<RecordedEvent>>) {
     let mut from = SubscribeFrom::End;
     loop {
-        let mut sub = store.subscribe_all(from, Filter::all());
+        // Pin "now" once, so a restart before the first event misses nothing.
+        if from == SubscribeFrom::End {
+            match store.head().await {
+                Ok(head) => from = SubscribeFrom::Head(head),
+                Err(e) => {
+                    tracing::warn!(error = %e, "live feed cannot find the log's head; trying again");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            }
+        }
+        let mut sub = store.subscribe_all(from.clone(), Filter::all());
         while let Some(next) = sub.next().await {
             match next {
                 Ok(event) => {

@@ -17,7 +17,7 @@ use prometheus::{
     TextEncoder,
 };
 use store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, Snapshot, StoreError,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StoreError,
     StreamFrom, SubscribeFrom, Subscription,
 };
 use time::OffsetDateTime;
@@ -253,7 +253,7 @@ impl EventStore for Metered {
         self.inner.read_all(after, filter, limit).await
     }
 
-    async fn head(&self) -> Result<Position, StoreError> {
+    async fn head(&self) -> Result<Head, StoreError> {
         self.inner.head().await
     }
 

@@ -35,13 +35,16 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
     // command starts, and say where we follow from.
     let from = match from {
         SubscribeFrom::End => {
-            SubscribeFrom::After(store.head().await.context("cannot read the store's head")?)
+            SubscribeFrom::Head(store.head().await.context("cannot read the store's head")?)
         }
         other => other,
     };
-    match from {
+    match &from {
         SubscribeFrom::After(p) => {
             tracing::info!(store = %settings.store, "following events after position {p}")
+        }
+        SubscribeFrom::Head(head) => {
+            tracing::info!(store = %settings.store, "following events appended after {head}")
         }
         _ => tracing::info!(store = %settings.store, "following events from the start"),
     }

@@ -108,14 +108,74 @@ impl StreamRange {
 }
 
 /// Where a subscription begins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SubscribeFrom {
     /// Every event, from the first.
     Start,
-    /// Only events appended after the subscription starts.
+    /// Only events that were not yet visible when the subscription started
+    /// (the store's [`Head`] then).
     End,
+    /// Only events that were not yet visible at this head, taken earlier.
+    Head(Head),
     /// Events strictly after this position (a checkpoint).
     After(Position),
+}
+
+/// The log's "now": which events were already visible, and where to read
+/// on for the rest.
+///
+/// On PostgreSQL, transactions commit out of id order, so "now" is not one
+/// position: below the read horizon everything is final, but above it some
+/// commits are visible and some (older transactions still open) will land
+/// later, *below* positions already visible. A head keeps the horizon and
+/// the open transactions, so a subscription started from it reads on from
+/// the horizon and passes over what was already visible, losing nothing.
+/// On SQLite (one writer at a time) it is just the last event's position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// Every event at or before this position is in the past.
+    pub after: Position,
+    /// Commits from `after.commit` up to (excluding) this one were visible,
+    /// except those in `open`.
+    visible_below: u64,
+    /// Commits that were still open: their events are yet to come.
+    open: Vec<u64>,
+}
+
+impl Head {
+    /// A head with nothing in flight: every event after `position` is new.
+    pub fn at(position: Position) -> Self {
+        Self {
+            after: position,
+            visible_below: 0,
+            open: Vec::new(),
+        }
+    }
+
+    /// From a PostgreSQL snapshot: its xmin (the horizon), xmax (the first
+    /// transaction id not yet assigned) and the transactions open between.
+    pub(crate) fn snapshot(xmin: u64, xmax: u64, open: Vec<u64>) -> Self {
+        Self {
+            after: Position::new(xmin, 0),
+            visible_below: xmax,
+            open,
+        }
+    }
+
+    /// Was the event at `position` already visible at this head?
+    pub fn saw(&self, position: Position) -> bool {
+        position <= self.after
+            || (position.commit < self.visible_below && !self.open.contains(&position.commit))
+    }
+}
+
+impl fmt::Display for Head {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.open.len() {
+            0 => self.after.fmt(f),
+            n => write!(f, "{} ({n} transactions in flight)", self.after),
+        }
+    }
 }
 
 /// Which events a global read or subscription delivers. Empty lists mean "all".
@@ -217,8 +277,8 @@ pub trait EventStore: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page, StoreError>;
 
-    /// The position after which newly appended events will appear.
-    async fn head(&self) -> Result<Position, StoreError>;
+    /// The log's "now": what is visible, and where the rest will appear.
+    async fn head(&self) -> Result<Head, StoreError>;
 
     /// Catch-up then live delivery of matching events, in global order.
     fn subscribe_all(&self, from: SubscribeFrom, filter: Filter) -> Subscription;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 pub use error::StoreError;
 pub use event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, MAX_EVENT_DATA_BYTES, Page,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, MAX_EVENT_DATA_BYTES, Page,
     Snapshot, StreamFrom, SubscribeFrom,
 };
 pub use migrate::MigrationReport;

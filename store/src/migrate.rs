@@ -38,6 +38,11 @@ pub const POSTGRES: &[Migration] = &[
         name: "0003_snapshots",
         sql: include_str!("../../migrations/postgres/0003_snapshots.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_head_is_a_snapshot",
+        sql: include_str!("../../migrations/postgres/0004_head_is_a_snapshot.sql"),
+    },
 ];
 
 /// What a migration run did.

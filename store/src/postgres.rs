@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, Snapshot, StreamFrom,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StreamFrom,
     StreamRange, SubscribeFrom, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
@@ -564,19 +564,25 @@ impl EventStore for PostgresStore {
         Ok(page)
     }
 
-    async fn head(&self) -> Result<Position, StoreError> {
+    async fn head(&self) -> Result<Head, StoreError> {
+        // The snapshot itself, not the last event: a transaction still open
+        // below the last event's id will commit there later.
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT horizon, last_tx, last_seq FROM tb_head()")
+            .prepare_cached(
+                "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint, \
+                 ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(s) AS x) \
+                 FROM pg_current_snapshot() AS s",
+            )
             .await
             .map_err(pg_err)?;
         let row = client.query_one(&stmt, &[]).await.map_err(pg_err)?;
-        let horizon = Position::new(row.get::<_, i64>(0) as u64, 0);
-        let last = match (row.get::<_, Option<i64>>(1), row.get::<_, Option<i64>>(2)) {
-            (Some(tx), Some(seq)) => position(tx, seq),
-            _ => Position::START,
-        };
-        Ok(horizon.max(last))
+        let open: Vec<i64> = row.get(2);
+        Ok(Head::snapshot(
+            row.get::<_, i64>(0) as u64,
+            row.get::<_, i64>(1) as u64,
+            open.into_iter().map(|x| x as u64).collect(),
+        ))
     }
 
     fn subscribe_all(&self, from: SubscribeFrom, filter: Filter) -> Subscription {

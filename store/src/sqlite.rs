@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Page, Snapshot, StreamFrom,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StreamFrom,
     StreamRange, SubscribeFrom, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
@@ -505,14 +505,15 @@ impl EventStore for SqliteStore {
             .await
     }
 
-    async fn head(&self) -> Result<Position, StoreError> {
+    async fn head(&self) -> Result<Head, StoreError> {
+        // One writer at a time: commit order is row order, nothing is in flight.
         self.read(|conn| {
             let max: i64 = conn
                 .query_row("SELECT coalesce(max(position), 0) FROM events", [], |r| {
                     r.get(0)
                 })
                 .map_err(db_err)?;
-            Ok(Position::new(max as u64, 0))
+            Ok(Head::at(Position::new(max as u64, 0)))
         })
         .await
     }

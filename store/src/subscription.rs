@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::StoreError;
-use crate::event_store::{EventStore, Filter, SubscribeFrom};
+use crate::event_store::{EventStore, Filter, Head, SubscribeFrom};
 
 /// Events read per page while catching up.
 const PAGE: usize = 1000;
@@ -95,14 +95,16 @@ async fn run<S: EventStore>(
     tx: mpsc::Sender<Result<RecordedEvent, StoreError>>,
 ) {
     let mut retry = Duration::from_millis(50);
-    let mut after = loop {
-        let start = match from {
-            SubscribeFrom::Start => Ok(Position::START),
-            SubscribeFrom::After(p) => Ok(p),
+    // From a head, read on after its horizon and pass over what it saw.
+    let head = loop {
+        let head = match &from {
+            SubscribeFrom::Start => Ok(Head::at(Position::START)),
+            SubscribeFrom::After(p) => Ok(Head::at(*p)),
+            SubscribeFrom::Head(head) => Ok(head.clone()),
             SubscribeFrom::End => store.head().await,
         };
-        match start {
-            Ok(p) => break p,
+        match head {
+            Ok(head) => break head,
             Err(e) if e.is_transient() => {
                 tracing::warn!(error = %e, "subscription cannot find the store's head yet; retrying");
                 tokio::time::sleep(retry).await;
@@ -114,6 +116,7 @@ async fn run<S: EventStore>(
             }
         }
     };
+    let mut after = head.after;
     let mut pending_wait = PENDING_FIRST;
     loop {
         // Mark what we have seen before reading, so a change that lands
@@ -140,6 +143,9 @@ async fn run<S: EventStore>(
             pending_wait = PENDING_FIRST;
         }
         for event in page.events {
+            if head.saw(event.position) {
+                continue;
+            }
             if tx.send(Ok(event)).await.is_err() {
                 return; // the consumer has gone
             }
