@@ -46,29 +46,31 @@ pub async fn readyz(State(shared): State<Shared>) -> (StatusCode, Json<Value>) {
         .projections
         .iter()
         .map(|p| {
-            let phase = match &p.phase {
-                Phase::Starting => "starting".to_owned(),
-                Phase::CatchingUp => "catching_up".to_owned(),
-                Phase::Live => "live".to_owned(),
-                Phase::Failed(f) => format!("failed: {}", f.error),
-                Phase::Stopped => "stopped".to_owned(),
+            let phase = match (&p.phase, &p.retrying) {
+                (Phase::Failed(f), _) => format!("failed: {f}"),
+                (_, Some(why)) => format!("retrying: {why}"),
+                (Phase::Starting, None) => "starting".to_owned(),
+                (Phase::CatchingUp, None) => "catching_up".to_owned(),
+                (Phase::Live, None) => "live".to_owned(),
+                (Phase::Stopped, None) => "stopped".to_owned(),
             };
             (p.name.to_owned(), Value::String(phase))
         })
         .collect();
-    let ready = status.all_live();
-    let code = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(json!({
-            "status": if ready { "ready" } else { "catching_up" },
-            "store": backend,
-            "head": head.to_string(),
-            "views": views,
-        })),
-    )
+    let mut body = json!({
+        "status": "catching_up",
+        "store": backend,
+        "head": head.to_string(),
+        "views": views,
+    });
+    if status.all_live() {
+        body["status"] = json!("ready");
+        return (StatusCode::OK, Json(body));
+    }
+    // A failed view will not recover by itself: say which, and why, first.
+    if let Some((view, failure)) = status.first_failure() {
+        body["status"] = json!("failed");
+        body["reason"] = json!(format!("view {view} failed: {failure}"));
+    }
+    (StatusCode::SERVICE_UNAVAILABLE, Json(body))
 }

@@ -79,9 +79,11 @@ pub enum ViewError {
 
 impl ViewError {
     /// Worth retrying after a pause (the database went away, was busy, or
-    /// aborted the transaction to break a deadlock)?
+    /// aborted the transaction to break a deadlock)? The store's rule
+    /// (`store::postgres::is_transient`, `store::sqlite::is_transient`)
+    /// decides which errors are `Unavailable`; the rest need a fix.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Backend { .. })
+        matches!(self, Self::Unavailable { .. })
     }
 }
 

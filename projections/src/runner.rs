@@ -208,8 +208,16 @@ impl Runner {
                             break None;
                         }
                     }
-                    Some(Err(e)) => break Some(format!("event subscription failed: {e}")),
-                    None => break Some("event subscription ended".to_owned()),
+                    // The subscription retries passing trouble itself: what
+                    // reaches us needs a fix (a missing table, a privilege).
+                    Some(Err(e)) if !e.is_transient() => {
+                        break Some(Halt::Fail(ProjectionFailure {
+                            event: None,
+                            error: format!("reading the event log failed: {e}"),
+                        }));
+                    }
+                    Some(Err(e)) => break Some(restart(format!("event subscription failed: {e}"))),
+                    None => break Some(restart("event subscription ended".to_owned())),
                 }
                 if batch.is_full() {
                     break None;
@@ -220,11 +228,8 @@ impl Runner {
                 }
             };
             checkpoint = self.commit(checkpoint, batch).await?;
-            if let Some(reason) = trouble {
-                return Err(Halt::Restart {
-                    reason,
-                    pause: true,
-                });
+            if let Some(halt) = trouble {
+                return Err(halt);
             }
         }
     }
@@ -441,6 +446,14 @@ impl Runner {
 /// otherwise cut every batch at 128 events.
 fn available(subscription: &mut Subscription) -> Option<Option<Result<RecordedEvent, StoreError>>> {
     tokio::task::unconstrained(subscription.next()).now_or_never()
+}
+
+/// Start over from the checkpoint after a pause.
+fn restart(reason: String) -> Halt {
+    Halt::Restart {
+        reason,
+        pause: true,
+    }
 }
 
 fn fail(e: ViewError) -> Halt {

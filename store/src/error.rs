@@ -29,6 +29,7 @@ pub enum StoreError {
     #[error("bad store URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
 
+    /// Passing trouble: the connection, or a conflict the database broke.
     #[error("cannot reach the {backend} store: {message}")]
     Unavailable {
         backend: &'static str,
@@ -41,6 +42,7 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
 
+    /// A lasting database error: retrying will not help; a person must act.
     #[error("{backend} error: {message}")]
     Backend {
         backend: &'static str,
@@ -56,8 +58,10 @@ fn describe_actual(actual: Option<u64>) -> String {
 }
 
 impl StoreError {
-    /// Worth retrying after a pause (the database went away, a pool timed out)?
+    /// Worth retrying after a pause (the database went away, a pool timed
+    /// out, a serialization failure or deadlock)? Lasting errors are not:
+    /// they fail loudly with what to fix.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Unavailable { .. } | Self::Backend { .. })
+        matches!(self, Self::Unavailable { .. })
     }
 }

@@ -307,14 +307,68 @@ async fn listen(
     }
 }
 
-/// tokio-postgres's Display drops the server's message; this keeps it.
+/// Worth retrying as it is? Only when the connection was lost or could not
+/// be had yet, or the server aborted the transaction to break a conflict
+/// (serialization failure, deadlock). Anything else — a missing table, a
+/// missing privilege, a wrong password — needs a person to fix it, and
+/// retrying it would only hide it. One rule for the store and its views.
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.as_db_error() {
+        None => true,
+        Some(_) if e.is_closed() => true,
+        Some(db) => transient_sqlstate(db.code()),
+    }
+}
+
+/// The SQLSTATEs of [`is_transient`]: class 08 (connection exception),
+/// serialization failure, deadlock, and a server that is shutting down,
+/// starting up or out of connection slots.
+pub fn transient_sqlstate(code: &SqlState) -> bool {
+    code.code().starts_with("08")
+        || [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+            SqlState::TOO_MANY_CONNECTIONS,
+        ]
+        .contains(code)
+}
+
+/// What to do about a lasting error, when we know.
+fn hint(code: &SqlState) -> Option<&'static str> {
+    Some(match code.code() {
+        "42501" => {
+            "grant the store's database user the privileges it needs on its schema (create, read and write TrafficBuster's tables)"
+        }
+        "42P01" | "42883" | "42703" => {
+            "TrafficBuster's tables in this schema are missing or altered: run `trafficbuster migrate` with this store URL, or point it at the right schema"
+        }
+        "3D000" => "the database does not exist: create it, or fix the store URL",
+        "28P01" | "28000" => "check the user and password in the store URL",
+        "53100" => "the database server's disk is full: free space",
+        "25006" => "the server is read-only (a standby?): point the store at the primary",
+        _ => return None,
+    })
+}
+
+/// tokio-postgres's Display drops the server's message; this keeps it,
+/// with the SQLSTATE and, for lasting errors we know, what to do.
 /// Public for read models kept in the same database.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
-        Some(db) => match db.detail() {
-            Some(detail) => format!("{} ({detail})", db.message()),
-            None => db.message().to_owned(),
-        },
+        Some(db) => {
+            let mut text = db.message().to_owned();
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!(" ({detail})"));
+            }
+            text.push_str(&format!(" [SQLSTATE {}]", db.code().code()));
+            if let Some(hint) = hint(db.code()) {
+                text.push_str(&format!("; {hint}"));
+            }
+            text
+        }
         None => match std::error::Error::source(e) {
             Some(source) => format!("{e}: {source}"),
             None => e.to_string(),
@@ -323,7 +377,7 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 fn pg_err(e: tokio_postgres::Error) -> StoreError {
-    if e.as_db_error().is_none() || e.is_closed() {
+    if is_transient(&e) {
         StoreError::Unavailable {
             backend: BACKEND,
             message: describe(&e),
@@ -344,10 +398,27 @@ pub fn describe_pool(e: &PoolError) -> String {
     }
 }
 
+/// Is a failure to get a connection worth retrying? A refusal from the
+/// server (a wrong password, a missing database) is not.
+pub fn is_transient_pool(e: &PoolError) -> bool {
+    match e {
+        PoolError::Backend(pg) => is_transient(pg),
+        _ => true,
+    }
+}
+
 fn pool_err(e: PoolError) -> StoreError {
-    StoreError::Unavailable {
-        backend: BACKEND,
-        message: describe_pool(&e),
+    let message = describe_pool(&e);
+    if is_transient_pool(&e) {
+        StoreError::Unavailable {
+            backend: BACKEND,
+            message,
+        }
+    } else {
+        StoreError::Backend {
+            backend: BACKEND,
+            message,
+        }
     }
 }
 
@@ -688,5 +759,41 @@ fn append_error(
             reason: "it is already stored by another append".into(),
         },
         _ => pg_err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_loss_serialization_failures_and_deadlocks_are_transient_nothing_else() {
+        for code in [
+            "08006", "08001", "40001", "40P01", "57P01", "57P03", "53300",
+        ] {
+            assert!(transient_sqlstate(&SqlState::from_code(code)), "{code}");
+        }
+        // Missing privilege, missing table or function, a constraint, a
+        // full disk, a read-only server, a wrong password: a person must act.
+        for code in [
+            "42501", "42P01", "42883", "23505", "53100", "25006", "28P01", "XX000",
+        ] {
+            assert!(!transient_sqlstate(&SqlState::from_code(code)), "{code}");
+        }
+    }
+
+    #[test]
+    fn lasting_errors_we_know_say_what_to_do() {
+        assert!(
+            hint(&SqlState::from_code("42501"))
+                .unwrap()
+                .contains("grant")
+        );
+        assert!(
+            hint(&SqlState::from_code("42P01"))
+                .unwrap()
+                .contains("trafficbuster migrate")
+        );
+        assert_eq!(hint(&SqlState::from_code("XX000")), None);
     }
 }

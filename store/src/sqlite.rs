@@ -184,25 +184,26 @@ fn now_micros() -> i64 {
     (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
+/// Worth retrying as it is? Only when another connection holds the lock
+/// (SQLite's form of a conflict). Anything else — a read-only or full
+/// disk, a missing table, a corrupt file — needs a person to fix it. One
+/// rule for the store and its views.
+pub fn is_transient(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+}
+
 fn db_err(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _)
-            if matches!(
-                f.code,
-                rusqlite::ErrorCode::DatabaseBusy
-                    | rusqlite::ErrorCode::DatabaseLocked
-                    | rusqlite::ErrorCode::CannotOpen
-            ) =>
-        {
-            StoreError::Unavailable {
-                backend: BACKEND,
-                message: e.to_string(),
-            }
-        }
-        other => StoreError::Backend {
+    if is_transient(&e) {
+        StoreError::Unavailable {
             backend: BACKEND,
-            message: other.to_string(),
-        },
+            message: e.to_string(),
+        }
+    } else {
+        StoreError::Backend {
+            backend: BACKEND,
+            message: e.to_string(),
+        }
     }
 }
 

@@ -122,3 +122,70 @@ async fn settings_come_from_env_and_config_file_with_flags_first() {
     assert!(out.status.success());
     assert!(env_db.exists(), "TB_STORE beats the config file");
 }
+
+/// A lasting database error (here: the events table is gone) is not retried
+/// forever behind "catching up": the view fails, and readiness names the
+/// view, the database's error and what to do about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_names_a_view_that_cannot_read_the_log_and_why() {
+    let Some(store) =
+        TestStore::postgres("readiness_names_a_view_that_cannot_read_the_log_and_why").await
+    else {
+        return;
+    };
+    let mut server = Running::spawn(serve_command(
+        &store.url,
+        Some("an-e2e-test-secret-of-at-least-32-chars"),
+        &[],
+    ));
+    let line = server
+        .stderr_line_containing("gateway listening on", Duration::from_secs(30))
+        .await;
+    let addr = listening_addr(&line);
+    while http_get(&addr, "/readyz").await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let store::Backend::Postgres(pg) = store.open_backend().await else {
+        unreachable!("a PostgreSQL test store");
+    };
+    pg.pool()
+        .get()
+        .await
+        .unwrap()
+        .batch_execute("ALTER TABLE events RENAME TO events_gone")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let body = loop {
+        let (status, body) = http_get(&addr, "/readyz").await;
+        let ready: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if ready["status"] == "failed" {
+            assert_eq!(status, 503, "{body}");
+            break ready;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readiness never said the view failed: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.starts_with("view "), "{body}");
+    for needle in [
+        "\"events\" does not exist",
+        "42P01",
+        "trafficbuster migrate",
+    ] {
+        assert!(reason.contains(needle), "{needle:?} not in {body}");
+    }
+    let failed: Vec<&String> = body["views"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, phase)| phase.as_str().unwrap().starts_with("failed: "))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(!failed.is_empty(), "{body}");
+    server.terminate().await;
+    store.cleanup().await;
+}

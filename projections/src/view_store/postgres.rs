@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use deadpool_postgres::{Pool, PoolError};
-use store::postgres::{describe, describe_pool};
+use store::postgres::{describe, describe_pool, is_transient, is_transient_pool};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -372,16 +372,6 @@ fn now_micros() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
-/// Connection trouble, or the server aborting a transaction it may accept
-/// on a retry (serialization failure, deadlock, shutdown, resources).
-fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.as_db_error() {
-        None => true,
-        _ if e.is_closed() => true,
-        Some(db) => matches!(&db.code().code()[..2], "08" | "40" | "53" | "57" | "58"),
-    }
-}
-
 fn pg_err(e: tokio_postgres::Error) -> ViewError {
     if is_transient(&e) {
         ViewError::Unavailable {
@@ -410,8 +400,16 @@ fn statement_err(view: &str, index: usize, s: &Statement, e: tokio_postgres::Err
 }
 
 fn pool_err(e: PoolError) -> ViewError {
-    ViewError::Unavailable {
-        backend: BACKEND,
-        message: describe_pool(&e),
+    let message = describe_pool(&e);
+    if is_transient_pool(&e) {
+        ViewError::Unavailable {
+            backend: BACKEND,
+            message,
+        }
+    } else {
+        ViewError::Backend {
+            backend: BACKEND,
+            message,
+        }
     }
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use rusqlite::types::{ToSqlOutput, Value, ValueRef};
-use rusqlite::{Connection, ErrorCode, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use store::sqlite::is_transient;
 
 use super::{
     ADVANCE_CHECKPOINT, Advance, CHECKPOINTS_DDL, Checkpoint, READ_CHECKPOINT, RESET_CHECKPOINT,
@@ -272,19 +273,6 @@ fn read_checkpoint(conn: &Connection, view: &str) -> Result<Option<Checkpoint>, 
         .map_err(|e| db_err(ExecError::Db(e)))?;
     row.map(|(c, p, v)| checkpoint_from(view, c, p, v))
         .transpose()
-}
-
-fn is_transient(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _)
-    if matches!(
-        f.code,
-        ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::CannotOpen
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::DiskFull
-            | ErrorCode::OutOfMemory
-    ))
 }
 
 fn db_err(e: impl Into<ExecError>) -> ViewError {
