@@ -37,12 +37,41 @@ impl fmt::Debug for StoreUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` with `***`.
+/// URL parameters that carry a secret (libpq's names): masked when printed.
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+/// The URL with every secret masked as `***`: the password of
+/// `scheme://user:password@host…` and of any secret-bearing parameter
+/// (`?password=…`, `&sslpassword=…`).
 pub fn redact(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let mut out = redact_userinfo(base);
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _))
+                    if SECRET_PARAMETERS.contains(&key.to_ascii_lowercase().as_str()) =>
+                {
+                    format!("{key}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
+}
+
+fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
@@ -138,6 +167,30 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn every_secret_bearing_parameter_is_masked() {
+        let url = "postgres://tb@db.local/events?sslmode=disable&password=pw1&schema=tb";
+        let shown = url.parse::<StoreUrl>().unwrap().to_string();
+        assert_eq!(
+            shown,
+            "postgres://tb@db.local/events?sslmode=disable&password=***&schema=tb"
+        );
+        assert_eq!(
+            redact("postgres://h/db?sslpassword=pw2&PassWord=pw3&x=1"),
+            "postgres://h/db?sslpassword=***&PassWord=***&x=1"
+        );
+        assert_eq!(
+            redact("postgres://u:pw@h/db?password=x"),
+            "postgres://u:***@h/db?password=***"
+        );
+        // A bad URL's error shows the same redacted form.
+        let err = "postgres://u@h:nope/db?password=pw4"
+            .parse::<StoreUrl>()
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pw4"), "{err}");
     }
 
     #[test]

@@ -171,3 +171,70 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
         }
     }
 }
+
+/// A database password given as a URL parameter (`?password=…`) is masked
+/// wherever the store URL is printed: trace logs, command output, errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_password_in_a_url_parameter_never_reaches_the_output() {
+    const DB_PASSWORD: &str = "a-database-password-never-logged";
+    let Some(store) =
+        TestStore::postgres("a_database_password_in_a_url_parameter_never_reaches_the_output")
+            .await
+    else {
+        return;
+    };
+    let sep = if store.url.contains('?') { '&' } else { '?' };
+    let url = format!("{}{sep}password={DB_PASSWORD}", store.url);
+
+    let (ok, stdout, stderr) = crate::helpers::run(&["--store", &url, "migrate"]).await;
+    assert!(ok, "{stderr}");
+    let mut seen = format!("{stdout}{stderr}");
+
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("gateway.log");
+    let mut child = serve_command(&url, Some(SECRET), &[])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("gateway listening on")) {
+            break listening_addr(line);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "gateway did not start:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    while http_get(&addr, "/readyz").await.0 != 200 {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    seen.push_str(&http_get(&addr, "/readyz").await.1);
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().unwrap().to_string()])
+        .status();
+    tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push_str(&std::fs::read_to_string(&log_path).unwrap());
+
+    // A URL the driver refuses is reported without the password too.
+    let bad = format!("postgres://postgres@127.0.0.1:notaport/x?password={DB_PASSWORD}");
+    let (ok, _, stderr) = crate::helpers::run(&["--store", &bad, "migrate"]).await;
+    assert!(!ok);
+    assert!(stderr.contains("bad store URL"), "{stderr}");
+    seen.push_str(&stderr);
+
+    // The URL was printed (masked), and the password never.
+    assert!(seen.contains("password=***"), "{seen}");
+    assert!(
+        !seen.contains(DB_PASSWORD),
+        "the database password was printed"
+    );
+    store.cleanup().await;
+}
