@@ -149,7 +149,8 @@ pub enum BenchCommand {
 pub struct BenchStoreArgs {
     /// Store(s) to measure (repeatable). Each run works in scratch space: a
     /// temporary SQLite file, or a new PostgreSQL schema dropped afterwards.
-    /// Default: a temporary SQLite file.
+    /// Default: the store named by --store, TB_STORE or the config file
+    /// (scratch space beside it), else a temporary SQLite file.
     #[arg(long = "target", value_name = "URL")]
     pub targets: Vec<String>,
     /// Seconds each timed phase runs.
@@ -164,7 +165,7 @@ pub struct BenchStoreArgs {
 pub struct BenchGatewayArgs {
     /// Store(s) to measure (repeatable), each in scratch space as for
     /// `bench store`. The command-handler goals are PostgreSQL's; pass a
-    /// postgres:// target to measure them there. Default: a temporary SQLite file.
+    /// postgres:// target to measure them there. Default: as for `bench store`.
     #[arg(long = "target", value_name = "URL")]
     pub targets: Vec<String>,
     /// Concurrent WebSocket subscribers for the fan-out figure.

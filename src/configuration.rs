@@ -50,6 +50,8 @@ impl FileSettings {
 #[derive(Debug)]
 pub struct Settings {
     pub store: StoreUrl,
+    /// The store was named (flag, `TB_STORE` or the file), not defaulted.
+    pub store_named: bool,
     pub log_format: LogFormat,
     file: FileSettings,
 }
@@ -60,11 +62,9 @@ impl Settings {
             Some(path) => FileSettings::load(path)?,
             None => FileSettings::default(),
         };
-        let store_text = global
-            .store
-            .clone()
-            .or_else(|| file.store.clone())
-            .unwrap_or_else(|| DEFAULT_STORE.to_owned());
+        let named = global.store.clone().or_else(|| file.store.clone());
+        let store_named = named.is_some();
+        let store_text = named.unwrap_or_else(|| DEFAULT_STORE.to_owned());
         let store = store_text.parse::<StoreUrl>()?;
         let log_format = global
             .log_format
@@ -72,6 +72,7 @@ impl Settings {
             .unwrap_or(LogFormat::Pretty);
         Ok(Self {
             store,
+            store_named,
             log_format,
             file,
         })

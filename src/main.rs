@@ -54,7 +54,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await
         }
-        Command::Bench(BenchCommand::Store(args)) => bench::store::run(&args).await,
-        Command::Bench(BenchCommand::Gateway(args)) => bench::gateway::run(&args).await,
+        Command::Bench(BenchCommand::Store(args)) => bench::store::run(&settings, &args).await,
+        Command::Bench(BenchCommand::Gateway(args)) => bench::gateway::run(&settings, &args).await,
     }
 }

@@ -34,6 +34,7 @@ use uuid::Uuid;
 
 use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets, thousands};
 use crate::cli::BenchGatewayArgs;
+use crate::configuration::Settings;
 
 /// Signs the bench gateway's tokens; it never leaves this process.
 const JWT_SECRET: &[u8] = b"trafficbuster bench gateway secret, 32+ bytes";
@@ -74,9 +75,9 @@ const LOGIN: &str =
 const ME: &str = "{ me { username } }";
 const AUDIT_EVENTS: &str = "subscription { auditEvents { streamId } }";
 
-pub async fn run(args: &BenchGatewayArgs) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, args: &BenchGatewayArgs) -> anyhow::Result<()> {
     check_open_files(args.subscribers)?;
-    for target in targets(&args.targets) {
+    for target in targets(&args.targets, settings) {
         let scratch = Scratch::open(target).await?;
         println!("gateway bench: {}", scratch.describe);
         let result = measure(&scratch, args).await;

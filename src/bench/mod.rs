@@ -14,6 +14,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 // `::store`: the crate, not the `store` bench below.
 use ::store::{Backend, EventStore, PostgresStore, SqliteStore, StoreUrl};
 
+use crate::configuration::Settings;
+
 /// A store opened on scratch space, removed on [`Scratch::cleanup`].
 pub struct Scratch {
     pub backend: Backend,
@@ -22,21 +24,34 @@ pub struct Scratch {
     _dir: Option<tempfile::TempDir>,
 }
 
+/// What a bench measures.
+#[derive(Debug, Clone, Copy)]
+pub enum Target<'a> {
+    /// A temporary SQLite file.
+    Temporary,
+    /// A `--target` URL.
+    Given(&'a str),
+    /// The store named by `--store`, `TB_STORE` or the config file, measured
+    /// in scratch space beside it, never in its own tables.
+    Configured(&'a StoreUrl),
+}
+
 impl Scratch {
-    /// `None`: a temporary SQLite file. A `sqlite://` URL must name a new
-    /// file; a `postgres://` URL gets a new schema of its own.
-    pub async fn open(target: Option<&str>) -> anyhow::Result<Self> {
-        let Some(target) = target else {
-            let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
-            let path = dir.path().join("bench.db");
-            let (store, _) = SqliteStore::open(&path).await?;
-            return Ok(Self {
-                backend: Backend::Sqlite(store),
-                describe: format!("sqlite, temporary file {}", path.display()),
-                _dir: Some(dir),
-            });
+    /// Opens scratch space for `target`. A given `sqlite://` URL must name a
+    /// new file; a configured SQLite store gets a temporary file in its
+    /// directory (the same disk); a `postgres://` URL gets a new schema.
+    pub async fn open(target: Target<'_>) -> anyhow::Result<Self> {
+        let url = match target {
+            Target::Temporary => return Self::temporary_sqlite(None).await,
+            Target::Configured(StoreUrl::Sqlite(path)) => {
+                let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                return Self::temporary_sqlite(Some(dir.unwrap_or(std::path::Path::new("."))))
+                    .await;
+            }
+            Target::Configured(url) => url.clone(),
+            Target::Given(text) => text.parse::<StoreUrl>()?,
         };
-        match target.parse::<StoreUrl>()? {
+        match url {
             StoreUrl::Sqlite(path) => {
                 anyhow::ensure!(
                     !path.exists(),
@@ -69,6 +84,26 @@ impl Scratch {
         }
     }
 
+    /// A temporary SQLite file, in `dir` or the system's temporary directory.
+    async fn temporary_sqlite(dir: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let dir = match dir {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                tempfile::tempdir_in(dir)
+            }
+            None => tempfile::tempdir(),
+        }
+        .context("cannot create a temporary directory")?;
+        let path = dir.path().join("bench.db");
+        let (store, _) = SqliteStore::open(&path).await?;
+        Ok(Self {
+            backend: Backend::Sqlite(store),
+            describe: format!("sqlite, temporary file {}", path.display()),
+            _dir: Some(dir),
+        })
+    }
+
     /// The scratch store, type-erased.
     pub fn store(&self) -> Arc<dyn EventStore> {
         self.backend.event_store()
@@ -87,12 +122,16 @@ impl Scratch {
     }
 }
 
-/// The `--target` list, or one temporary SQLite file when it is empty.
-pub fn targets(given: &[String]) -> Vec<Option<&str>> {
-    if given.is_empty() {
-        vec![None]
+/// What to measure: the `--target` list; else the store the settings name
+/// (a user who names a store gets that store measured, never a silent
+/// substitute); else one temporary SQLite file.
+pub fn targets<'a>(given: &'a [String], settings: &'a Settings) -> Vec<Target<'a>> {
+    if !given.is_empty() {
+        given.iter().map(|t| Target::Given(t)).collect()
+    } else if settings.store_named {
+        vec![Target::Configured(&settings.store)]
     } else {
-        given.iter().map(|t| Some(t.as_str())).collect()
+        vec![Target::Temporary]
     }
 }
 

@@ -14,18 +14,19 @@ use store::{EventStore, ExpectedVersion, Filter, SubscribeFrom};
 
 use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets};
 use crate::cli::BenchStoreArgs;
+use crate::configuration::Settings;
 
 const LAG_WRITERS: usize = 8;
 const REPLAY_PAGE: usize = 5000;
 const FILL_BATCH: u64 = 1000;
 
-pub async fn run(args: &BenchStoreArgs) -> anyhow::Result<()> {
+pub async fn run(settings: &Settings, args: &BenchStoreArgs) -> anyhow::Result<()> {
     anyhow::ensure!(
         args.seconds > 0.0 && args.seconds <= 600.0,
         "--seconds must be between 0 and 600"
     );
     let phase = Duration::from_secs_f64(args.seconds);
-    for target in targets(&args.targets) {
+    for target in targets(&args.targets, settings) {
         let scratch = Scratch::open(target).await?;
         println!(
             "store bench: {} ({:?} per timed phase)",

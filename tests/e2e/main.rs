@@ -2,6 +2,7 @@
 //! stores (a temporary SQLite file; a fresh PostgreSQL schema), real HTTP.
 
 mod admin;
+mod bench;
 mod graphql;
 mod helpers;
 mod projections;

@@ -1,0 +1,51 @@
+//! `trafficbuster bench` measures the store the user named, never a silent substitute.
+
+use crate::helpers::{TestStore, run};
+
+/// Short runs: this checks what is measured, not the figures.
+const QUICK: &[&str] = &["--seconds", "0.2", "--replay-events", "200"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_store_measures_the_postgres_store_named_by_store() {
+    let Some(store) =
+        TestStore::postgres("bench_store_measures_the_postgres_store_named_by_store").await
+    else {
+        return;
+    };
+    let mut args = vec!["--store", &store.url, "bench", "store"];
+    args.extend_from_slice(QUICK);
+    let (ok, stdout, stderr) = run(&args).await;
+    assert!(ok, "{stderr}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(first.contains("postgres, postgres://"), "{stdout}");
+    assert!(!stdout.contains("sqlite"), "{stdout}");
+    store.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_store_measures_beside_the_sqlite_store_named_by_tb_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("real.db");
+    let mut cmd = crate::helpers::bin();
+    cmd.env("TB_STORE", format!("sqlite://{}", db.display()))
+        .args(["bench", "store"])
+        .args(QUICK);
+    let out = cmd.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&format!("sqlite, temporary file {}", dir.path().display())),
+        "{stdout}"
+    );
+    assert!(!db.exists(), "the named store itself is not written to");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "scratch removed"
+    );
+}
