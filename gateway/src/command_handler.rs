@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use domain::{
-    Context, Decider, DecodeError, EventId, EventRegistry, EventSet, Metadata, PayloadError,
-    Position, StreamId,
+    Context, Decider, DecodeError, EventId, EventRegistry, EventSet, Metadata, NewEvent,
+    PayloadError, Position, StreamId,
 };
-use store::{Direction, EventStore, ExpectedVersion, Snapshot, StoreError, StreamFrom};
+use store::{
+    AppendResult, Direction, EventStore, ExpectedVersion, Snapshot, StoreError, StreamFrom,
+};
 use uuid::Uuid;
 
 /// Decisions re-made after version conflicts before giving up.
@@ -46,9 +48,7 @@ pub struct CommandMeta {
 /// A random pause of up to 2^attempt milliseconds (at most 64).
 fn jitter(attempt: usize) -> std::time::Duration {
     let ceiling_us = 1000u64 << attempt.min(6);
-    // A UUIDv7's low bits are random: no extra dependency for a coin toss.
-    let random = Uuid::now_v7().as_u128() as u64;
-    std::time::Duration::from_micros(random % (ceiling_us + 1))
+    std::time::Duration::from_micros(rand::random_range(0..=ceiling_us))
 }
 
 /// What a handled command did.
@@ -96,6 +96,61 @@ struct Loaded<S> {
     version: Option<u64>,
     snapshot: Option<u64>,
     state: S,
+}
+
+/// The state a decision is made on.
+struct Current<S> {
+    loaded: Loaded<S>,
+    /// Taken from memory without asking the store during this command.
+    cached: bool,
+}
+
+impl<S> Current<S> {
+    /// What the append must find: the version this state was folded to.
+    fn expected(&self) -> ExpectedVersion {
+        self.loaded
+            .version
+            .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact)
+    }
+}
+
+impl<E> Handled<E> {
+    /// A command that changed nothing.
+    fn nothing(events: Vec<E>, version: Option<u64>) -> Self {
+        Self {
+            events,
+            version,
+            position: None,
+            replayed: false,
+        }
+    }
+}
+
+/// The events to append, with the command's metadata; ids derived from the
+/// idempotency key, when there is one, so a repeat appends nothing.
+fn new_events<E: EventSet, X: std::error::Error>(
+    stream: &StreamId,
+    events: &[E],
+    ctx: &Context,
+    meta: &CommandMeta,
+) -> Result<Vec<NewEvent>, CommandError<X>> {
+    let metadata = Metadata {
+        actor: Some(ctx.actor.name()),
+        correlation_id: meta.correlation_id,
+        causation_id: meta.causation_id,
+        source: meta.source.clone(),
+    };
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let new = e.to_new_event(metadata.clone())?;
+            Ok(match &meta.idempotency_key {
+                Some(key) => new.with_id(EventId::derived(stream.as_str(), key, i as u32)),
+                None => new,
+            })
+        })
+        .collect()
 }
 
 /// Handles commands for every decider, over one event store.
@@ -167,101 +222,44 @@ impl CommandHandler {
         {
             return Ok(first);
         }
-        // `fresh`: the state was read from the store during this call. A
-        // refusal or no-op decided on a cached state is checked once more
-        // against the store, since only an append would reveal staleness.
-        let (mut loaded, mut fresh) = match self.cached::<D>(stream) {
-            Some(cached) => (cached, false),
-            None => {
-                let restored = self.restore::<D>(stream).await;
-                (self.catch_up::<D>(stream, restored).await?, true)
-            }
-        };
+        let mut current = self.current::<D>(stream).await?;
         for attempt in 0..MAX_ATTEMPTS {
-            let decided = D::decide(&loaded.state, command.clone(), ctx);
+            let decided = D::decide(&current.loaded.state, command.clone(), ctx);
             let events = match decided {
                 Ok(events) if !events.is_empty() => events,
-                _ if !fresh => {
-                    loaded = self.catch_up::<D>(stream, loaded).await?;
-                    fresh = true;
+                // Only an append reveals a stale cache: a refusal or no-op
+                // decided on cached state is decided again on the store's.
+                _ if current.cached => {
+                    current = self.refreshed::<D>(stream, current.loaded).await?;
                     continue;
                 }
                 Err(e) => return Err(CommandError::Rejected(e)),
-                Ok(events) => {
-                    return Ok(Handled {
-                        events,
-                        version: loaded.version,
-                        position: None,
-                        replayed: false,
-                    });
-                }
+                Ok(none) => return Ok(Handled::nothing(none, current.loaded.version)),
             };
-            let metadata = Metadata {
-                actor: Some(ctx.actor.name()),
-                correlation_id: meta.correlation_id,
-                causation_id: meta.causation_id,
-                source: meta.source.clone(),
-            };
-            let mut new_events = Vec::with_capacity(events.len());
-            for (i, e) in events.iter().enumerate() {
-                let mut new = e.to_new_event(metadata.clone())?;
-                if let Some(key) = &meta.idempotency_key {
-                    new = new.with_id(EventId::derived(stream.as_str(), key, i as u32));
-                }
-                new_events.push(new);
-            }
-            let expected = loaded
-                .version
-                .map_or(ExpectedVersion::NoStream, ExpectedVersion::Exact);
-            match self.store.append(stream, expected, new_events).await {
+            let new_events = new_events(stream, &events, ctx, meta)?;
+            match self
+                .store
+                .append(stream, current.expected(), new_events)
+                .await
+            {
                 Ok(result) => {
-                    let state = events.iter().fold(loaded.state, |s, e| D::evolve(s, e));
-                    self.remember::<D>(
-                        stream,
-                        Loaded {
-                            version: Some(result.version),
-                            snapshot: loaded.snapshot,
-                            state,
-                        },
-                    )
-                    .await;
-                    return Ok(Handled {
-                        events,
-                        version: Some(result.version),
-                        position: Some(result.position),
-                        replayed: false,
-                    });
+                    return Ok(self
+                        .appended::<D>(stream, current.loaded, events, result)
+                        .await);
                 }
-                Err(StoreError::WrongExpectedVersion { actual, .. }) if actual < loaded.version => {
-                    // The state is ahead of the stream: only a snapshot that
-                    // does not belong to it can do that. Fold from the start.
-                    tracing::warn!(%stream, ?actual, state_version = ?loaded.version,
-                        "a state ahead of its stream (a foreign snapshot?); folding the stream again");
-                    loaded = self.catch_up::<D>(stream, Loaded::default()).await?;
-                    if loaded.snapshot != loaded.version {
-                        // Replace the foreign snapshot now, however short the stream.
-                        self.save_snapshot::<D>(stream, &loaded).await;
-                        loaded.snapshot = loaded.version;
-                    }
-                    fresh = true;
+                Err(StoreError::WrongExpectedVersion { actual, .. })
+                    if actual < current.loaded.version =>
+                {
+                    current = self.refolded::<D>(stream, actual, current.loaded).await?;
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
                     // Writers that collide once tend to collide again in
                     // lockstep; a random pause breaks the step.
                     tokio::time::sleep(jitter(attempt)).await;
-                    loaded = self.catch_up::<D>(stream, loaded).await?;
-                    fresh = true;
+                    current = self.refreshed::<D>(stream, current.loaded).await?;
                 }
                 Err(StoreError::IdempotencyConflict { .. }) if meta.idempotency_key.is_some() => {
-                    // The same key won a race with us: return its result.
-                    let key = meta.idempotency_key.as_deref().unwrap_or_default();
-                    if let Some(first) = self.earlier_result::<D>(stream, key).await? {
-                        return Ok(first);
-                    }
-                    return Err(CommandError::Conflict {
-                        stream: stream.clone(),
-                        attempts: 1,
-                    });
+                    return self.key_winner::<D>(stream, meta).await;
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -271,6 +269,94 @@ impl CommandHandler {
             stream: stream.clone(),
             attempts: MAX_ATTEMPTS,
         })
+    }
+
+    /// The state to decide on: the cached one, or the store's.
+    async fn current<D: Decider>(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Current<D::State>, CommandError<D::Error>> {
+        match self.cached::<D>(stream) {
+            Some(loaded) => Ok(Current {
+                loaded,
+                cached: true,
+            }),
+            None => {
+                let restored = self.restore::<D>(stream).await;
+                self.refreshed::<D>(stream, restored).await
+            }
+        }
+    }
+
+    /// `loaded` caught up with the store.
+    async fn refreshed<D: Decider>(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<D::State>,
+    ) -> Result<Current<D::State>, CommandError<D::Error>> {
+        Ok(Current {
+            loaded: self.catch_up::<D>(stream, loaded).await?,
+            cached: false,
+        })
+    }
+
+    /// The stream folded from its start, after a state turned out to be
+    /// ahead of it: only a snapshot that does not belong to the stream can
+    /// do that, so that snapshot is replaced now, however short the stream.
+    async fn refolded<D: Decider>(
+        &self,
+        stream: &StreamId,
+        actual: Option<u64>,
+        ahead: Loaded<D::State>,
+    ) -> Result<Current<D::State>, CommandError<D::Error>> {
+        tracing::warn!(%stream, ?actual, state_version = ?ahead.version,
+            "a state ahead of its stream (a foreign snapshot?); folding the stream again");
+        let mut current = self.refreshed::<D>(stream, Loaded::default()).await?;
+        let loaded = &mut current.loaded;
+        if loaded.snapshot != loaded.version {
+            self.save_snapshot::<D>(stream, loaded).await;
+            loaded.snapshot = loaded.version;
+        }
+        Ok(current)
+    }
+
+    /// Remembers the state after `events` and says what was appended.
+    async fn appended<D: Decider>(
+        &self,
+        stream: &StreamId,
+        loaded: Loaded<D::State>,
+        events: Vec<D::Event>,
+        result: AppendResult,
+    ) -> Handled<D::Event> {
+        let state = events.iter().fold(loaded.state, |s, e| D::evolve(s, e));
+        let remembered = Loaded {
+            version: Some(result.version),
+            snapshot: loaded.snapshot,
+            state,
+        };
+        self.remember::<D>(stream, remembered).await;
+        Handled {
+            events,
+            version: Some(result.version),
+            position: Some(result.position),
+            replayed: false,
+        }
+    }
+
+    /// The same idempotency key won a race with us: its result is ours.
+    async fn key_winner<D: Decider>(
+        &self,
+        stream: &StreamId,
+        meta: &CommandMeta,
+    ) -> Result<Handled<D::Event>, CommandError<D::Error>> {
+        let key = meta.idempotency_key.as_deref().unwrap_or_default();
+        match self.earlier_result::<D>(stream, key).await? {
+            Some(first) => Ok(first),
+            None => Err(CommandError::Conflict {
+                stream: stream.clone(),
+                attempts: 1,
+            }),
+        }
     }
 
     /// The events an earlier command with this idempotency key appended.
