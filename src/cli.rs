@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use domain::Role;
 
 /// TrafficBuster: authorized synthetic browser traffic for sites you own.
 #[derive(Debug, Parser)]
@@ -119,21 +121,18 @@ pub struct CreateUserArgs {
     /// Login name: 3 to 64 of a-z, 0-9, '.', '_', '-'.
     #[arg(long)]
     pub username: String,
-    /// Role to grant (repeatable): user, admin, super_admin, auditor.
-    #[arg(long = "role", value_enum, required = true)]
-    pub roles: Vec<RoleArg>,
+    /// Role to grant (repeatable).
+    #[arg(long = "role", required = true, value_parser = role_parser())]
+    pub roles: Vec<Role>,
     /// Read the password from standard input (its first line).
     #[arg(long, required = true)]
     pub password_stdin: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-#[value(rename_all = "snake_case")]
-pub enum RoleArg {
-    User,
-    Admin,
-    SuperAdmin,
-    Auditor,
+/// The domain's roles, by their names, listed in `--help`.
+fn role_parser() -> impl clap::builder::TypedValueParser<Value = Role> {
+    clap::builder::PossibleValuesParser::new(Role::ALL.map(Role::as_str))
+        .try_map(|name: String| name.parse::<Role>())
 }
 
 #[derive(Debug, Subcommand)]

@@ -58,14 +58,38 @@ pub enum Role {
     Auditor,
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Role {
+    /// Every role, for choosers (the CLI's `--role`).
+    pub const ALL: [Role; 4] = [Role::User, Role::Admin, Role::SuperAdmin, Role::Auditor];
+
+    /// The role's name, as stored and typed: `user`, `super_admin`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
             Role::User => "user",
             Role::Admin => "admin",
             Role::SuperAdmin => "super_admin",
             Role::Auditor => "auditor",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Role::ALL.iter().map(|r| r.as_str()).collect();
+                format!("unknown role {s:?}; roles are {}", names.join(", "))
+            })
     }
 }
 

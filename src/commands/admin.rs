@@ -6,24 +6,15 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use domain::account::{Account, AccountCommand, Username};
-use domain::{Actor, Context, Role};
+use domain::{Actor, Context};
 use gateway::auth::password;
 use gateway::{CommandHandler, CommandMeta};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::cli::{CreateUserArgs, RoleArg};
+use crate::cli::CreateUserArgs;
 use crate::commands::open_store;
 use crate::configuration::Settings;
-
-fn role(arg: RoleArg) -> Role {
-    match arg {
-        RoleArg::User => Role::User,
-        RoleArg::Admin => Role::Admin,
-        RoleArg::SuperAdmin => Role::SuperAdmin,
-        RoleArg::Auditor => Role::Auditor,
-    }
-}
 
 /// The first line of standard input, without its line ending.
 fn read_password() -> anyhow::Result<String> {
@@ -48,7 +39,7 @@ pub async fn create_user(settings: &Settings, args: &CreateUserArgs) -> anyhow::
     let (store, _) = open_store(&settings.store).await?;
     let hash = password::hash(password).await?;
     let handler = CommandHandler::new(store, Arc::new(domain::event_registry()));
-    let roles = args.roles.iter().copied().map(role).collect();
+    let roles = args.roles.iter().copied().collect();
     let stream = username.stream()?;
     let ctx = Context::new(OffsetDateTime::now_utc(), Actor::System);
     let meta = CommandMeta {
@@ -66,7 +57,7 @@ pub async fn create_user(settings: &Settings, args: &CreateUserArgs) -> anyhow::
         .handle::<Account>(&stream, command, &ctx, &meta)
         .await
         .with_context(|| format!("cannot create account {username}"))?;
-    let granted: Vec<String> = args.roles.iter().map(|r| role(*r).to_string()).collect();
+    let granted: Vec<String> = args.roles.iter().map(ToString::to_string).collect();
     println!("created account {username} ({})", granted.join(", "));
     Ok(())
 }

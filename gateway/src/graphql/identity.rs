@@ -20,34 +20,15 @@ const AUDITORS: &[Role] = &[Role::Auditor, Role::Admin, Role::SuperAdmin];
 /// Largest page of the audit log or the session list.
 const MAX_PAGE: i32 = 500;
 
+// `remote` derives the conversions to and from the domain's `Role`, so a
+// role added there fails to compile until it is added here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "domain::Role")]
 pub enum RoleName {
     User,
     Admin,
     SuperAdmin,
     Auditor,
-}
-
-impl From<RoleName> for Role {
-    fn from(r: RoleName) -> Role {
-        match r {
-            RoleName::User => Role::User,
-            RoleName::Admin => Role::Admin,
-            RoleName::SuperAdmin => Role::SuperAdmin,
-            RoleName::Auditor => Role::Auditor,
-        }
-    }
-}
-
-impl From<Role> for RoleName {
-    fn from(r: Role) -> RoleName {
-        match r {
-            Role::User => RoleName::User,
-            Role::Admin => RoleName::Admin,
-            Role::SuperAdmin => RoleName::SuperAdmin,
-            Role::Auditor => RoleName::Auditor,
-        }
-    }
 }
 
 /// The logged-in account.
