@@ -21,7 +21,7 @@ impl BlobHash {
 
 impl fmt::Display for BlobHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        f.write_str(&hex::encode(self.0))
     }
 }
 
@@ -38,14 +38,8 @@ pub struct BlobHashError(String);
 impl FromStr for BlobHash {
     type Err = BlobHashError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || BlobHashError(s.to_owned());
-        if s.len() != 64 || !s.is_ascii() {
-            return Err(err());
-        }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| err())?;
-        }
+        hex::decode_to_slice(s, &mut out).map_err(|_| BlobHashError(s.to_owned()))?;
         Ok(Self(out))
     }
 }
@@ -76,5 +70,10 @@ mod tests {
         );
         assert_eq!(h.to_string().parse::<BlobHash>().unwrap(), h);
         assert!("zz".parse::<BlobHash>().is_err());
+        assert!(
+            format!("{}é", &h.to_string()[1..])
+                .parse::<BlobHash>()
+                .is_err()
+        );
     }
 }

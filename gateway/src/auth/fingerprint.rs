@@ -44,12 +44,7 @@ impl Fingerprints {
         let mut mac = self.mac.clone();
         mac.update(name.as_bytes());
         let digest = mac.finalize().into_bytes();
-        NameFingerprint(
-            digest[..KEPT_BYTES]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
-        )
+        NameFingerprint(hex::encode(&digest[..KEPT_BYTES]))
     }
 }
 
