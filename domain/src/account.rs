@@ -314,6 +314,32 @@ pub struct AccountState {
     pub account: Option<AccountRecord>,
 }
 
+impl AccountState {
+    /// The account, if `session_id` is its live session (and the account is
+    /// enabled); otherwise why not. The one rule for "is this session live".
+    pub fn live(&self, session_id: SessionId) -> Result<&AccountRecord, SessionGone> {
+        let account = self.account.as_ref().ok_or(SessionGone::NoAccount)?;
+        if account.disabled {
+            return Err(SessionGone::AccountDisabled);
+        }
+        match &account.session {
+            Some(s) if s.session_id == session_id => Ok(account),
+            _ => Err(SessionGone::NotLive),
+        }
+    }
+}
+
+/// Why a session is not live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SessionGone {
+    #[error("the account no longer exists")]
+    NoAccount,
+    #[error("{}", EndReason::AccountDisabled)]
+    AccountDisabled,
+    #[error("the session is no longer live")]
+    NotLive,
+}
+
 pub struct Account;
 
 impl Decider for Account {
@@ -720,6 +746,43 @@ mod tests {
             roles: roles.iter().copied().collect(),
             password_hash: hash(1),
         }
+    }
+
+    #[test]
+    fn a_session_is_live_only_while_it_is_the_enabled_accounts_current_one() {
+        let state = |events: &[AccountEvent]| Account::fold(events);
+        assert_eq!(state(&[]).live(sid(1)).unwrap_err(), SessionGone::NoAccount);
+        let user = created(&[Role::User]);
+        assert_eq!(
+            state(std::slice::from_ref(&user)).live(sid(1)).unwrap_err(),
+            SessionGone::NotLive
+        );
+        let live = [user.clone(), started(1)];
+        assert_eq!(state(&live).live(sid(1)).unwrap().username, ada());
+        assert_eq!(state(&live).live(sid(2)).unwrap_err(), SessionGone::NotLive);
+        let superseded = [
+            user.clone(),
+            started(1),
+            ended(1, EndReason::LoggedOut),
+            started(2),
+        ];
+        assert_eq!(
+            state(&superseded).live(sid(1)).unwrap_err(),
+            SessionGone::NotLive
+        );
+        let disabled = [
+            user,
+            started(1),
+            AccountEvent::AccountDisabled(AccountDisabled {
+                reason: "left".into(),
+                by: "root".into(),
+            }),
+        ];
+        assert_eq!(
+            state(&disabled).live(sid(1)).unwrap_err(),
+            SessionGone::AccountDisabled
+        );
+        assert_eq!(SessionGone::AccountDisabled.to_string(), "account disabled");
     }
 
     #[test]

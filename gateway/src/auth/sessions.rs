@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use domain::account::{
-    Account, AccountCommand, AccountError, AccountEvent, EndReason, PasswordCheck, PasswordHash,
-    SessionId, SessionTokens, Username,
+    Account, AccountCommand, AccountError, AccountEvent, PasswordCheck, PasswordHash, SessionId,
+    SessionTokens, Username,
 };
 use domain::login_attempts::{self, LoginAttemptCommand, LoginAttempts};
 use domain::{Actor, Context, Role};
@@ -328,24 +328,14 @@ impl Sessions {
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let (_, state) = self.handler.load::<Account>(&stream).await?;
         let account = state
-            .account
-            .ok_or_else(|| AuthError::SessionEnded("the account no longer exists".into()))?;
-        if account.disabled {
-            return Err(AuthError::SessionEnded(
-                EndReason::AccountDisabled.to_string(),
-            ));
-        }
-        match &account.session {
-            Some(live) if live.session_id == claims.sid => Ok(Principal {
-                account_id: account.account_id,
-                username,
-                roles: account.roles,
-                session_id: claims.sid,
-            }),
-            _ => Err(AuthError::SessionEnded(
-                "the session is no longer live".into(),
-            )),
-        }
+            .live(claims.sid)
+            .map_err(|gone| AuthError::SessionEnded(gone.to_string()))?;
+        Ok(Principal {
+            account_id: account.account_id,
+            username,
+            roles: account.roles.clone(),
+            session_id: claims.sid,
+        })
     }
 }
 

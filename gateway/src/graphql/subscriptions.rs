@@ -99,9 +99,7 @@ async fn session_is_live(
     sid: domain::account::SessionId,
 ) -> bool {
     match app.handler.load::<Account>(stream).await {
-        Ok((_, state)) => state.account.as_ref().is_some_and(|a| {
-            !a.disabled && a.session.as_ref().is_some_and(|s| s.session_id == sid)
-        }),
+        Ok((_, state)) => state.live(sid).is_ok(),
         Err(e) => {
             tracing::warn!(error = %e, "subscription cannot read its account; closing it");
             false
