@@ -3,10 +3,12 @@
 //! account) `sessionEvents` receives a final `SessionEnded { reason }` and
 //! every subscription of that session completes, so a UI logs out at once.
 
+use std::sync::Arc;
+
 use async_graphql::{Context, SimpleObject, Subscription, Union};
-use domain::RecordedEvent;
-use domain::account::{Account, AccountEvent};
-use futures_util::Stream;
+use domain::account::{Account, AccountEvent, SessionId};
+use domain::{RecordedEvent, StreamId};
+use futures_util::{Stream, StreamExt};
 use store::Filter;
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
@@ -47,14 +49,15 @@ impl IdentitySubscription {
         ctx: &Context<'_>,
     ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
         let p = principal(ctx)?.clone();
-        Ok(guarded(
-            app(ctx).clone(),
-            p,
-            None,
-            |_| None::<SessionEvent>,
-            Some,
-            Some,
-        ))
+        Ok(
+            under_session(app(ctx).clone(), p, None).filter_map(|seen| async move {
+                match seen {
+                    Seen::Refreshed(r) => Some(SessionEvent::SessionRefreshed(r)),
+                    Seen::Ended(e) => Some(SessionEvent::SessionEnded(e)),
+                    Seen::Event(_) => None,
+                }
+            }),
+        )
     }
 
     /// New audit entries as they happen (auditors and admins).
@@ -72,32 +75,170 @@ impl IdentitySubscription {
             "watching the audit log",
         )?
         .clone();
-        Ok(guarded(
-            app(ctx).clone(),
-            p,
-            Some(Filter::all()),
-            |e: &RecordedEvent| {
-                Some(AuditEntry {
-                    position: e.position.to_string(),
-                    recorded_at: e.recorded_at,
-                    actor: e.metadata.actor.clone(),
-                    stream_id: e.stream_id.to_string(),
-                    event_type: e.event_type.clone(),
-                    summary: projections::audit_view::summarize(e),
-                })
-            },
-            |_| None,
-            |_| None,
-        ))
+        Ok(
+            under_session(app(ctx).clone(), p, Some(Filter::all())).filter_map(|seen| async move {
+                match seen {
+                    Seen::Event(e) => Some(AuditEntry {
+                        position: e.position.to_string(),
+                        recorded_at: e.recorded_at,
+                        actor: e.metadata.actor.clone(),
+                        stream_id: e.stream_id.to_string(),
+                        event_type: e.event_type.clone(),
+                        summary: projections::audit_view::summarize(&e),
+                    }),
+                    Seen::Refreshed(_) | Seen::Ended(_) => None,
+                }
+            }),
+        )
+    }
+}
+
+/// What a subscription under a session is shown.
+enum Seen {
+    /// An event of the log that its filter admits.
+    Event(Arc<RecordedEvent>),
+    /// The session was refreshed.
+    Refreshed(SessionRefreshed),
+    /// The session ended: the last item.
+    Ended(SessionEnded),
+}
+
+/// Follows the log under `principal`'s session: the events `filter` admits
+/// (none without one), the session's refreshes, and its end, which ends
+/// the stream.
+fn under_session(
+    app: AppState,
+    principal: Principal,
+    filter: Option<Filter>,
+) -> impl Stream<Item = Seen> {
+    let (tx, rx) = mpsc::channel::<Seen>(256);
+    tokio::spawn(async move {
+        let Ok(stream) = principal.username.stream() else {
+            return;
+        };
+        let watch = Watch {
+            app,
+            stream,
+            sid: principal.session_id,
+            filter,
+            tx,
+        };
+        watch.run().await;
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}
+
+/// One subscription's session watch.
+struct Watch {
+    app: AppState,
+    /// The account's stream, where the session's news arrives.
+    stream: StreamId,
+    sid: SessionId,
+    filter: Option<Filter>,
+    tx: mpsc::Sender<Seen>,
+}
+
+impl Watch {
+    async fn run(self) {
+        // Listen first, then look: an end in between is seen either way.
+        let mut feed = self.app.live.subscribe();
+        if !self.still_live().await {
+            return self.end().await;
+        }
+        loop {
+            let event = tokio::select! {
+                _ = self.tx.closed() => return,
+                event = feed.recv() => event,
+            };
+            let carry_on = match event {
+                Ok(event) => self.pass_on(event).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => self.after_lag(missed).await,
+                Err(broadcast::error::RecvError::Closed) => false,
+            };
+            if !carry_on {
+                return;
+            }
+        }
+    }
+
+    /// Shows `event` for what it means here; false once the watch is over.
+    async fn pass_on(&self, event: Arc<RecordedEvent>) -> bool {
+        let news = (event.stream_id == self.stream)
+            .then(|| {
+                self.app
+                    .handler
+                    .registry()
+                    .decode::<AccountEvent>(&event)
+                    .ok()
+            })
+            .flatten();
+        let admitted = self
+            .filter
+            .as_ref()
+            .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type));
+        match news {
+            Some(AccountEvent::SessionRefreshed(r)) if r.session_id == self.sid => {
+                let refreshed = SessionRefreshed {
+                    session_id: self.sid.0,
+                    access_expires_at: r.tokens.expires_at,
+                    refresh_until: r.tokens.refresh_until,
+                };
+                if !self.send(Seen::Refreshed(refreshed)).await {
+                    return false;
+                }
+            }
+            Some(AccountEvent::SessionEnded(x)) if x.session_id == self.sid => {
+                // The ending event itself, to a feed that shows it, then the end.
+                if admitted {
+                    self.send(Seen::Event(event)).await;
+                }
+                self.send(self.ended(x.reason.to_string())).await;
+                return false;
+            }
+            _ => {}
+        }
+        !admitted || self.send(Seen::Event(event)).await
+    }
+
+    /// Too slow for the feed: the session's end must not be missed, so ask
+    /// the store. Other events are lost, so a feed of them ends here (the
+    /// client resubscribes); false once the watch is over.
+    async fn after_lag(&self, missed: u64) -> bool {
+        tracing::warn!(missed, "a subscriber fell behind the live feed");
+        if !self.still_live().await {
+            self.end().await;
+            return false;
+        }
+        self.filter.is_none()
+    }
+
+    async fn still_live(&self) -> bool {
+        session_is_live(&self.app, &self.stream, self.sid).await
+    }
+
+    /// Sends the session's end, with the reason the account's stream gives.
+    async fn end(&self) {
+        let reason = end_reason(&self.app, &self.stream, self.sid).await;
+        self.send(self.ended(reason)).await;
+    }
+
+    fn ended(&self, reason: String) -> Seen {
+        Seen::Ended(SessionEnded {
+            session_id: self.sid.0,
+            reason,
+        })
+    }
+
+    /// False when the client has gone.
+    async fn send(&self, seen: Seen) -> bool {
+        self.tx.send(seen).await.is_ok()
     }
 }
 
 /// Is `sid` the account's live session (and the account enabled)?
-async fn session_is_live(
-    app: &AppState,
-    stream: &domain::StreamId,
-    sid: domain::account::SessionId,
-) -> bool {
+async fn session_is_live(app: &AppState, stream: &StreamId, sid: SessionId) -> bool {
     match app.handler.load::<Account>(stream).await {
         Ok((_, state)) => state.live(sid).is_ok(),
         Err(e) => {
@@ -109,11 +250,7 @@ async fn session_is_live(
 
 /// Why `sid` ended, from the account's recent events (it may have ended
 /// just before the subscription began watching).
-async fn end_reason(
-    app: &AppState,
-    stream: &domain::StreamId,
-    sid: domain::account::SessionId,
-) -> String {
+async fn end_reason(app: &AppState, stream: &StreamId, sid: SessionId) -> String {
     let recent = app
         .store
         .read_stream(
@@ -133,107 +270,4 @@ async fn end_reason(
             _ => None,
         })
         .unwrap_or_else(|| "the session is no longer live".into())
-}
-
-/// Runs a subscription under `principal`'s session: `inner` events (if
-/// any) are mapped by `on_event`; the session's own refreshes and its end
-/// are mapped by `on_refreshed` and `on_ended`, and the end completes it.
-fn guarded<T: Send + 'static>(
-    app: AppState,
-    principal: Principal,
-    inner: Option<Filter>,
-    on_event: impl Fn(&RecordedEvent) -> Option<T> + Send + Sync + 'static,
-    on_refreshed: impl Fn(SessionEvent) -> Option<T> + Send + Sync + 'static,
-    on_ended: impl Fn(SessionEvent) -> Option<T> + Send + Sync + 'static,
-) -> impl Stream<Item = T> {
-    let (tx, rx) = mpsc::channel::<T>(256);
-    tokio::spawn(async move {
-        let Ok(stream) = principal.username.stream() else {
-            return;
-        };
-        let sid = principal.session_id;
-        let ended = |reason: String| {
-            SessionEvent::SessionEnded(SessionEnded {
-                session_id: sid.0,
-                reason,
-            })
-        };
-        // Listen first, then look: an end in between is seen either way.
-        let mut feed = app.live.subscribe();
-        if !session_is_live(&app, &stream, sid).await {
-            if let Some(item) = on_ended(ended(end_reason(&app, &stream, sid).await)) {
-                let _ = tx.send(item).await;
-            }
-            return;
-        }
-        let registry = app.handler.registry();
-        loop {
-            let event = tokio::select! {
-                _ = tx.closed() => return,
-                event = feed.recv() => event,
-            };
-            let event = match event {
-                Ok(event) => event,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    // Too slow for the feed: the session's end must not be
-                    // missed, so ask the store; other events are lost, so
-                    // a feed of them ends here (the client resubscribes).
-                    tracing::warn!(missed, "a subscriber fell behind the live feed");
-                    if !session_is_live(&app, &stream, sid).await {
-                        if let Some(item) = on_ended(ended(end_reason(&app, &stream, sid).await)) {
-                            let _ = tx.send(item).await;
-                        }
-                        return;
-                    }
-                    if inner.is_some() {
-                        return;
-                    }
-                    continue;
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            };
-            if event.stream_id == stream {
-                match registry.decode::<AccountEvent>(&event) {
-                    Ok(AccountEvent::SessionRefreshed(r)) if r.session_id == sid => {
-                        let item = SessionEvent::SessionRefreshed(SessionRefreshed {
-                            session_id: sid.0,
-                            access_expires_at: r.tokens.expires_at,
-                            refresh_until: r.tokens.refresh_until,
-                        });
-                        if let Some(item) = on_refreshed(item)
-                            && tx.send(item).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    Ok(AccountEvent::SessionEnded(x)) if x.session_id == sid => {
-                        // Show the ending event itself to a feed that wants it.
-                        if inner
-                            .as_ref()
-                            .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type))
-                            && let Some(item) = on_event(&event)
-                        {
-                            let _ = tx.send(item).await;
-                        }
-                        if let Some(item) = on_ended(ended(x.reason.to_string())) {
-                            let _ = tx.send(item).await;
-                        }
-                        return;
-                    }
-                    _ => {}
-                }
-            }
-            if inner
-                .as_ref()
-                .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type))
-                && let Some(item) = on_event(&event)
-                && tx.send(item).await.is_err()
-            {
-                return;
-            }
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
 }
