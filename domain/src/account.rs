@@ -1021,7 +1021,11 @@ mod tests {
         ("a user", &[Role::User], [false, false, false, false]),
         ("an auditor", &[Role::Auditor], [false, false, false, false]),
         ("an admin", &[Role::Admin], [true, true, false, false]),
-        ("a super-admin", &[Role::SuperAdmin], [true, true, true, true]),
+        (
+            "a super-admin",
+            &[Role::SuperAdmin],
+            [true, true, true, true],
+        ),
         ("the system", &[], [true, true, true, true]),
     ];
     const TARGETS: [Role; 4] = [Role::User, Role::Auditor, Role::Admin, Role::SuperAdmin];
