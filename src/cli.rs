@@ -25,7 +25,9 @@ pub struct GlobalArgs {
     #[arg(long, env = "TB_STORE", global = true)]
     pub store: Option<String>,
 
-    /// TOML file with the same settings (keys: store, listen, log_format).
+    /// TOML file with the same settings (keys: store, listen, log_format,
+    /// jwt_secret, access_token_ttl, refresh_grace, trusted_proxies,
+    /// login_limit_per_address, login_limit_per_account).
     #[arg(long, env = "TB_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -75,6 +77,22 @@ pub struct ServeArgs {
     /// keeps the session [default: 43200]
     #[arg(long, env = "TB_REFRESH_GRACE", value_name = "SECONDS")]
     pub refresh_grace: Option<u32>,
+    /// A proxy or load balancer (CIDR or address; repeatable, or
+    /// comma-separated in TB_TRUSTED_PROXIES) whose X-Forwarded-For or
+    /// Forwarded header names the client [default: none]
+    #[arg(
+        long = "trusted-proxy",
+        env = "TB_TRUSTED_PROXIES",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<String>,
+    /// Login attempts a minute allowed from one client address [default: 20]
+    #[arg(long, env = "TB_LOGIN_LIMIT_PER_ADDRESS", value_name = "N")]
+    pub login_limit_per_address: Option<u32>,
+    /// Login attempts (and password changes) a minute allowed per account [default: 5]
+    #[arg(long, env = "TB_LOGIN_LIMIT_PER_ACCOUNT", value_name = "N")]
+    pub login_limit_per_account: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use gateway::auth::rate_limit::LoginLimits;
+use gateway::client_addr::TrustedProxies;
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 use store::StoreUrl;
 
@@ -21,11 +24,17 @@ pub struct FileSettings {
     pub listen: Option<String>,
     pub log_format: Option<LogFormat>,
     /// Signs access tokens; at least 32 characters; the same on every gateway.
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
     /// Seconds an access token lives.
     pub access_token_ttl: Option<u32>,
     /// Seconds after expiry during which a refresh keeps the session.
     pub refresh_grace: Option<u32>,
+    /// CIDRs of proxies whose forwarding headers name the client.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Login attempts a minute from one client address.
+    pub login_limit_per_address: Option<u32>,
+    /// Login attempts (and password changes) a minute per account.
+    pub login_limit_per_account: Option<u32>,
 }
 
 impl FileSettings {
@@ -81,14 +90,15 @@ impl Settings {
     /// The token signing secret: `TB_JWT_SECRET`, then the file. With the
     /// embedded store and neither set, one is made once and kept beside the
     /// database file (readable by its owner only).
-    pub fn jwt_secret(&self, from_env: Option<&str>) -> anyhow::Result<Vec<u8>> {
-        if let Some(secret) = from_env.or(self.file.jwt_secret.as_deref()) {
+    pub fn jwt_secret(&self, from_env: Option<SecretString>) -> anyhow::Result<SecretSlice<u8>> {
+        if let Some(secret) = from_env.as_ref().or(self.file.jwt_secret.as_ref()) {
+            let secret = secret.expose_secret();
             if secret.len() < 32 {
                 bail!(
                     "the JWT secret (TB_JWT_SECRET or jwt_secret) must be at least 32 characters"
                 );
             }
-            return Ok(secret.as_bytes().to_vec());
+            return Ok(secret.as_bytes().to_vec().into());
         }
         match &self.store {
             StoreUrl::Sqlite(db) => {
@@ -99,6 +109,39 @@ impl Settings {
                 "set TB_JWT_SECRET (at least 32 characters, the same on every gateway) when the store is PostgreSQL"
             ),
         }
+    }
+
+    /// Proxies trusted to name the client: `--trusted-proxy`/`TB_TRUSTED_PROXIES`,
+    /// then the file, then none.
+    pub fn trusted_proxies(&self, flags: &[String]) -> anyhow::Result<TrustedProxies> {
+        let cidrs = match (flags, &self.file.trusted_proxies) {
+            ([], Some(file)) => file.as_slice(),
+            _ => flags,
+        };
+        Ok(TrustedProxies::parse(cidrs)?)
+    }
+
+    /// Login limits a minute: flags/`TB_*`, then the file, then the defaults.
+    pub fn login_limits(
+        &self,
+        per_address: Option<u32>,
+        per_account: Option<u32>,
+    ) -> anyhow::Result<LoginLimits> {
+        let defaults = LoginLimits::default();
+        let limits = LoginLimits {
+            per_address: per_address
+                .or(self.file.login_limit_per_address)
+                .unwrap_or(defaults.per_address),
+            per_account: per_account
+                .or(self.file.login_limit_per_account)
+                .unwrap_or(defaults.per_account),
+        };
+        if limits.per_address == 0 || limits.per_account == 0 {
+            bail!(
+                "login limits (--login-limit-per-address, --login-limit-per-account) must be at least 1 a minute"
+            );
+        }
+        Ok(limits)
     }
 
     /// Token lifetimes: flags/`TB_*`, then the file, then the defaults.
@@ -139,17 +182,18 @@ impl Settings {
 }
 
 /// Reads the secret at `path`, creating it (32 random bytes, hex, mode 0600) if missing.
-fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+fn secret_file(path: &Path) -> anyhow::Result<SecretSlice<u8>> {
     use std::io::Write;
     if let Ok(existing) = std::fs::read_to_string(path) {
-        let existing = existing.trim();
+        let existing = SecretString::from(existing);
+        let existing = existing.expose_secret().trim();
         if existing.len() < 32 {
             bail!(
                 "{} holds a secret shorter than 32 characters; delete it to make a new one",
                 path.display()
             );
         }
-        return Ok(existing.as_bytes().to_vec());
+        return Ok(existing.as_bytes().to_vec().into());
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -172,7 +216,7 @@ fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
         .with_context(|| format!("cannot create the token secret {}", path.display()))?;
     file.write_all(secret.as_bytes())?;
     tracing::info!(path = %path.display(), "created a token signing secret");
-    Ok(secret.into_bytes())
+    Ok(secret.into_bytes().into())
 }
 
 #[cfg(test)]
@@ -223,5 +267,63 @@ mod tests {
         let s = Settings::resolve(&global(None, None)).unwrap();
         let err = s.listen(Some("localhost")).unwrap_err().to_string();
         assert!(err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_of_the_settings_never_shows_the_jwt_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        let secret = "a-file-secret-that-must-not-be-printed";
+        std::fs::write(&path, format!("jwt_secret = \"{secret}\"\n")).unwrap();
+        let settings = Settings::resolve(&global(None, Some(&path))).unwrap();
+        let printed = format!("{settings:?}");
+        assert!(printed.contains("jwt_secret"), "{printed}");
+        assert!(!printed.contains(secret), "{printed}");
+        let key = settings.jwt_secret(None).unwrap();
+        assert_eq!(key.expose_secret(), secret.as_bytes());
+        assert!(!format!("{key:?}").contains(secret));
+    }
+
+    #[test]
+    fn trusted_proxies_and_login_limits_come_from_flags_then_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        std::fs::write(
+            &path,
+            "trusted_proxies = [\"10.0.0.0/8\"]\nlogin_limit_per_account = 3\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&global(None, Some(&path))).unwrap();
+        assert_eq!(
+            s.trusted_proxies(&[]).unwrap(),
+            TrustedProxies::parse(["10.0.0.0/8"]).unwrap()
+        );
+        assert_eq!(
+            s.trusted_proxies(&["127.0.0.1/32".into()]).unwrap(),
+            TrustedProxies::parse(["127.0.0.1/32"]).unwrap()
+        );
+        let limits = s.login_limits(Some(50), None).unwrap();
+        assert_eq!((limits.per_address, limits.per_account), (50, 3));
+        let defaults = Settings::resolve(&global(None, None)).unwrap();
+        assert_eq!(
+            defaults.login_limits(None, None).unwrap(),
+            LoginLimits::default()
+        );
+        assert_eq!(
+            defaults.trusted_proxies(&[]).unwrap(),
+            TrustedProxies::default()
+        );
+    }
+
+    #[test]
+    fn a_bad_trusted_proxy_or_a_zero_limit_is_named() {
+        let s = Settings::resolve(&global(None, None)).unwrap();
+        let err = s
+            .trusted_proxies(&["10.0.0.0/8".into(), "10.0.0.300/8".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"10.0.0.300/8\""), "{err}");
+        let err = s.login_limits(Some(0), None).unwrap_err().to_string();
+        assert!(err.contains("at least 1"), "{err}");
     }
 }

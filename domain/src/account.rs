@@ -239,6 +239,9 @@ pub enum AccountCommand {
     },
     ChangePassword {
         new_password_hash: PasswordHash,
+        /// The account's own change: the hash its current password was
+        /// checked against at the edge. `None` for a reset by an admin.
+        verified_against: Option<PasswordHash>,
     },
     Disable {
         reason: String,
@@ -278,7 +281,7 @@ pub enum AccountError {
     Forbidden(&'static str),
     #[error("the account is disabled")]
     Disabled,
-    #[error("the password changed while logging in; try again")]
+    #[error("the password changed meanwhile; check the current password again")]
     StaleCredentials,
     #[error("session {0} is not the account's live session")]
     SessionNotLive(SessionId),
@@ -413,9 +416,10 @@ impl Decider for Account {
         let account = state.account.as_ref().ok_or(AccountError::NotFound)?;
         match command {
             AccountCommand::Create { .. } => unreachable!("handled above"),
-            AccountCommand::ChangePassword { new_password_hash } => {
-                change_password(account, new_password_hash, ctx)
-            }
+            AccountCommand::ChangePassword {
+                new_password_hash,
+                verified_against,
+            } => change_password(account, new_password_hash, verified_against, ctx),
             AccountCommand::Disable { reason } => disable(account, reason, ctx),
             AccountCommand::Login {
                 session_id,
@@ -430,16 +434,18 @@ impl Decider for Account {
                 tokens,
             } => refresh(account, session_id, presented, tokens, ctx),
             AccountCommand::Logout { session_id } => {
-                if !(ctx.actor.is_account(account.username.as_str()) || ctx.actor.is_admin()) {
+                if !(ctx.actor.is_account(account.username.as_str()) || administers(ctx, account)) {
                     return Err(AccountError::Forbidden(
-                        "only the account itself may log out",
+                        "only the account itself, or an admin above it, may log it out",
                     ));
                 }
                 Ok(end_if_live(account, session_id, EndReason::LoggedOut))
             }
             AccountCommand::RevokeSession { session_id } => {
-                if !ctx.actor.is_admin() {
-                    return Err(AccountError::Forbidden("only an admin may revoke sessions"));
+                if !administers(ctx, account) {
+                    return Err(AccountError::Forbidden(
+                        "admins revoke sessions of user and auditor accounts; only a super-admin revokes an admin's",
+                    ));
                 }
                 live(account, session_id)?;
                 Ok(end_if_live(
@@ -503,7 +509,9 @@ fn create(
 }
 
 /// Is the actor allowed to act on this account as its administrator?
-/// Admins manage users and auditors; super-admins manage everyone.
+/// Admins manage users and auditors; super-admins manage everyone. The one
+/// rule for every administrative command (password reset, disable, logout,
+/// revoke), so they cannot drift apart.
 fn administers(ctx: &Context, account: &AccountRecord) -> bool {
     ctx.actor.has(Role::SuperAdmin)
         || (ctx.actor.has(Role::Admin)
@@ -514,6 +522,7 @@ fn administers(ctx: &Context, account: &AccountRecord) -> bool {
 fn change_password(
     account: &AccountRecord,
     new_password_hash: PasswordHash,
+    verified_against: Option<PasswordHash>,
     ctx: &Context,
 ) -> Result<Vec<AccountEvent>, AccountError> {
     if account.disabled {
@@ -524,6 +533,20 @@ fn change_password(
         return Err(AccountError::Forbidden(
             "only the account itself, or an admin above it, may set its password",
         ));
+    }
+    match verified_against {
+        // Checked against a hash that has since been replaced: the change
+        // would overwrite a password its author never proved knowing.
+        Some(hash) if hash != account.password_hash => {
+            return Err(AccountError::StaleCredentials);
+        }
+        Some(_) => {}
+        None if own => {
+            return Err(AccountError::Forbidden(
+                "changing one's own password needs the current password",
+            ));
+        }
+        None => {}
     }
     let mut events = vec![AccountEvent::PasswordChanged(PasswordChanged {
         password_hash: new_password_hash,
@@ -965,18 +988,6 @@ mod tests {
     }
 
     #[test]
-    fn only_an_admin_revokes_a_session() {
-        Spec::<Account>::given([created(&[Role::User]), started(1)])
-            .in_context(as_account("root", &[Role::Admin], t0()))
-            .when(AccountCommand::RevokeSession { session_id: sid(1) })
-            .then([ended(1, EndReason::Revoked { by: "root".into() })]);
-        Spec::<Account>::given([created(&[Role::User]), started(1)])
-            .in_context(as_account("bob", &[Role::User], t0()))
-            .when(AccountCommand::RevokeSession { session_id: sid(1) })
-            .then_err(|e| matches!(e, AccountError::Forbidden(_)));
-    }
-
-    #[test]
     fn an_idle_session_expires_only_after_its_grace_period() {
         let ctx = |m| Context::new(t0() + Duration::minutes(m), Actor::System);
         Spec::<Account>::given([created(&[Role::User]), started(1)])
@@ -1017,32 +1028,143 @@ mod tests {
             .then_err(|e| matches!(e, AccountError::Forbidden(_)));
     }
 
+    fn change_password(verified_against: Option<PasswordHash>) -> AccountCommand {
+        AccountCommand::ChangePassword {
+            new_password_hash: hash(2),
+            verified_against,
+        }
+    }
+
+    fn password_changed(by: &str) -> AccountEvent {
+        AccountEvent::PasswordChanged(PasswordChanged {
+            password_hash: hash(2),
+            by: by.into(),
+        })
+    }
+
     #[test]
     fn a_password_reset_by_an_admin_ends_the_session_but_ones_own_change_does_not() {
-        let changed = |by: &str| {
-            AccountEvent::PasswordChanged(PasswordChanged {
-                password_hash: hash(2),
-                by: by.into(),
-            })
-        };
         Spec::<Account>::given([created(&[Role::User]), started(1)])
             .in_context(as_account("ada", &[Role::User], t0()))
-            .when(AccountCommand::ChangePassword {
-                new_password_hash: hash(2),
-            })
-            .then([changed("ada")]);
+            .when(change_password(Some(hash(1))))
+            .then([password_changed("ada")]);
         Spec::<Account>::given([created(&[Role::User]), started(1)])
             .in_context(as_account("root", &[Role::Admin], t0()))
-            .when(AccountCommand::ChangePassword {
-                new_password_hash: hash(2),
-            })
-            .then([changed("root"), ended(1, EndReason::PasswordReset)]);
+            .when(change_password(None))
+            .then([password_changed("root"), ended(1, EndReason::PasswordReset)]);
         Spec::<Account>::given([created(&[Role::User])])
             .in_context(as_account("bob", &[Role::User], t0()))
-            .when(AccountCommand::ChangePassword {
-                new_password_hash: hash(2),
-            })
+            .when(change_password(None))
             .then_err(|e| matches!(e, AccountError::Forbidden(_)));
+    }
+
+    #[test]
+    fn a_password_changed_since_the_current_one_was_checked_makes_the_change_stale() {
+        Spec::<Account>::given([created(&[Role::User]), password_changed("root")])
+            .in_context(as_account("ada", &[Role::User], t0()))
+            .when(AccountCommand::ChangePassword {
+                new_password_hash: hash(3),
+                verified_against: Some(hash(1)),
+            })
+            .then_err(|e| *e == AccountError::StaleCredentials);
+    }
+
+    #[test]
+    fn ones_own_password_change_needs_the_current_password() {
+        Spec::<Account>::given([created(&[Role::User])])
+            .in_context(as_account("ada", &[Role::User], t0()))
+            .when(change_password(None))
+            .then_err(|e| matches!(e, AccountError::Forbidden(_)));
+    }
+
+    /// Who administers whom, written out rather than derived from
+    /// `administers`: rows are actors, columns the account's role
+    /// (user, auditor, admin, super_admin).
+    const ADMINISTERS: [(&str, &[Role], [bool; 4]); 5] = [
+        ("a user", &[Role::User], [false, false, false, false]),
+        ("an auditor", &[Role::Auditor], [false, false, false, false]),
+        ("an admin", &[Role::Admin], [true, true, false, false]),
+        (
+            "a super-admin",
+            &[Role::SuperAdmin],
+            [true, true, true, true],
+        ),
+        ("the system", &[], [true, true, true, true]),
+    ];
+    const TARGETS: [Role; 4] = [Role::User, Role::Auditor, Role::Admin, Role::SuperAdmin];
+
+    /// Runs `check(actor, target role, allowed)` for every actor and account role.
+    fn for_every_role_pair(check: impl Fn(Context, &str, Role, bool)) {
+        for (who, roles, allowed) in ADMINISTERS {
+            let ctx = if roles.is_empty() {
+                Context::new(t0(), Actor::System)
+            } else {
+                as_account("root", roles, t0())
+            };
+            for (target, allowed) in TARGETS.into_iter().zip(allowed) {
+                println!("{who} acting on an account with the role {target} (allowed: {allowed})");
+                check(ctx.clone(), &ctx.actor.name(), target, allowed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_session_is_revoked_only_by_an_admin_above_its_account() {
+        for_every_role_pair(|ctx, by, target, allowed| {
+            let spec = Spec::<Account>::given([created(&[target]), started(1)])
+                .in_context(ctx)
+                .when(AccountCommand::RevokeSession { session_id: sid(1) });
+            if allowed {
+                spec.then([ended(1, EndReason::Revoked { by: by.into() })]);
+            } else {
+                spec.then_err(|e| matches!(e, AccountError::Forbidden(_)));
+            }
+        });
+    }
+
+    #[test]
+    fn an_account_is_disabled_only_by_an_admin_above_it() {
+        for_every_role_pair(|ctx, by, target, allowed| {
+            let spec = Spec::<Account>::given([created(&[target])])
+                .in_context(ctx)
+                .when(AccountCommand::Disable { reason: "x".into() });
+            if allowed {
+                spec.then([AccountEvent::AccountDisabled(AccountDisabled {
+                    reason: "x".into(),
+                    by: by.into(),
+                })]);
+            } else {
+                spec.then_err(|e| matches!(e, AccountError::Forbidden(_)));
+            }
+        });
+    }
+
+    #[test]
+    fn a_password_is_reset_only_by_an_admin_above_its_account() {
+        for_every_role_pair(|ctx, by, target, allowed| {
+            let spec = Spec::<Account>::given([created(&[target])])
+                .in_context(ctx)
+                .when(change_password(None));
+            if allowed {
+                spec.then([password_changed(by)]);
+            } else {
+                spec.then_err(|e| matches!(e, AccountError::Forbidden(_)));
+            }
+        });
+    }
+
+    #[test]
+    fn another_accounts_session_is_logged_out_only_by_an_admin_above_it() {
+        for_every_role_pair(|ctx, _, target, allowed| {
+            let spec = Spec::<Account>::given([created(&[target]), started(1)])
+                .in_context(ctx)
+                .when(AccountCommand::Logout { session_id: sid(1) });
+            if allowed {
+                spec.then([ended(1, EndReason::LoggedOut)]);
+            } else {
+                spec.then_err(|e| matches!(e, AccountError::Forbidden(_)));
+            }
+        });
     }
 
     #[test]

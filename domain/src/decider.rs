@@ -118,11 +118,6 @@ impl Actor {
         }
     }
 
-    /// An admin or super-admin (or the system).
-    pub fn is_admin(&self) -> bool {
-        self.has(Role::Admin) || self.has(Role::SuperAdmin)
-    }
-
     /// The name recorded as `by` in events: a username or `system`.
     pub fn name(&self) -> String {
         match self {

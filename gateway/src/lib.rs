@@ -3,6 +3,7 @@
 //! authentication behind them. The runner socket and metrics join it here.
 
 pub mod auth;
+pub mod client_addr;
 pub mod command_handler;
 pub mod expiry;
 pub mod graphql;

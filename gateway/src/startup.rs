@@ -15,11 +15,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use projections::{ProjectionEngine, ViewStore};
+use secrecy::SecretSlice;
 use tokio::net::TcpListener;
 
-use crate::auth::rate_limit::LoginLimiter;
+use crate::auth::rate_limit::{LoginLimiter, LoginLimits};
 use crate::auth::sessions::{SessionPolicy, Sessions};
 use crate::auth::tokens::TokenError;
+use crate::client_addr::TrustedProxies;
 use crate::command_handler::CommandHandler;
 use crate::graphql::{self, ApiSchema, RequestAuth};
 use crate::metrics::{Metered, Metrics};
@@ -57,8 +59,11 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct GatewayConfig {
     /// Signs access tokens; every gateway of a deployment needs the same.
-    pub jwt_secret: Vec<u8>,
+    pub jwt_secret: SecretSlice<u8>,
     pub session_policy: SessionPolicy,
+    pub login_limits: LoginLimits,
+    /// Proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Every route the gateway serves.
@@ -134,7 +139,8 @@ async fn graphql_http(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
-    let auth = authenticate(&shared.app, token, Some(addr.ip()), user_agent(&headers)).await;
+    let client = shared.app.trusted_proxies.client_ip(addr.ip(), &headers);
+    let auth = authenticate(&shared.app, token, Some(client), user_agent(&headers)).await;
     let operation = operation_type(&request);
     let started = std::time::Instant::now();
     let mut response = shared.schema.execute(request.data(auth)).await;
@@ -184,6 +190,7 @@ async fn graphql_ws(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let agent = user_agent(&headers);
+    let client = shared.app.trusted_proxies.client_ip(addr.ip(), &headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .on_upgrade(move |socket| {
@@ -196,7 +203,7 @@ async fn graphql_ws(
                         .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).and_then(bearer))
                         .or_else(|| payload.get("token").and_then(|v| v.as_str()))
                         .map(str::to_owned);
-                    let auth = authenticate(&app, token.as_deref(), Some(addr.ip()), agent).await;
+                    let auth = authenticate(&app, token.as_deref(), Some(client), agent).await;
                     if let Some(why) = &auth.rejected {
                         return Err(async_graphql::Error::new(why.clone()));
                     }
@@ -250,7 +257,8 @@ impl Gateway {
             store: store.clone(),
             handler,
             sessions,
-            limiter: Arc::new(LoginLimiter::new()),
+            limiter: Arc::new(LoginLimiter::new(config.login_limits)),
+            trusted_proxies: Arc::new(config.trusted_proxies),
             views,
             projections: engine.status(),
             metrics,

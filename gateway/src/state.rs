@@ -1,5 +1,6 @@
 //! What every request shares: the store, the command handler, sessions,
-//! login limits, the views and the projections' progress.
+//! login limits and the proxies trusted to name clients, the views and the
+//! projections' progress.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::sessions::Sessions;
+use crate::client_addr::TrustedProxies;
 use crate::command_handler::CommandHandler;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
@@ -19,6 +21,7 @@ pub struct AppState {
     pub handler: Arc<CommandHandler>,
     pub sessions: Arc<Sessions>,
     pub limiter: Arc<LoginLimiter>,
+    pub trusted_proxies: Arc<TrustedProxies>,
     pub views: ViewStore,
     pub projections: watch::Receiver<EngineStatus>,
     pub metrics: Arc<Metrics>,

@@ -75,7 +75,12 @@ async fn identity_views_follow_logins_and_rebuild_equal(backend: store::Backend)
         store.clone(),
         Arc::new(domain::event_registry()),
     ));
-    let sessions = Sessions::new(handler.clone(), &[1u8; 32], SessionPolicy::default()).unwrap();
+    let sessions = Sessions::new(
+        handler.clone(),
+        &vec![1u8; 32].into(),
+        SessionPolicy::default(),
+    )
+    .unwrap();
     let meta = CommandMeta::default();
     let now = OffsetDateTime::now_utc;
 

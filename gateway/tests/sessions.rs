@@ -39,7 +39,7 @@ async fn world() -> World {
         access_ttl: Duration::minutes(15),
         grace: Duration::minutes(30),
     };
-    let sessions = Sessions::new(handler.clone(), &[42u8; 32], policy).unwrap();
+    let sessions = Sessions::new(handler.clone(), &vec![42u8; 32].into(), policy).unwrap();
     let w = World {
         sessions,
         handler,
@@ -297,4 +297,23 @@ async fn a_disabled_account_loses_its_session_at_once() {
         login(&w, "ada", PASSWORD).await.unwrap_err().to_string(),
         "wrong username or password"
     );
+}
+
+#[tokio::test]
+async fn a_username_with_a_dot_refreshes_like_any_other() {
+    let w = world().await;
+    create(&w, "ada.l", &[Role::User]).await;
+    let first = login(&w, "ada.l", PASSWORD).await.unwrap();
+    let renewed = w
+        .sessions
+        .refresh(&first.refresh_token, &CommandMeta::default(), t0())
+        .await
+        .unwrap();
+    assert_eq!(renewed.session_id, first.session_id);
+    let who = w
+        .sessions
+        .authenticate(&renewed.access_token, t0())
+        .await
+        .unwrap();
+    assert_eq!(who.username.as_str(), "ada.l");
 }

@@ -17,8 +17,9 @@ use domain::licence::{Licence, LicenceCommand, LicenceEvent, LicenceIssued, Lice
 use domain::{Actor, Context, EventSet, Metadata, Role, StreamId};
 use futures_util::{SinkExt, StreamExt};
 use gateway::auth::password;
-use gateway::auth::rate_limit::PER_IP_PER_MINUTE;
+use gateway::auth::rate_limit::{LoginLimits, PER_IP_PER_MINUTE};
 use gateway::auth::sessions::SessionPolicy;
+use gateway::client_addr::TrustedProxies;
 use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
 use serde_json::{Value, json};
 use store::{EventStore, ExpectedVersion};
@@ -132,8 +133,10 @@ struct LiveGateway {
 impl LiveGateway {
     async fn start(scratch: &Scratch) -> anyhow::Result<Self> {
         let config = GatewayConfig {
-            jwt_secret: JWT_SECRET.to_vec(),
+            jwt_secret: JWT_SECRET.to_vec().into(),
             session_policy: SessionPolicy::default(),
+            login_limits: LoginLimits::default(),
+            trusted_proxies: TrustedProxies::default(),
         };
         let gateway = Gateway::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

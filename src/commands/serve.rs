@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use gateway::{Gateway, GatewayConfig};
+use secrecy::SecretString;
 
 use crate::cli::ServeArgs;
 use crate::commands::shutdown_signal;
@@ -10,7 +11,8 @@ use crate::configuration::Settings;
 
 pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let addr = settings.listen(args.listen.as_deref())?;
-    let jwt_secret = settings.jwt_secret(std::env::var("TB_JWT_SECRET").ok().as_deref())?;
+    let jwt_secret =
+        settings.jwt_secret(std::env::var("TB_JWT_SECRET").ok().map(SecretString::from))?;
     let (backend, report) = store::open_backend(&settings.store)
         .await
         .with_context(|| format!("cannot open store {}", settings.store))?;
@@ -20,6 +22,9 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let config = GatewayConfig {
         jwt_secret,
         session_policy: settings.session_policy(args.access_token_ttl, args.refresh_grace)?,
+        login_limits: settings
+            .login_limits(args.login_limit_per_address, args.login_limit_per_account)?,
+        trusted_proxies: settings.trusted_proxies(&args.trusted_proxies)?,
     };
     let gateway = Gateway::start(addr, &backend, config).await?;
     let bound = gateway.local_addr()?;

@@ -19,6 +19,9 @@ pub fn bin() -> Command {
         "TB_CONFIG",
         "TB_LOG_FORMAT",
         "TB_JWT_SECRET",
+        "TB_TRUSTED_PROXIES",
+        "TB_LOGIN_LIMIT_PER_ADDRESS",
+        "TB_LOGIN_LIMIT_PER_ACCOUNT",
     ] {
         cmd.env_remove(var);
     }

@@ -1,6 +1,7 @@
-//! Login rate limits: per client IP and per account, so neither one address
-//! nor a spread of addresses can guess passwords quickly. In memory, per
-//! gateway; a refused attempt says when to try again.
+//! Password-guessing limits: logins per client IP and per account, and
+//! password changes per account, so neither one address, nor a spread of
+//! addresses, nor a stolen access token can guess passwords quickly. In
+//! memory, per gateway; a refused attempt says when to try again.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -11,10 +12,27 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::{Quota, RateLimiter};
 
-/// Attempts per minute allowed from one client address.
+/// Login attempts per minute allowed from one client address, by default.
 pub const PER_IP_PER_MINUTE: u32 = 20;
-/// Attempts per minute allowed against one account.
+/// Login attempts per minute allowed against one account, by default; also
+/// the password changes allowed per account.
 pub const PER_ACCOUNT_PER_MINUTE: u32 = 5;
+
+/// Attempts allowed per minute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginLimits {
+    pub per_address: u32,
+    pub per_account: u32,
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self {
+            per_address: PER_IP_PER_MINUTE,
+            per_account: PER_ACCOUNT_PER_MINUTE,
+        }
+    }
+}
 /// Keys kept before idle ones are pruned.
 const PRUNE_ABOVE: usize = 10_000;
 
@@ -22,8 +40,9 @@ type Keyed<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as 
 
 /// Refused: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("too many login attempts from {scope}; retry after {} s", retry_after.as_secs().max(1))]
+#[error("too many {scope}; retry after {} s", retry_after.as_secs().max(1))]
 pub struct RateLimited {
+    /// What there were too many of, e.g. "login attempts for this account".
     pub scope: &'static str,
     pub retry_after: Duration,
 }
@@ -31,43 +50,44 @@ pub struct RateLimited {
 pub struct LoginLimiter<C: Clock = DefaultClock> {
     by_ip: Keyed<IpAddr, C>,
     by_account: Keyed<String, C>,
+    /// Apart from logins: a session's own password change must not be
+    /// refused because someone else is guessing at its login.
+    password_changes: Keyed<String, C>,
     clock: C,
 }
 
-fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN))
+fn keyed<K: std::hash::Hash + Eq + Clone, C: Clock + Clone>(
+    per_minute: u32,
+    clock: &C,
+) -> Keyed<K, C> {
+    let quota = Quota::per_minute(NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN));
+    RateLimiter::new(quota, HashMapStateStore::default(), clock.clone())
 }
 
 impl LoginLimiter<DefaultClock> {
-    pub fn new() -> Self {
-        Self::with_clock(
-            PER_IP_PER_MINUTE,
-            PER_ACCOUNT_PER_MINUTE,
-            DefaultClock::default(),
-        )
-    }
-}
-
-impl Default for LoginLimiter<DefaultClock> {
-    fn default() -> Self {
-        Self::new()
+    pub fn new(limits: LoginLimits) -> Self {
+        Self::with_clock(limits, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> LoginLimiter<C> {
-    pub fn with_clock(per_ip: u32, per_account: u32, clock: C) -> Self {
+    pub fn with_clock(limits: LoginLimits, clock: C) -> Self {
         Self {
-            by_ip: RateLimiter::new(
-                per_minute(per_ip),
-                HashMapStateStore::default(),
-                clock.clone(),
-            ),
-            by_account: RateLimiter::new(
-                per_minute(per_account),
-                HashMapStateStore::default(),
-                clock.clone(),
-            ),
+            by_ip: keyed(limits.per_address, &clock),
+            by_account: keyed(limits.per_account, &clock),
+            password_changes: keyed(limits.per_account, &clock),
             clock,
+        }
+    }
+
+    fn refused(
+        &self,
+        scope: &'static str,
+        not_until: governor::NotUntil<C::Instant>,
+    ) -> RateLimited {
+        RateLimited {
+            scope,
+            retry_after: not_until.wait_time_from(self.clock.now()),
         }
     }
 
@@ -76,21 +96,28 @@ impl<C: Clock + Clone> LoginLimiter<C> {
         if let Some(ip) = ip
             && let Err(not_until) = self.by_ip.check_key(&ip)
         {
-            return Err(RateLimited {
-                scope: "this address",
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            });
+            return Err(self.refused("login attempts from this address", not_until));
         }
         let account = username.trim().to_ascii_lowercase();
         if let Err(not_until) = self.by_account.check_key(&account) {
-            return Err(RateLimited {
-                scope: "for this account",
-                retry_after: not_until.wait_time_from(self.clock.now()),
-            });
+            return Err(self.refused("login attempts for this account", not_until));
         }
         if self.by_account.len() > PRUNE_ABOVE || self.by_ip.len() > PRUNE_ABOVE {
             self.by_account.retain_recent();
             self.by_ip.retain_recent();
+        }
+        Ok(())
+    }
+
+    /// Counts one password change (a guess at the current password, if the
+    /// session was stolen); refuses it if the account's limit is spent.
+    pub fn check_password_change(&self, username: &str) -> Result<(), RateLimited> {
+        let account = username.trim().to_ascii_lowercase();
+        if let Err(not_until) = self.password_changes.check_key(&account) {
+            return Err(self.refused("password changes for this account", not_until));
+        }
+        if self.password_changes.len() > PRUNE_ABOVE {
+            self.password_changes.retain_recent();
         }
         Ok(())
     }
@@ -109,12 +136,12 @@ mod tests {
     #[test]
     fn the_sixth_attempt_on_one_account_within_a_minute_waits() {
         let clock = FakeRelativeClock::default();
-        let limiter = LoginLimiter::with_clock(20, 5, clock.clone());
+        let limiter = LoginLimiter::with_clock(LoginLimits::default(), clock.clone());
         for n in 0..5 {
             limiter.check(ip(n), "Ada").unwrap();
         }
         let refused = limiter.check(ip(9), "ada").unwrap_err();
-        assert_eq!(refused.scope, "for this account");
+        assert_eq!(refused.scope, "login attempts for this account");
         assert!(
             refused.retry_after > Duration::ZERO && refused.retry_after <= Duration::from_secs(12)
         );
@@ -127,17 +154,49 @@ mod tests {
     #[test]
     fn the_twenty_first_attempt_from_one_address_waits() {
         let clock = FakeRelativeClock::default();
-        let limiter = LoginLimiter::with_clock(20, 5, clock);
+        let limiter = LoginLimiter::with_clock(LoginLimits::default(), clock);
         for n in 0..20 {
             limiter.check(ip(1), &format!("user{n}")).unwrap();
         }
         let refused = limiter.check(ip(1), "someone-else").unwrap_err();
-        assert_eq!(refused.scope, "this address");
+        assert_eq!(refused.scope, "login attempts from this address");
         assert!(
             refused
                 .to_string()
                 .starts_with("too many login attempts from this address; retry after")
         );
         limiter.check(ip(2), "someone-else").unwrap();
+    }
+
+    #[test]
+    fn the_limits_are_settings() {
+        let limiter = LoginLimiter::with_clock(
+            LoginLimits {
+                per_address: 2,
+                per_account: 1,
+            },
+            FakeRelativeClock::default(),
+        );
+        limiter.check(ip(1), "ada").unwrap();
+        assert!(limiter.check(ip(2), "ada").is_err(), "one per account");
+        limiter.check(ip(1), "bob").unwrap();
+        assert!(limiter.check(ip(1), "carol").is_err(), "two per address");
+    }
+
+    #[test]
+    fn the_sixth_password_change_on_one_account_within_a_minute_waits_apart_from_logins() {
+        let clock = FakeRelativeClock::default();
+        let limiter = LoginLimiter::with_clock(LoginLimits::default(), clock.clone());
+        for _ in 0..5 {
+            limiter.check(ip(1), "ada").unwrap();
+        }
+        for _ in 0..5 {
+            limiter.check_password_change("ada").unwrap();
+        }
+        let refused = limiter.check_password_change("Ada").unwrap_err();
+        assert_eq!(refused.scope, "password changes for this account");
+        limiter.check_password_change("bob").unwrap();
+        clock.advance(refused.retry_after);
+        limiter.check_password_change("ada").unwrap();
     }
 }

@@ -16,11 +16,13 @@ use domain::account::{
 };
 use domain::login_attempts::{self, LoginAttemptCommand, LoginAttempts};
 use domain::{Actor, Context, Role};
+use secrecy::{ExposeSecret, SecretSlice};
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::auth::fingerprint::Fingerprints;
-use crate::auth::password;
+use crate::auth::password::{self, PasswordError};
+use crate::auth::rate_limit::RateLimited;
 use crate::auth::tokens::{self, TokenError, TokenKeys};
 use crate::command_handler::{CommandError, CommandHandler, CommandMeta};
 
@@ -82,8 +84,20 @@ pub enum AuthError {
     SessionEnded(String),
     #[error(transparent)]
     Account(AccountError),
+    /// Too many password checks at once: retry later.
+    #[error(transparent)]
+    RateLimited(RateLimited),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<PasswordError> for AuthError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy(r) => AuthError::RateLimited(r),
+            other => AuthError::Internal(other.to_string()),
+        }
+    }
 }
 
 impl<E: std::error::Error> From<CommandError<E>> for AuthError {
@@ -107,13 +121,13 @@ impl Sessions {
     /// Sessions whose tokens are signed with `secret` (at least 32 bytes).
     pub fn new(
         handler: Arc<CommandHandler>,
-        secret: &[u8],
+        secret: &SecretSlice<u8>,
         policy: SessionPolicy,
     ) -> Result<Self, TokenError> {
         Ok(Self {
             handler,
-            keys: TokenKeys::from_secret(secret)?,
-            fingerprints: Fingerprints::from_secret(secret),
+            keys: TokenKeys::from_secret(secret.expose_secret())?,
+            fingerprints: Fingerprints::from_secret(secret.expose_secret()),
             policy,
         })
     }
@@ -177,9 +191,7 @@ impl Sessions {
                     .refuse_unknown(name, password, client_ip, meta, now)
                     .await;
             };
-            let matched = password::verify(password.clone(), account.password_hash.clone())
-                .await
-                .map_err(|e| AuthError::Internal(e.to_string()))?;
+            let matched = password::verify(password.clone(), account.password_hash.clone()).await?;
             let check = if matched {
                 PasswordCheck::Matched(account.password_hash)
             } else {
@@ -231,7 +243,8 @@ impl Sessions {
         meta: &CommandMeta,
         now: OffsetDateTime,
     ) -> Result<IssuedTokens, AuthError> {
-        let _ = password::verify(password, PasswordHash(DUMMY_HASH.into())).await;
+        // Refused when too busy, as a known account's check would be.
+        password::verify(password, PasswordHash(DUMMY_HASH.into())).await?;
         let stream = login_attempts::stream(client_ip.as_deref())
             .map_err(|e| AuthError::Internal(e.to_string()))?;
         let command = LoginAttemptCommand::RecordUnknownAccount {
@@ -254,11 +267,10 @@ impl Sessions {
         now: OffsetDateTime,
     ) -> Result<IssuedTokens, AuthError> {
         let malformed = || AuthError::Token(TokenError::Invalid("malformed refresh token".into()));
-        let mut parts = refresh_token.trim().splitn(3, '.');
-        let (Some(sid), Some(user), Some(secret)) = (parts.next(), parts.next(), parts.next())
-        else {
-            return Err(malformed());
-        };
+        // The session id (a UUID) and the secret (hex) hold no dot; a
+        // username may, so it is what lies between the first and last dot.
+        let (sid, rest) = refresh_token.trim().split_once('.').ok_or_else(malformed)?;
+        let (user, secret) = rest.rsplit_once('.').ok_or_else(malformed)?;
         let session_id = SessionId(sid.parse::<Uuid>().map_err(|_| malformed())?);
         let username = Username::parse(user).map_err(|_| malformed())?;
         let refresh_token = secret;

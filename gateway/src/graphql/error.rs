@@ -4,6 +4,7 @@ use async_graphql::{Error, ErrorExtensions};
 use domain::account::AccountError;
 use domain::licence::LicenceError;
 
+use crate::auth::password::PasswordError;
 use crate::auth::rate_limit::RateLimited;
 use crate::auth::sessions::AuthError;
 use crate::command_handler::CommandError;
@@ -60,6 +61,19 @@ pub fn rate_limited(r: RateLimited) -> Error {
     })
 }
 
+/// A password that could not be hashed or checked; `field` names the input.
+pub fn password(field: &str, e: PasswordError) -> Error {
+    match e {
+        PasswordError::Busy(r) => rate_limited(r),
+        PasswordError::TooShort | PasswordError::TooLong => {
+            error(Code::Validation, format!("{field}: {e}"))
+        }
+        PasswordError::BadHash(_) | PasswordError::Hashing(_) => {
+            internal("cannot check the password", &e)
+        }
+    }
+}
+
 pub fn account(e: &AccountError) -> Error {
     let code = match e {
         AccountError::NotFound => Code::NotFound,
@@ -98,6 +112,7 @@ pub fn auth(e: AuthError) -> Error {
             error(Code::Unauthenticated, e.to_string())
         }
         AuthError::Account(a) => account(&a),
+        AuthError::RateLimited(r) => rate_limited(r),
         AuthError::Internal(_) => internal("authentication failed", &e),
     }
 }

@@ -427,6 +427,11 @@ impl IdentityMutation {
     ) -> async_graphql::Result<bool> {
         let p = principal(ctx)?;
         let state = app(ctx);
+        // Each call is a guess at the current password: limited like logins.
+        state
+            .limiter
+            .check_password_change(p.username.as_str())
+            .map_err(error::rate_limited)?;
         let stream = stream_of(&p.username)?;
         let (_, account) = state
             .handler
@@ -437,9 +442,9 @@ impl IdentityMutation {
             .account
             .map(|a| a.password_hash)
             .ok_or_else(|| error::error(Code::NotFound, "no such account"))?;
-        let matches = password::verify(current_password, hash)
+        let matches = password::verify(current_password, hash.clone())
             .await
-            .map_err(|e| error::internal("cannot check the password", &e))?;
+            .map_err(|e| error::password("currentPassword", e))?;
         if !matches {
             return Err(error::error(
                 Code::Unauthenticated,
@@ -448,14 +453,13 @@ impl IdentityMutation {
         }
         let new_password_hash = password::hash(new_password)
             .await
-            .map_err(|e| error::error(Code::Validation, format!("newPassword: {e}")))?;
-        account_command(
-            ctx,
-            &p.username,
-            AccountCommand::ChangePassword { new_password_hash },
-            None,
-        )
-        .await?;
+            .map_err(|e| error::password("newPassword", e))?;
+        let command = AccountCommand::ChangePassword {
+            new_password_hash,
+            // A change made meanwhile makes this one stale, not lost.
+            verified_against: Some(hash),
+        };
+        account_command(ctx, &p.username, command, None).await?;
         Ok(true)
     }
 
@@ -472,7 +476,7 @@ impl IdentityMutation {
         let username = parse_username("username", &username)?;
         let password_hash = password::hash(password)
             .await
-            .map_err(|e| error::error(Code::Validation, format!("password: {e}")))?;
+            .map_err(|e| error::password("password", e))?;
         let command = AccountCommand::Create {
             account_id: Uuid::now_v7(),
             username: username.clone(),
