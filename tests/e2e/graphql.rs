@@ -496,6 +496,22 @@ async fn bad_input_gets_a_clear_error_and_the_server_stays_up() {
     assert_eq!(r["data"]["me"]["username"], "ada", "{r}");
 }
 
+/// What GraphiQL, GraphQL Codegen, Apollo, Postman and Insomnia send first:
+/// graphql-js 16's `getIntrospectionQuery()` with its default options.
+const STANDARD_INTROSPECTION: &str = include_str!("fixtures/introspection_query.graphql");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_introspection_query_loads_the_schema() {
+    let app = App::spawn(TestStore::sqlite()).await;
+    let r = app.gql(STANDARD_INTROSPECTION, json!({}), None).await;
+    assert!(r.get("errors").is_none(), "{r}");
+    let schema = &r["data"]["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query", "{r}");
+    assert_eq!(schema["subscriptionType"]["name"], "Subscription", "{r}");
+    let types = schema["types"].as_array().expect("types");
+    assert!(types.iter().any(|t| t["name"] == "SessionEnded"), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_gateway_keeps_sessions_views_and_the_audit_log() {
     let app = App::spawn(TestStore::sqlite()).await;
