@@ -7,6 +7,7 @@ pub mod command_handler;
 pub mod expiry;
 pub mod graphql;
 pub mod health;
+pub mod http_limits;
 pub mod live;
 pub mod metrics;
 pub mod startup;

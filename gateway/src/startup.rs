@@ -22,6 +22,7 @@ use crate::auth::sessions::{SessionPolicy, Sessions};
 use crate::auth::tokens::TokenError;
 use crate::command_handler::CommandHandler;
 use crate::graphql::{self, ApiSchema, RequestAuth};
+use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
 use crate::state::AppState;
 use crate::{expiry, health, metrics};
@@ -63,13 +64,15 @@ pub struct GatewayConfig {
 
 /// Every route the gateway serves.
 pub fn router(shared: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Inside the metrics layer, so refusals are counted too.
+    http_limits::apply(routes, HttpLimits::default())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             metrics::track,
