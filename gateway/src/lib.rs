@@ -12,6 +12,7 @@ pub mod live;
 pub mod metrics;
 pub mod startup;
 pub mod state;
+pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};
 pub use startup::{Gateway, GatewayConfig, StartError, router};
