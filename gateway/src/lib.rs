@@ -8,10 +8,12 @@ pub mod command_handler;
 pub mod expiry;
 pub mod graphql;
 pub mod health;
+pub mod http_limits;
 pub mod live;
 pub mod metrics;
 pub mod startup;
 pub mod state;
+pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};
 pub use startup::{Gateway, GatewayConfig, StartError, router};

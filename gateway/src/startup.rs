@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_graphql::Data;
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
-use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
@@ -24,8 +24,10 @@ use crate::auth::tokens::TokenError;
 use crate::client_addr::TrustedProxies;
 use crate::command_handler::CommandHandler;
 use crate::graphql::{self, ApiSchema, RequestAuth};
+use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
 use crate::state::AppState;
+use crate::ws_limits::{self, SessionConnections};
 use crate::{expiry, health, metrics};
 
 /// Largest request body accepted.
@@ -36,6 +38,8 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub struct Shared {
     pub app: AppState,
     pub schema: ApiSchema,
+    /// Open GraphQL WebSockets per session, to bound them.
+    pub ws_connections: Arc<SessionConnections>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,13 +72,15 @@ pub struct GatewayConfig {
 
 /// Every route the gateway serves.
 pub fn router(shared: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/graphiql", get(graphiql))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
+    // Inside the metrics layer, so refusals are counted too.
+    http_limits::apply(routes, HttpLimits::default())
         .layer(axum::middleware::from_fn_with_state(
             shared.clone(),
             metrics::track,
@@ -193,10 +199,16 @@ async fn graphql_ws(
     let client = shared.app.trusted_proxies.client_ip(addr.ip(), &headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(ws_limits::MAX_MESSAGE_BYTES)
+        .max_frame_size(ws_limits::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
             let app = shared.app.clone();
-            GraphQLWebSocket::new(socket, shared.schema.clone(), protocol)
-                .on_connection_init(move |payload| async move {
+            let connections = shared.ws_connections.clone();
+            ws_limits::serve(
+                socket,
+                shared.schema.clone(),
+                protocol,
+                move |payload| async move {
                     // {"authorization": "Bearer …"}, {"Authorization": …} or {"token": "…"}.
                     let token = ["authorization", "Authorization"]
                         .iter()
@@ -208,10 +220,13 @@ async fn graphql_ws(
                         return Err(async_graphql::Error::new(why.clone()));
                     }
                     let mut data = Data::default();
+                    if let Some(principal) = &auth.principal {
+                        data.insert(connections.open(principal.session_id)?);
+                    }
                     data.insert(auth);
                     Ok(data)
-                })
-                .serve()
+                },
+            )
         })
 }
 
@@ -270,7 +285,11 @@ impl Gateway {
         let schema = graphql::schema(Some(app.clone()));
         Ok(Self {
             listener,
-            shared: Shared { app, schema },
+            shared: Shared {
+                app,
+                schema,
+                ws_connections: Arc::default(),
+            },
             engine,
         })
     }

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use crate::helpers::{Running, TestStore, create_user, http_get, listening_addr, serve_command};
 
 const ROOT_PASSWORD: &str = "root password for the tests";
-const PASSWORD: &str = "a perfectly fine password";
+pub(crate) const PASSWORD: &str = "a perfectly fine password";
 const SECRET: &str = "an-e2e-test-secret-of-at-least-32-chars";
 
 /// A running gateway and the store it serves; requests go through its [`Client`].
@@ -168,10 +168,10 @@ fn code(response: &Value) -> &str {
         .unwrap_or_else(|| panic!("no error code in {response}"))
 }
 
-type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn ws_connect(addr: &str, protocol: &str, token: &str) -> Ws {
+pub(crate) async fn ws_connect(addr: &str, protocol: &str, token: &str) -> Ws {
     let mut request = format!("ws://{addr}/graphql")
         .into_client_request()
         .unwrap();
@@ -186,7 +186,7 @@ async fn ws_connect(addr: &str, protocol: &str, token: &str) -> Ws {
     ws
 }
 
-async fn ws_next(ws: &mut Ws) -> Value {
+pub(crate) async fn ws_next(ws: &mut Ws) -> Value {
     loop {
         let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
             .await
@@ -209,7 +209,7 @@ async fn ws_next(ws: &mut Ws) -> Value {
     }
 }
 
-const SESSION_EVENTS: &str =
+pub(crate) const SESSION_EVENTS: &str =
     "subscription { sessionEvents { __typename ... on SessionEnded { reason } } }";
 
 /// A second login ends the first session; the first client's subscription
@@ -494,6 +494,22 @@ async fn bad_input_gets_a_clear_error_and_the_server_stays_up() {
         .gql("{ me { username } }", json!({}), Some(&token))
         .await;
     assert_eq!(r["data"]["me"]["username"], "ada", "{r}");
+}
+
+/// What GraphiQL, GraphQL Codegen, Apollo, Postman and Insomnia send first:
+/// graphql-js 16's `getIntrospectionQuery()` with its default options.
+const STANDARD_INTROSPECTION: &str = include_str!("fixtures/introspection_query.graphql");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_standard_introspection_query_loads_the_schema() {
+    let app = App::spawn(TestStore::sqlite()).await;
+    let r = app.gql(STANDARD_INTROSPECTION, json!({}), None).await;
+    assert!(r.get("errors").is_none(), "{r}");
+    let schema = &r["data"]["__schema"];
+    assert_eq!(schema["queryType"]["name"], "Query", "{r}");
+    assert_eq!(schema["subscriptionType"]["name"], "Subscription", "{r}");
+    let types = schema["types"].as_array().expect("types");
+    assert!(types.iter().any(|t| t["name"] == "SessionEnded"), "{r}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

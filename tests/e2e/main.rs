@@ -10,3 +10,4 @@ mod secrets;
 mod serve;
 mod setup_errors;
 mod tail;
+mod ws_limits;

@@ -2,6 +2,7 @@
 //! commands, subscriptions push changes. Every error carries
 //! `extensions.code`.
 
+pub mod depth;
 pub mod error;
 pub mod identity;
 pub mod subscriptions;
@@ -17,7 +18,7 @@ use crate::auth::sessions::Principal;
 use crate::graphql::error::{Code, error};
 use crate::state::AppState;
 
-/// Deepest query accepted.
+/// Deepest query accepted (`ofType` chains in introspection count once: see `depth`).
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (roughly: fields selected, lists weighted).
 pub const MAX_COMPLEXITY: usize = 1000;
@@ -43,7 +44,7 @@ pub fn schema(state: Option<AppState>) -> ApiSchema {
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
-    .limit_depth(MAX_DEPTH)
+    .extension(depth::DepthLimit(MAX_DEPTH))
     .limit_complexity(MAX_COMPLEXITY);
     match state {
         Some(state) => builder.data(state).finish(),
