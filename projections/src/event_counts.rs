@@ -2,10 +2,12 @@
 //! recorded, and when the last one was. An operational view of what
 //! happens in the system, and how often.
 
+use std::sync::Arc;
+
 use domain::RecordedEvent;
 
 use crate::error::ProjectionError;
-use crate::projection::Projection;
+use crate::projection::{Projection, RegisteredView};
 use crate::sql::{SqlValue, Statement};
 
 /// Counts events per type.
@@ -60,6 +62,8 @@ impl Projection for EventCounts {
         Ok(())
     }
 }
+
+inventory::submit!(RegisteredView(|| Arc::new(EventCounts)));
 
 #[cfg(test)]
 mod tests {

@@ -2,14 +2,16 @@
 //! passwords, disabled accounts, and names that match no account) and live
 //! sessions, for dashboards and `/metrics`.
 
+use std::sync::Arc;
+
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use domain::login_attempts::{self, LoginAttemptEvent};
 use store::Filter;
 
+use crate::decode::{ACCOUNT_PREFIX, account_event, registry};
 use crate::error::ProjectionError;
-use crate::identity::{ACCOUNT_PREFIX, account_event, registry};
-use crate::projection::Projection;
+use crate::projection::{Projection, RegisteredView};
 use crate::sql::Statement;
 
 pub struct MetricsView;
@@ -89,3 +91,5 @@ impl Projection for MetricsView {
         Ok(())
     }
 }
+
+inventory::submit!(RegisteredView(|| Arc::new(MetricsView)));

@@ -1,12 +1,14 @@
 //! The `sessions` view: every session, live or ended, with why it ended.
 
+use std::sync::Arc;
+
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use store::Filter;
 
+use crate::decode::{ACCOUNT_PREFIX, account_event, username_of};
 use crate::error::ProjectionError;
-use crate::identity::{ACCOUNT_PREFIX, account_event, username_of};
-use crate::projection::Projection;
+use crate::projection::{Projection, RegisteredView};
 use crate::sql::{SqlValue, Statement};
 
 pub struct SessionsView;
@@ -95,3 +97,5 @@ impl Projection for SessionsView {
         Ok(())
     }
 }
+
+inventory::submit!(RegisteredView(|| Arc::new(SessionsView)));
