@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use store::EventStore;
+use store::{EventStore, valid_identifier};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::EngineError;
 use crate::projection::Projection;
 use crate::projector::{Projector, RETRY_FIRST};
-use crate::sql::valid_identifier;
 use crate::status::{EngineStatus, Phase, ProjectionStatus};
 use crate::view_store::ViewStore;
 
