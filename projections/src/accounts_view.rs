@@ -1,14 +1,12 @@
 //! The `accounts` view: one row per account, for admin screens.
 
-use std::sync::Arc;
-
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use store::Filter;
 
 use crate::decode::{ACCOUNT_PREFIX, account_event, username_of};
 use crate::error::ProjectionError;
-use crate::projection::{Projection, RegisteredView};
+use crate::projection::Projection;
 use crate::sql::Statement;
 
 pub struct AccountsView;
@@ -88,5 +86,3 @@ impl Projection for AccountsView {
         Ok(())
     }
 }
-
-inventory::submit!(RegisteredView(|| Arc::new(AccountsView)));

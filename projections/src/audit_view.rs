@@ -3,13 +3,11 @@
 //! from decoded fields, never from raw payloads, so no hash or token can
 //! leak ([`domain::Summary`]).
 
-use std::sync::Arc;
-
 use domain::RecordedEvent;
 
 use crate::decode::registry;
 use crate::error::ProjectionError;
-use crate::projection::{Projection, RegisteredView};
+use crate::projection::Projection;
 use crate::sql::{SqlValue, Statement};
 
 pub struct AuditView;
@@ -76,8 +74,6 @@ impl Projection for AuditView {
         Ok(())
     }
 }
-
-inventory::submit!(RegisteredView(|| Arc::new(AuditView)));
 
 #[cfg(test)]
 mod tests {

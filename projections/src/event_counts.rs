@@ -2,12 +2,10 @@
 //! recorded, and when the last one was. An operational view of what
 //! happens in the system, and how often.
 
-use std::sync::Arc;
-
 use domain::RecordedEvent;
 
 use crate::error::ProjectionError;
-use crate::projection::{Projection, RegisteredView};
+use crate::projection::Projection;
 use crate::sql::{SqlValue, Statement};
 
 /// Counts events per type.
@@ -62,8 +60,6 @@ impl Projection for EventCounts {
         Ok(())
     }
 }
-
-inventory::submit!(RegisteredView(|| Arc::new(EventCounts)));
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,6 @@
 //! passwords, disabled accounts, and names that match no account) and live
 //! sessions, for dashboards and `/metrics`.
 
-use std::sync::Arc;
-
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use domain::login_attempts::{self, LoginAttemptEvent};
@@ -11,7 +9,7 @@ use store::Filter;
 
 use crate::decode::{ACCOUNT_PREFIX, account_event, registry};
 use crate::error::ProjectionError;
-use crate::projection::{Projection, RegisteredView};
+use crate::projection::Projection;
 use crate::sql::Statement;
 
 pub struct MetricsView;
@@ -91,5 +89,3 @@ impl Projection for MetricsView {
         Ok(())
     }
 }
-
-inventory::submit!(RegisteredView(|| Arc::new(MetricsView)));

@@ -39,9 +39,3 @@ pub trait Projection: Send + Sync + 'static {
     fn apply(&self, event: &RecordedEvent, out: &mut Vec<Statement>)
     -> Result<(), ProjectionError>;
 }
-
-/// Registers a view for [`crate::all_views`], beside its `impl Projection`:
-/// `inventory::submit!(RegisteredView(|| Arc::new(MyView)));`.
-pub struct RegisteredView(pub fn() -> std::sync::Arc<dyn Projection>);
-
-inventory::collect!(RegisteredView);

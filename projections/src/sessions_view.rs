@@ -1,14 +1,12 @@
 //! The `sessions` view: every session, live or ended, with why it ended.
 
-use std::sync::Arc;
-
 use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use store::Filter;
 
 use crate::decode::{ACCOUNT_PREFIX, account_event, username_of};
 use crate::error::ProjectionError;
-use crate::projection::{Projection, RegisteredView};
+use crate::projection::Projection;
 use crate::sql::{SqlValue, Statement};
 
 pub struct SessionsView;
@@ -97,5 +95,3 @@ impl Projection for SessionsView {
         Ok(())
     }
 }
-
-inventory::submit!(RegisteredView(|| Arc::new(SessionsView)));
