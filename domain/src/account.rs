@@ -220,6 +220,44 @@ crate::event_set! {
     }
 }
 
+impl crate::registry::Summary for AccountEvent {
+    fn summary(&self, stream: &StreamId) -> String {
+        let user = stream
+            .as_str()
+            .strip_prefix("account-")
+            .unwrap_or(stream.as_str());
+        let from = |ip: &Option<String>| ip.as_deref().unwrap_or("an unknown address").to_owned();
+        match self {
+            Self::AccountCreated(c) => {
+                let roles: Vec<String> = c.roles.iter().map(ToString::to_string).collect();
+                format!(
+                    "account {user} created by {} with roles {}",
+                    c.by,
+                    roles.join(", ")
+                )
+            }
+            Self::PasswordChanged(p) => format!("password of {user} changed by {}", p.by),
+            Self::AccountDisabled(d) => {
+                format!("account {user} disabled by {}: {}", d.by, d.reason)
+            }
+            Self::LoginFailed(f) => format!(
+                "failed login to {user} from {} ({:?})",
+                from(&f.client_ip),
+                f.reason
+            ),
+            Self::SessionStarted(s) => format!(
+                "{user} logged in from {} (session {})",
+                from(&s.client_ip),
+                s.session_id
+            ),
+            Self::SessionRefreshed(r) => format!("session {} of {user} refreshed", r.session_id),
+            Self::SessionEnded(x) => {
+                format!("session {} of {user} ended: {}", x.session_id, x.reason)
+            }
+        }
+    }
+}
+
 /// The outcome of checking a password at the edge.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PasswordCheck {

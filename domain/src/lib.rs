@@ -19,12 +19,14 @@ pub use envelope::{
     EventId, Metadata, NewEvent, Payload, PayloadError, Position, PositionParseError,
     RecordedEvent, StreamId, StreamIdError,
 };
-pub use registry::{DecodeError, EventRegistry, EventSet, Upcaster};
+pub use registry::{DecodeError, EventRegistry, EventSet, Summary, Upcaster};
 
-/// Every event set the system knows, with its upcasters.
+/// For [`event_set!`]'s self-registration.
+#[doc(hidden)]
+pub use inventory;
+
+/// Every event set the system knows, with its upcasters: each set declared
+/// with [`event_set!`] registers itself, so a new aggregate cannot be left out.
 pub fn event_registry() -> EventRegistry {
-    EventRegistry::new()
-        .with::<account::AccountEvent>()
-        .with::<licence::LicenceEvent>()
-        .with::<login_attempts::LoginAttemptEvent>()
+    registry::Registration::all().fold(EventRegistry::new(), |registry, set| set.register(registry))
 }

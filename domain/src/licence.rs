@@ -152,6 +152,18 @@ crate::event_set! {
     }
 }
 
+impl crate::registry::Summary for LicenceEvent {
+    fn summary(&self, _stream: &crate::StreamId) -> String {
+        match self {
+            Self::LicenceIssued(l) => format!(
+                "licence issued to {} by {}, valid until {}",
+                l.username, l.by, l.terms.expires_at
+            ),
+            Self::LicenceRevoked(l) => format!("licence of {} revoked by {}", l.username, l.by),
+        }
+    }
+}
+
 /// Commands on a licence.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LicenceCommand {

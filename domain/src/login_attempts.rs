@@ -48,6 +48,18 @@ crate::event_set! {
     }
 }
 
+impl crate::registry::Summary for LoginAttemptEvent {
+    fn summary(&self, _stream: &StreamId) -> String {
+        match self {
+            Self::UnknownAccountLoginFailed(f) => format!(
+                "failed login naming no account from {} (name fingerprint {})",
+                f.client_ip.as_deref().unwrap_or("an unknown address"),
+                f.name_fingerprint
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum LoginAttemptCommand {
     /// A login named no account (or no valid username at all).

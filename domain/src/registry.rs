@@ -1,20 +1,37 @@
 //! The event type registry: maps a stored (type, schema version) to a Rust
-//! type, upcasting older payloads to the current schema on the way.
+//! type, upcasting older payloads to the current schema on the way, and
+//! summarizes any registered event for auditors without the caller naming
+//! its type.
 //!
 //! Stored payloads are never rewritten. A payload written under schema N is
 //! read by applying the upcasters N→N+1→…→current; a step without an
 //! upcaster passes the JSON through unchanged, so a field added later simply
 //! takes its serde default.
+//!
+//! Every set declared with [`crate::event_set!`] registers itself (through
+//! `inventory`), so [`crate::event_registry`] holds every set the program
+//! links, with no hand-kept list for a new aggregate to miss.
 
 use std::collections::HashMap;
 
-use crate::envelope::{Metadata, NewEvent, Payload, PayloadError, RecordedEvent};
+use crate::envelope::{Metadata, NewEvent, Payload, PayloadError, RecordedEvent, StreamId};
+
+/// One line saying what an event did, for the audit log. Built from decoded
+/// fields, never from the raw payload, so no hash or token can leak.
+/// Every event set must provide it: [`EventSet`] requires it.
+pub trait Summary {
+    /// What this event, recorded in `stream`, did.
+    fn summary(&self, stream: &StreamId) -> String;
+}
 
 /// A closed set of event types, usually one aggregate's event enum.
 /// Implement it with [`crate::event_set!`].
-pub trait EventSet: Sized {
+pub trait EventSet: Summary + Sized {
     /// Every event type of the set with its current schema version.
     fn types() -> &'static [(&'static str, u32)];
+
+    /// The upcasters of the set's types: (type, the schema it reads, upcaster).
+    fn upcasters() -> &'static [(&'static str, u32, Upcaster)];
 
     /// This event's type name, as stored.
     fn event_type(&self) -> &'static str;
@@ -43,6 +60,31 @@ pub trait EventSet: Sized {
         )
     }
 }
+
+/// An event set as [`crate::event_set!`] registers it for
+/// [`crate::event_registry`].
+pub struct Registration {
+    register: fn(EventRegistry) -> EventRegistry,
+}
+
+impl Registration {
+    pub const fn of<E: EventSet>() -> Self {
+        Self {
+            register: EventRegistry::with::<E>,
+        }
+    }
+
+    /// Every set registered in this program.
+    pub(crate) fn all() -> impl Iterator<Item = &'static Registration> {
+        inventory::iter::<Registration>.into_iter()
+    }
+
+    pub(crate) fn register(&self, registry: EventRegistry) -> EventRegistry {
+        (self.register)(registry)
+    }
+}
+
+inventory::collect!(Registration);
 
 /// Turns a payload of schema N into one of schema N+1.
 pub type Upcaster = fn(serde_json::Value) -> Result<serde_json::Value, String>;
@@ -85,6 +127,15 @@ struct TypeEntry {
     current: u32,
     /// Keyed by the version the upcaster reads.
     upcasters: HashMap<u32, Upcaster>,
+    /// Decodes into the type's set and summarizes.
+    summarize: fn(&EventRegistry, &RecordedEvent) -> Result<String, DecodeError>,
+}
+
+fn summarize_as<E: EventSet>(
+    registry: &EventRegistry,
+    event: &RecordedEvent,
+) -> Result<String, DecodeError> {
+    Ok(registry.decode::<E>(event)?.summary(&event.stream_id))
 }
 
 /// Every event type the system knows, with upcasters for old schemas.
@@ -98,10 +149,12 @@ impl EventRegistry {
         Self::default()
     }
 
-    /// Registers every type of `E` at its current schema version.
+    /// Registers every type of `E` at its current schema version, with its
+    /// upcasters.
     ///
-    /// Panics if a type name is already registered: two sets claiming one
-    /// name is a wiring bug that every test run would show.
+    /// Panics if a type name is already registered (two sets claiming one
+    /// name), or on an upcaster from a schema that is not older than its
+    /// type's current one: wiring bugs that every test run would show.
     pub fn with<E: EventSet>(mut self) -> Self {
         for &(name, current) in E::types() {
             let previous = self.types.insert(
@@ -109,28 +162,23 @@ impl EventRegistry {
                 TypeEntry {
                     current,
                     upcasters: HashMap::new(),
+                    summarize: summarize_as::<E>,
                 },
             );
             assert!(previous.is_none(), "event type {name:?} registered twice");
         }
-        self
-    }
-
-    /// Adds the upcaster that turns `event_type`'s schema `from` into `from + 1`.
-    ///
-    /// Panics if the type is unknown or `from` is not older than its current
-    /// schema: both are wiring bugs.
-    pub fn upcaster(mut self, event_type: &str, from: u32, upcast: Upcaster) -> Self {
-        let entry = self
-            .types
-            .get_mut(event_type)
-            .unwrap_or_else(|| panic!("upcaster for unregistered event type {event_type:?}"));
-        assert!(
-            from >= 1 && from < entry.current,
-            "upcaster for {event_type:?} from schema {from}, but its current schema is {}",
-            entry.current
-        );
-        entry.upcasters.insert(from, upcast);
+        for &(event_type, from, upcast) in E::upcasters() {
+            let entry = self
+                .types
+                .get_mut(event_type)
+                .expect("event_set! names only the set's own types");
+            assert!(
+                from >= 1 && from < entry.current,
+                "upcaster for {event_type:?} from schema {from}, but its current schema is {}",
+                entry.current
+            );
+            entry.upcasters.insert(from, upcast);
+        }
         self
     }
 
@@ -139,12 +187,25 @@ impl EventRegistry {
         self.types.contains_key(event_type)
     }
 
+    /// One line saying what `event` did, decoded by whichever registered set
+    /// holds its type (see [`Summary`]).
+    pub fn summarize(&self, event: &RecordedEvent) -> Result<String, DecodeError> {
+        let entry = self.entry(&event.event_type)?;
+        (entry.summarize)(self, event)
+    }
+
+    fn entry(&self, event_type: &str) -> Result<&TypeEntry, DecodeError> {
+        self.types
+            .get(event_type)
+            .ok_or_else(|| DecodeError::UnknownType {
+                event_type: event_type.to_owned(),
+            })
+    }
+
     /// Decodes a stored event into `E`, upcasting old schemas.
     pub fn decode<E: EventSet>(&self, event: &RecordedEvent) -> Result<E, DecodeError> {
         let ty = event.event_type.as_str();
-        let entry = self.types.get(ty).ok_or_else(|| DecodeError::UnknownType {
-            event_type: ty.to_owned(),
-        })?;
+        let entry = self.entry(ty)?;
         let stored = event.schema_version;
         if stored > entry.current {
             return Err(DecodeError::FutureSchema {
@@ -186,9 +247,12 @@ impl EventRegistry {
     }
 }
 
-/// Declares an event enum whose variants wrap one struct each, and
-/// implements [`EventSet`] for it. The number after each variant is that
-/// type's current schema version; the variant's name is the stored type name.
+/// Declares an event enum whose variants wrap one struct each, implements
+/// [`EventSet`] for it and registers it for [`crate::event_registry`]. The
+/// number after each variant is that type's current schema version; the
+/// variant's name is the stored type name. An optional `{ N => f, … }` after
+/// the version names the upcaster `f` that turns schema N into N+1. The enum
+/// must implement [`Summary`], which the compiler asks for.
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -198,7 +262,19 @@ impl EventRegistry {
 /// domain::event_set! {
 ///     /// What happens to a target domain.
 ///     pub enum TargetEvent {
-///         DomainVerified(DomainVerified) = 1,
+///         DomainVerified(DomainVerified) = 2 { 1 => add_nothing },
+///     }
+/// }
+///
+/// fn add_nothing(v: serde_json::Value) -> Result<serde_json::Value, String> {
+///     Ok(v)
+/// }
+///
+/// impl domain::registry::Summary for TargetEvent {
+///     fn summary(&self, _stream: &domain::StreamId) -> String {
+///         match self {
+///             Self::DomainVerified(v) => format!("domain {} verified", v.domain),
+///         }
 ///     }
 /// }
 /// ```
@@ -207,7 +283,10 @@ macro_rules! event_set {
     (
         $(#[$meta:meta])*
         $vis:vis enum $name:ident {
-            $( $(#[$vmeta:meta])* $variant:ident($ty:ty) = $schema:literal ),+ $(,)?
+            $(
+                $(#[$vmeta:meta])* $variant:ident($ty:ty) = $schema:literal
+                $( { $( $from:literal => $upcast:path ),* $(,)? } )?
+            ),+ $(,)?
         }
     ) => {
         $(#[$meta])*
@@ -219,6 +298,13 @@ macro_rules! event_set {
         impl $crate::registry::EventSet for $name {
             fn types() -> &'static [(&'static str, u32)] {
                 &[$( (stringify!($variant), $schema) ),+]
+            }
+
+            fn upcasters() -> &'static [(&'static str, u32, $crate::registry::Upcaster)] {
+                const UPCASTERS: &[(&str, u32, $crate::registry::Upcaster)] = &[
+                    $( $( $( (stringify!($variant), $from, $upcast as $crate::registry::Upcaster), )* )? )+
+                ];
+                UPCASTERS
             }
 
             fn event_type(&self) -> &'static str {
@@ -239,6 +325,10 @@ macro_rules! event_set {
                     _ => None,
                 }
             }
+        }
+
+        $crate::inventory::submit! {
+            $crate::registry::Registration::of::<$name>()
         }
     };
 }
@@ -264,8 +354,17 @@ mod tests {
 
     crate::event_set! {
         enum WidgetEvent {
-            WidgetMade(WidgetMade) = 3,
+            WidgetMade(WidgetMade) = 3 { 2 => rename_name_to_title },
             WidgetBroken(WidgetBroken) = 1,
+        }
+    }
+
+    impl Summary for WidgetEvent {
+        fn summary(&self, stream: &StreamId) -> String {
+            match self {
+                Self::WidgetMade(m) => format!("{} made in {stream}", m.title),
+                Self::WidgetBroken(_) => format!("a widget broke in {stream}"),
+            }
         }
     }
 
@@ -277,9 +376,7 @@ mod tests {
     }
 
     fn registry() -> EventRegistry {
-        EventRegistry::new()
-            .with::<WidgetEvent>()
-            .upcaster("WidgetMade", 2, rename_name_to_title)
+        EventRegistry::new().with::<WidgetEvent>()
     }
 
     fn stored(event_type: &str, schema_version: u32, data: &str) -> RecordedEvent {
@@ -365,6 +462,27 @@ mod tests {
             .decode::<WidgetEvent>(&stored("WidgetMade", 3, r#"{"title":7}"#))
             .unwrap_err();
         assert!(matches!(err, DecodeError::Payload { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_set_declared_with_the_macro_is_in_the_event_registry_with_its_upcasters() {
+        // WidgetEvent is listed nowhere: declaring it registered it.
+        let decoded: WidgetEvent = crate::event_registry()
+            .decode(&stored("WidgetMade", 2, r#"{"name":"gear","weight":1}"#))
+            .unwrap();
+        assert_eq!(decoded, made("gear", 1));
+    }
+
+    #[test]
+    fn any_registered_event_is_summarized_without_naming_its_set() {
+        let summary = crate::event_registry()
+            .summarize(&stored("WidgetMade", 1, r#"{"name":"gear"}"#))
+            .unwrap();
+        assert_eq!(summary, "gear made in widget-1");
+        let err = registry()
+            .summarize(&stored("WidgetMelted", 1, "{}"))
+            .unwrap_err();
+        assert!(matches!(err, DecodeError::UnknownType { .. }), "{err}");
     }
 
     #[test]

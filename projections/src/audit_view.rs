@@ -1,14 +1,12 @@
 //! The `audit` view: every event, as time, actor, stream, type and a
-//! one-line summary, for auditors. Summaries are built from decoded fields
-//! chosen per type, never from raw payloads, so no hash or token can leak.
+//! one-line summary, for auditors. Each event set writes its own summaries
+//! from decoded fields, never from raw payloads, so no hash or token can
+//! leak ([`domain::Summary`]).
 
 use domain::RecordedEvent;
-use domain::account::AccountEvent;
-use domain::licence::LicenceEvent;
-use domain::login_attempts::LoginAttemptEvent;
 
+use crate::decode::registry;
 use crate::error::ProjectionError;
-use crate::identity::registry;
 use crate::projection::Projection;
 use crate::sql::{SqlValue, Statement};
 
@@ -33,63 +31,13 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX view_audit_time ON view_audit (recorded_at)",
 ];
 
-/// One line saying what happened, without secrets.
+/// One line saying what happened, without secrets: the event's own
+/// [`domain::Summary`], or its type and stream when no registered set holds
+/// it or it does not decode.
 pub fn summarize(event: &RecordedEvent) -> String {
-    let stream = event.stream_id.as_str();
-    if let Ok(e) = registry().decode::<AccountEvent>(event) {
-        let user = stream.strip_prefix("account-").unwrap_or(stream);
-        return match e {
-            AccountEvent::AccountCreated(c) => {
-                let roles: Vec<String> = c.roles.iter().map(ToString::to_string).collect();
-                format!(
-                    "account {user} created by {} with roles {}",
-                    c.by,
-                    roles.join(", ")
-                )
-            }
-            AccountEvent::PasswordChanged(p) => format!("password of {user} changed by {}", p.by),
-            AccountEvent::AccountDisabled(d) => {
-                format!("account {user} disabled by {}: {}", d.by, d.reason)
-            }
-            AccountEvent::LoginFailed(f) => format!(
-                "failed login to {user} from {} ({:?})",
-                f.client_ip.as_deref().unwrap_or("an unknown address"),
-                f.reason
-            ),
-            AccountEvent::SessionStarted(s) => format!(
-                "{user} logged in from {} (session {})",
-                s.client_ip.as_deref().unwrap_or("an unknown address"),
-                s.session_id
-            ),
-            AccountEvent::SessionRefreshed(r) => {
-                format!("session {} of {user} refreshed", r.session_id)
-            }
-            AccountEvent::SessionEnded(x) => {
-                format!("session {} of {user} ended: {}", x.session_id, x.reason)
-            }
-        };
-    }
-    if let Ok(e) = registry().decode::<LicenceEvent>(event) {
-        return match e {
-            LicenceEvent::LicenceIssued(l) => format!(
-                "licence issued to {} by {}, valid until {}",
-                l.username, l.by, l.terms.expires_at
-            ),
-            LicenceEvent::LicenceRevoked(l) => {
-                format!("licence of {} revoked by {}", l.username, l.by)
-            }
-        };
-    }
-    if let Ok(e) = registry().decode::<LoginAttemptEvent>(event) {
-        return match e {
-            LoginAttemptEvent::UnknownAccountLoginFailed(f) => format!(
-                "failed login naming no account from {} (name fingerprint {})",
-                f.client_ip.as_deref().unwrap_or("an unknown address"),
-                f.name_fingerprint
-            ),
-        };
-    }
-    format!("{} on {stream}", event.event_type)
+    registry()
+        .summarize(event)
+        .unwrap_or_else(|_| format!("{} on {}", event.event_type, event.stream_id))
 }
 
 impl Projection for AuditView {
@@ -124,5 +72,163 @@ impl Projection for AuditView {
             .bind(summarize(event)),
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::account::AccountEvent;
+    use domain::account::{
+        AccountCreated, AccountDisabled, EndReason, LoginFailed, LoginFailure, PasswordChanged,
+        PasswordHash, SessionEnded, SessionId, SessionRefreshed, SessionStarted, SessionTokens,
+        TokenHash, Username,
+    };
+    use domain::licence::LicenceEvent;
+    use domain::licence::{LicenceIssued, LicenceRevoked, LicenceTerms};
+    use domain::login_attempts::LoginAttemptEvent;
+    use domain::login_attempts::{NameFingerprint, UnknownAccountLoginFailed};
+    use domain::{EventSet, Metadata, Position, Role, StreamId};
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn recorded(stream: &str, event: &impl EventSet) -> RecordedEvent {
+        let new = event.to_new_event(Metadata::default()).unwrap();
+        RecordedEvent {
+            id: new.id,
+            stream_id: StreamId::parse(stream).unwrap(),
+            stream_version: 0,
+            position: Position::new(1, 0),
+            event_type: new.event_type,
+            schema_version: new.schema_version,
+            recorded_at: OffsetDateTime::UNIX_EPOCH,
+            metadata: new.metadata,
+            data: new.data.as_str().into(),
+        }
+    }
+
+    #[test]
+    fn every_event_type_has_its_one_line_summary_without_secrets() {
+        let session = SessionId(Uuid::from_u128(7));
+        let tokens = SessionTokens {
+            refresh_token_hash: TokenHash("token-hash".into()),
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            refresh_until: OffsetDateTime::UNIX_EPOCH,
+        };
+        let account = |e: AccountEvent| summarize(&recorded("account-ada", &e));
+        let cases = [
+            (
+                account(AccountEvent::AccountCreated(AccountCreated {
+                    account_id: Uuid::from_u128(1),
+                    username: Username::parse("ada").unwrap(),
+                    roles: [Role::Admin, Role::User].into(),
+                    password_hash: PasswordHash("$argon2id$hash".into()),
+                    by: "root".into(),
+                })),
+                "account ada created by root with roles user, admin",
+            ),
+            (
+                account(AccountEvent::PasswordChanged(PasswordChanged {
+                    password_hash: PasswordHash("$argon2id$hash".into()),
+                    by: "root".into(),
+                })),
+                "password of ada changed by root",
+            ),
+            (
+                account(AccountEvent::AccountDisabled(AccountDisabled {
+                    reason: "left".into(),
+                    by: "root".into(),
+                })),
+                "account ada disabled by root: left",
+            ),
+            (
+                account(AccountEvent::LoginFailed(LoginFailed {
+                    client_ip: None,
+                    reason: LoginFailure::WrongPassword,
+                })),
+                "failed login to ada from an unknown address (WrongPassword)",
+            ),
+            (
+                account(AccountEvent::SessionStarted(SessionStarted {
+                    session_id: session,
+                    client_ip: Some("10.0.0.1".into()),
+                    user_agent: None,
+                    tokens: tokens.clone(),
+                })),
+                "ada logged in from 10.0.0.1 (session 00000000-0000-0000-0000-000000000007)",
+            ),
+            (
+                account(AccountEvent::SessionRefreshed(SessionRefreshed {
+                    session_id: session,
+                    tokens,
+                })),
+                "session 00000000-0000-0000-0000-000000000007 of ada refreshed",
+            ),
+            (
+                account(AccountEvent::SessionEnded(SessionEnded {
+                    session_id: session,
+                    reason: EndReason::Expired,
+                })),
+                "session 00000000-0000-0000-0000-000000000007 of ada ended: expired",
+            ),
+            (
+                summarize(&recorded(
+                    "licence-ada",
+                    &LicenceEvent::LicenceIssued(LicenceIssued {
+                        username: "ada".into(),
+                        terms: LicenceTerms {
+                            max_instances: 1,
+                            human_surfing: false,
+                            import_proxy: false,
+                            scheduler: false,
+                            external_clicks: false,
+                            max_targets: 1,
+                            max_flows_per_day: 1,
+                            expires_at: OffsetDateTime::UNIX_EPOCH,
+                        },
+                        by: "root".into(),
+                    }),
+                )),
+                "licence issued to ada by root, valid until 1970-01-01 0:00:00.0 +00:00:00",
+            ),
+            (
+                summarize(&recorded(
+                    "licence-ada",
+                    &LicenceEvent::LicenceRevoked(LicenceRevoked {
+                        username: "ada".into(),
+                        by: "root".into(),
+                    }),
+                )),
+                "licence of ada revoked by root",
+            ),
+            (
+                summarize(&recorded(
+                    "login-attempts-10.0.0.1",
+                    &LoginAttemptEvent::UnknownAccountLoginFailed(UnknownAccountLoginFailed {
+                        client_ip: Some("10.0.0.1".into()),
+                        name_fingerprint: NameFingerprint("f00d".into()),
+                    }),
+                )),
+                "failed login naming no account from 10.0.0.1 (name fingerprint f00d)",
+            ),
+        ];
+        for (summary, expected) in cases {
+            assert_eq!(summary, expected);
+            assert!(!summary.contains("hash"), "{summary}");
+        }
+    }
+
+    #[test]
+    fn an_event_no_set_holds_is_summarized_by_its_type_and_stream() {
+        let mut event = recorded(
+            "job-1",
+            &LicenceEvent::LicenceRevoked(LicenceRevoked {
+                username: "ada".into(),
+                by: "root".into(),
+            }),
+        );
+        event.event_type = "JobStarted".into();
+        assert_eq!(summarize(&event), "JobStarted on job-1");
     }
 }

@@ -3,14 +3,13 @@
 
 use std::sync::Arc;
 
-use store::EventStore;
+use store::{EventStore, valid_identifier};
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::EngineError;
 use crate::projection::Projection;
-use crate::runner::{RETRY_FIRST, Runner};
-use crate::sql::valid_identifier;
+use crate::projector::{Projector, RETRY_FIRST};
 use crate::status::{EngineStatus, Phase, ProjectionStatus};
 use crate::view_store::ViewStore;
 
@@ -20,7 +19,7 @@ pub struct ProjectionEngine {
     store: Arc<dyn EventStore>,
     views: ViewStore,
     status: Arc<watch::Sender<EngineStatus>>,
-    runners: Mutex<Vec<Running>>,
+    projectors: Mutex<Vec<Running>>,
 }
 
 /// A projection and the task running it.
@@ -58,20 +57,20 @@ impl ProjectionEngine {
             store,
             views,
             status: Arc::new(watch::channel(status).0),
-            runners: Mutex::new(Vec::new()),
+            projectors: Mutex::new(Vec::new()),
         };
         let running = projections
             .into_iter()
             .enumerate()
             .map(|(index, projection)| engine.spawn(index, projection))
             .collect();
-        engine.runners = Mutex::new(running);
+        engine.projectors = Mutex::new(running);
         Ok(engine)
     }
 
     fn spawn(&self, index: usize, projection: Arc<dyn Projection>) -> Running {
         let (stop, stop_rx) = watch::channel(false);
-        let runner = Runner {
+        let projector = Projector {
             projection: projection.clone(),
             store: self.store.clone(),
             views: self.views.clone(),
@@ -83,7 +82,7 @@ impl ProjectionEngine {
         Running {
             projection,
             stop,
-            task: Some(tokio::spawn(runner.run())),
+            task: Some(tokio::spawn(projector.run())),
         }
     }
 
@@ -126,18 +125,18 @@ impl ProjectionEngine {
     /// failed. Returns once replay has begun: [`Self::wait_until_live`] says
     /// when it has caught up.
     pub async fn rebuild(&self, name: &str) -> Result<(), EngineError> {
-        let mut runners = self.runners.lock().await;
-        let Some(index) = runners.iter().position(|r| r.projection.name() == name) else {
+        let mut projectors = self.projectors.lock().await;
+        let Some(index) = projectors.iter().position(|r| r.projection.name() == name) else {
             return Err(EngineError::UnknownProjection {
                 name: name.to_owned(),
-                known: runners
+                known: projectors
                     .iter()
                     .map(|r| r.projection.name())
                     .collect::<Vec<_>>()
                     .join(", "),
             });
         };
-        let running = &mut runners[index];
+        let running = &mut projectors[index];
         running.stop.send_replace(true);
         if let Some(task) = running.task.take() {
             // A task that panicked is as stopped as one that returned.
@@ -159,11 +158,11 @@ impl ProjectionEngine {
     /// Stops every projection and waits for their tasks to end. A batch
     /// being committed finishes first.
     pub async fn shutdown(self) {
-        let mut runners = self.runners.lock().await;
-        for r in runners.iter() {
+        let mut projectors = self.projectors.lock().await;
+        for r in projectors.iter() {
             r.stop.send_replace(true);
         }
-        for r in runners.iter_mut() {
+        for r in projectors.iter_mut() {
             if let Some(task) = r.task.take() {
                 let _ = task.await;
             }

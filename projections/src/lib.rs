@@ -10,14 +10,14 @@
 
 pub mod accounts_view;
 pub mod audit_view;
+mod decode;
 pub mod engine;
 pub mod error;
 pub mod event_counts;
-mod identity;
 pub mod metrics_view;
 pub mod projection;
+mod projector;
 pub mod row;
-mod runner;
 pub mod sessions_view;
 pub mod sql;
 pub mod status;
@@ -38,7 +38,9 @@ pub use view_store::{Checkpoint, ViewStore};
 
 use std::sync::Arc;
 
-/// Every view the system runs.
+/// Every view the system runs, in the order they start, rebuild and are
+/// listed (engine status, `projections rebuild`). A test checks that every
+/// `impl Projection` of this crate is here.
 pub fn all_views() -> Vec<Arc<dyn Projection>> {
     vec![
         Arc::new(EventCounts),
@@ -47,4 +49,50 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(AuditView),
         Arc::new(MetricsView),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    /// The types named by `impl Projection for <Type>` in this crate's sources.
+    fn projections_in_sources(dir: &Path, found: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                projections_in_sources(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.extend(text.lines().filter_map(|line| {
+                    let rest = line.strip_prefix("impl Projection for ")?;
+                    Some(rest.trim_end_matches(" {").to_owned())
+                }));
+            }
+        }
+    }
+
+    /// The compiler cannot tell that a view was left out of `all_views`:
+    /// it would silently never run. (The list stays hand-kept because its
+    /// order is behaviour: the order views start, rebuild and are listed.)
+    #[test]
+    fn every_view_of_the_crate_is_in_all_views_once() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut defined = Vec::new();
+        projections_in_sources(&src, &mut defined);
+        let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+        let listed = &lib[lib.find("pub fn all_views").unwrap()..lib.find("#[cfg(test)]").unwrap()];
+        for view in &defined {
+            assert!(
+                listed.contains(&format!("Arc::new({view})")),
+                "{view} implements Projection but is not in all_views()"
+            );
+        }
+        let mut names: Vec<&str> = all_views().iter().map(|view| view.name()).collect();
+        assert_eq!(names.len(), defined.len(), "{names:?} against {defined:?}");
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), defined.len(), "two views share a name");
+    }
 }

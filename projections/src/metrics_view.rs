@@ -7,8 +7,8 @@ use domain::account::AccountEvent;
 use domain::login_attempts::{self, LoginAttemptEvent};
 use store::Filter;
 
+use crate::decode::{ACCOUNT_PREFIX, account_event, registry};
 use crate::error::ProjectionError;
-use crate::identity::{ACCOUNT_PREFIX, account_event, registry};
 use crate::projection::Projection;
 use crate::sql::Statement;
 

@@ -4,8 +4,8 @@ use domain::RecordedEvent;
 use domain::account::AccountEvent;
 use store::Filter;
 
+use crate::decode::{ACCOUNT_PREFIX, account_event, username_of};
 use crate::error::ProjectionError;
-use crate::identity::{ACCOUNT_PREFIX, account_event, username_of};
 use crate::projection::Projection;
 use crate::sql::{SqlValue, Statement};
 

@@ -227,15 +227,6 @@ fn end_of_quoted(bytes: &[u8], open: usize, quote: u8) -> Option<usize> {
     None
 }
 
-/// A name we are willing to splice into DDL: lowercase letters, digits and
-/// underscores, not starting with a digit.
-pub(crate) fn valid_identifier(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,13 +282,5 @@ mod tests {
         );
         assert_eq!(SqlValue::try_from(u64::MAX), Err(OutOfRange(u64::MAX)));
         assert_eq!(SqlValue::try_from(7_u64), Ok(SqlValue::Int(7)));
-    }
-
-    #[test]
-    fn identifiers_must_be_plain_lowercase_names() {
-        assert!(valid_identifier("view_event_counts"));
-        for bad in ["", "1x", "Views", "a-b", "a; DROP TABLE events"] {
-            assert!(!valid_identifier(bad), "{bad}");
-        }
     }
 }

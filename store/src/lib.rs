@@ -4,6 +4,7 @@
 
 pub mod error;
 pub mod event_store;
+pub mod identifier;
 pub mod migrate;
 pub mod postgres;
 pub mod sqlite;
@@ -19,6 +20,7 @@ pub use event_store::{
     AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, MAX_EVENT_DATA_BYTES, Page,
     Snapshot, StreamFrom, SubscribeFrom,
 };
+pub use identifier::valid_identifier;
 pub use migrate::MigrationReport;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;

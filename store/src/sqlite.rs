@@ -124,10 +124,21 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path).map_err(|e| StoreError::Unavailable {
+    open_connection(path).map_err(|e| StoreError::Unavailable {
         backend: BACKEND,
-        message: format!("cannot open {}: {e}", path.display()),
-    })?;
+        message: e.to_string(),
+    })
+}
+
+/// Opens a connection to a store file with the pragmas every connection to
+/// it needs, the event store's and the views' alike.
+pub fn open_connection(path: &Path) -> Result<Connection, ConnectError> {
+    let failed = |what, source| ConnectError {
+        what,
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(|e| failed("open", e))?;
     // FULL: an acknowledged append survives a power cut, not just a crash.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL;
@@ -135,11 +146,17 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
          PRAGMA busy_timeout = 10000;
          PRAGMA foreign_keys = ON;",
     )
-    .map_err(|e| StoreError::Unavailable {
-        backend: BACKEND,
-        message: format!("cannot configure {}: {e}", path.display()),
-    })?;
+    .map_err(|e| failed("configure", e))?;
     Ok(conn)
+}
+
+/// A store file that could not be opened or configured.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {}: {source}", path.display())]
+pub struct ConnectError {
+    what: &'static str,
+    path: PathBuf,
+    source: rusqlite::Error,
 }
 
 fn apply_migrations(conn: &mut Connection) -> Result<MigrationReport, StoreError> {

@@ -82,13 +82,8 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// A schema name we are willing to splice into SQL.
-pub fn valid_schema(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        && name.len() <= 63
-}
+/// A schema name is spliced into SQL, so it follows the identifier rule.
+pub use crate::identifier::valid_identifier as valid_schema;
 
 impl FromStr for StoreUrl {
     type Err = StoreError;

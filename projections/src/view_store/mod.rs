@@ -13,13 +13,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use domain::Position;
-use store::{PostgresStore, SqliteStore};
+use store::{PostgresStore, SqliteStore, valid_identifier};
 use time::OffsetDateTime;
 
 use crate::error::ViewError;
 use crate::projection::Projection;
 use crate::row::Row;
-use crate::sql::{SqlValue, Statement, valid_identifier};
+use crate::sql::{SqlValue, Statement};
 
 /// Where a view stands: every event up to `position` is in it, as the
 /// projection's `version` computed it.

@@ -212,20 +212,13 @@ async fn blocking<T: Send + 'static>(
         })?
 }
 
-/// The same pragmas as the event store's connections.
+/// A connection with the event store's pragmas, and room for every view's
+/// prepared statements.
 fn connect(path: &std::path::Path) -> Result<Connection, ViewError> {
-    let unavailable = |what: &str, e: rusqlite::Error| ViewError::Unavailable {
+    let conn = store::sqlite::open_connection(path).map_err(|e| ViewError::Unavailable {
         backend: BACKEND,
-        message: format!("cannot {what} {}: {e}", path.display()),
-    };
-    let conn = Connection::open(path).map_err(|e| unavailable("open", e))?;
-    conn.execute_batch(
-        "PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = FULL;
-         PRAGMA busy_timeout = 10000;
-         PRAGMA foreign_keys = ON;",
-    )
-    .map_err(|e| unavailable("configure", e))?;
+        message: e.to_string(),
+    })?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     Ok(conn)
 }

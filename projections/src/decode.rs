@@ -1,4 +1,5 @@
-//! Shared by the identity views: decoding account events once.
+//! Decoding events for views: the event registry, built once, and the
+//! account event of an account stream.
 
 use domain::account::AccountEvent;
 use domain::{EventRegistry, RecordedEvent};

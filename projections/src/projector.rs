@@ -45,7 +45,8 @@ enum Halt {
     Restart { reason: String, pause: bool },
 }
 
-pub(crate) struct Runner {
+/// Keeps one view up to date with the log.
+pub(crate) struct Projector {
     pub projection: Arc<dyn Projection>,
     pub store: Arc<dyn EventStore>,
     pub views: ViewStore,
@@ -110,7 +111,7 @@ impl Batch {
     }
 }
 
-impl Runner {
+impl Projector {
     pub(crate) async fn run(mut self) {
         let view = self.projection.name();
         loop {
