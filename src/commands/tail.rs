@@ -44,7 +44,7 @@ pub async fn run(settings: &Settings, args: &TailArgs) -> anyhow::Result<()> {
             tracing::info!(store = %settings.store, "following events after position {p}")
         }
         SubscribeFrom::Head(head) => {
-            tracing::info!(store = %settings.store, "following events appended after {head}")
+            tracing::info!(store = %settings.store, "following events after position {head}")
         }
         _ => tracing::info!(store = %settings.store, "following events from the start"),
     }
