@@ -442,69 +442,92 @@ impl Decider for Account {
         command: AccountCommand,
         ctx: &Context,
     ) -> Result<Vec<AccountEvent>, AccountError> {
-        if let AccountCommand::Create {
-            account_id,
-            username,
-            roles,
-            password_hash,
-        } = command
-        {
-            return create(state, account_id, username, roles, password_hash, ctx);
-        }
-        let account = state.account.as_ref().ok_or(AccountError::NotFound)?;
-        match command {
-            AccountCommand::Create { .. } => unreachable!("handled above"),
-            AccountCommand::ChangePassword {
-                new_password_hash,
-                verified_against,
-            } => change_password(account, new_password_hash, verified_against, ctx),
-            AccountCommand::Disable { reason } => disable(account, reason, ctx),
-            AccountCommand::Login {
-                session_id,
-                client_ip,
-                user_agent,
-                password,
-                tokens,
-            } => login(account, session_id, client_ip, user_agent, password, tokens),
-            AccountCommand::Refresh {
-                session_id,
-                presented,
-                tokens,
-            } => refresh(account, session_id, presented, tokens, ctx),
-            AccountCommand::Logout { session_id } => {
-                if !(ctx.actor.is_account(account.username.as_str()) || administers(ctx, account)) {
-                    return Err(AccountError::Forbidden(
-                        "only the account itself, or an admin above it, may log it out",
-                    ));
-                }
-                Ok(end_if_live(account, session_id, EndReason::LoggedOut))
-            }
-            AccountCommand::RevokeSession { session_id } => {
-                if !administers(ctx, account) {
-                    return Err(AccountError::Forbidden(
-                        "admins revoke sessions of user and auditor accounts; only a super-admin revokes an admin's",
-                    ));
-                }
-                live(account, session_id)?;
-                Ok(end_if_live(
-                    account,
+        use AccountCommand as C;
+        // Only `Create` needs no account; every other command acts on one.
+        match (command, state.account.as_ref()) {
+            (
+                C::Create {
+                    account_id,
+                    username,
+                    roles,
+                    password_hash,
+                },
+                _,
+            ) => create(state, account_id, username, roles, password_hash, ctx),
+            (_, None) => Err(AccountError::NotFound),
+            (
+                C::ChangePassword {
+                    new_password_hash,
+                    verified_against,
+                },
+                Some(account),
+            ) => change_password(account, new_password_hash, verified_against, ctx),
+            (C::Disable { reason }, Some(account)) => disable(account, reason, ctx),
+            (
+                C::Login {
                     session_id,
-                    EndReason::Revoked {
-                        by: ctx.actor.name(),
-                    },
-                ))
-            }
-            AccountCommand::ExpireSession { session_id } => {
-                let Ok(session) = live(account, session_id) else {
-                    return Ok(vec![]); // already over
-                };
-                if ctx.now <= session.tokens.refresh_until {
-                    return Err(AccountError::NotExpired(session.tokens.refresh_until));
-                }
-                Ok(end_if_live(account, session_id, EndReason::Expired))
-            }
+                    client_ip,
+                    user_agent,
+                    password,
+                    tokens,
+                },
+                Some(account),
+            ) => login(account, session_id, client_ip, user_agent, password, tokens),
+            (
+                C::Refresh {
+                    session_id,
+                    presented,
+                    tokens,
+                },
+                Some(account),
+            ) => refresh(account, session_id, presented, tokens, ctx),
+            (C::Logout { session_id }, Some(account)) => logout(account, session_id, ctx),
+            (C::RevokeSession { session_id }, Some(account)) => revoke(account, session_id, ctx),
+            (C::ExpireSession { session_id }, Some(account)) => expire(account, session_id, ctx),
         }
     }
+}
+
+fn logout(
+    account: &AccountRecord,
+    session_id: SessionId,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, AccountError> {
+    if !(ctx.actor.is_account(account.username.as_str()) || administers(ctx, account)) {
+        return Err(AccountError::Forbidden(
+            "only the account itself, or an admin above it, may log it out",
+        ));
+    }
+    Ok(end_if_live(account, session_id, EndReason::LoggedOut))
+}
+
+fn revoke(
+    account: &AccountRecord,
+    session_id: SessionId,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, AccountError> {
+    if !administers(ctx, account) {
+        return Err(AccountError::Forbidden(
+            "admins revoke sessions of user and auditor accounts; only a super-admin revokes an admin's",
+        ));
+    }
+    live(account, session_id)?;
+    let by = ctx.actor.name();
+    Ok(end_if_live(account, session_id, EndReason::Revoked { by }))
+}
+
+fn expire(
+    account: &AccountRecord,
+    session_id: SessionId,
+    ctx: &Context,
+) -> Result<Vec<AccountEvent>, AccountError> {
+    let Ok(session) = live(account, session_id) else {
+        return Ok(vec![]); // already over
+    };
+    if ctx.now <= session.tokens.refresh_until {
+        return Err(AccountError::NotExpired(session.tokens.refresh_until));
+    }
+    Ok(end_if_live(account, session_id, EndReason::Expired))
 }
 
 /// May `ctx.actor` give an account these roles?
