@@ -2,6 +2,7 @@
 //! stores (a temporary SQLite file; a fresh PostgreSQL schema), real HTTP.
 
 mod admin;
+mod graphiql;
 mod graphql;
 mod helpers;
 mod projections;
