@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
 pub mod expiry;
+pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod http_limits;

@@ -6,13 +6,13 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use async_graphql::Data;
-use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, GraphiQLSource};
+use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use projections::{ProjectionEngine, ViewStore};
 use secrecy::SecretSlice;
@@ -28,7 +28,7 @@ use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
 use crate::state::AppState;
 use crate::ws_limits::{self, SessionConnections};
-use crate::{expiry, health, metrics};
+use crate::{expiry, graphiql, health, metrics};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -74,7 +74,8 @@ pub struct GatewayConfig {
 pub fn router(shared: Shared) -> Router {
     let routes = Router::new()
         .route("/graphql", get(graphql_ws).post(graphql_http))
-        .route("/graphiql", get(graphiql))
+        .route("/graphiql", get(graphiql::page))
+        .route("/graphiql/{file}", get(graphiql::file))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
@@ -228,15 +229,6 @@ async fn graphql_ws(
                 },
             )
         })
-}
-
-async fn graphiql() -> impl IntoResponse {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql")
-            .finish(),
-    )
 }
 
 /// A bound gateway, ready to serve.

@@ -3,6 +3,7 @@
 
 mod admin;
 mod bench;
+mod graphiql;
 mod graphql;
 mod helpers;
 mod projections;

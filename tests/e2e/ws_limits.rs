@@ -146,7 +146,7 @@ async fn one_connection_past_the_sessions_cap_is_refused_until_another_closes() 
 
     let (mut refused, reply) = ws_init(&app.addr, &token).await;
     assert_eq!(reply["type"], "closed", "{reply}");
-    drop(refused.close(None).await);
+    let _ = refused.close(None).await;
     let reply = reply["frame"].as_str().unwrap();
     assert!(
         reply.contains(&format!(
@@ -156,8 +156,8 @@ async fn one_connection_past_the_sessions_cap_is_refused_until_another_closes() 
     );
 
     // Another session is not affected.
-    let root = app.token("audrey", PASSWORD).await;
-    let (_, reply) = ws_init(&app.addr, &root).await;
+    let other = app.token("audrey", PASSWORD).await;
+    let (_, reply) = ws_init(&app.addr, &other).await;
     assert_eq!(reply["type"], "connection_ack", "{reply}");
 
     // Closing one frees a place.
