@@ -49,9 +49,15 @@ impl Limit {
     }
 }
 
-/// The feature matrix, limits and expiry of one licence.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LicenceTerms {
+/// What a licence allows: its feature matrix and limits. Written once:
+/// GraphQL's `Features` and `LicenceInput` are derived from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "graphql",
+    derive(async_graphql::SimpleObject, async_graphql::InputObject),
+    graphql(input_name = "AllowancesInput")
+)]
+pub struct Allowances {
     pub max_instances: u32,
     pub human_surfing: bool,
     pub import_proxy: bool,
@@ -59,6 +65,20 @@ pub struct LicenceTerms {
     pub external_clicks: bool,
     pub max_targets: u32,
     pub max_flows_per_day: u32,
+}
+
+/// The feature matrix, limits and expiry of one licence.
+// Stored flat, as it always was: `allows`' fields sit beside `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "graphql",
+    derive(async_graphql::InputObject),
+    graphql(name = "LicenceInput")
+)]
+pub struct LicenceTerms {
+    #[serde(flatten)]
+    #[cfg_attr(feature = "graphql", graphql(flatten))]
+    pub allows: Allowances,
     #[serde(with = "time::serde::rfc3339")]
     pub expires_at: OffsetDateTime,
 }
@@ -87,10 +107,10 @@ impl LicenceTerms {
     pub fn require(&self, feature: Feature, now: OffsetDateTime) -> Result<(), NotLicensed> {
         self.check_current(feature.name(), now)?;
         let on = match feature {
-            Feature::HumanSurfing => self.human_surfing,
-            Feature::ImportProxy => self.import_proxy,
-            Feature::Scheduler => self.scheduler,
-            Feature::ExternalClicks => self.external_clicks,
+            Feature::HumanSurfing => self.allows.human_surfing,
+            Feature::ImportProxy => self.allows.import_proxy,
+            Feature::Scheduler => self.allows.scheduler,
+            Feature::ExternalClicks => self.allows.external_clicks,
         };
         if on {
             Ok(())
@@ -105,9 +125,9 @@ impl LicenceTerms {
     /// The allowance for `limit`.
     pub fn allowance(&self, limit: Limit) -> u32 {
         match limit {
-            Limit::MaxInstances => self.max_instances,
-            Limit::MaxTargets => self.max_targets,
-            Limit::MaxFlowsPerDay => self.max_flows_per_day,
+            Limit::MaxInstances => self.allows.max_instances,
+            Limit::MaxTargets => self.allows.max_targets,
+            Limit::MaxFlowsPerDay => self.allows.max_flows_per_day,
         }
     }
 
@@ -261,13 +281,15 @@ mod tests {
 
     fn terms() -> LicenceTerms {
         LicenceTerms {
-            max_instances: 4,
-            human_surfing: true,
-            import_proxy: false,
-            scheduler: true,
-            external_clicks: false,
-            max_targets: 3,
-            max_flows_per_day: 1000,
+            allows: Allowances {
+                max_instances: 4,
+                human_surfing: true,
+                import_proxy: false,
+                scheduler: true,
+                external_clicks: false,
+                max_targets: 3,
+                max_flows_per_day: 1000,
+            },
             expires_at: now() + Duration::days(30),
         }
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use domain::account::{Account, AccountCommand, AccountError, PasswordHash, Username};
 use domain::licence::{
-    Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceState, LicenceTerms,
+    Allowances, Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceState, LicenceTerms,
 };
 use domain::{Actor, Context, EventRegistry, Role, StreamId};
 use gateway::{CommandError, CommandHandler, CommandMeta};
@@ -35,13 +35,15 @@ fn admin() -> Context {
 
 fn terms(instances: u32) -> LicenceTerms {
     LicenceTerms {
-        max_instances: instances,
-        human_surfing: true,
-        import_proxy: true,
-        scheduler: true,
-        external_clicks: false,
-        max_targets: 5,
-        max_flows_per_day: 100,
+        allows: Allowances {
+            max_instances: instances,
+            human_surfing: true,
+            import_proxy: true,
+            scheduler: true,
+            external_clicks: false,
+            max_targets: 5,
+            max_flows_per_day: 100,
+        },
         expires_at: OffsetDateTime::now_utc() + Duration::days(30),
     }
 }
@@ -102,7 +104,7 @@ mod cases {
         assert_eq!(stored.metadata.correlation_id, meta.correlation_id);
         let (version, state) = handler.load::<Licence>(&licence_stream()).await.unwrap();
         assert_eq!(
-            (version, state.terms.map(|t| t.max_instances)),
+            (version, state.terms.map(|t| t.allows.max_instances)),
             (Some(0), Some(2))
         );
     }
@@ -258,7 +260,7 @@ mod cases {
     /// A loaded licence, told apart by its `max_instances` (the expiry
     /// differs by when the terms were made).
     fn instances((version, state): (Option<u64>, LicenceState)) -> (Option<u64>, Option<u32>) {
-        (version, state.terms.map(|t| t.max_instances))
+        (version, state.terms.map(|t| t.allows.max_instances))
     }
 
     pub async fn a_fresh_handler_starts_from_the_snapshot(b: &TestStore) {
@@ -275,7 +277,7 @@ mod cases {
         let saved = snapshot_of(&store, &stream).await;
         assert_eq!((saved.kind.as_str(), saved.version), ("licence/1", 19));
         let state: LicenceState = serde_json::from_str(&saved.data).unwrap();
-        assert_eq!(state.terms.unwrap().max_instances, 20);
+        assert_eq!(state.terms.unwrap().allows.max_instances, 20);
 
         // A fresh handler (a restarted gateway) starts from the snapshot and
         // reads only the events after it. To see that it does, the snapshot

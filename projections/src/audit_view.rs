@@ -84,7 +84,7 @@ mod tests {
         TokenHash, Username,
     };
     use domain::licence::LicenceEvent;
-    use domain::licence::{LicenceIssued, LicenceRevoked, LicenceTerms};
+    use domain::licence::{Allowances, LicenceIssued, LicenceRevoked, LicenceTerms};
     use domain::login_attempts::LoginAttemptEvent;
     use domain::login_attempts::{NameFingerprint, UnknownAccountLoginFailed};
     use domain::{EventSet, Metadata, Position, Role, StreamId};
@@ -178,13 +178,15 @@ mod tests {
                     &LicenceEvent::LicenceIssued(LicenceIssued {
                         username: "ada".into(),
                         terms: LicenceTerms {
-                            max_instances: 1,
-                            human_surfing: false,
-                            import_proxy: false,
-                            scheduler: false,
-                            external_clicks: false,
-                            max_targets: 1,
-                            max_flows_per_day: 1,
+                            allows: Allowances {
+                                max_instances: 1,
+                                human_surfing: false,
+                                import_proxy: false,
+                                scheduler: false,
+                                external_clicks: false,
+                                max_targets: 1,
+                                max_flows_per_day: 1,
+                            },
                             expires_at: OffsetDateTime::UNIX_EPOCH,
                         },
                         by: "root".into(),

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use domain::account::{Account, AccountCommand, PasswordHash, Username};
-use domain::licence::{Licence, LicenceCommand, LicenceEvent, LicenceIssued, LicenceTerms};
+use domain::licence::{
+    Allowances, Licence, LicenceCommand, LicenceEvent, LicenceIssued, LicenceTerms,
+};
 use domain::{Actor, Context, EventSet, Metadata, Role, StreamId};
 use futures_util::{SinkExt, StreamExt};
 use gateway::auth::password;
@@ -670,13 +672,15 @@ async fn deliveries(
 
 fn licence_terms(k: usize) -> LicenceTerms {
     LicenceTerms {
-        max_instances: 4,
-        human_surfing: true,
-        import_proxy: false,
-        scheduler: true,
-        external_clicks: false,
-        max_targets: k as u32,
-        max_flows_per_day: 1000,
+        allows: Allowances {
+            max_instances: 4,
+            human_surfing: true,
+            import_proxy: false,
+            scheduler: true,
+            external_clicks: false,
+            max_targets: k as u32,
+            max_flows_per_day: 1000,
+        },
         expires_at: OffsetDateTime::now_utc() + time::Duration::days(365),
     }
 }

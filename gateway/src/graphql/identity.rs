@@ -1,9 +1,9 @@
 //! Identity over GraphQL: who am I, what may I use, sessions, the audit
 //! log; logging in and out; account, licence and session administration.
 
-use async_graphql::{Context, Enum, InputObject, Object, SimpleObject};
+use async_graphql::{Context, Enum, Object, SimpleObject};
 use domain::account::{Account, AccountCommand, SessionId, Username};
-use domain::licence::{Licence, LicenceCommand, LicenceTerms};
+use domain::licence::{Allowances, Licence, LicenceCommand, LicenceTerms};
 use domain::{Context as DecisionContext, Role, StreamId};
 use projections::{Row, SqlValue};
 use time::OffsetDateTime;
@@ -46,33 +46,22 @@ pub struct Features {
     /// False when no licence is in force: then every feature is off.
     pub licensed: bool,
     pub expires_at: Option<OffsetDateTime>,
-    pub max_instances: u32,
-    pub human_surfing: bool,
-    pub import_proxy: bool,
-    pub scheduler: bool,
-    pub external_clicks: bool,
-    pub max_targets: u32,
-    pub max_flows_per_day: u32,
+    #[graphql(flatten)]
+    pub allows: Allowances,
 }
 
 impl Features {
     fn from_terms(t: &LicenceTerms, now: OffsetDateTime) -> Self {
-        if now >= t.expires_at {
-            return Features {
-                expires_at: Some(t.expires_at),
-                ..Features::default()
-            };
-        }
+        let licensed = now < t.expires_at;
         Features {
-            licensed: true,
+            licensed,
             expires_at: Some(t.expires_at),
-            max_instances: t.max_instances,
-            human_surfing: t.human_surfing,
-            import_proxy: t.import_proxy,
-            scheduler: t.scheduler,
-            external_clicks: t.external_clicks,
-            max_targets: t.max_targets,
-            max_flows_per_day: t.max_flows_per_day,
+            // An expired licence allows nothing.
+            allows: if licensed {
+                t.allows.clone()
+            } else {
+                Allowances::default()
+            },
         }
     }
 }
@@ -130,18 +119,6 @@ pub struct AuditPage {
     pub entries: Vec<AuditEntry>,
     /// Pass as `after` for the next (older) page; null on the last page.
     pub next_cursor: Option<String>,
-}
-
-#[derive(InputObject)]
-pub struct LicenceInput {
-    pub max_instances: u32,
-    pub human_surfing: bool,
-    pub import_proxy: bool,
-    pub scheduler: bool,
-    pub external_clicks: bool,
-    pub max_targets: u32,
-    pub max_flows_per_day: u32,
-    pub expires_at: OffsetDateTime,
 }
 
 fn row_err(e: impl std::fmt::Display) -> async_graphql::Error {
@@ -505,7 +482,7 @@ impl IdentityMutation {
         &self,
         ctx: &Context<'_>,
         username: String,
-        licence: LicenceInput,
+        licence: LicenceTerms,
         idempotency_key: Option<String>,
     ) -> async_graphql::Result<Features> {
         principal_with(ctx, ADMINS, "issuing licences")?;
@@ -521,16 +498,7 @@ impl IdentityMutation {
                 format!("username: no account {username}"),
             ));
         }
-        let terms = LicenceTerms {
-            max_instances: licence.max_instances,
-            human_surfing: licence.human_surfing,
-            import_proxy: licence.import_proxy,
-            scheduler: licence.scheduler,
-            external_clicks: licence.external_clicks,
-            max_targets: licence.max_targets,
-            max_flows_per_day: licence.max_flows_per_day,
-            expires_at: licence.expires_at,
-        };
+        let terms = licence;
         let command = LicenceCommand::Issue {
             username: username.to_string(),
             terms: terms.clone(),
