@@ -4,6 +4,7 @@
 mod admin;
 mod graphql;
 mod helpers;
+mod login_limits;
 mod projections;
 mod secrets;
 mod serve;
