@@ -645,3 +645,24 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
         "{late}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_with_a_dot_refreshes_over_graphql() {
+    let store = TestStore::sqlite();
+    create_user(&store.url, "ada.l", "user", PASSWORD).await;
+    let app = App::spawn(store).await;
+    let login = app.login("ada.l", PASSWORD).await;
+    let token = login["data"]["login"]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{login}"))
+        .to_owned();
+    let refresh = "mutation($t: String!) { refresh(refreshToken: $t) { accessToken } }";
+    let renewed = app.gql(refresh, json!({ "t": token }), None).await;
+    let access = renewed["data"]["refresh"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{renewed}"));
+    let me = app
+        .gql("{ me { username } }", json!({}), Some(access))
+        .await;
+    assert_eq!(me["data"]["me"]["username"], "ada.l", "{me}");
+}
