@@ -11,9 +11,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::helpers::{Running, TestStore, create_user, http_get, listening_addr, serve_command};
 
-const ROOT_PASSWORD: &str = "root password for the tests";
-pub(crate) const PASSWORD: &str = "a perfectly fine password";
-const SECRET: &str = "an-e2e-test-secret-of-at-least-32-chars";
+pub const ROOT_PASSWORD: &str = "root password for the tests";
+pub const PASSWORD: &str = "a perfectly fine password";
+pub const SECRET: &str = "an-e2e-test-secret-of-at-least-32-chars";
 
 /// A running gateway and the store it serves; requests go through its [`Client`].
 pub struct App {
@@ -41,7 +41,13 @@ impl App {
 
     /// Spawns with extra `serve` flags.
     pub async fn spawn_with(store: TestStore, extra: &[&str]) -> App {
-        let mut server = Running::spawn(serve_command(&store.url, Some(SECRET), extra));
+        let command = serve_command(&store.url, Some(SECRET), extra);
+        App::spawn_command(store, command).await
+    }
+
+    /// Spawns `command`, a `serve` of `store` made by [`serve_command`].
+    pub async fn spawn_command(store: TestStore, command: tokio::process::Command) -> App {
+        let mut server = Running::spawn(command);
         let line = server
             .stderr_line_containing("gateway listening on", Duration::from_secs(30))
             .await;
@@ -88,15 +94,34 @@ impl Client {
 
     /// A GraphQL request over HTTP: (status, response JSON).
     pub async fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        self.post_from(None, &headers, body).await
+    }
+
+    /// A GraphQL request over HTTP with extra headers, sent from the
+    /// loopback address `from` if given (all of 127/8 is loopback on Linux).
+    pub async fn post_from(
+        &self,
+        from: Option<std::net::Ipv4Addr>,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> (u16, Value) {
+        let headers: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         let request = format!(
-            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         );
-        let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(ip) = from {
+            socket.bind((ip, 0).into()).unwrap();
+        }
+        let mut stream = socket.connect(self.addr.parse().unwrap()).await.unwrap();
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await.unwrap();
@@ -162,7 +187,7 @@ fn dechunk(body: &str) -> String {
     out
 }
 
-fn code(response: &Value) -> &str {
+pub fn code(response: &Value) -> &str {
     response["errors"][0]["extensions"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no error code in {response}"))
@@ -635,4 +660,25 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
             .contains("log in again"),
         "{late}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_username_with_a_dot_refreshes_over_graphql() {
+    let store = TestStore::sqlite();
+    create_user(&store.url, "ada.l", "user", PASSWORD).await;
+    let app = App::spawn(store).await;
+    let login = app.login("ada.l", PASSWORD).await;
+    let token = login["data"]["login"]["refreshToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{login}"))
+        .to_owned();
+    let refresh = "mutation($t: String!) { refresh(refreshToken: $t) { accessToken } }";
+    let renewed = app.gql(refresh, json!({ "t": token }), None).await;
+    let access = renewed["data"]["refresh"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{renewed}"));
+    let me = app
+        .gql("{ me { username } }", json!({}), Some(access))
+        .await;
+    assert_eq!(me["data"]["me"]["username"], "ada.l", "{me}");
 }

@@ -6,6 +6,7 @@ mod bench;
 mod graphiql;
 mod graphql;
 mod helpers;
+mod login_limits;
 mod projections;
 mod secrets;
 mod serve;

@@ -1,6 +1,6 @@
 //! Set-up mistakes get one clear line on stderr and a non-zero exit, never a backtrace.
 
-use crate::helpers::run;
+use crate::helpers::{TestStore, run};
 
 async fn fails_with_one_line(args: &[&str], expect: &[&str]) {
     let (ok, _, stderr) = run(args).await;
@@ -62,4 +62,19 @@ async fn a_missing_config_file_is_named() {
         &["/nonexistent/tb.toml"],
     )
     .await;
+}
+
+#[tokio::test]
+async fn a_bad_trusted_proxy_is_named_before_anything_starts() {
+    let store = TestStore::sqlite();
+    let args = [
+        "--store",
+        &store.url,
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--trusted-proxy",
+        "10.0.0.0/8,10.0.0.0/40",
+    ];
+    fails_with_one_line(&args, &["trusted proxy", "\"10.0.0.0/40\"", "CIDR"]).await;
 }
