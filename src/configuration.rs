@@ -198,12 +198,7 @@ fn secret_file(path: &Path) -> anyhow::Result<SecretSlice<u8>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let secret: String = uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .chain(uuid::Uuid::new_v4().as_bytes())
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let secret = gateway::auth::tokens::random_secret();
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

@@ -169,19 +169,24 @@ fn decode(part: &str, what: &str) -> Result<Vec<u8>, TokenError> {
         .map_err(|e| invalid(format!("the {what} is not unpadded base64url: {e}")))
 }
 
-/// A fresh refresh token (hex, for the client) and its hash (for events).
-pub fn new_refresh_token() -> (String, TokenHash) {
+/// 32 bytes from the operating system's random source, as 64 hex digits:
+/// refresh tokens, and signing secrets made on first start.
+pub fn random_secret() -> String {
     let mut bytes = [0u8; 32];
     OsRng.fill_bytes(&mut bytes);
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    hex::encode(bytes)
+}
+
+/// A fresh refresh token (hex, for the client) and its hash (for events).
+pub fn new_refresh_token() -> (String, TokenHash) {
+    let token = random_secret();
     let hash = hash_refresh_token(&token);
     (token, hash)
 }
 
 /// The stored form of a refresh token.
 pub fn hash_refresh_token(token: &str) -> TokenHash {
-    let digest = Sha256::digest(token.as_bytes());
-    TokenHash(digest.iter().map(|b| format!("{b:02x}")).collect())
+    TokenHash(hex::encode(Sha256::digest(token.as_bytes())))
 }
 
 #[cfg(test)]
