@@ -77,6 +77,25 @@ pub enum ViewError {
     },
 }
 
+/// The store's classification carried over: passing trouble stays
+/// retryable, everything else needs a fix.
+impl From<store::StoreError> for ViewError {
+    fn from(e: store::StoreError) -> Self {
+        match e {
+            store::StoreError::Unavailable { backend, message } => {
+                ViewError::Unavailable { backend, message }
+            }
+            store::StoreError::Backend { backend, message } => {
+                ViewError::Backend { backend, message }
+            }
+            other => ViewError::Backend {
+                backend: "store",
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl ViewError {
     /// Worth retrying after a pause (the database went away, was busy, or
     /// aborted the transaction to break a deadlock)? The store's rule

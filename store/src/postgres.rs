@@ -376,7 +376,9 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     }
 }
 
-fn pg_err(e: tokio_postgres::Error) -> StoreError {
+/// The store's error for a driver error: `Unavailable` when transient,
+/// else `Backend`. Public for read models kept in the same database.
+pub fn pg_err(e: tokio_postgres::Error) -> StoreError {
     if is_transient(&e) {
         StoreError::Unavailable {
             backend: BACKEND,
@@ -407,7 +409,8 @@ pub fn is_transient_pool(e: &PoolError) -> bool {
     }
 }
 
-fn pool_err(e: PoolError) -> StoreError {
+/// The store's error for a failure to get a connection (see [`pg_err`]).
+pub fn pool_err(e: PoolError) -> StoreError {
     let message = describe_pool(&e);
     if is_transient_pool(&e) {
         StoreError::Unavailable {

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use deadpool_postgres::{Pool, PoolError};
-use store::postgres::{describe, describe_pool, is_transient, is_transient_pool};
+use store::postgres::{describe, is_transient};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -372,18 +372,9 @@ fn now_micros() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64
 }
 
+/// Classified once, by the store's rule.
 fn pg_err(e: tokio_postgres::Error) -> ViewError {
-    if is_transient(&e) {
-        ViewError::Unavailable {
-            backend: BACKEND,
-            message: describe(&e),
-        }
-    } else {
-        ViewError::Backend {
-            backend: BACKEND,
-            message: describe(&e),
-        }
-    }
+    store::postgres::pg_err(e).into()
 }
 
 /// A view's own statement failed: the view's fault unless it was transient.
@@ -400,16 +391,5 @@ fn statement_err(view: &str, index: usize, s: &Statement, e: tokio_postgres::Err
 }
 
 fn pool_err(e: PoolError) -> ViewError {
-    let message = describe_pool(&e);
-    if is_transient_pool(&e) {
-        ViewError::Unavailable {
-            backend: BACKEND,
-            message,
-        }
-    } else {
-        ViewError::Backend {
-            backend: BACKEND,
-            message,
-        }
-    }
+    store::postgres::pool_err(e).into()
 }
