@@ -23,8 +23,11 @@ use store::{
 };
 use uuid::Uuid;
 
-/// Decisions re-made after version conflicts before giving up.
-const MAX_ATTEMPTS: usize = 8;
+/// Decisions re-made after version conflicts before giving up. A writer
+/// that holds its state in memory appends back to back while a rival must
+/// re-read after each loss; on a loaded 2-core machine 8 attempts (about
+/// 130 ms of pauses) were seen to run out, so give the rival about a second.
+const MAX_ATTEMPTS: usize = 16;
 /// Aggregate states kept in memory.
 const CACHE_CAPACITY: usize = 10_000;
 /// Events read per page when loading or catching up.
@@ -45,9 +48,9 @@ pub struct CommandMeta {
     pub source: Option<String>,
 }
 
-/// A random pause of up to 2^attempt milliseconds (at most 64).
+/// A random pause of up to 2^attempt milliseconds (at most 128).
 fn jitter(attempt: usize) -> std::time::Duration {
-    let ceiling_us = 1000u64 << attempt.min(6);
+    let ceiling_us = 1000u64 << attempt.min(7);
     std::time::Duration::from_micros(rand::random_range(0..=ceiling_us))
 }
 

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use projections::Phase;
 use serde_json::{Value, json};
 
-use crate::startup::Shared;
+use crate::state::AppState;
 
 /// How long readiness waits for the store before calling it down.
 const STORE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -18,8 +18,8 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-pub async fn readyz(State(shared): State<Shared>) -> (StatusCode, Json<Value>) {
-    let store = &shared.app.store;
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+    let store = &state.store;
     let backend = store.backend();
     let head = match tokio::time::timeout(STORE_CHECK_TIMEOUT, store.head()).await {
         Ok(Ok(head)) => head,
@@ -41,7 +41,7 @@ pub async fn readyz(State(shared): State<Shared>) -> (StatusCode, Json<Value>) {
             );
         }
     };
-    let status = shared.app.projections.borrow().clone();
+    let status = state.projections.borrow().clone();
     let views: serde_json::Map<String, Value> = status
         .projections
         .iter()

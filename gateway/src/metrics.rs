@@ -22,7 +22,7 @@ use store::{
 };
 use time::OffsetDateTime;
 
-use crate::startup::Shared;
+use crate::state::AppState;
 
 /// Latency buckets, in seconds: 0.5 ms to 10 s.
 const BUCKETS: &[f64] = &[
@@ -163,16 +163,16 @@ impl Metrics {
 }
 
 /// `GET /metrics`.
-pub async fn endpoint(State(shared): State<Shared>) -> Response {
-    let status = shared.app.projections.borrow().clone();
-    let body = shared.app.metrics.render(&status);
+pub async fn endpoint(State(state): State<AppState>) -> Response {
+    let status = state.projections.borrow().clone();
+    let body = state.metrics.render(&status);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 
 /// Middleware: counts, times and logs every HTTP request by its route
 /// pattern (never the raw path, which clients control). Bodies, query text
 /// and headers are never logged: any of them may carry a password or token.
-pub async fn track(State(shared): State<Shared>, request: Request, next: Next) -> Response {
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -189,7 +189,7 @@ pub async fn track(State(shared): State<Shared>, request: Request, next: Next) -
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         "request"
     );
-    let m = &shared.app.metrics;
+    let m = &state.metrics;
     m.http_requests
         .with_label_values(&[route.as_str(), method.as_str(), response.status().as_str()])
         .inc();

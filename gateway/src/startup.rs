@@ -23,24 +23,15 @@ use crate::auth::sessions::{SessionPolicy, Sessions};
 use crate::auth::tokens::TokenError;
 use crate::client_addr::TrustedProxies;
 use crate::command_handler::CommandHandler;
-use crate::graphql::{self, ApiSchema, RequestAuth};
+use crate::graphql::{self, RequestAuth};
 use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
 use crate::state::AppState;
-use crate::ws_limits::{self, SessionConnections};
+use crate::ws_limits;
 use crate::{expiry, graphiql, health, metrics};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
-
-/// What the router's handlers share.
-#[derive(Clone)]
-pub struct Shared {
-    pub app: AppState,
-    pub schema: ApiSchema,
-    /// Open GraphQL WebSockets per session, to bound them.
-    pub ws_connections: Arc<SessionConnections>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,7 +62,7 @@ pub struct GatewayConfig {
 }
 
 /// Every route the gateway serves.
-pub fn router(shared: Shared) -> Router {
+pub fn router(state: AppState) -> Router {
     let routes = Router::new()
         .route("/graphql", get(graphql_ws).post(graphql_http))
         .route("/graphiql", get(graphiql::page))
@@ -83,10 +74,10 @@ pub fn router(shared: Shared) -> Router {
     // Inside the metrics layer, so refusals are counted too.
     http_limits::apply(routes, HttpLimits::default())
         .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
+            state.clone(),
             metrics::track,
         ))
-        .with_state(shared)
+        .with_state(state)
 }
 
 /// The bearer token of an `Authorization` value, or of a `connection_init` payload.
@@ -127,7 +118,7 @@ fn user_agent(headers: &HeaderMap) -> Option<String> {
 }
 
 async fn graphql_http(
-    State(shared): State<Shared>,
+    State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     // Bytes, not async-graphql's extractor: it streams past DefaultBodyLimit.
@@ -146,12 +137,15 @@ async fn graphql_http(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer);
-    let client = shared.app.trusted_proxies.client_ip(addr.ip(), &headers);
-    let auth = authenticate(&shared.app, token, Some(client), user_agent(&headers)).await;
+    let client = state.trusted_proxies.client_ip(addr.ip(), &headers);
+    let auth = authenticate(&state, token, Some(client), user_agent(&headers)).await;
     let operation = operation_type(&request);
     let started = std::time::Instant::now();
-    let mut response = shared.schema.execute(request.data(auth)).await;
-    shared.app.metrics.observe_graphql(
+    let mut response = state
+        .schema
+        .execute(request.data(auth).data(state.clone()))
+        .await;
+    state.metrics.observe_graphql(
         operation,
         response.errors.is_empty(),
         started.elapsed().as_secs_f64(),
@@ -190,51 +184,46 @@ fn operation_type(request: &async_graphql::Request) -> &'static str {
 }
 
 async fn graphql_ws(
-    State(shared): State<Shared>,
+    State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     protocol: GraphQLProtocol,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     let agent = user_agent(&headers);
-    let client = shared.app.trusted_proxies.client_ip(addr.ip(), &headers);
+    let client = state.trusted_proxies.client_ip(addr.ip(), &headers);
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         .max_message_size(ws_limits::MAX_MESSAGE_BYTES)
         .max_frame_size(ws_limits::MAX_MESSAGE_BYTES)
         .on_upgrade(move |socket| {
-            let app = shared.app.clone();
-            let connections = shared.ws_connections.clone();
-            ws_limits::serve(
-                socket,
-                shared.schema.clone(),
-                protocol,
-                move |payload| async move {
-                    // {"authorization": "Bearer …"}, {"Authorization": …} or {"token": "…"}.
-                    let token = ["authorization", "Authorization"]
-                        .iter()
-                        .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).and_then(bearer))
-                        .or_else(|| payload.get("token").and_then(|v| v.as_str()))
-                        .map(str::to_owned);
-                    let auth = authenticate(&app, token.as_deref(), Some(client), agent).await;
-                    if let Some(why) = &auth.rejected {
-                        return Err(async_graphql::Error::new(why.clone()));
-                    }
-                    let mut data = Data::default();
-                    if let Some(principal) = &auth.principal {
-                        data.insert(connections.open(principal.session_id)?);
-                    }
-                    data.insert(auth);
-                    Ok(data)
-                },
-            )
+            let schema = state.schema.clone();
+            ws_limits::serve(socket, schema, protocol, move |payload| async move {
+                // {"authorization": "Bearer …"}, {"Authorization": …} or {"token": "…"}.
+                let token = ["authorization", "Authorization"]
+                    .iter()
+                    .find_map(|k| payload.get(*k).and_then(|v| v.as_str()).and_then(bearer))
+                    .or_else(|| payload.get("token").and_then(|v| v.as_str()))
+                    .map(str::to_owned);
+                let auth = authenticate(&state, token.as_deref(), Some(client), agent).await;
+                if let Some(why) = &auth.rejected {
+                    return Err(async_graphql::Error::new(why.clone()));
+                }
+                let mut data = Data::default();
+                if let Some(principal) = &auth.principal {
+                    data.insert(state.ws_connections.open(principal.session_id)?);
+                }
+                data.insert(auth);
+                data.insert(state);
+                Ok(data)
+            })
         })
 }
 
 /// A bound gateway, ready to serve.
 pub struct Gateway {
     listener: TcpListener,
-    shared: Shared,
+    state: AppState,
     engine: ProjectionEngine,
 }
 
@@ -270,18 +259,15 @@ impl Gateway {
             projections: engine.status(),
             metrics,
             live: Arc::new(crate::live::LiveFeed::start(store.clone())),
+            schema: graphql::schema(),
+            ws_connections: Arc::default(),
         };
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| StartError::Bind { addr, source })?;
-        let schema = graphql::schema(Some(app.clone()));
         Ok(Self {
             listener,
-            shared: Shared {
-                app,
-                schema,
-                ws_connections: Arc::default(),
-            },
+            state: app,
             engine,
         })
     }
@@ -296,10 +282,10 @@ impl Gateway {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let sweeper = tokio::spawn(expiry::run(self.shared.app.clone()));
+        let sweeper = tokio::spawn(expiry::run(self.state.clone()));
         let served = axum::serve(
             self.listener,
-            router(self.shared).into_make_service_with_connect_info::<SocketAddr>(),
+            router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await;

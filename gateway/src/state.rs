@@ -1,6 +1,7 @@
 //! What every request shares: the store, the command handler, sessions,
 //! login limits and the proxies trusted to name clients, the views and the
-//! projections' progress.
+//! projections' progress, the GraphQL schema and the open WebSockets. The
+//! router's one state; GraphQL resolvers find it in each request's data.
 
 use std::sync::Arc;
 
@@ -12,8 +13,10 @@ use crate::auth::rate_limit::LoginLimiter;
 use crate::auth::sessions::Sessions;
 use crate::client_addr::TrustedProxies;
 use crate::command_handler::CommandHandler;
+use crate::graphql::ApiSchema;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
+use crate::ws_limits::SessionConnections;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -27,4 +30,9 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The log as it grows, shared by every subscription.
     pub live: Arc<LiveFeed>,
+    /// The API. It holds no state of its own, so no cycle: each request
+    /// carries this state in its data.
+    pub schema: ApiSchema,
+    /// Open GraphQL WebSockets per session, to bound them.
+    pub ws_connections: Arc<SessionConnections>,
 }

@@ -83,7 +83,11 @@ async fn a_burst_of_logins_is_refused_rather_than_taking_all_memory() {
 
     let mut refused = 0;
     for (status, r) in &answers {
-        assert_eq!(*status, 200, "{r}");
+        // The gateway's in-flight limit may refuse first: 503, RATE_LIMITED.
+        assert!(
+            *status == 200 || (*status == 503 && code(r) == "RATE_LIMITED"),
+            "{status} {r}"
+        );
         match code(r) {
             "UNAUTHENTICATED" => {}
             "RATE_LIMITED" => {

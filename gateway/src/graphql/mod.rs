@@ -37,24 +37,21 @@ pub struct SubscriptionRoot(subscriptions::IdentitySubscription);
 
 pub type ApiSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
-/// The schema, with the shared state and the limits.
-pub fn schema(state: Option<AppState>) -> ApiSchema {
-    let builder = Schema::build(
+/// The schema with its limits. Resolvers find the state in each request's data.
+pub fn schema() -> ApiSchema {
+    Schema::build(
         QueryRoot::default(),
         MutationRoot::default(),
         SubscriptionRoot::default(),
     )
     .extension(depth::DepthLimit(MAX_DEPTH))
-    .limit_complexity(MAX_COMPLEXITY);
-    match state {
-        Some(state) => builder.data(state).finish(),
-        None => builder.finish(),
-    }
+    .limit_complexity(MAX_COMPLEXITY)
+    .finish()
 }
 
 /// The SDL, as written to `gateway/schema.graphql`.
 pub fn sdl() -> String {
-    schema(None).sdl()
+    schema().sdl()
 }
 
 /// Who sent this request, as established from its token.
