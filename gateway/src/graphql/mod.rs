@@ -2,6 +2,7 @@
 //! commands, subscriptions push changes. Every error carries
 //! `extensions.code`.
 
+pub mod account;
 pub mod error;
 pub mod identity;
 pub mod subscriptions;
@@ -24,7 +25,7 @@ pub const MAX_COMPLEXITY: usize = 1000;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(identity::IdentityQuery);
+pub struct QueryRoot(identity::IdentityQuery, account::AccountQuery);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
