@@ -9,13 +9,11 @@ use projections::{Row, SqlValue, accounts_view};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::graphql::error::{self, Code};
+use crate::graphql::error;
 use crate::graphql::identity::RoleName;
-use crate::graphql::{app, from_micros, principal_with};
+use crate::graphql::{app, check_first, from_micros, principal_with};
 
 const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
-/// Largest page of accounts.
-const MAX_PAGE: i32 = 500;
 
 /// A page of accounts after a username (every username sorts after ''),
 /// in username order.
@@ -57,12 +55,7 @@ impl AccountQuery {
         after: Option<String>,
     ) -> async_graphql::Result<Vec<AccountListing>> {
         principal_with(ctx, ADMINS, "listing accounts")?;
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(error::error(
-                Code::Validation,
-                format!("first must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        check_first(first)?;
         let rows = app(ctx)
             .views
             .query(

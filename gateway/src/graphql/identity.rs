@@ -15,12 +15,10 @@ use crate::auth::password;
 use crate::auth::sessions::IssuedTokens;
 use crate::command_handler::CommandMeta;
 use crate::graphql::error::{self, Code};
-use crate::graphql::{app, from_micros, now, principal, principal_with, request};
+use crate::graphql::{app, check_first, from_micros, now, principal, principal_with, request};
 
 const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
 const AUDITORS: &[Role] = &[Role::Auditor, Role::Admin, Role::SuperAdmin];
-/// Largest page of the audit log or the session list.
-const MAX_PAGE: i32 = 500;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
 pub enum RoleName {
@@ -274,12 +272,7 @@ impl IdentityQuery {
         #[graphql(default = 50)] first: i32,
     ) -> async_graphql::Result<Vec<Session>> {
         principal_with(ctx, ADMINS, "listing sessions")?;
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(error::error(
-                Code::Validation,
-                format!("first must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        check_first(first)?;
         let username = match username {
             Some(u) => SqlValue::from(parse_username("username", &u)?.to_string()),
             None => SqlValue::Null,
@@ -320,12 +313,7 @@ impl IdentityQuery {
         until: Option<OffsetDateTime>,
     ) -> async_graphql::Result<AuditPage> {
         principal_with(ctx, AUDITORS, "reading the audit log")?;
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(error::error(
-                Code::Validation,
-                format!("first must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        check_first(first)?;
         let (cursor_commit, cursor_prepare) = match &after {
             None => (SqlValue::Null, SqlValue::Null),
             Some(c) => {

@@ -22,6 +22,8 @@ use crate::state::AppState;
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (roughly: fields selected, lists weighted).
 pub const MAX_COMPLEXITY: usize = 1000;
+/// Largest page a list query returns.
+pub const MAX_PAGE: i32 = 500;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
@@ -106,6 +108,18 @@ pub fn principal_with<'a>(
                 "{what} needs one of the roles: {}",
                 names.into_iter().collect::<Vec<_>>().join(", ")
             ),
+        ))
+    }
+}
+
+/// A list query's `first`: 1 to [`MAX_PAGE`], else VALIDATION saying so.
+pub fn check_first(first: i32) -> async_graphql::Result<()> {
+    if (1..=MAX_PAGE).contains(&first) {
+        Ok(())
+    } else {
+        Err(error(
+            Code::Validation,
+            format!("first must be between 1 and {MAX_PAGE}"),
         ))
     }
 }
