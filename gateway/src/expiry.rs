@@ -2,11 +2,12 @@
 //! views and live subscriptions learn of it. Safe on many gateways at once:
 //! expiring an ended session is a no-op.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use domain::account::{Account, AccountCommand, SessionId, Username};
 use domain::{Actor, Context};
-use projections::SqlValue;
+use projections::{SqlValue, sessions_view};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -16,16 +17,17 @@ use crate::state::AppState;
 /// How often to look for expired sessions.
 pub const EVERY: Duration = Duration::from_secs(15);
 
+/// Live sessions past their grace period.
+static OVERDUE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT session_id, username FROM {} WHERE ended_at IS NULL AND refresh_until < $1",
+        sessions_view::TABLE
+    )
+});
+
 /// Expires every overdue session once; returns how many it ended.
 pub async fn sweep(app: &AppState, now: OffsetDateTime) -> usize {
-    let rows = match app
-        .views
-        .query(
-            "SELECT session_id, username FROM view_sessions WHERE ended_at IS NULL AND refresh_until < $1",
-            vec![SqlValue::micros(now)],
-        )
-        .await
-    {
+    let rows = match app.views.query(&OVERDUE, vec![SqlValue::micros(now)]).await {
         Ok(rows) => rows,
         Err(e) => {
             tracing::warn!(error = %e, "expiry sweep cannot read sessions");

@@ -1,8 +1,11 @@
 //! Prometheus metrics at `GET /metrics`: HTTP and GraphQL requests (counts
 //! and latency histograms), events appended by type, and each view's
-//! progress and lag. Counters are per gateway; sum them across a fleet.
+//! progress and lag; counters are per gateway, sum them across a fleet.
+//! Beside them, totals of the whole log read from the views at each scrape
+//! (logins, failed logins, live sessions, events by type): the same on
+//! every gateway, so take one, not the sum.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -11,10 +14,10 @@ use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use domain::{BlobHash, EventId, NewEvent, Position, RecordedEvent, StreamId};
-use projections::{EngineStatus, Phase};
+use projections::{EngineStatus, Phase, ViewStore, event_counts, metrics_view};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use store::{
     AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StoreError,
@@ -39,6 +42,58 @@ pub struct Metrics {
     view_applied: IntGaugeVec,
     view_live: IntGaugeVec,
     view_lag: GaugeVec,
+    logins: IntGauge,
+    failed_logins: IntGauge,
+    active_sessions: IntGauge,
+    events_recorded: IntGaugeVec,
+}
+
+/// The `metrics` view's totals, by name.
+static READ_TOTALS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT name, value FROM {}", metrics_view::TABLE));
+
+/// The `event_counts` view: events in the log by type.
+static READ_EVENT_COUNTS: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT event_type, count FROM {}", event_counts::TABLE));
+
+/// Totals of the whole log as the views hold them, read for one scrape.
+#[derive(Debug, Default)]
+pub struct LogTotals {
+    /// (name, value) of the `metrics` view.
+    pub totals: Vec<(String, i64)>,
+    /// (event type, count) of the `event_counts` view.
+    pub event_counts: Vec<(String, i64)>,
+}
+
+impl LogTotals {
+    /// Reads both views; a view that cannot be read is left out (and
+    /// logged) rather than failing the scrape.
+    pub async fn read(views: &ViewStore) -> Self {
+        Self {
+            totals: read_pairs(views, &READ_TOTALS).await,
+            event_counts: read_pairs(views, &READ_EVENT_COUNTS).await,
+        }
+    }
+}
+
+/// Rows of (text, integer), as both views' reads select them.
+async fn read_pairs(views: &ViewStore, sql: &str) -> Vec<(String, i64)> {
+    let rows = match views.query(sql, Vec::new()).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, sql, "metrics cannot read a view");
+            return Vec::new();
+        }
+    };
+    rows.iter()
+        .filter_map(|row| match (row.get::<String>(0), row.get::<i64>(1)) {
+            (Ok(name), Ok(n)) => Some((name, n)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, sql, "metrics cannot read a view row");
+                None
+            }
+        })
+        .collect()
 }
 
 impl Metrics {
@@ -112,6 +167,29 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
         }
         registry.register(Box::new(view_lag.clone()))?;
+        let logins = IntGauge::new(
+            "logins_recorded",
+            "Logins in the event log, through every gateway",
+        )?;
+        let failed_logins = IntGauge::new(
+            "failed_logins_recorded",
+            "Failed logins in the event log (wrong passwords, disabled accounts, unknown names)",
+        )?;
+        let active_sessions = IntGauge::new(
+            "active_sessions",
+            "Sessions started and not yet ended, per the event log",
+        )?;
+        let events_recorded = IntGaugeVec::new(
+            Opts::new(
+                "events_recorded",
+                "Events in the log by type, appended by any process",
+            ),
+            &["event_type"],
+        )?;
+        for g in [&logins, &failed_logins, &active_sessions] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        registry.register(Box::new(events_recorded.clone()))?;
         Ok(Self {
             registry,
             http_requests,
@@ -122,6 +200,10 @@ impl Metrics {
             view_applied,
             view_live,
             view_lag,
+            logins,
+            failed_logins,
+            active_sessions,
+            events_recorded,
         })
     }
 
@@ -135,9 +217,24 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// The text exposition, with the views' state read now.
-    pub fn render(&self, views: &EngineStatus) -> String {
+    /// The text exposition, with the views' state and the log's totals as
+    /// read now.
+    pub fn render(&self, views: &EngineStatus, log: &LogTotals) -> String {
         let now = OffsetDateTime::now_utc();
+        for (name, value) in &log.totals {
+            let gauge = match name.as_str() {
+                metrics_view::LOGINS => &self.logins,
+                metrics_view::FAILED_LOGINS => &self.failed_logins,
+                metrics_view::ACTIVE_SESSIONS => &self.active_sessions,
+                _ => continue,
+            };
+            gauge.set(*value);
+        }
+        for (event_type, count) in &log.event_counts {
+            self.events_recorded
+                .with_label_values(&[event_type.as_str()])
+                .set(*count);
+        }
         for p in &views.projections {
             self.view_applied
                 .with_label_values(&[p.name])
@@ -164,8 +261,9 @@ impl Metrics {
 
 /// `GET /metrics`.
 pub async fn endpoint(State(state): State<AppState>) -> Response {
+    let log = LogTotals::read(&state.views).await;
     let status = state.projections.borrow().clone();
-    let body = state.metrics.render(&status);
+    let body = state.metrics.render(&status, &log);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response()
 }
 

@@ -604,6 +604,82 @@ async fn metrics_count_requests_events_and_view_progress() {
     }
 }
 
+/// The `accounts` view serves the admins' `accounts` query; the `metrics`
+/// and `event_counts` views serve /metrics with totals of the whole log.
+async fn views_serve_the_account_list_and_the_log_totals(app: &App) {
+    let root = app.with_accounts().await;
+    let wrong = app.login("ada", "not the password of ada").await;
+    assert_eq!(code(&wrong), "UNAUTHENTICATED", "{wrong}");
+    let ada = app.token("ada", PASSWORD).await;
+
+    let list = "query($after: String) { accounts(first: 2, after: $after) { username roles disabled failedLogins createdBy lastLoginAt } }";
+    let r = app.gql(list, json!({}), Some(&ada)).await;
+    assert_eq!(code(&r), "FORBIDDEN", "a user listing accounts: {r}");
+    // Views follow the log asynchronously.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first_page = loop {
+        let r = app.gql(list, json!({}), Some(&root)).await;
+        let page = r["data"]["accounts"].clone();
+        if page[0]["failedLogins"] == 1 && !page[0]["lastLoginAt"].is_null()
+            || tokio::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(first_page[0]["username"], "ada", "{first_page}");
+    assert_eq!(first_page[0]["roles"], json!(["USER"]), "{first_page}");
+    assert_eq!(first_page[0]["failedLogins"], 1, "{first_page}");
+    assert_eq!(first_page[0]["createdBy"], "root", "{first_page}");
+    assert_eq!(first_page[1]["username"], "audrey", "{first_page}");
+    assert!(first_page[1]["lastLoginAt"].is_null(), "{first_page}");
+    let r = app
+        .gql(list, json!({ "after": "audrey" }), Some(&root))
+        .await;
+    let last = &r["data"]["accounts"];
+    assert_eq!(last.as_array().map(Vec::len), Some(1), "{r}");
+    assert_eq!(last[0]["username"], "root", "{r}");
+    assert_eq!(last[0]["roles"], json!(["SUPER_ADMIN"]), "{r}");
+    assert!(!r["data"]["accounts"][0]["lastLoginAt"].is_null(), "{r}");
+
+    let expected = [
+        "tb_logins_recorded 2",
+        "tb_failed_logins_recorded 1",
+        "tb_active_sessions 2",
+        "tb_events_recorded{event_type=\"AccountCreated\"} 3",
+        "tb_events_recorded{event_type=\"SessionStarted\"} 2",
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = http_get(&app.addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if expected.iter().all(|e| body.contains(e)) || tokio::time::Instant::now() > deadline {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    for e in expected {
+        assert!(body.contains(e), "missing {e} in:\n{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_serve_the_account_list_and_the_log_totals_on_sqlite() {
+    let app = App::spawn(TestStore::sqlite()).await;
+    views_serve_the_account_list_and_the_log_totals(&app).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_serve_the_account_list_and_the_log_totals_on_postgres() {
+    let Some(store) = TestStore::postgres("views_serve_on_postgres").await else {
+        return;
+    };
+    let app = App::spawn(store).await;
+    views_serve_the_account_list_and_the_log_totals(&app).await;
+    app.server.terminate().await;
+    app.store.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_not() {
     let store = TestStore::sqlite();

@@ -1,11 +1,13 @@
 //! Identity over GraphQL: who am I, what may I use, sessions, the audit
 //! log; logging in and out; account, licence and session administration.
 
+use std::sync::LazyLock;
+
 use async_graphql::{Context, Enum, Object, SimpleObject};
 use domain::account::{Account, AccountCommand, SessionId, Username};
 use domain::licence::{Allowances, Licence, LicenceCommand, LicenceTerms};
 use domain::{Context as DecisionContext, Role, StreamId};
-use projections::{Row, SqlValue};
+use projections::{Row, SqlValue, audit_view, sessions_view};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -13,12 +15,10 @@ use crate::auth::password;
 use crate::auth::sessions::IssuedTokens;
 use crate::command_handler::CommandMeta;
 use crate::graphql::error::{self, Code};
-use crate::graphql::{app, from_micros, now, principal, principal_with, request};
+use crate::graphql::{app, check_first, from_micros, now, principal, principal_with, request};
 
 const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
 const AUDITORS: &[Role] = &[Role::Auditor, Role::Admin, Role::SuperAdmin];
-/// Largest page of the audit log or the session list.
-const MAX_PAGE: i32 = 500;
 
 // `remote` derives the conversions to and from the domain's `Role`, so a
 // role added there fails to compile until it is added here.
@@ -230,21 +230,22 @@ impl IdentityQuery {
         #[graphql(default = 50)] first: i32,
     ) -> async_graphql::Result<Vec<Session>> {
         principal_with(ctx, ADMINS, "listing sessions")?;
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(error::error(
-                Code::Validation,
-                format!("first must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        check_first(first)?;
         let username = match username {
             Some(u) => SqlValue::from(parse_username("username", &u)?.to_string()),
             None => SqlValue::Null,
         };
+        static SESSIONS: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT * FROM {} WHERE ($1 IS NULL OR username = $1) \
+                 AND ($2 = FALSE OR ended_at IS NULL) ORDER BY started_at DESC LIMIT $3",
+                sessions_view::TABLE
+            )
+        });
         let rows = app(ctx)
             .views
             .query(
-                "SELECT * FROM view_sessions WHERE ($1 IS NULL OR username = $1) \
-                 AND ($2 = FALSE OR ended_at IS NULL) ORDER BY started_at DESC LIMIT $3",
+                &SESSIONS,
                 vec![
                     username,
                     SqlValue::Bool(live_only),
@@ -270,12 +271,7 @@ impl IdentityQuery {
         until: Option<OffsetDateTime>,
     ) -> async_graphql::Result<AuditPage> {
         principal_with(ctx, AUDITORS, "reading the audit log")?;
-        if !(1..=MAX_PAGE).contains(&first) {
-            return Err(error::error(
-                Code::Validation,
-                format!("first must be between 1 and {MAX_PAGE}"),
-            ));
-        }
+        check_first(first)?;
         let (cursor_commit, cursor_prepare) = match &after {
             None => (SqlValue::Null, SqlValue::Null),
             Some(c) => {
@@ -293,15 +289,21 @@ impl IdentityQuery {
         };
         let text = |v: Option<String>| v.map_or(SqlValue::Null, SqlValue::from);
         let time = |v: Option<OffsetDateTime>| v.map_or(SqlValue::Null, SqlValue::micros);
-        let rows = app(ctx)
-            .views
-            .query(
-                "SELECT commit_pos, prepare_pos, recorded_at, actor, stream_id, event_type, summary FROM view_audit \
+        static AUDIT_PAGE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT commit_pos, prepare_pos, recorded_at, actor, stream_id, event_type, summary FROM {} \
                  WHERE ($1 IS NULL OR commit_pos < $1 OR (commit_pos = $1 AND prepare_pos < $2)) \
                  AND ($3 IS NULL OR actor = $3) AND ($4 IS NULL OR stream_id = $4) \
                  AND ($5 IS NULL OR event_type = $5) AND ($6 IS NULL OR recorded_at >= $6) \
                  AND ($7 IS NULL OR recorded_at < $7) \
                  ORDER BY commit_pos DESC, prepare_pos DESC LIMIT $8",
+                audit_view::TABLE
+            )
+        });
+        let rows = app(ctx)
+            .views
+            .query(
+                &AUDIT_PAGE,
                 vec![
                     cursor_commit,
                     cursor_prepare,

@@ -2,6 +2,7 @@
 //! commands, subscriptions push changes. Every error carries
 //! `extensions.code`.
 
+pub mod account;
 pub mod depth;
 pub mod error;
 pub mod identity;
@@ -22,10 +23,12 @@ use crate::state::AppState;
 pub const MAX_DEPTH: usize = 12;
 /// Most complex query accepted (roughly: fields selected, lists weighted).
 pub const MAX_COMPLEXITY: usize = 1000;
+/// Largest page a list query returns.
+pub const MAX_PAGE: i32 = 500;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(identity::IdentityQuery);
+pub struct QueryRoot(identity::IdentityQuery, account::AccountQuery);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
@@ -103,6 +106,18 @@ pub fn principal_with<'a>(
                 "{what} needs one of the roles: {}",
                 names.into_iter().collect::<Vec<_>>().join(", ")
             ),
+        ))
+    }
+}
+
+/// A list query's `first`: 1 to [`MAX_PAGE`], else VALIDATION saying so.
+pub fn check_first(first: i32) -> async_graphql::Result<()> {
+    if (1..=MAX_PAGE).contains(&first) {
+        Ok(())
+    } else {
+        Err(error(
+            Code::Validation,
+            format!("first must be between 1 and {MAX_PAGE}"),
         ))
     }
 }
