@@ -1,19 +1,40 @@
-//! Accounts over GraphQL: the admins' list of accounts, read from the
-//! `accounts` view.
+//! Accounts over GraphQL: who am I; creating, disabling and listing
+//! accounts (admins, from the `accounts` view); changing one's password.
 
 use std::sync::LazyLock;
 
-use async_graphql::{Context, Object, SimpleObject};
-use domain::Role;
+use async_graphql::{Context, Enum, Object, SimpleObject};
+use domain::account::{Account, AccountCommand, AccountError, Username};
+use domain::{Role, StreamId};
 use projections::{Row, SqlValue, accounts_view};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::graphql::error;
-use crate::graphql::identity::RoleName;
-use crate::graphql::{app, check_first, from_micros, principal_with};
+use crate::auth::password;
+use crate::graphql::error::{self, Code, Coded};
+use crate::graphql::{
+    ADMINS, app, check_first, decision, from_micros, meta, principal, principal_with, row_err,
+};
 
-const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
+// `remote` derives the conversions to and from the domain's `Role`, so a
+// role added there fails to compile until it is added here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+#[graphql(remote = "domain::Role")]
+pub enum RoleName {
+    User,
+    Admin,
+    SuperAdmin,
+    Auditor,
+}
+
+/// The logged-in account.
+#[derive(SimpleObject)]
+pub struct Me {
+    pub username: String,
+    pub account_id: Uuid,
+    pub roles: Vec<RoleName>,
+    pub session_id: Uuid,
+}
 
 /// A page of accounts after a username (every username sorts after ''),
 /// in username order.
@@ -47,6 +68,17 @@ pub struct AccountQuery;
 
 #[Object]
 impl AccountQuery {
+    /// The logged-in account.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<Me> {
+        let p = principal(ctx)?;
+        Ok(Me {
+            username: p.username.to_string(),
+            account_id: p.account_id,
+            roles: p.roles.iter().copied().map(RoleName::from).collect(),
+            session_id: p.session_id.0,
+        })
+    }
+
     /// Accounts in username order, `first` after the username `after` (admins).
     async fn accounts(
         &self,
@@ -71,8 +103,138 @@ impl AccountQuery {
     }
 }
 
-fn row_err(e: impl std::fmt::Display) -> async_graphql::Error {
-    error::internal("an accounts row did not read back", &e)
+#[derive(Default)]
+pub struct AccountMutation;
+
+#[Object]
+impl AccountMutation {
+    /// Changes the logged-in account's password.
+    async fn change_password(
+        &self,
+        ctx: &Context<'_>,
+        current_password: String,
+        new_password: String,
+    ) -> async_graphql::Result<bool> {
+        let p = principal(ctx)?;
+        let state = app(ctx);
+        // Each call is a guess at the current password: limited like logins.
+        state
+            .limiter
+            .check_password_change(p.username.as_str())
+            .map_err(error::rate_limited)?;
+        let stream = stream_of(&p.username)?;
+        let (_, account) = state
+            .handler
+            .load::<Account>(&stream)
+            .await
+            .map_err(|e| error::internal("cannot read the account", &e))?;
+        let hash = account
+            .account
+            .map(|a| a.password_hash)
+            .ok_or_else(|| error::error(Code::NotFound, "no such account"))?;
+        let matches = password::verify(current_password, hash.clone())
+            .await
+            .map_err(|e| error::password("currentPassword", e))?;
+        if !matches {
+            return Err(error::error(
+                Code::Unauthenticated,
+                "currentPassword is wrong",
+            ));
+        }
+        let new_password_hash = password::hash(new_password)
+            .await
+            .map_err(|e| error::password("newPassword", e))?;
+        let command = AccountCommand::ChangePassword {
+            new_password_hash,
+            // A change made meanwhile makes this one stale, not lost.
+            verified_against: Some(hash),
+        };
+        account_command(ctx, &p.username, command, None).await?;
+        Ok(true)
+    }
+
+    /// Creates an account (admins; only super-admins grant admin roles).
+    async fn create_account(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        password: String,
+        roles: Vec<RoleName>,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<String> {
+        principal_with(ctx, ADMINS, "creating accounts")?;
+        let username = parse_username("username", &username)?;
+        let password_hash = password::hash(password)
+            .await
+            .map_err(|e| error::password("password", e))?;
+        let command = AccountCommand::Create {
+            account_id: Uuid::now_v7(),
+            username: username.clone(),
+            roles: roles.into_iter().map(Role::from).collect(),
+            password_hash,
+        };
+        account_command(ctx, &username, command, idempotency_key).await?;
+        Ok(username.to_string())
+    }
+
+    /// Disables an account and ends its session (admins).
+    async fn disable_account(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        reason: String,
+    ) -> async_graphql::Result<bool> {
+        principal_with(ctx, ADMINS, "disabling accounts")?;
+        let username = parse_username("username", &username)?;
+        account_command(ctx, &username, AccountCommand::Disable { reason }, None).await?;
+        Ok(true)
+    }
+}
+
+pub(crate) fn parse_username(field: &str, raw: &str) -> async_graphql::Result<Username> {
+    Username::parse(raw).map_err(|e| error::error(Code::Validation, format!("{field}: {e}")))
+}
+
+pub(crate) fn stream_of(username: &Username) -> async_graphql::Result<StreamId> {
+    username
+        .stream()
+        .map_err(|e| error::error(Code::Validation, e.to_string()))
+}
+
+/// Runs an account command as the logged-in principal.
+pub(crate) async fn account_command(
+    ctx: &Context<'_>,
+    username: &Username,
+    command: AccountCommand,
+    idempotency_key: Option<String>,
+) -> async_graphql::Result<()> {
+    app(ctx)
+        .handler
+        .handle::<Account>(
+            &stream_of(username)?,
+            command,
+            &decision(ctx)?,
+            &meta(idempotency_key),
+        )
+        .await
+        .map_err(error::command)?;
+    Ok(())
+}
+
+impl Coded for AccountError {
+    fn code(&self) -> Code {
+        match self {
+            AccountError::NotFound => Code::NotFound,
+            AccountError::AlreadyExists(_)
+            | AccountError::StaleCredentials
+            | AccountError::NotExpired(_) => Code::Conflict,
+            AccountError::NoRoles => Code::Validation,
+            AccountError::Forbidden(_) | AccountError::Disabled => Code::Forbidden,
+            AccountError::SessionNotLive(_)
+            | AccountError::InvalidRefreshToken
+            | AccountError::RefreshWindowClosed(_) => Code::Unauthenticated,
+        }
+    }
 }
 
 fn account_from(row: &Row) -> async_graphql::Result<AccountListing> {

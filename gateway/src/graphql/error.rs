@@ -1,8 +1,6 @@
 //! GraphQL errors with a stable machine code in `extensions.code`.
 
 use async_graphql::{Error, ErrorExtensions};
-use domain::account::AccountError;
-use domain::licence::LicenceError;
 
 use crate::auth::password::PasswordError;
 use crate::auth::rate_limit::RateLimited;
@@ -74,33 +72,23 @@ pub fn password(field: &str, e: PasswordError) -> Error {
     }
 }
 
-pub fn account(e: &AccountError) -> Error {
-    let code = match e {
-        AccountError::NotFound => Code::NotFound,
-        AccountError::AlreadyExists(_)
-        | AccountError::StaleCredentials
-        | AccountError::NotExpired(_) => Code::Conflict,
-        AccountError::NoRoles => Code::Validation,
-        AccountError::Forbidden(_) | AccountError::Disabled => Code::Forbidden,
-        AccountError::SessionNotLive(_)
-        | AccountError::InvalidRefreshToken
-        | AccountError::RefreshWindowClosed(_) => Code::Unauthenticated,
-    };
-    error(code, e.to_string())
+/// A decider's error knows its code. Each aggregate's GraphQL face
+/// implements it, and [`command`] requires it, so a new aggregate's
+/// refusals cannot reach a client without one.
+pub trait Coded: std::error::Error {
+    fn code(&self) -> Code;
 }
 
-pub fn licence(e: &LicenceError) -> Error {
-    let code = match e {
-        LicenceError::Forbidden => Code::Forbidden,
-        LicenceError::ExpiresInThePast(_) => Code::Validation,
-        LicenceError::NoLicence(_) => Code::NotFound,
-    };
-    error(code, e.to_string())
+/// A refused command, with the decider error's own code and message.
+pub fn refused(e: &impl Coded) -> Error {
+    error(e.code(), e.to_string())
 }
 
-pub fn command<E: std::error::Error>(e: CommandError<E>, domain: impl Fn(&E) -> Error) -> Error {
+/// A command that did not go through: the decider's refusal (its code), a
+/// conflict, or an internal failure (logged, told briefly).
+pub fn command<E: Coded>(e: CommandError<E>) -> Error {
     match &e {
-        CommandError::Rejected(inner) => domain(inner),
+        CommandError::Rejected(inner) => refused(inner),
         CommandError::Conflict { .. } => error(Code::Conflict, e.to_string()),
         _ => internal("the command could not be carried out", &e),
     }
@@ -111,7 +99,7 @@ pub fn auth(e: AuthError) -> Error {
         AuthError::WrongCredentials | AuthError::Token(_) | AuthError::SessionEnded(_) => {
             error(Code::Unauthenticated, e.to_string())
         }
-        AuthError::Account(a) => account(&a),
+        AuthError::Account(a) => refused(&a),
         AuthError::RateLimited(r) => rate_limited(r),
         AuthError::Internal(_) => internal("authentication failed", &e),
     }

@@ -1,100 +1,23 @@
-//! Live updates. Every subscription runs under its session: when the
-//! session ends (logout, a newer login, revocation, expiry, a disabled
-//! account) `sessionEvents` receives a final `SessionEnded { reason }` and
-//! every subscription of that session completes, so a UI logs out at once.
+//! The session watch every subscription runs under: when the session ends
+//! (logout, a newer login, revocation, expiry, a disabled account) the
+//! subscription is told (`sessionEvents` gets a final `SessionEnded { reason }`)
+//! and completes, so a UI logs out at once. One live feed per gateway
+//! (`crate::live`) is fanned out to every watch.
 
 use std::sync::Arc;
 
-use async_graphql::{Context, SimpleObject, Subscription, Union};
 use domain::account::{Account, AccountEvent, SessionId};
 use domain::{RecordedEvent, StreamId};
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
 use store::Filter;
-use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
-use uuid::Uuid;
 
 use crate::auth::sessions::Principal;
-use crate::graphql::identity::AuditEntry;
-use crate::graphql::{app, principal, principal_with};
+use crate::graphql::session::{SessionEnded, SessionRefreshed};
 use crate::state::AppState;
 
-#[derive(SimpleObject, Clone)]
-pub struct SessionRefreshed {
-    pub session_id: Uuid,
-    pub access_expires_at: OffsetDateTime,
-    pub refresh_until: OffsetDateTime,
-}
-
-#[derive(SimpleObject, Clone)]
-pub struct SessionEnded {
-    pub session_id: Uuid,
-    pub reason: String,
-}
-
-#[derive(Union, Clone)]
-pub enum SessionEvent {
-    SessionRefreshed(SessionRefreshed),
-    SessionEnded(SessionEnded),
-}
-
-#[derive(Default)]
-pub struct IdentitySubscription;
-
-#[Subscription]
-impl IdentitySubscription {
-    /// The current session's changes; the last one is `SessionEnded`.
-    async fn session_events(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
-        let p = principal(ctx)?.clone();
-        Ok(
-            under_session(app(ctx).clone(), p, None).filter_map(|seen| async move {
-                match seen {
-                    Seen::Refreshed(r) => Some(SessionEvent::SessionRefreshed(r)),
-                    Seen::Ended(e) => Some(SessionEvent::SessionEnded(e)),
-                    Seen::Event(_) => None,
-                }
-            }),
-        )
-    }
-
-    /// New audit entries as they happen (auditors and admins).
-    async fn audit_events(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<impl Stream<Item = AuditEntry>> {
-        let p = principal_with(
-            ctx,
-            &[
-                domain::Role::Auditor,
-                domain::Role::Admin,
-                domain::Role::SuperAdmin,
-            ],
-            "watching the audit log",
-        )?
-        .clone();
-        Ok(
-            under_session(app(ctx).clone(), p, Some(Filter::all())).filter_map(|seen| async move {
-                match seen {
-                    Seen::Event(e) => Some(AuditEntry {
-                        position: e.position.to_string(),
-                        recorded_at: e.recorded_at,
-                        actor: e.metadata.actor.clone(),
-                        stream_id: e.stream_id.to_string(),
-                        event_type: e.event_type.clone(),
-                        summary: projections::audit_view::summarize(&e),
-                    }),
-                    Seen::Refreshed(_) | Seen::Ended(_) => None,
-                }
-            }),
-        )
-    }
-}
-
 /// What a subscription under a session is shown.
-enum Seen {
+pub enum Seen {
     /// An event of the log that its filter admits.
     Event(Arc<RecordedEvent>),
     /// The session was refreshed.
@@ -106,7 +29,7 @@ enum Seen {
 /// Follows the log under `principal`'s session: the events `filter` admits
 /// (none without one), the session's refreshes, and its end, which ends
 /// the stream.
-fn under_session(
+pub fn under_session(
     app: AppState,
     principal: Principal,
     filter: Option<Filter>,

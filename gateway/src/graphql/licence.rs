@@ -1,0 +1,118 @@
+//! Licences over GraphQL: what the logged-in account may use, and issuing
+//! licences (admins).
+
+use async_graphql::{Context, Object, SimpleObject};
+use domain::StreamId;
+use domain::account::{Account, Username};
+use domain::licence::{Allowances, Licence, LicenceCommand, LicenceError, LicenceTerms};
+use time::OffsetDateTime;
+
+use crate::graphql::account::{parse_username, stream_of};
+use crate::graphql::error::{self, Code, Coded};
+use crate::graphql::{ADMINS, app, decision, meta, now, principal, principal_with};
+
+/// The licence's feature matrix, for gating every card and input of the UI.
+#[derive(SimpleObject, Default)]
+pub struct Features {
+    /// False when no licence is in force: then every feature is off.
+    pub licensed: bool,
+    pub expires_at: Option<OffsetDateTime>,
+    #[graphql(flatten)]
+    pub allows: Allowances,
+}
+
+impl Features {
+    fn from_terms(t: &LicenceTerms, now: OffsetDateTime) -> Self {
+        let licensed = now < t.expires_at;
+        Features {
+            licensed,
+            expires_at: Some(t.expires_at),
+            // An expired licence allows nothing.
+            allows: if licensed {
+                t.allows.clone()
+            } else {
+                Allowances::default()
+            },
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct LicenceQuery;
+
+#[Object]
+impl LicenceQuery {
+    /// What the logged-in account's licence allows.
+    async fn features(&self, ctx: &Context<'_>) -> async_graphql::Result<Features> {
+        let p = principal(ctx)?;
+        let (_, state) = app(ctx)
+            .handler
+            .load::<Licence>(&licence_stream(&p.username)?)
+            .await
+            .map_err(|e| error::internal("cannot read the licence", &e))?;
+        Ok(state
+            .terms
+            .map(|t| Features::from_terms(&t, now()))
+            .unwrap_or_default())
+    }
+}
+
+#[derive(Default)]
+pub struct LicenceMutation;
+
+#[Object]
+impl LicenceMutation {
+    /// Issues or replaces an account's licence (admins).
+    async fn issue_licence(
+        &self,
+        ctx: &Context<'_>,
+        username: String,
+        licence: LicenceTerms,
+        idempotency_key: Option<String>,
+    ) -> async_graphql::Result<Features> {
+        principal_with(ctx, ADMINS, "issuing licences")?;
+        let username = parse_username("username", &username)?;
+        let (_, account) = app(ctx)
+            .handler
+            .load::<Account>(&stream_of(&username)?)
+            .await
+            .map_err(|e| error::internal("cannot read the account", &e))?;
+        if account.account.is_none() {
+            return Err(error::error(
+                Code::NotFound,
+                format!("username: no account {username}"),
+            ));
+        }
+        let terms = licence;
+        let command = LicenceCommand::Issue {
+            username: username.to_string(),
+            terms: terms.clone(),
+        };
+        app(ctx)
+            .handler
+            .handle::<Licence>(
+                &licence_stream(&username)?,
+                command,
+                &decision(ctx)?,
+                &meta(idempotency_key),
+            )
+            .await
+            .map_err(error::command)?;
+        Ok(Features::from_terms(&terms, now()))
+    }
+}
+
+fn licence_stream(username: &Username) -> async_graphql::Result<StreamId> {
+    StreamId::for_aggregate("licence", username)
+        .map_err(|e| error::error(Code::Validation, e.to_string()))
+}
+
+impl Coded for LicenceError {
+    fn code(&self) -> Code {
+        match self {
+            LicenceError::Forbidden => Code::Forbidden,
+            LicenceError::ExpiresInThePast(_) => Code::Validation,
+            LicenceError::NoLicence(_) => Code::NotFound,
+        }
+    }
+}
