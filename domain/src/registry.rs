@@ -68,6 +68,7 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// Registers `E` and its upcasters when the registry is built.
     pub const fn of<E: EventSet>() -> Self {
         Self {
             register: EventRegistry::with::<E>,
