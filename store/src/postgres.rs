@@ -28,9 +28,9 @@ use crate::event_store::{
     AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StreamFrom,
     StreamRange, SubscribeFrom, validate_append,
 };
+use crate::identifier::valid_identifier;
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
-use crate::url::valid_schema;
 
 const BACKEND: &str = "postgres";
 /// A caught-up subscription reads at least this often, in case a
@@ -82,7 +82,7 @@ impl PostgresStore {
         mut config: tokio_postgres::Config,
         schema: &str,
     ) -> Result<(Self, MigrationReport), StoreError> {
-        if !valid_schema(schema) {
+        if !valid_identifier(schema) {
             return Err(StoreError::BadUrl {
                 url: schema.into(),
                 reason: "invalid schema name".into(),

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use crate::error::StoreError;
+use crate::identifier::valid_identifier;
 
 /// Where the events live.
 #[derive(Clone)]
@@ -82,9 +83,6 @@ fn redact_userinfo(url: &str) -> String {
     }
 }
 
-/// A schema name is spliced into SQL, so it follows the identifier rule.
-pub use crate::identifier::valid_identifier as valid_schema;
-
 impl FromStr for StoreUrl {
     type Err = StoreError;
 
@@ -109,7 +107,8 @@ impl FromStr for StoreUrl {
                     _ => rest.push(pair),
                 }
             }
-            if !valid_schema(&schema) {
+            // Spliced into SQL, so it follows the identifier rule.
+            if !valid_identifier(&schema) {
                 return Err(bad(format!(
                     "schema {schema:?} must be lowercase letters, digits and underscores, not starting with a digit"
                 )));
