@@ -131,6 +131,13 @@ impl Actor {
     pub fn is_account(&self, username: &str) -> bool {
         matches!(self, Actor::Account { username: u, .. } if u == username)
     }
+
+    /// May the actor act for this account's own resources (its consents,
+    /// its domain claims)? The account itself, an admin, a super-admin or
+    /// the system may.
+    pub fn acts_for(&self, username: &str) -> bool {
+        self.is_account(username) || self.has(Role::Admin) || self.has(Role::SuperAdmin)
+    }
 }
 
 /// What a decision needs from outside: the time, who is asking, and the
@@ -201,6 +208,22 @@ mod tests {
 
     fn ctx() -> Context {
         Context::new(OffsetDateTime::UNIX_EPOCH, Actor::System)
+    }
+
+    #[test]
+    fn an_account_is_acted_for_by_itself_admins_and_the_system_only() {
+        let account = |name: &str, role| Actor::Account {
+            account_id: uuid::Uuid::nil(),
+            username: name.into(),
+            roles: BTreeSet::from([role]),
+        };
+        assert!(account("ada", Role::User).acts_for("ada"));
+        assert!(!account("bob", Role::User).acts_for("ada"));
+        assert!(!account("bob", Role::Auditor).acts_for("ada"));
+        assert!(account("root", Role::Admin).acts_for("ada"));
+        assert!(account("root", Role::SuperAdmin).acts_for("ada"));
+        assert!(Actor::System.acts_for("ada"));
+        assert!(!Actor::Anonymous.acts_for("ada"));
     }
 
     #[test]

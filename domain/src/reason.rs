@@ -45,6 +45,22 @@ impl Reason {
     }
 }
 
+/// Text from outside (a remote server's answer, an error) made fit for an
+/// audit line: control characters become spaces, and it is cut to `max`
+/// characters, marked with `…`.
+pub fn one_line(raw: &str, max: usize) -> String {
+    let mut line: String = raw
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect();
+    if raw.trim().chars().nth(max).is_some() {
+        line.push('…');
+    }
+    line
+}
+
 impl TryFrom<String> for Reason {
     type Error = ReasonError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
@@ -91,5 +107,12 @@ mod tests {
             Err(ReasonError::ControlCharacter)
         );
         assert!(serde_json::from_str::<Reason>("\"\"").is_err());
+    }
+
+    #[test]
+    fn outside_text_is_made_one_bounded_line() {
+        assert_eq!(one_line(" 404\r\nNot Found ", 20), "404  Not Found");
+        assert_eq!(one_line("abcdef", 3), "abc…");
+        assert_eq!(one_line("abc", 3), "abc");
     }
 }
