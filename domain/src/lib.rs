@@ -14,6 +14,7 @@ pub mod login_attempts;
 pub mod reason;
 pub mod registry;
 pub mod spec;
+pub mod system_settings;
 pub mod target_domain;
 
 pub use blob::{BlobHash, BlobHashError};
