@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod blob;
+pub mod click_consent;
 pub mod decider;
 pub mod domain_name;
 pub mod envelope;
