@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::licence::{Feature, LicenceTerms, Limit, NotLicensed};
 use crate::registry::EventSet;
 
 /// One aggregate's rules.
@@ -130,17 +131,130 @@ impl Actor {
     pub fn is_account(&self, username: &str) -> bool {
         matches!(self, Actor::Account { username: u, .. } if u == username)
     }
+
+    /// May the actor act for this account's own resources (its consents,
+    /// its domain claims)? The account itself, an admin, a super-admin or
+    /// the system may.
+    pub fn acts_for(&self, username: &str) -> bool {
+        self.is_account(username) || self.has(Role::Admin) || self.has(Role::SuperAdmin)
+    }
 }
 
-/// What a decision needs from outside: the time and who is asking.
+/// What a decision needs from outside: the time, who is asking, and the
+/// licence in force.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
     pub now: OffsetDateTime,
     pub actor: Actor,
+    /// The licence in force for the account the command is made for (the
+    /// actor's own, unless an admin acts for another account); `None` when
+    /// no licence is in force.
+    pub licence: Option<LicenceTerms>,
 }
 
 impl Context {
+    /// A context without a licence: enough for every command no licence
+    /// governs.
     pub fn new(now: OffsetDateTime, actor: Actor) -> Self {
-        Self { now, actor }
+        Self {
+            now,
+            actor,
+            licence: None,
+        }
+    }
+
+    /// The same context with `terms` in force.
+    pub fn with_licence(mut self, terms: LicenceTerms) -> Self {
+        self.licence = Some(terms);
+        self
+    }
+
+    /// Is `feature` licensed now? Having no licence at all is a refusal too.
+    pub fn require(&self, feature: Feature) -> Result<(), NotLicensed> {
+        self.in_force(feature.name())?.require(feature, self.now)
+    }
+
+    /// May `wanted` of `limit` be used now? Having no licence is a refusal.
+    pub fn require_within(&self, limit: Limit, wanted: u64) -> Result<(), NotLicensed> {
+        self.in_force(limit.name())?
+            .require_within(limit, wanted, self.now)
+    }
+
+    fn in_force(&self, feature: &'static str) -> Result<&LicenceTerms, NotLicensed> {
+        self.licence.as_ref().ok_or_else(|| NotLicensed {
+            feature,
+            reason: "no licence is in force".into(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+    use crate::licence::Allowances;
+
+    fn terms(external_clicks: bool, max_targets: u32) -> LicenceTerms {
+        LicenceTerms {
+            allows: Allowances {
+                external_clicks,
+                max_targets,
+                ..Allowances::default()
+            },
+            expires_at: OffsetDateTime::UNIX_EPOCH + Duration::days(1),
+        }
+    }
+
+    fn ctx() -> Context {
+        Context::new(OffsetDateTime::UNIX_EPOCH, Actor::System)
+    }
+
+    #[test]
+    fn an_account_is_acted_for_by_itself_admins_and_the_system_only() {
+        let account = |name: &str, role| Actor::Account {
+            account_id: uuid::Uuid::nil(),
+            username: name.into(),
+            roles: BTreeSet::from([role]),
+        };
+        assert!(account("ada", Role::User).acts_for("ada"));
+        assert!(!account("bob", Role::User).acts_for("ada"));
+        assert!(!account("bob", Role::Auditor).acts_for("ada"));
+        assert!(account("root", Role::Admin).acts_for("ada"));
+        assert!(account("root", Role::SuperAdmin).acts_for("ada"));
+        assert!(Actor::System.acts_for("ada"));
+        assert!(!Actor::Anonymous.acts_for("ada"));
+    }
+
+    #[test]
+    fn a_context_without_a_licence_refuses_every_feature_and_limit_saying_none_is_in_force() {
+        let err = ctx().require(Feature::ExternalClicks).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "externalClicks is not licensed: no licence is in force"
+        );
+        let err = ctx().require_within(Limit::MaxTargets, 0).unwrap_err();
+        assert_eq!(err.feature, "maxTargets");
+    }
+
+    #[test]
+    fn a_context_checks_features_and_limits_against_its_licence_at_its_time() {
+        let on = ctx().with_licence(terms(true, 10));
+        assert_eq!(on.require(Feature::ExternalClicks), Ok(()));
+        assert_eq!(on.require_within(Limit::MaxTargets, 10), Ok(()));
+        assert_eq!(
+            on.require(Feature::Scheduler).unwrap_err().feature,
+            "scheduler"
+        );
+        assert!(on.require_within(Limit::MaxTargets, 11).is_err());
+        let off = ctx().with_licence(terms(false, 10));
+        assert_eq!(
+            off.require(Feature::ExternalClicks).unwrap_err().reason,
+            "the licence does not include it"
+        );
+        let mut expired = on;
+        expired.now = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
+        let err = expired.require(Feature::ExternalClicks).unwrap_err();
+        assert!(err.reason.contains("expired"), "{err}");
     }
 }

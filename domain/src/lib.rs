@@ -6,19 +6,26 @@
 
 pub mod account;
 pub mod blob;
+pub mod click_consent;
 pub mod decider;
+pub mod domain_name;
 pub mod envelope;
 pub mod licence;
 pub mod login_attempts;
+pub mod reason;
 pub mod registry;
 pub mod spec;
+pub mod system_settings;
+pub mod target_domain;
 
 pub use blob::{BlobHash, BlobHashError};
 pub use decider::{Actor, Context, Decider, Role};
+pub use domain_name::{DomainName, DomainNameError};
 pub use envelope::{
     EventId, Metadata, NewEvent, Payload, PayloadError, Position, PositionParseError,
     RecordedEvent, StreamId, StreamIdError,
 };
+pub use reason::{Reason, ReasonError};
 pub use registry::{DecodeError, EventRegistry, EventSet, Summary, Upcaster};
 
 /// For [`event_set!`]'s self-registration.
