@@ -63,7 +63,9 @@ impl Stream {
             let mut buf = Vec::new();
             // Lossy: a stray non-UTF-8 byte must not stop the draining.
             while from.read_until(b'\n', &mut buf).await.is_ok_and(|n| n > 0) {
-                let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
                 tx.send_modify(|lines| lines.push(line));
                 buf.clear();
             }
@@ -79,10 +81,13 @@ impl Stream {
     async fn wait_for(&self, from: usize, needle: &str, within: Duration) -> (usize, String) {
         let mut lines = self.lines.clone();
         let mut found = None;
+        // Each line is looked at once, however long the wait.
+        let mut next = from;
         let in_time = tokio::time::timeout(
             within,
             lines.wait_for(|lines| {
-                found = lines.find(from, needle).map(|(n, l)| (n, l.to_owned()));
+                found = lines.find(next, needle).map(|(n, l)| (n, l.to_owned()));
+                next = lines.first + lines.kept.len();
                 found.is_some() || lines.ended
             }),
         )
