@@ -111,3 +111,18 @@ fn create_args(url: &str, user: &str) -> Vec<String> {
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// The binary refuses the username before it reads the password, so the
+/// input (larger than a pipe holds) meets a closed pipe: the refusal still
+/// comes back, where `run_with_stdin` once panicked on the broken pipe (and
+/// now and then did so with short input too).
+#[tokio::test]
+async fn a_bad_username_is_refused_before_the_password_is_read() {
+    let store = TestStore::sqlite();
+    let big = "p".repeat(1 << 20);
+    let (ok, _, stderr) = run_with_stdin(&strs(&create_args(&store.url, "a d a")), &big).await;
+    assert!(
+        !ok && stderr.contains("username \"a d a\" must be"),
+        "{stderr}"
+    );
+}

@@ -3,8 +3,7 @@
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::graphql::App;
-use crate::helpers::TestStore;
+use crate::helpers::spawn_app;
 
 /// A GET on loopback: (status, lower-cased head, body).
 async fn get(addr: &str, path: &str) -> (u16, String, Vec<u8>) {
@@ -35,7 +34,7 @@ fn attribute_values<'a>(html: &'a str, attribute: &str) -> Vec<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graphiql_and_every_file_it_names_come_from_the_gateway() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     let (status, head, page) = get(&app.addr, "/graphiql").await;
     assert_eq!(status, 200);
     assert!(head.contains("content-type: text/html"), "{head}");

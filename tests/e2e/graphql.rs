@@ -5,193 +5,10 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::helpers::{Running, TestStore, create_user, http_get, listening_addr, serve_command};
-
-pub const ROOT_PASSWORD: &str = "root password for the tests";
-pub const PASSWORD: &str = "a perfectly fine password";
-pub const SECRET: &str = "an-e2e-test-secret-of-at-least-32-chars";
-
-/// A running gateway and the store it serves; requests go through its [`Client`].
-pub struct App {
-    pub client: Client,
-    pub server: Running,
-    pub store: TestStore,
-}
-
-impl std::ops::Deref for App {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
-    }
-}
-
-/// Speaks GraphQL over HTTP to a gateway at `addr`.
-pub struct Client {
-    pub addr: String,
-}
-
-impl App {
-    pub async fn spawn(store: TestStore) -> App {
-        App::spawn_with(store, &[]).await
-    }
-
-    /// Spawns with extra `serve` flags.
-    pub async fn spawn_with(store: TestStore, extra: &[&str]) -> App {
-        let command = serve_command(&store.url, Some(SECRET), extra);
-        App::spawn_command(store, command).await
-    }
-
-    /// Spawns `command`, a `serve` of `store` made by [`serve_command`].
-    pub async fn spawn_command(store: TestStore, command: tokio::process::Command) -> App {
-        let mut server = Running::spawn(command);
-        let line = server
-            .stderr_line_containing("gateway listening on", Duration::from_secs(30))
-            .await;
-        let app = App {
-            client: Client {
-                addr: listening_addr(&line),
-            },
-            server,
-            store,
-        };
-        app.wait_ready().await;
-        app
-    }
-
-    /// Creates the super-admin `root` with the CLI and `ada` (a user) through GraphQL.
-    pub async fn with_accounts(&self) -> String {
-        create_user(&self.store.url, "root", "super_admin", ROOT_PASSWORD).await;
-        let root = self.token("root", ROOT_PASSWORD).await;
-        for (name, role) in [("ada", "USER"), ("audrey", "AUDITOR")] {
-            let r = self
-                .gql(
-                    "mutation($u: String!, $p: String!, $r: [RoleName!]!) { createAccount(username: $u, password: $p, roles: $r) }",
-                    json!({ "u": name, "p": PASSWORD, "r": [role] }),
-                    Some(&root),
-                )
-                .await;
-            assert_eq!(r["data"]["createAccount"], name, "{r}");
-        }
-        root
-    }
-}
-
-impl Client {
-    pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        while http_get(&self.addr, "/readyz").await.0 != 200 {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway never became ready"
-            );
-            tokio::time::sleep(Duration::from_millis(30)).await;
-        }
-    }
-
-    /// A GraphQL request over HTTP: (status, response JSON).
-    pub async fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let headers: Vec<(&str, &str)> =
-            auth.iter().map(|a| ("Authorization", a.as_str())).collect();
-        self.post_from(None, &headers, body).await
-    }
-
-    /// A GraphQL request over HTTP with extra headers, sent from the
-    /// loopback address `from` if given (all of 127/8 is loopback on Linux).
-    pub async fn post_from(
-        &self,
-        from: Option<std::net::Ipv4Addr>,
-        headers: &[(&str, &str)],
-        body: &str,
-    ) -> (u16, Value) {
-        let headers: String = headers
-            .iter()
-            .map(|(name, value)| format!("{name}: {value}\r\n"))
-            .collect();
-        let request = format!(
-            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        if let Some(ip) = from {
-            socket.bind((ip, 0).into()).unwrap();
-        }
-        let mut stream = socket.connect(self.addr.parse().unwrap()).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap();
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        (
-            status,
-            serde_json::from_str(&body).unwrap_or(Value::String(body)),
-        )
-    }
-
-    pub async fn gql(&self, query: &str, variables: Value, token: Option<&str>) -> Value {
-        let body = json!({ "query": query, "variables": variables }).to_string();
-        let (status, value) = self.post(&body, token).await;
-        assert_eq!(status, 200, "{value}");
-        value
-    }
-
-    pub async fn login(&self, username: &str, password: &str) -> Value {
-        self.gql(
-            "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { accessToken refreshToken sessionId } }",
-            json!({ "u": username, "p": password }),
-            None,
-        )
-        .await
-    }
-
-    pub async fn token(&self, username: &str, password: &str) -> String {
-        let r = self.login(username, password).await;
-        r["data"]["login"]["accessToken"]
-            .as_str()
-            .unwrap_or_else(|| panic!("login failed: {r}"))
-            .to_owned()
-    }
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-pub fn code(response: &Value) -> &str {
-    response["errors"][0]["extensions"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error code in {response}"))
-}
+use crate::helpers::{PASSWORD, TestApp, TestStore, code, create_user, http_get, spawn_app};
 
 pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -239,7 +56,7 @@ pub(crate) const SESSION_EVENTS: &str =
 
 /// A second login ends the first session; the first client's subscription
 /// hears `sessionEnded` and completes; the first token stops working.
-async fn a_second_login_ends_the_first_clients_subscription(app: &App, protocol: &str) {
+async fn a_second_login_ends_the_first_clients_subscription(app: &TestApp, protocol: &str) {
     let first = app.token("ada", PASSWORD).await;
     let mut ws = ws_connect(&app.addr, protocol, &first).await;
     let (start, data) = if protocol == "graphql-transport-ws" {
@@ -280,7 +97,7 @@ async fn a_second_login_ends_the_first_clients_subscription(app: &App, protocol:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn supersession_closes_subscriptions_in_both_protocols_on_sqlite() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     a_second_login_ends_the_first_clients_subscription(&app, "graphql-transport-ws").await;
     a_second_login_ends_the_first_clients_subscription(&app, "graphql-ws").await;
@@ -291,17 +108,17 @@ async fn supersession_closes_subscriptions_in_both_protocols_on_postgres() {
     let Some(store) = TestStore::postgres("supersession_on_postgres").await else {
         return;
     };
-    let app = App::spawn(store).await;
+    let mut app = spawn_app().store(store).await;
     app.with_accounts().await;
     a_second_login_ends_the_first_clients_subscription(&app, "graphql-transport-ws").await;
     a_second_login_ends_the_first_clients_subscription(&app, "graphql-ws").await;
-    app.server.terminate().await;
+    app.terminate().await;
     app.store.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refresh_rotates_tokens_and_features_follow_the_licence() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     let root = app.with_accounts().await;
     let login = app.login("ada", PASSWORD).await;
     let refresh_token = login["data"]["login"]["refreshToken"]
@@ -344,7 +161,7 @@ async fn refresh_rotates_tokens_and_features_follow_the_licence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_rate_limits_trip_with_a_retry_after() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     for _ in 0..5 {
         let r = app.login("ada", "not the password at all").await;
@@ -361,7 +178,7 @@ async fn login_rate_limits_trip_with_a_retry_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_auditor_pages_the_audit_log_and_others_are_refused() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let user = app.token("ada", PASSWORD).await;
     let auditor = app.token("audrey", PASSWORD).await;
@@ -431,7 +248,7 @@ async fn an_auditor_pages_the_audit_log_and_others_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_the_server_stays_up() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
 
@@ -527,7 +344,7 @@ const STANDARD_INTROSPECTION: &str = include_str!("fixtures/introspection_query.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_standard_introspection_query_loads_the_schema() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     let r = app.gql(STANDARD_INTROSPECTION, json!({}), None).await;
     assert!(r.get("errors").is_none(), "{r}");
     let schema = &r["data"]["__schema"];
@@ -539,16 +356,16 @@ async fn the_standard_introspection_query_loads_the_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_gateway_keeps_sessions_views_and_the_audit_log() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
     let auditor = app.token("audrey", PASSWORD).await;
-    let App {
-        mut server, store, ..
+    let TestApp {
+        mut process, store, ..
     } = app;
-    server.child.kill().await.unwrap(); // no graceful shutdown
+    process.kill().await; // no graceful shutdown
 
-    let app = App::spawn(store).await;
+    let app = spawn_app().store(store).await;
     let r = app
         .gql("{ me { username } }", json!({}), Some(&token))
         .await;
@@ -572,7 +389,7 @@ async fn a_restarted_gateway_keeps_sessions_views_and_the_audit_log() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_events_and_view_progress() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
     app.gql("{ me { username } }", json!({}), Some(&token))
@@ -686,7 +503,10 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
     // The account comes from the CLI: no admin token that could expire meanwhile.
     create_user(&store.url, "ada", "user", PASSWORD).await;
     // Tokens live 2 s; a refresh keeps the session up to 3 s after that.
-    let app = App::spawn_with(store, &["--access-token-ttl", "2", "--refresh-grace", "3"]).await;
+    let app = spawn_app()
+        .store(store)
+        .flags(&["--access-token-ttl", "2", "--refresh-grace", "3"])
+        .await;
 
     let refresh =
         "mutation($t: String!) { refresh(refreshToken: $t) { accessToken refreshToken } }";
@@ -742,7 +562,7 @@ async fn a_refresh_inside_the_grace_period_keeps_the_session_and_after_it_does_n
 async fn a_username_with_a_dot_refreshes_over_graphql() {
     let store = TestStore::sqlite();
     create_user(&store.url, "ada.l", "user", PASSWORD).await;
-    let app = App::spawn(store).await;
+    let app = spawn_app().store(store).await;
     let login = app.login("ada.l", PASSWORD).await;
     let token = login["data"]["login"]["refreshToken"]
         .as_str()

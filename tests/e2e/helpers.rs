@@ -1,11 +1,13 @@
-//! Starting the binary, reading its output, and fresh stores to point it at.
+//! Running the binary, starting the gateway, and fresh stores to point them at.
 
 use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::process::{Child, ChildStderr, ChildStdout, Command};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
 
+pub use crate::app::{PASSWORD, ROOT_PASSWORD, SECRET, TestApp, code, spawn_app};
+pub use crate::process::Process;
 /// A fresh store for one test (temporary SQLite file or PostgreSQL schema).
 pub use store::testing::TestStore;
 
@@ -27,65 +29,6 @@ pub fn bin() -> Command {
     }
     cmd.kill_on_drop(true);
     cmd
-}
-
-/// A running child whose output lines can be awaited.
-pub struct Running {
-    pub child: Child,
-    pub stdout: Lines<BufReader<ChildStdout>>,
-    pub stderr: Lines<BufReader<ChildStderr>>,
-}
-
-impl Running {
-    pub fn spawn(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("the binary starts");
-        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
-        Self {
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    pub async fn stdout_line(&mut self, within: Duration) -> String {
-        match tokio::time::timeout(within, self.stdout.next_line()).await {
-            Ok(Ok(Some(line))) => line,
-            other => panic!("no stdout line within {within:?}: {other:?}"),
-        }
-    }
-
-    /// Reads stderr until a line contains `needle`; returns that line.
-    pub async fn stderr_line_containing(&mut self, needle: &str, within: Duration) -> String {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.stderr.next_line()).await {
-                Ok(Ok(Some(line))) if line.contains(needle) => return line,
-                Ok(Ok(Some(_))) => continue,
-                other => panic!("no stderr line containing {needle:?}: {other:?}"),
-            }
-        }
-    }
-
-    /// Sends SIGTERM and waits for the exit status.
-    pub async fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().expect("still running") as i32;
-        // SAFETY-free: `kill` via the shell keeps us off libc.
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .expect("exits within 10 s of SIGTERM")
-            .unwrap()
-    }
 }
 
 /// Runs the binary to completion: (exit success, stdout, stderr).
@@ -141,38 +84,16 @@ pub async fn run_with_stdin(args: &[&str], input: &str) -> (bool, String, String
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    stdin.write_all(input.as_bytes()).await.unwrap();
+    // The binary may refuse its arguments and exit before reading its input.
+    if let Err(e) = stdin.write_all(input.as_bytes()).await {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "writing stdin: {e}"
+        );
+    }
     drop(stdin);
     finished(child.wait_with_output()).await
-}
-
-/// `trafficbuster serve` on a free loopback port, logging JSON, plus `extra` flags.
-pub fn serve_command(store_url: &str, jwt_secret: Option<&str>, extra: &[&str]) -> Command {
-    let mut cmd = bin();
-    if let Some(secret) = jwt_secret {
-        cmd.env("TB_JWT_SECRET", secret);
-    }
-    cmd.args([
-        "--store",
-        store_url,
-        "--log-format",
-        "json",
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    cmd.args(extra);
-    cmd
-}
-
-/// The address in serve's JSON "gateway listening on http://ADDR" line.
-pub fn listening_addr(log_line: &str) -> String {
-    let log: serde_json::Value = serde_json::from_str(log_line).expect("a JSON log line");
-    log["message"]
-        .as_str()
-        .and_then(|m| m.rsplit("http://").next())
-        .unwrap_or_else(|| panic!("no address in {log_line}"))
-        .to_owned()
 }
 
 /// Creates an account with `admin create-user`, panicking with its stderr on failure.

@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 
-use crate::graphql::{App, PASSWORD, ROOT_PASSWORD, SECRET, code};
-use crate::helpers::{TestStore, create_user, serve_command};
+use crate::helpers::{PASSWORD, ROOT_PASSWORD, TestApp, code, create_user, spawn_app};
 
 const LOGIN: &str =
     "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { accessToken } }";
@@ -31,7 +30,7 @@ fn loopback(n: usize) -> Ipv4Addr {
 
 /// Creates `n` user accounts `burst-<i>` as `root`, a few at a time (the
 /// password gate would refuse a burst of hashes as it refuses logins).
-async fn create_accounts(app: &App, root: &str, n: usize) {
+async fn create_accounts(app: &TestApp, root: &str, n: usize) {
     let create = "mutation($u: String!, $p: String!) { createAccount(username: $u, password: $p, roles: [USER]) }";
     let names: Vec<String> = (0..n).map(|i| format!("burst-{i}")).collect();
     for chunk in names.chunks(2) {
@@ -54,15 +53,7 @@ async fn create_accounts(app: &App, root: &str, n: usize) {
 async fn a_burst_of_logins_is_refused_rather_than_taking_all_memory() {
     const ACCOUNTS: usize = 200;
     const LOGINS: usize = 400;
-    let store = TestStore::sqlite();
-    let mut serve = serve_command(&store.url, Some(SECRET), &[]);
-    // Nobody reads the log past its first lines: a line per request would
-    // fill the pipe and stall the gateway on its writes.
-    serve.env(
-        "RUST_LOG",
-        "warn,trafficbuster=info,trafficbuster::http=warn",
-    );
-    let app = App::spawn_command(store, serve).await;
+    let app = spawn_app().await;
     create_user(&app.store.url, "root", "super_admin", ROOT_PASSWORD).await;
     let root = app.token("root", ROOT_PASSWORD).await;
     create_accounts(&app, &root, ACCOUNTS).await;
@@ -79,7 +70,7 @@ async fn a_burst_of_logins_is_refused_rather_than_taking_all_memory() {
     }))
     .await;
     let took = started.elapsed();
-    let peak = peak_resident_bytes(app.server.child.id().unwrap());
+    let peak = peak_resident_bytes(app.process.pid());
 
     let mut refused = 0;
     for (status, r) in &answers {
@@ -114,7 +105,7 @@ async fn a_burst_of_logins_is_refused_rather_than_taking_all_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sixth_password_change_within_a_minute_is_rate_limited() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let ada = app.token("ada", PASSWORD).await;
     let change = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
@@ -136,7 +127,7 @@ async fn the_sixth_password_change_within_a_minute_is_rate_limited() {
 }
 
 /// A failed login for `name` sent from `from` with `X-Forwarded-For: 203.0.113.7`.
-async fn failed_login_forwarded(app: &App, from: Ipv4Addr, name: &str) {
+async fn failed_login_forwarded(app: &TestApp, from: Ipv4Addr, name: &str) {
     let body =
         json!({ "query": LOGIN, "variables": { "u": name, "p": "not the password at all" } });
     let (_, r) = app
@@ -151,7 +142,7 @@ async fn failed_login_forwarded(app: &App, from: Ipv4Addr, name: &str) {
 
 /// The client addresses the store recorded: the `login-attempts-…` streams
 /// and the `client_ip` of each LoginFailed.
-async fn recorded_addresses(app: &App) -> Vec<String> {
+async fn recorded_addresses(app: &TestApp) -> Vec<String> {
     let mut seen = Vec::new();
     for e in app.store.events().await {
         if let Some(addr) = e.stream_id.as_str().strip_prefix("login-attempts-") {
@@ -173,7 +164,9 @@ async fn a_trusted_proxy_names_the_client_and_anyone_else_is_the_client() {
     let proxy = Ipv4Addr::new(127, 0, 0, 1);
     let stranger = Ipv4Addr::new(127, 0, 0, 9);
 
-    let app = App::spawn_with(TestStore::sqlite(), &["--trusted-proxy", "127.0.0.1/32"]).await;
+    let app = spawn_app()
+        .flags(&["--trusted-proxy", "127.0.0.1/32"])
+        .await;
     app.with_accounts().await;
     failed_login_forwarded(&app, proxy, "nobody").await;
     failed_login_forwarded(&app, proxy, "ada").await;
@@ -187,7 +180,7 @@ async fn a_trusted_proxy_names_the_client_and_anyone_else_is_the_client() {
         ]
     );
 
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     failed_login_forwarded(&app, proxy, "nobody").await;
     failed_login_forwarded(&app, proxy, "ada").await;

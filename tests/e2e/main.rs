@@ -2,11 +2,13 @@
 //! stores (a temporary SQLite file; a fresh PostgreSQL schema), real HTTP.
 
 mod admin;
+mod app;
 mod bench;
 mod graphiql;
 mod graphql;
 mod helpers;
 mod login_limits;
+mod process;
 mod projections;
 mod secrets;
 mod serve;

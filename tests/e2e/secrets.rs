@@ -1,13 +1,9 @@
 //! Passwords, tokens and the signing secret never reach the logs, even at
 //! the most verbose level, nor the events.
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use serde_json::json;
 
-use crate::graphql::Client;
-use crate::helpers::{TestStore, create_user, http_get, listening_addr, serve_command};
+use crate::helpers::{TestStore, create_user, http_get, spawn_app};
 
 const SECRET: &str = "a-signing-secret-that-must-stay-hidden";
 const ROOT_PASSWORD: &str = "root password never logged";
@@ -19,34 +15,12 @@ const PASSWORD_AS_NAME: &str = "password-typed-as-a-username";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_token_or_secret_appears_in_trace_logs() {
     let store = TestStore::sqlite();
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("gateway.log");
     create_user(&store.url, "root", "super_admin", ROOT_PASSWORD).await;
-
-    let mut child = serve_command(&store.url, Some(SECRET), &[])
+    let mut app = spawn_app()
+        .store(store)
+        .jwt_secret(Some(SECRET))
         .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .spawn()
-        .unwrap();
-    let addr = {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-            if let Some(line) = log.lines().find(|l| l.contains("gateway listening on")) {
-                break listening_addr(line);
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway did not start:\n{log}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    while http_get(&addr, "/readyz").await.0 != 200 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    let app = Client { addr };
+        .await;
 
     let root = app.token("root", ROOT_PASSWORD).await;
     let created = app
@@ -105,14 +79,8 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
     app.gql("{ me { username } }", json!({}), Some(&access))
         .await;
 
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status();
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let log = std::fs::read_to_string(&log_path).unwrap();
+    app.terminate().await;
+    let log = app.process.log();
     let requests = log
         .lines()
         .filter(|l| l.contains("\"route\":\"/graphql\""))
@@ -149,7 +117,7 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
     }
 
     // Nor in any event: every login, failed or not, was recorded.
-    let events = store.events().await;
+    let events = app.store.events().await;
     for ty in ["LoginFailed", "UnknownAccountLoginFailed", "SessionStarted"] {
         assert!(events.iter().any(|e| e.event_type == ty), "no {ty} event");
     }
@@ -177,7 +145,7 @@ async fn no_password_token_or_secret_appears_in_trace_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_password_in_a_url_parameter_never_reaches_the_output() {
     const DB_PASSWORD: &str = "a-database-password-never-logged";
-    let Some(store) =
+    let Some(mut store) =
         TestStore::postgres("a_database_password_in_a_url_parameter_never_reaches_the_output")
             .await
     else {
@@ -190,38 +158,16 @@ async fn a_database_password_in_a_url_parameter_never_reaches_the_output() {
     assert!(ok, "{stderr}");
     let mut seen = format!("{stdout}{stderr}");
 
-    let log_dir = tempfile::tempdir().unwrap();
-    let log_path = log_dir.path().join("gateway.log");
-    let mut child = serve_command(&url, Some(SECRET), &[])
+    // The gateway serves the same database through the URL with the password.
+    store.url = url;
+    let mut app = spawn_app()
+        .store(store)
+        .jwt_secret(Some(SECRET))
         .env("RUST_LOG", "trace")
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(std::fs::File::create(&log_path).unwrap()))
-        .spawn()
-        .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(line) = log.lines().find(|l| l.contains("gateway listening on")) {
-            break listening_addr(line);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "gateway did not start:\n{log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    while http_get(&addr, "/readyz").await.0 != 200 {
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    }
-    seen.push_str(&http_get(&addr, "/readyz").await.1);
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().unwrap().to_string()])
-        .status();
-    tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    seen.push_str(&std::fs::read_to_string(&log_path).unwrap());
+        .await;
+    seen.push_str(&http_get(&app.addr, "/readyz").await.1);
+    app.terminate().await;
+    seen.push_str(&app.process.log());
 
     // A URL the driver refuses is reported without the password too.
     let bad = format!("postgres://postgres@127.0.0.1:notaport/x?password={DB_PASSWORD}");
@@ -236,5 +182,5 @@ async fn a_database_password_in_a_url_parameter_never_reaches_the_output() {
         !seen.contains(DB_PASSWORD),
         "the database password was printed"
     );
-    store.cleanup().await;
+    app.store.cleanup().await;
 }

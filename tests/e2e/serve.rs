@@ -2,14 +2,15 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Running, TestStore, bin, http_get, listening_addr, run, serve_command};
+use crate::helpers::{SECRET, TestStore, bin, http_get, run, spawn_app};
 
 async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option<&str>) {
-    let mut server = Running::spawn(serve_command(&store.url, jwt_secret, &[]));
-    let line = server
-        .stderr_line_containing("gateway listening on", Duration::from_secs(30))
+    let mut app = spawn_app()
+        .store(store)
+        .jwt_secret(jwt_secret)
+        .before_ready()
         .await;
-    let addr = listening_addr(&line);
+    let addr = app.addr.clone();
 
     let (status, body) = http_get(&addr, "/healthz").await;
     assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
@@ -34,8 +35,9 @@ async fn serve_answers_health_and_readiness(store: TestStore, jwt_secret: Option
     let (status, _) = http_get(&addr, "/nope").await;
     assert_eq!(status, 404);
 
-    let status = server.terminate().await;
+    let status = app.terminate().await;
     assert!(status.success(), "serve exits 0 on SIGTERM: {status}");
+    let store = app.store;
 
     if jwt_secret.is_none() {
         // With no secret configured, the embedded set-up made one, private to its owner.
@@ -62,8 +64,7 @@ async fn serve_answers_health_and_readiness_on_sqlite() {
 async fn serve_answers_health_and_readiness_on_postgres() {
     if let Some(store) = TestStore::postgres("serve_answers_health_and_readiness_on_postgres").await
     {
-        serve_answers_health_and_readiness(store, Some("an-e2e-test-secret-of-at-least-32-chars"))
-            .await;
+        serve_answers_health_and_readiness(store, Some(SECRET)).await;
     }
 }
 
@@ -133,19 +134,9 @@ async fn readiness_names_a_view_that_cannot_read_the_log_and_why() {
     else {
         return;
     };
-    let mut server = Running::spawn(serve_command(
-        &store.url,
-        Some("an-e2e-test-secret-of-at-least-32-chars"),
-        &[],
-    ));
-    let line = server
-        .stderr_line_containing("gateway listening on", Duration::from_secs(30))
-        .await;
-    let addr = listening_addr(&line);
-    while http_get(&addr, "/readyz").await.0 != 200 {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let store::Backend::Postgres(pg) = store.open_backend().await else {
+    let mut app = spawn_app().store(store).await;
+    let addr = app.addr.clone();
+    let store::Backend::Postgres(pg) = app.store.open_backend().await else {
         unreachable!("a PostgreSQL test store");
     };
     pg.pool()
@@ -186,6 +177,6 @@ async fn readiness_names_a_view_that_cannot_read_the_log_and_why() {
         .map(|(name, _)| name)
         .collect();
     assert!(!failed.is_empty(), "{body}");
-    server.terminate().await;
-    store.cleanup().await;
+    app.terminate().await;
+    app.store.cleanup().await;
 }

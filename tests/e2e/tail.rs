@@ -5,7 +5,7 @@ use std::time::Duration;
 use domain::{NewEvent, Payload, StreamId};
 use store::ExpectedVersion;
 
-use crate::helpers::{Running, TestStore, bin};
+use crate::helpers::{Process, TestStore, bin};
 
 async fn tail_follows_appends_from_another_process(store: TestStore) {
     let events = store.open().await;
@@ -31,9 +31,9 @@ async fn tail_follows_appends_from_another_process(store: TestStore) {
     cmd.args([
         "--store", &store.url, "events", "tail", "--from", "start", "--stream", "job-",
     ]);
-    let mut tail = Running::spawn(cmd);
+    let mut tail = Process::spawn(cmd);
     let first: serde_json::Value =
-        serde_json::from_str(&tail.stdout_line(Duration::from_secs(20)).await).unwrap();
+        serde_json::from_str(&tail.next_stdout_line(Duration::from_secs(20)).await).unwrap();
     assert_eq!(first["stream_id"], "job-1");
     assert_eq!(first["event_type"], "JobCreated");
     assert_eq!(first["data"]["n"], 1, "payload printed as JSON: {first}");
@@ -43,7 +43,7 @@ async fn tail_follows_appends_from_another_process(store: TestStore) {
     for n in 3..6 {
         append("account-2", "AccountCreated", 100).await; // filtered out
         append("job-2", "JobStarted", n).await;
-        let line = tail.stdout_line(Duration::from_secs(5)).await;
+        let line = tail.next_stdout_line(Duration::from_secs(5)).await;
         let event: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(
             (event["stream_id"].as_str(), event["data"]["n"].as_u64()),
@@ -83,9 +83,9 @@ async fn tail_from_end_skips_history_and_limit_stops_it() {
 
     let mut cmd = bin();
     cmd.args(["--store", &store.url, "events", "tail", "--limit", "2"]);
-    let mut tail = Running::spawn(cmd);
+    let mut tail = Process::spawn(cmd);
     // Appends after this line are new to the tail; the earlier one is history.
-    tail.stderr_line_containing("following events after position", Duration::from_secs(20))
+    tail.wait_for_log("following events after position", Duration::from_secs(20))
         .await;
     events
         .append(
@@ -95,15 +95,12 @@ async fn tail_from_end_skips_history_and_limit_stops_it() {
         )
         .await
         .unwrap();
-    let a = tail.stdout_line(Duration::from_secs(5)).await;
-    let b = tail.stdout_line(Duration::from_secs(5)).await;
+    let a = tail.next_stdout_line(Duration::from_secs(5)).await;
+    let b = tail.next_stdout_line(Duration::from_secs(5)).await;
     assert!(
         a.contains("\"data\":2") && b.contains("\"data\":3"),
         "{a}\n{b}"
     );
-    let status = tokio::time::timeout(Duration::from_secs(5), tail.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status = tail.wait(Duration::from_secs(5)).await;
     assert!(status.success());
 }

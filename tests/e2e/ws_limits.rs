@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-use crate::graphql::{App, PASSWORD, SESSION_EVENTS, Ws, ws_connect, ws_next};
-use crate::helpers::TestStore;
+use crate::graphql::{SESSION_EVENTS, Ws, ws_connect, ws_next};
+use crate::helpers::{PASSWORD, spawn_app};
 
 const PROTOCOL: &str = "graphql-transport-ws";
 
@@ -54,7 +54,7 @@ async fn subscribe(ws: &mut Ws, id: &str, query: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_message_is_refused_and_the_connection_closed_saying_why() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
     let mut ws = ws_connect(&app.addr, PROTOCOL, &token).await;
@@ -83,7 +83,7 @@ async fn an_oversized_message_is_refused_and_the_connection_closed_saying_why() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_subscription_past_the_cap_is_refused_until_another_completes() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
     let mut ws = ws_connect(&app.addr, PROTOCOL, &token).await;
@@ -136,7 +136,7 @@ async fn one_subscription_past_the_cap_is_refused_until_another_completes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_connection_past_the_sessions_cap_is_refused_until_another_closes() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     app.with_accounts().await;
     let token = app.token("ada", PASSWORD).await;
     let mut open = Vec::new();
