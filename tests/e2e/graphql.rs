@@ -423,7 +423,7 @@ async fn metrics_count_requests_events_and_view_progress() {
 
 /// The `accounts` view serves the admins' `accounts` query; the `metrics`
 /// and `event_counts` views serve /metrics with totals of the whole log.
-async fn views_serve_the_account_list_and_the_log_totals(app: &App) {
+async fn views_serve_the_account_list_and_the_log_totals(app: &TestApp) {
     let root = app.with_accounts().await;
     let wrong = app.login("ada", "not the password of ada").await;
     assert_eq!(code(&wrong), "UNAUTHENTICATED", "{wrong}");
@@ -482,7 +482,7 @@ async fn views_serve_the_account_list_and_the_log_totals(app: &App) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_serve_the_account_list_and_the_log_totals_on_sqlite() {
-    let app = App::spawn(TestStore::sqlite()).await;
+    let app = spawn_app().await;
     views_serve_the_account_list_and_the_log_totals(&app).await;
 }
 
@@ -491,9 +491,9 @@ async fn views_serve_the_account_list_and_the_log_totals_on_postgres() {
     let Some(store) = TestStore::postgres("views_serve_on_postgres").await else {
         return;
     };
-    let app = App::spawn(store).await;
+    let mut app = spawn_app().store(store).await;
     views_serve_the_account_list_and_the_log_totals(&app).await;
-    app.server.terminate().await;
+    app.terminate().await;
     app.store.cleanup().await;
 }
 
