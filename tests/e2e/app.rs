@@ -176,6 +176,9 @@ pub struct Client {
     pub addr: String,
 }
 
+/// Longest a test waits for one HTTP answer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Client {
     /// A GraphQL request over HTTP: (status, response JSON).
     pub async fn post(&self, body: &str, token: Option<&str>) -> (u16, Value) {
@@ -206,10 +209,17 @@ impl Client {
         if let Some(ip) = from {
             socket.bind((ip, 0).into()).unwrap();
         }
-        let mut stream = socket.connect(self.addr.parse().unwrap()).await.unwrap();
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.unwrap();
+        // A stalled gateway fails the test, never hangs it.
+        let exchange = async {
+            let mut stream = socket.connect(self.addr.parse().unwrap()).await.unwrap();
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            stream.read_to_end(&mut raw).await.unwrap();
+            raw
+        };
+        let raw = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| panic!("no answer from the gateway within {REQUEST_TIMEOUT:?}"));
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
         let status = head
