@@ -43,7 +43,17 @@ use crate::configuration::Settings;
 const JWT_SECRET: &[u8] = b"trafficbuster bench gateway secret, 32+ bytes";
 /// Every bench account's password.
 const PASSWORD: &str = "bench password, long enough";
-const AUDITOR: &str = "bench-auditor";
+/// The fan-out's subscribers are spread over auditor sessions: a session
+/// holds at most this many WebSockets, as a user's browser tabs would.
+const SUBSCRIBERS_PER_AUDITOR: usize = gateway::ws_limits::MAX_CONNECTIONS_PER_SESSION;
+
+fn auditor(i: usize) -> String {
+    format!("bench-auditor-{i}")
+}
+
+fn auditors_for(subscribers: usize) -> usize {
+    subscribers.div_ceil(SUBSCRIBERS_PER_AUDITOR)
+}
 
 /// Logins sent from one client address: half the per-address quota, so
 /// the limiter never refuses one (a refusal would end the bench).
@@ -185,7 +195,12 @@ fn system() -> Context {
 }
 
 async fn gateway_figures(live: &LiveGateway, args: &BenchGatewayArgs) -> anyhow::Result<()> {
-    create_accounts(&live.handler, args.logins).await?;
+    create_accounts(
+        &live.handler,
+        args.logins,
+        auditors_for(args.subscribers as usize),
+    )
+    .await?;
 
     let (total, login) = login_latency(live.addr, args.logins).await?;
     report_latency(
@@ -231,14 +246,20 @@ fn username(i: u32) -> String {
     format!("bench-user-{i}")
 }
 
-/// `logins` users and one auditor, all with [`PASSWORD`].
-async fn create_accounts(handler: &CommandHandler, logins: u32) -> anyhow::Result<()> {
-    let bar = counter_bar("creating accounts", u64::from(logins) + 1);
+/// `logins` users and `auditors` auditors, all with [`PASSWORD`].
+async fn create_accounts(
+    handler: &CommandHandler,
+    logins: u32,
+    auditors: usize,
+) -> anyhow::Result<()> {
+    let bar = counter_bar("creating accounts", u64::from(logins) + auditors as u64);
     // One argon2 hash for every account: hashing each would only slow the
     // set-up, and verifying at login costs the same either way.
     let hash = password::hash(PASSWORD.into()).await?;
-    create_account(handler, AUDITOR, Role::Auditor, &hash).await?;
-    bar.inc(1);
+    for i in 0..auditors {
+        create_account(handler, &auditor(i), Role::Auditor, &hash).await?;
+        bar.inc(1);
+    }
     for i in 0..logins {
         create_account(handler, &username(i), Role::User, &hash).await?;
         bar.inc(1);
@@ -445,7 +466,8 @@ enum Heard {
 }
 
 /// `subscribers` WebSocket clients each hold one `auditEvents`
-/// subscription (graphql-transport-ws), all under one auditor session, so
+/// subscription (graphql-transport-ws), under as many auditor sessions as
+/// the per-session cap needs, so
 /// each appended event reaches every one of them. After a warm-up event
 /// has reached them all, `rounds` times: note the time, append one event
 /// through a command handler, and take each subscriber's receipt time
@@ -455,17 +477,29 @@ async fn fan_out(
     subscribers: usize,
     rounds: u32,
 ) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {
-    let mut auditor = HttpConn::connect(IpAddr::V4(Ipv4Addr::LOCALHOST), live.addr).await?;
-    let reply = auditor
-        .graphql(LOGIN, json!({ "u": AUDITOR, "p": PASSWORD }), None)
-        .await
-        .context("login of the auditor")?;
-    let token = reply["data"]["login"]["accessToken"]
-        .as_str()
-        .context("the auditor's login returned no access token")?;
+    // Logged in from their own addresses, as for the login figure.
+    let mut tokens = Vec::new();
+    for i in 0..auditors_for(subscribers) {
+        let name = auditor(i);
+        let from = IpAddr::V4(Ipv4Addr::new(
+            127,
+            0,
+            2,
+            (i as u32 / LOGINS_PER_ADDRESS) as u8,
+        ));
+        let mut conn = HttpConn::connect(from, live.addr).await?;
+        let reply = conn
+            .graphql(LOGIN, json!({ "u": name, "p": PASSWORD }), None)
+            .await
+            .with_context(|| format!("login of {name}"))?;
+        let token = reply["data"]["login"]["accessToken"]
+            .as_str()
+            .with_context(|| format!("login of {name} returned no access token: {reply}"))?;
+        tokens.push(token.to_owned());
+    }
     let (tx, mut rx) = mpsc::unbounded_channel();
     // Held to the end: dropping it closes every subscriber's socket.
-    let _listeners = open_subscriptions(live.addr, token, subscribers, &tx).await?;
+    let _listeners = open_subscriptions(live.addr, &tokens, subscribers, &tx).await?;
     warm_up(&live.handler, &mut rx, subscribers).await?;
     timed_rounds(&live.handler, &mut rx, subscribers, rounds).await
 }
@@ -484,13 +518,16 @@ impl Drop for AbortOnDrop {
 /// Opens the subscriptions, a few at a time, each read by its own task.
 async fn open_subscriptions(
     addr: SocketAddr,
-    token: &str,
+    tokens: &[String],
     subscribers: usize,
     tx: &mpsc::UnboundedSender<Heard>,
 ) -> anyhow::Result<AbortOnDrop> {
     let bar = counter_bar("opening subscriptions", subscribers as u64);
     let mut connecting = futures_util::stream::iter(0..subscribers)
-        .map(|who| async move { (who, subscribe(addr, token).await) })
+        .map(|who| async move {
+            let token = &tokens[who / SUBSCRIBERS_PER_AUDITOR];
+            (who, subscribe(addr, token).await)
+        })
         .buffer_unordered(CONNECT_CONCURRENCY);
     let mut listeners = AbortOnDrop(Vec::with_capacity(subscribers));
     while let Some((who, ws)) = connecting.next().await {

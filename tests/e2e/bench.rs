@@ -49,3 +49,26 @@ async fn bench_store_measures_beside_the_sqlite_store_named_by_tb_store() {
         "scratch removed"
     );
 }
+
+/// More subscribers than one session may hold sockets: the bench spreads
+/// them over sessions instead of failing on the per-session cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_gateway_runs_more_subscribers_than_one_session_may_hold() {
+    let subscribers = (3 * gateway::ws_limits::MAX_CONNECTIONS_PER_SESSION).to_string();
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "gateway",
+        "--subscribers",
+        &subscribers,
+        "--rounds",
+        "2",
+        "--logins",
+        "2",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(&format!("subscription fan-out, {subscribers} subscribers")),
+        "{stdout}"
+    );
+}
