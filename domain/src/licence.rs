@@ -68,7 +68,6 @@ pub struct Allowances {
 }
 
 /// The feature matrix, limits and expiry of one licence.
-// Stored flat, as it always was: `allows`' fields sit beside `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(
     feature = "graphql",
@@ -76,7 +75,6 @@ pub struct Allowances {
     graphql(name = "LicenceInput")
 )]
 pub struct LicenceTerms {
-    #[serde(flatten)]
     #[cfg_attr(feature = "graphql", graphql(flatten))]
     pub allows: Allowances,
     #[serde(with = "time::serde::rfc3339")]
@@ -167,9 +165,36 @@ pub struct LicenceRevoked {
 crate::event_set! {
     /// What happens to a licence.
     pub enum LicenceEvent {
-        LicenceIssued(LicenceIssued) = 1,
+        LicenceIssued(LicenceIssued) = 2 { 1 => nest_allowances },
         LicenceRevoked(LicenceRevoked) = 1,
     }
+}
+
+/// Schema 1 stored the terms flat; schema 2 keeps what they allow under
+/// `allows` beside `expires_at` (serde's flatten would cost every read).
+fn nest_allowances(mut payload: serde_json::Value) -> Result<serde_json::Value, String> {
+    let terms = payload
+        .get_mut("terms")
+        .and_then(serde_json::Value::as_object_mut)
+        .ok_or("no terms object")?;
+    let mut allows = serde_json::Map::new();
+    // Schema 1's fields, fixed forever: a later allowance gets its default.
+    for key in [
+        "max_instances",
+        "human_surfing",
+        "import_proxy",
+        "scheduler",
+        "external_clicks",
+        "max_targets",
+        "max_flows_per_day",
+    ] {
+        let value = terms
+            .remove(key)
+            .ok_or_else(|| format!("terms.{key} is missing"))?;
+        allows.insert(key.to_owned(), value);
+    }
+    terms.insert("allows".to_owned(), allows.into());
+    Ok(payload)
 }
 
 impl crate::registry::Summary for LicenceEvent {
@@ -216,7 +241,7 @@ pub struct LicenceState {
 pub struct Licence;
 
 impl Decider for Licence {
-    const SNAPSHOT_KIND: &'static str = "licence/1";
+    const SNAPSHOT_KIND: &'static str = "licence/2";
     type State = LicenceState;
     type Command = LicenceCommand;
     type Event = LicenceEvent;
@@ -389,5 +414,40 @@ mod tests {
         let err = t.require(Feature::Scheduler, later).unwrap_err();
         assert!(err.reason.contains("expired"), "{err}");
         assert!(t.require_within(Limit::MaxInstances, 1, later).is_err());
+    }
+
+    #[test]
+    fn a_licence_issued_under_schema_1_reads_with_its_terms_nested() {
+        let v1 = r#"{"username":"ada","by":"root","terms":{"max_instances":4,"human_surfing":true,
+            "import_proxy":false,"scheduler":true,"external_clicks":false,"max_targets":3,
+            "max_flows_per_day":1000,"expires_at":"2030-01-01T00:00:00Z"}}"#;
+        let recorded = crate::RecordedEvent {
+            position: crate::Position::new(1, 1),
+            id: crate::EventId::new(),
+            stream_id: crate::StreamId::parse("licence-ada").unwrap(),
+            stream_version: 0,
+            event_type: "LicenceIssued".into(),
+            schema_version: 1,
+            recorded_at: now(),
+            data: v1.into(),
+            metadata: crate::Metadata::default(),
+        };
+        let LicenceEvent::LicenceIssued(issued) = crate::event_registry()
+            .decode::<LicenceEvent>(&recorded)
+            .unwrap()
+        else {
+            panic!("not LicenceIssued");
+        };
+        assert_eq!(issued.terms.allows.max_instances, 4);
+        assert_eq!(issued.terms.allows.max_flows_per_day, 1000);
+        assert!(issued.terms.allows.scheduler && !issued.terms.allows.import_proxy);
+        // Written today, it is schema 2, nested.
+        use crate::registry::EventSet;
+        let written = LicenceEvent::LicenceIssued(issued).to_payload().unwrap();
+        assert!(
+            written.as_str().contains(r#""allows":{"max_instances":4"#),
+            "{}",
+            written.as_str()
+        );
     }
 }

@@ -7,7 +7,7 @@ use domain::account::{Account, AccountCommand, AccountError, PasswordHash, Usern
 use domain::licence::{
     Allowances, Licence, LicenceCommand, LicenceError, LicenceEvent, LicenceState, LicenceTerms,
 };
-use domain::{Actor, Context, EventRegistry, Role, StreamId};
+use domain::{Actor, Context, Decider, EventRegistry, Role, StreamId};
 use gateway::{CommandError, CommandHandler, CommandMeta};
 use store::testing::TestStore;
 use store::{Direction, EventStore, Snapshot, StreamFrom};
@@ -275,7 +275,10 @@ mod cases {
         }
         // Saved at versions 9 and 19 (every 10 events): the fold up to there.
         let saved = snapshot_of(&store, &stream).await;
-        assert_eq!((saved.kind.as_str(), saved.version), ("licence/1", 19));
+        assert_eq!(
+            (saved.kind.as_str(), saved.version),
+            (Licence::SNAPSHOT_KIND, 19)
+        );
         let state: LicenceState = serde_json::from_str(&saved.data).unwrap();
         assert_eq!(state.terms.unwrap().allows.max_instances, 20);
 
@@ -326,7 +329,7 @@ mod cases {
         // Another build's state, and one that does not decode: folded anew.
         for (kind, data) in [
             ("licence/0", wrong_state.as_str()),
-            ("licence/1", "{not json"),
+            (Licence::SNAPSHOT_KIND, "{not json"),
         ] {
             let snapshot = Snapshot {
                 kind: kind.into(),
@@ -339,7 +342,7 @@ mod cases {
         // One ahead of the stream (restored from elsewhere): the first append
         // exposes it; the handler folds the stream and replaces it.
         let ahead = Snapshot {
-            kind: "licence/1".into(),
+            kind: Licence::SNAPSHOT_KIND.into(),
             version: 40,
             data: wrong_state.clone(),
         };
