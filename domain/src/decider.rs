@@ -171,22 +171,22 @@ impl Context {
 
     /// Is `feature` licensed now? Having no licence at all is a refusal too.
     pub fn require(&self, feature: Feature) -> Result<(), NotLicensed> {
-        self.in_force(feature.name())?.require(feature, self.now)
+        match &self.licence {
+            Some(terms) => terms.require(feature, self.now),
+            None => Err(NotLicensed::feature(feature, NO_LICENCE)),
+        }
     }
 
     /// May `wanted` of `limit` be used now? Having no licence is a refusal.
     pub fn require_within(&self, limit: Limit, wanted: u64) -> Result<(), NotLicensed> {
-        self.in_force(limit.name())?
-            .require_within(limit, wanted, self.now)
-    }
-
-    fn in_force(&self, feature: &'static str) -> Result<&LicenceTerms, NotLicensed> {
-        self.licence.as_ref().ok_or_else(|| NotLicensed {
-            feature,
-            reason: "no licence is in force".into(),
-        })
+        match &self.licence {
+            Some(terms) => terms.require_within(limit, wanted, self.now),
+            None => Err(NotLicensed::limit(limit, 0, wanted, NO_LICENCE)),
+        }
     }
 }
+
+const NO_LICENCE: &str = "no licence is in force";
 
 #[cfg(test)]
 mod tests {
@@ -235,6 +235,13 @@ mod tests {
         );
         let err = ctx().require_within(Limit::MaxTargets, 0).unwrap_err();
         assert_eq!(err.feature, "maxTargets");
+        assert_eq!(
+            err.limit,
+            Some(crate::licence::OverLimit {
+                allowed: 0,
+                requested: 0
+            })
+        );
     }
 
     #[test]

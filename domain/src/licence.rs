@@ -88,22 +88,50 @@ pub struct NotLicensed {
     /// The feature or limit's client-facing name, e.g. `scheduler`.
     pub feature: &'static str,
     pub reason: String,
+    /// Set when a limit refused: how much was asked for and how much is
+    /// allowed, so a client can show both at the field.
+    pub limit: Option<OverLimit>,
+}
+
+/// How far a request went over a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OverLimit {
+    /// What the licence allows now: 0 when none is in force or it expired.
+    pub allowed: u32,
+    pub requested: u64,
+}
+
+impl NotLicensed {
+    /// `feature` is refused.
+    pub fn feature(feature: Feature, reason: impl Into<String>) -> Self {
+        Self {
+            feature: feature.name(),
+            reason: reason.into(),
+            limit: None,
+        }
+    }
+
+    /// `requested` of `limit` is refused; `allowed` is what may be used.
+    pub fn limit(limit: Limit, allowed: u32, requested: u64, reason: impl Into<String>) -> Self {
+        Self {
+            feature: limit.name(),
+            reason: reason.into(),
+            limit: Some(OverLimit { allowed, requested }),
+        }
+    }
 }
 
 impl LicenceTerms {
-    fn check_current(&self, feature: &'static str, now: OffsetDateTime) -> Result<(), NotLicensed> {
-        if now >= self.expires_at {
-            return Err(NotLicensed {
-                feature,
-                reason: format!("the licence expired at {}", self.expires_at),
-            });
-        }
-        Ok(())
+    /// Why the licence no longer counts at `now`, if it does not.
+    fn expired(&self, now: OffsetDateTime) -> Option<String> {
+        (now >= self.expires_at).then(|| format!("the licence expired at {}", self.expires_at))
     }
 
     /// Is `feature` on, and the licence current?
     pub fn require(&self, feature: Feature, now: OffsetDateTime) -> Result<(), NotLicensed> {
-        self.check_current(feature.name(), now)?;
+        if let Some(why) = self.expired(now) {
+            return Err(NotLicensed::feature(feature, why));
+        }
         let on = match feature {
             Feature::HumanSurfing => self.allows.human_surfing,
             Feature::ImportProxy => self.allows.import_proxy,
@@ -113,10 +141,10 @@ impl LicenceTerms {
         if on {
             Ok(())
         } else {
-            Err(NotLicensed {
-                feature: feature.name(),
-                reason: "the licence does not include it".into(),
-            })
+            Err(NotLicensed::feature(
+                feature,
+                "the licence does not include it",
+            ))
         }
     }
 
@@ -136,15 +164,19 @@ impl LicenceTerms {
         wanted: u64,
         now: OffsetDateTime,
     ) -> Result<(), NotLicensed> {
-        self.check_current(limit.name(), now)?;
+        if let Some(why) = self.expired(now) {
+            return Err(NotLicensed::limit(limit, 0, wanted, why));
+        }
         let allowed = self.allowance(limit);
         if wanted <= u64::from(allowed) {
             Ok(())
         } else {
-            Err(NotLicensed {
-                feature: limit.name(),
-                reason: format!("{wanted} requested, the licence allows {allowed}"),
-            })
+            Err(NotLicensed::limit(
+                limit,
+                allowed,
+                wanted,
+                format!("{wanted} requested, the licence allows {allowed}"),
+            ))
         }
     }
 }
@@ -405,6 +437,17 @@ mod tests {
             err.to_string(),
             "maxTargets is not licensed: 4 requested, the licence allows 3"
         );
+        assert_eq!(
+            err.limit,
+            Some(OverLimit {
+                allowed: 3,
+                requested: 4
+            })
+        );
+        assert_eq!(
+            t.require(Feature::ImportProxy, now()).unwrap_err().limit,
+            None
+        );
     }
 
     #[test]
@@ -413,7 +456,15 @@ mod tests {
         let later = t.expires_at;
         let err = t.require(Feature::Scheduler, later).unwrap_err();
         assert!(err.reason.contains("expired"), "{err}");
-        assert!(t.require_within(Limit::MaxInstances, 1, later).is_err());
+        let err = t.require_within(Limit::MaxInstances, 1, later).unwrap_err();
+        // Nothing is allowed any more, whatever the terms said.
+        assert_eq!(
+            err.limit,
+            Some(OverLimit {
+                allowed: 0,
+                requested: 1
+            })
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! GraphQL errors with a stable machine code in `extensions.code`.
 
-use async_graphql::{Error, ErrorExtensions};
+use async_graphql::{Error, ErrorExtensionValues, ErrorExtensions};
 
 use crate::auth::password::PasswordError;
 use crate::auth::rate_limit::RateLimited;
@@ -77,11 +77,19 @@ pub fn password(field: &str, e: PasswordError) -> Error {
 /// refusals cannot reach a client without one.
 pub trait Coded: std::error::Error {
     fn code(&self) -> Code;
+
+    /// What else a client needs to show the refusal at the right field
+    /// (beside `code`): e.g. the feature or limit a licence refused.
+    fn extend(&self, _extensions: &mut ErrorExtensionValues) {}
 }
 
-/// A refused command, with the decider error's own code and message.
+/// A refused command, with the decider error's own code, message and
+/// extensions.
 pub fn refused(e: &impl Coded) -> Error {
-    error(e.code(), e.to_string())
+    Error::new(e.to_string()).extend_with(|_, x| {
+        x.set("code", e.code().as_str());
+        e.extend(x);
+    })
 }
 
 /// A command that did not go through: the decider's refusal (its code), a

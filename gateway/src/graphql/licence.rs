@@ -1,10 +1,13 @@
 //! Licences over GraphQL: what the logged-in account may use, and issuing
 //! licences (admins).
 
+use async_graphql::ErrorExtensionValues;
 use async_graphql::{Context, Object, SimpleObject};
 use domain::StreamId;
 use domain::account::{Account, Username};
-use domain::licence::{Allowances, Licence, LicenceCommand, LicenceError, LicenceTerms};
+use domain::licence::{
+    Allowances, Licence, LicenceCommand, LicenceError, LicenceTerms, NotLicensed,
+};
 use time::OffsetDateTime;
 
 use crate::graphql::account::{parse_username, stream_of};
@@ -114,5 +117,60 @@ impl Coded for LicenceError {
             LicenceError::ExpiresInThePast(_) => Code::Validation,
             LicenceError::NoLicence(_) => Code::NotFound,
         }
+    }
+}
+
+/// FEATURE_NOT_LICENSED, naming what was refused: `{feature}`, or for a
+/// limit `{limit, allowed, requested}`.
+impl Coded for NotLicensed {
+    fn code(&self) -> Code {
+        Code::FeatureNotLicensed
+    }
+
+    fn extend(&self, x: &mut ErrorExtensionValues) {
+        match self.limit {
+            None => x.set("feature", self.feature),
+            Some(over) => {
+                x.set("limit", self.feature);
+                x.set("allowed", over.allowed);
+                x.set("requested", over.requested);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use domain::licence::{Feature, Limit};
+    use serde_json::json;
+
+    use super::*;
+    use crate::graphql::error::refused;
+
+    fn extensions(e: &NotLicensed) -> serde_json::Value {
+        let server = refused(e).into_server_error(async_graphql::Pos::default());
+        serde_json::to_value(server.extensions).unwrap()
+    }
+
+    #[test]
+    fn a_refused_feature_is_named_in_the_extensions() {
+        let e = NotLicensed::feature(Feature::ExternalClicks, "the licence does not include it");
+        assert_eq!(
+            extensions(&e),
+            json!({ "code": "FEATURE_NOT_LICENSED", "feature": "externalClicks" })
+        );
+        assert_eq!(
+            refused(&e).message,
+            "externalClicks is not licensed: the licence does not include it"
+        );
+    }
+
+    #[test]
+    fn a_refused_limit_says_what_is_allowed_and_what_was_requested() {
+        let e = NotLicensed::limit(Limit::MaxTargets, 500, 1200, "too many");
+        assert_eq!(
+            extensions(&e),
+            json!({ "code": "FEATURE_NOT_LICENSED", "limit": "maxTargets", "allowed": 500, "requested": 1200 })
+        );
     }
 }
