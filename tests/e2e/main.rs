@@ -10,6 +10,7 @@ mod helpers;
 mod login_limits;
 mod process;
 mod projections;
+mod safe_mode;
 mod secrets;
 mod serve;
 mod setup_errors;

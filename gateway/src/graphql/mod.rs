@@ -9,6 +9,7 @@ pub mod error;
 pub mod licence;
 pub mod session;
 pub mod session_watch;
+pub mod system_settings;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -39,6 +40,7 @@ pub struct QueryRoot(
     licence::LicenceQuery,
     session::SessionQuery,
     audit::AuditQuery,
+    system_settings::SystemSettingsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -47,6 +49,7 @@ pub struct MutationRoot(
     session::SessionMutation,
     account::AccountMutation,
     licence::LicenceMutation,
+    system_settings::SystemSettingsMutation,
 );
 
 #[derive(MergedSubscription, Default)]
