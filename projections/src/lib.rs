@@ -6,11 +6,13 @@
 //! - [`ViewStore`]: the views' tables and checkpoints in the event store's database;
 //! - [`ProjectionEngine`]: runs views, reports [`EngineStatus`], rebuilds;
 //! - the views: [`EventCounts`] (events per type), and the identity views
-//!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`].
+//!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
+//!   the consent views [`DomainsView`].
 
 pub mod accounts_view;
 pub mod audit_view;
 mod decode;
+pub mod domains_view;
 pub mod engine;
 pub mod error;
 pub mod event_counts;
@@ -25,6 +27,7 @@ pub mod view_store;
 
 pub use accounts_view::AccountsView;
 pub use audit_view::AuditView;
+pub use domains_view::DomainsView;
 pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError, RowError, ViewError};
 pub use event_counts::EventCounts;
@@ -48,6 +51,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(SessionsView),
         Arc::new(AuditView),
         Arc::new(MetricsView),
+        Arc::new(DomainsView),
     ]
 }
 

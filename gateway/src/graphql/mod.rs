@@ -10,6 +10,7 @@ pub mod licence;
 pub mod session;
 pub mod session_watch;
 pub mod system_settings;
+pub mod target_domain;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -41,6 +42,7 @@ pub struct QueryRoot(
     session::SessionQuery,
     audit::AuditQuery,
     system_settings::SystemSettingsQuery,
+    target_domain::TargetDomainQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -50,6 +52,7 @@ pub struct MutationRoot(
     account::AccountMutation,
     licence::LicenceMutation,
     system_settings::SystemSettingsMutation,
+    target_domain::TargetDomainMutation,
 );
 
 #[derive(MergedSubscription, Default)]

@@ -1,0 +1,193 @@
+//! The consent views projected from commands run through the real command
+//! handler on real stores, and equal to themselves after a rebuild.
+
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use domain::account::Username;
+use domain::target_domain::{
+    self, FailureReason, TargetDomain, TargetDomainCommand, VerificationMethod,
+    VerificationOutcome, VerificationToken,
+};
+use domain::{Actor, Context, DomainName, Reason, Role};
+use gateway::{CommandHandler, CommandMeta};
+use projections::{ProjectionEngine, SqlValue, ViewStore};
+use store::testing::TestStore;
+use time::{Duration, OffsetDateTime};
+
+fn actor(name: &str, role: Role) -> Actor {
+    Actor::Account {
+        account_id: uuid::Uuid::now_v7(),
+        username: name.into(),
+        roles: [role].into(),
+    }
+}
+
+fn token(fill: char) -> VerificationToken {
+    VerificationToken::parse(&fill.to_string().repeat(40)).unwrap()
+}
+
+/// Polls until `check` holds (views follow the log asynchronously).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(StdDuration::from_millis(20)).await;
+    }
+}
+
+/// Every row of `view_domains`: (domain, account, status, method,
+/// expires_at, last_failure, listed_by, listed_reason).
+async fn domains(views: &ViewStore) -> Vec<Vec<SqlValue>> {
+    views
+        .query(
+            "SELECT domain, account, status, method, expires_at, last_failure, listed_by, listed_reason \
+             FROM view_domains ORDER BY domain, account",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.values().to_vec())
+        .collect()
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn the_domains_view_follows_claims_checks_and_allow_listing(store: &TestStore) {
+        let events = store.open().await;
+        let views = ViewStore::open(&store.open_backend().await).await.unwrap();
+        let engine =
+            ProjectionEngine::start(events.clone(), views, projections::all_views()).unwrap();
+        let handler = CommandHandler::new(events, Arc::new(domain::event_registry()));
+        let meta = CommandMeta::default();
+        let now = OffsetDateTime::now_utc();
+        let run = |domain: &str, command, who: Actor| {
+            let handler = &handler;
+            let meta = &meta;
+            let stream = target_domain::stream(&DomainName::parse(domain).unwrap()).unwrap();
+            async move {
+                handler
+                    .handle::<TargetDomain>(&stream, command, &Context::new(now, who), meta)
+                    .await
+                    .unwrap();
+            }
+        };
+        let ada = Username::parse("ada").unwrap();
+        let bob = Username::parse("bob").unwrap();
+        let valid_until = now + Duration::days(30);
+        let claim = |account: &Username, fill| TargetDomainCommand::Claim {
+            account: account.clone(),
+            token: token(fill),
+        };
+        let record = |account: &Username, outcome| TargetDomainCommand::RecordVerification {
+            account: account.clone(),
+            method: VerificationMethod::WellKnown,
+            outcome,
+        };
+        let failed = || VerificationOutcome::Failed {
+            reason: FailureReason::NotFound,
+            detail: "404".into(),
+        };
+        let reason = |r: &str| Reason::parse(r).unwrap();
+
+        // ada verifies, then a later check fails: still verified until it expires.
+        run("shop.example", claim(&ada, 'a'), Actor::System).await;
+        run(
+            "shop.example",
+            record(&ada, VerificationOutcome::Verified { valid_until }),
+            Actor::System,
+        )
+        .await;
+        run("shop.example", record(&ada, failed()), Actor::System).await;
+        // bob's check of the same domain fails: his claim alone is failed.
+        run("shop.example", claim(&bob, 'b'), Actor::System).await;
+        run("shop.example", record(&bob, failed()), Actor::System).await;
+        // bob claims another domain, never checked.
+        run("blog.example", claim(&bob, 'c'), Actor::System).await;
+        // A staging host is allow-listed; another is listed, then removed.
+        let root = actor("root", Role::SuperAdmin);
+        let list = |r| TargetDomainCommand::AllowList { reason: reason(r) };
+        run("staging.example", list("our own staging"), root.clone()).await;
+        run("old.example", list("for a week"), root.clone()).await;
+        run(
+            "old.example",
+            TargetDomainCommand::RemoveFromAllowList {
+                reason: reason("the week is over"),
+            },
+            root,
+        )
+        .await;
+
+        let text = |s: &str| SqlValue::Text(s.into());
+        let failure =
+            text("the check of the well-known file failed: the token was not found (404)");
+        let expected = vec![
+            vec![
+                text("blog.example"),
+                text("bob"),
+                text("claimed"),
+                SqlValue::Null,
+                SqlValue::Null,
+                SqlValue::Null,
+                SqlValue::Null,
+                SqlValue::Null,
+            ],
+            vec![
+                text("shop.example"),
+                text("ada"),
+                text("verified"),
+                text("well_known"),
+                SqlValue::micros(valid_until),
+                failure.clone(),
+                SqlValue::Null,
+                SqlValue::Null,
+            ],
+            vec![
+                text("shop.example"),
+                text("bob"),
+                text("failed"),
+                SqlValue::Null,
+                SqlValue::Null,
+                failure,
+                SqlValue::Null,
+                SqlValue::Null,
+            ],
+            vec![
+                text("staging.example"),
+                text(""),
+                text("allow_listed"),
+                SqlValue::Null,
+                SqlValue::Null,
+                SqlValue::Null,
+                text("root"),
+                text("our own staging"),
+            ],
+        ];
+        // Live once: the tables exist, and a view that failed says so here.
+        engine.wait_until_live().await.unwrap();
+        let v = engine.views();
+        eventually("the domains view", || async {
+            domains(v).await == expected
+        })
+        .await;
+
+        engine.rebuild("domains").await.unwrap();
+        engine.wait_until_live().await.unwrap();
+        eventually("the rebuilt domains view", || async {
+            domains(v).await == expected
+        })
+        .await;
+        engine.shutdown().await;
+    }
+}
+
+store::each_backend!(the_domains_view_follows_claims_checks_and_allow_listing);
