@@ -5,6 +5,8 @@ use std::sync::Arc;
 use std::time::Duration as StdDuration;
 
 use domain::account::Username;
+use domain::click_consent::{self, ClickConsent, ClickConsentCommand};
+use domain::licence::{Allowances, LicenceTerms};
 use domain::target_domain::{
     self, FailureReason, TargetDomain, TargetDomainCommand, VerificationMethod,
     VerificationOutcome, VerificationToken,
@@ -188,6 +190,97 @@ mod cases {
         .await;
         engine.shutdown().await;
     }
+    pub async fn the_consents_view_holds_the_grants_in_force(store: &TestStore) {
+        let events = store.open().await;
+        let views = ViewStore::open(&store.open_backend().await).await.unwrap();
+        let engine =
+            ProjectionEngine::start(events.clone(), views, projections::all_views()).unwrap();
+        let handler = CommandHandler::new(events, Arc::new(domain::event_registry()));
+        let now = OffsetDateTime::now_utc();
+        // An admin acts for both accounts.
+        let licensed = Context::new(now, actor("root", Role::Admin)).with_licence(LicenceTerms {
+            allows: Allowances {
+                external_clicks: true,
+                ..Allowances::default()
+            },
+            expires_at: now + Duration::days(1),
+        });
+        let run = |account: &str,
+                   command: fn(Username, DomainName, Reason) -> ClickConsentCommand,
+                   domain: &str,
+                   why: &str| {
+            let handler = &handler;
+            let licensed = &licensed;
+            let account = Username::parse(account).unwrap();
+            let stream = click_consent::stream(&account).unwrap();
+            let command = command(
+                account,
+                DomainName::parse(domain).unwrap(),
+                Reason::parse(why).unwrap(),
+            );
+            async move {
+                handler
+                    .handle::<ClickConsent>(&stream, command, licensed, &CommandMeta::default())
+                    .await
+                    .unwrap();
+            }
+        };
+        let grant = |account, domain, reason| ClickConsentCommand::Grant {
+            account,
+            domain,
+            reason,
+        };
+        let revoke = |account, domain, reason| ClickConsentCommand::Revoke {
+            account,
+            domain,
+            reason,
+        };
+        run("ada", grant, "partner.example", "our affiliate").await;
+        run("ada", grant, "cdn.example", "images").await;
+        run("ada", revoke, "partner.example", "contract ended").await;
+        run("bob", grant, "partner.example", "his affiliate").await;
+
+        let text = |s: &str| SqlValue::Text(s.into());
+        let expected = vec![
+            vec![
+                text("ada"),
+                text("cdn.example"),
+                text("root"),
+                text("images"),
+            ],
+            vec![
+                text("bob"),
+                text("partner.example"),
+                text("root"),
+                text("his affiliate"),
+            ],
+        ];
+        let rows = || async {
+            engine
+                .views()
+                .query(
+                    "SELECT account, domain, granted_by, reason FROM view_consents ORDER BY account, domain",
+                    vec![],
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.values().to_vec())
+                .collect::<Vec<_>>()
+        };
+        engine.wait_until_live().await.unwrap();
+        eventually("the consents view", || async { rows().await == expected }).await;
+        engine.rebuild("consents").await.unwrap();
+        engine.wait_until_live().await.unwrap();
+        eventually("the rebuilt consents view", || async {
+            rows().await == expected
+        })
+        .await;
+        engine.shutdown().await;
+    }
 }
 
-store::each_backend!(the_domains_view_follows_claims_checks_and_allow_listing);
+store::each_backend!(
+    the_domains_view_follows_claims_checks_and_allow_listing,
+    the_consents_view_holds_the_grants_in_force
+);

@@ -7,10 +7,11 @@
 //! - [`ProjectionEngine`]: runs views, reports [`EngineStatus`], rebuilds;
 //! - the views: [`EventCounts`] (events per type), and the identity views
 //!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
-//!   the consent views [`DomainsView`].
+//!   the consent views [`DomainsView`] and [`ConsentsView`].
 
 pub mod accounts_view;
 pub mod audit_view;
+pub mod consents_view;
 mod decode;
 pub mod domains_view;
 pub mod engine;
@@ -27,6 +28,7 @@ pub mod view_store;
 
 pub use accounts_view::AccountsView;
 pub use audit_view::AuditView;
+pub use consents_view::ConsentsView;
 pub use domains_view::DomainsView;
 pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError, RowError, ViewError};
@@ -52,6 +54,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(AuditView),
         Arc::new(MetricsView),
         Arc::new(DomainsView),
+        Arc::new(ConsentsView),
     ]
 }
 

@@ -4,6 +4,7 @@
 mod admin;
 mod app;
 mod bench;
+mod consents;
 mod domains;
 mod graphiql;
 mod graphql;

@@ -3,11 +3,11 @@
 
 use async_graphql::ErrorExtensionValues;
 use async_graphql::{Context, Object, SimpleObject};
-use domain::StreamId;
 use domain::account::{Account, Username};
 use domain::licence::{
     Allowances, Licence, LicenceCommand, LicenceError, LicenceTerms, NotLicensed,
 };
+use domain::{Context as DecisionContext, StreamId};
 use time::OffsetDateTime;
 
 use crate::graphql::account::{parse_username, stream_of};
@@ -103,6 +103,24 @@ impl LicenceMutation {
             .map_err(error::command)?;
         Ok(Features::from_terms(&terms, now()))
     }
+}
+
+/// What a decision needs, with the licence of `account` (the account the
+/// command is for) in force, so its decider can check features and limits.
+pub(crate) async fn licensed_decision(
+    ctx: &Context<'_>,
+    account: &Username,
+) -> async_graphql::Result<DecisionContext> {
+    let (_, state) = app(ctx)
+        .handler
+        .load::<Licence>(&licence_stream(account)?)
+        .await
+        .map_err(|e| error::internal("cannot read the licence", &e))?;
+    let decision = decision(ctx)?;
+    Ok(match state.terms {
+        Some(terms) => decision.with_licence(terms),
+        None => decision,
+    })
 }
 
 fn licence_stream(username: &Username) -> async_graphql::Result<StreamId> {

@@ -4,6 +4,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod click_consent;
 pub mod depth;
 pub mod error;
 pub mod licence;
@@ -43,6 +44,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     system_settings::SystemSettingsQuery,
     target_domain::TargetDomainQuery,
+    click_consent::ClickConsentQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -53,6 +55,7 @@ pub struct MutationRoot(
     licence::LicenceMutation,
     system_settings::SystemSettingsMutation,
     target_domain::TargetDomainMutation,
+    click_consent::ClickConsentMutation,
 );
 
 #[derive(MergedSubscription, Default)]
