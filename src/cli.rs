@@ -122,7 +122,7 @@ pub enum ProjectionsCommand {
     /// Drop a view (or every view) and rebuild it from the first event.
     /// Safe while gateways run: they pick up the rebuilt view.
     Rebuild {
-        /// The view to rebuild: accounts, sessions, audit, metrics, event_counts, domains, consents. Default: all.
+        /// The view to rebuild (an unknown name lists them all). Default: all.
         view: Option<String>,
     },
 }
