@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::auth::password;
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::{
-    ADMINS, app, check_first, decision, from_micros, meta, principal, principal_with, row_err,
+    ADMINS, app, check_first, decision, from_micros, principal, principal_with, row_err,
 };
 
 // `remote` derives the conversions to and from the domain's `Role`, so a
@@ -208,16 +208,14 @@ pub(crate) async fn account_command(
     command: AccountCommand,
     idempotency_key: Option<String>,
 ) -> async_graphql::Result<()> {
-    app(ctx)
-        .handler
-        .handle::<Account>(
-            &stream_of(username)?,
-            command,
-            &decision(ctx)?,
-            &meta(idempotency_key),
-        )
-        .await
-        .map_err(error::command)?;
+    crate::graphql::handle::<Account>(
+        ctx,
+        &stream_of(username)?,
+        command,
+        &decision(ctx)?,
+        idempotency_key,
+    )
+    .await?;
     Ok(())
 }
 

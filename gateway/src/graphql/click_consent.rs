@@ -14,7 +14,7 @@ use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::licence::licensed_decision;
 use crate::graphql::system_settings::parse_reason;
 use crate::graphql::target_domain::parse_domain;
-use crate::graphql::{app, check_first, from_micros, meta, principal, row_err};
+use crate::graphql::{app, check_first, from_micros, principal, row_err};
 
 /// A domain the account's flows may follow external links to (and its
 /// subdomains).
@@ -115,11 +115,7 @@ async fn consent_command(
     let stream = click_consent::stream(account)
         .map_err(|e| error::error(Code::Validation, e.to_string()))?;
     let decision = licensed_decision(ctx, account).await?;
-    app(ctx)
-        .handler
-        .handle::<ClickConsent>(&stream, command, &decision, &meta(None))
-        .await
-        .map_err(error::command)?;
+    crate::graphql::handle::<ClickConsent>(ctx, &stream, command, &decision, None).await?;
     Ok(true)
 }
 

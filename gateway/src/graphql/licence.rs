@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use crate::graphql::account::{parse_username, stream_of};
 use crate::graphql::error::{self, Code, Coded};
-use crate::graphql::{ADMINS, app, decision, meta, now, principal, principal_with};
+use crate::graphql::{ADMINS, app, decision, now, principal, principal_with};
 
 /// The licence's feature matrix, for gating every card and input of the UI.
 #[derive(SimpleObject, Default)]
@@ -91,16 +91,14 @@ impl LicenceMutation {
             username: username.to_string(),
             terms: terms.clone(),
         };
-        app(ctx)
-            .handler
-            .handle::<Licence>(
-                &licence_stream(&username)?,
-                command,
-                &decision(ctx)?,
-                &meta(idempotency_key),
-            )
-            .await
-            .map_err(error::command)?;
+        crate::graphql::handle::<Licence>(
+            ctx,
+            &licence_stream(&username)?,
+            command,
+            &decision(ctx)?,
+            idempotency_key,
+        )
+        .await?;
         Ok(Features::from_terms(&terms, now()))
     }
 }

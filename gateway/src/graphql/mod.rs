@@ -17,12 +17,12 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
-use domain::{Context as DecisionContext, Role};
+use domain::{Context as DecisionContext, Decider, Role, StreamId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::sessions::Principal;
-use crate::command_handler::CommandMeta;
+use crate::command_handler::{CommandMeta, Handled};
 use crate::graphql::error::{Code, error};
 use crate::state::AppState;
 
@@ -159,6 +159,27 @@ pub fn meta(idempotency_key: Option<String>) -> CommandMeta {
         causation_id: None,
         source: Some("gateway".into()),
     }
+}
+
+/// Runs a command of decider `D` on `stream` as decided in `decision`,
+/// with this request's metadata: the one way every mutation issues a
+/// command, so a refusal always reaches the client with its code.
+pub async fn handle<D: Decider>(
+    ctx: &Context<'_>,
+    stream: &StreamId,
+    command: D::Command,
+    decision: &DecisionContext,
+    idempotency_key: Option<String>,
+) -> async_graphql::Result<Handled<D::Event>>
+where
+    D::Command: Clone,
+    D::Error: error::Coded,
+{
+    app(ctx)
+        .handler
+        .handle::<D>(stream, command, decision, &meta(idempotency_key))
+        .await
+        .map_err(error::command)
 }
 
 /// What a decision needs from this request: the time and the principal.

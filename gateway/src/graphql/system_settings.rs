@@ -17,7 +17,7 @@ use domain::system_settings::{
 use time::OffsetDateTime;
 
 use crate::graphql::error::{self, Code, Coded};
-use crate::graphql::{app, decision, meta, principal};
+use crate::graphql::{app, decision, principal};
 
 /// Why no job runs while safe mode is on, as the UI shows it.
 const FRESH_INSTALL: &str = "a fresh install starts in safe mode";
@@ -112,11 +112,8 @@ async fn settings_command(
     command: SystemSettingsCommand,
     idempotency_key: Option<String>,
 ) -> async_graphql::Result<SystemSettingsView> {
-    app(ctx)
-        .handler
-        .handle::<Settings>(&stream()?, command, &decision(ctx)?, &meta(idempotency_key))
-        .await
-        .map_err(error::command)?;
+    crate::graphql::handle::<Settings>(ctx, &stream()?, command, &decision(ctx)?, idempotency_key)
+        .await?;
     load(ctx).await
 }
 

@@ -19,7 +19,7 @@ use time::OffsetDateTime;
 use crate::auth::tokens::random_secret;
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::system_settings::parse_reason;
-use crate::graphql::{ADMINS, app, check_first, decision, from_micros, meta, principal, row_err};
+use crate::graphql::{ADMINS, app, check_first, decision, from_micros, principal, row_err};
 
 /// Where the owner serves the token, under the domain.
 const WELL_KNOWN_PATH: &str = "/.well-known/trafficbuster-verification.txt";
@@ -241,16 +241,14 @@ async fn domain_command(
     command: TargetDomainCommand,
     idempotency_key: Option<String>,
 ) -> async_graphql::Result<()> {
-    app(ctx)
-        .handler
-        .handle::<TargetDomain>(
-            &stream(domain)?,
-            command,
-            &decision(ctx)?,
-            &meta(idempotency_key),
-        )
-        .await
-        .map_err(error::command)?;
+    crate::graphql::handle::<TargetDomain>(
+        ctx,
+        &stream(domain)?,
+        command,
+        &decision(ctx)?,
+        idempotency_key,
+    )
+    .await?;
     Ok(())
 }
 
