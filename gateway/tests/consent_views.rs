@@ -2,7 +2,6 @@
 //! handler on real stores, and equal to themselves after a rebuild.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use domain::account::Username;
 use domain::click_consent::{self, ClickConsent, ClickConsentCommand};
@@ -15,6 +14,7 @@ use domain::{Actor, Context, DomainName, Reason, Role};
 use gateway::{CommandHandler, CommandMeta};
 use projections::{ProjectionEngine, SqlValue, ViewStore};
 use store::testing::TestStore;
+use store::testing::eventually;
 use time::{Duration, OffsetDateTime};
 
 fn actor(name: &str, role: Role) -> Actor {
@@ -27,22 +27,6 @@ fn actor(name: &str, role: Role) -> Actor {
 
 fn token(fill: char) -> VerificationToken {
     VerificationToken::parse(&fill.to_string().repeat(40)).unwrap()
-}
-
-/// Polls until `check` holds (views follow the log asynchronously).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
 }
 
 /// Every row of `view_domains`: (domain, account, status, method,

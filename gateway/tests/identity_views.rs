@@ -2,7 +2,6 @@
 //! real logins on real stores, and equal to themselves after a rebuild.
 
 use std::sync::Arc;
-use std::time::Duration as StdDuration;
 
 use domain::account::{Account, AccountCommand, Username};
 use domain::{Actor, Context, Role};
@@ -10,6 +9,7 @@ use gateway::auth::password;
 use gateway::auth::sessions::{SessionPolicy, Sessions};
 use gateway::{CommandHandler, CommandMeta};
 use projections::{ProjectionEngine, Row, SqlValue, ViewStore};
+use store::testing::eventually;
 use store::{EventStore, Filter};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -18,22 +18,6 @@ const PASSWORD: &str = "correct horse battery staple";
 
 async fn query(views: &ViewStore, sql: &str) -> Vec<Row> {
     views.query(sql, vec![]).await.unwrap()
-}
-
-/// Polls until `check` holds (views follow the log asynchronously).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + StdDuration::from_secs(20);
-    while !check().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(StdDuration::from_millis(20)).await;
-    }
 }
 
 async fn metric(views: &ViewStore, name: &str) -> i64 {

@@ -35,6 +35,23 @@ pub async fn read_everything(store: &dyn EventStore, filter: &Filter) -> Vec<Rec
     }
 }
 
+/// Polls until `check` holds, for at most 20 s (views and subscribers
+/// follow the log asynchronously); panics naming `what` otherwise.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// A scratch store for one test: a temporary SQLite file, or a fresh
 /// PostgreSQL schema. Open it as often as the test needs, as separate
 /// processes would.
