@@ -192,7 +192,7 @@ impl AccountMutation {
 }
 
 pub(crate) fn parse_username(field: &str, raw: &str) -> async_graphql::Result<Username> {
-    Username::parse(raw).map_err(|e| error::error(Code::Validation, format!("{field}: {e}")))
+    Username::parse(raw).map_err(|e| error::invalid(field, e))
 }
 
 pub(crate) fn stream_of(username: &Username) -> async_graphql::Result<StreamId> {

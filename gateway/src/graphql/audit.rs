@@ -9,7 +9,7 @@ use projections::{SqlValue, audit_view};
 use store::Filter;
 use time::OffsetDateTime;
 
-use crate::graphql::error::{self, Code};
+use crate::graphql::error;
 use crate::graphql::session_watch::{Seen, under_session};
 use crate::graphql::{AUDITORS, app, check_first, from_micros, principal_with, row_err};
 
@@ -56,9 +56,9 @@ impl AuditQuery {
             None => (SqlValue::Null, SqlValue::Null),
             Some(c) => {
                 let p: domain::Position = c.parse().map_err(|_| {
-                    error::error(
-                        Code::Validation,
-                        format!("after: {c:?} is not a cursor returned by auditLog"),
+                    error::invalid(
+                        "after",
+                        format!("{c:?} is not a cursor returned by auditLog"),
                     )
                 })?;
                 (

@@ -59,13 +59,16 @@ pub fn rate_limited(r: RateLimited) -> Error {
     })
 }
 
+/// Bad input: VALIDATION, naming the `field` and saying why.
+pub fn invalid(field: &str, why: impl std::fmt::Display) -> Error {
+    error(Code::Validation, format!("{field}: {why}"))
+}
+
 /// A password that could not be hashed or checked; `field` names the input.
 pub fn password(field: &str, e: PasswordError) -> Error {
     match e {
         PasswordError::Busy(r) => rate_limited(r),
-        PasswordError::TooShort | PasswordError::TooLong => {
-            error(Code::Validation, format!("{field}: {e}"))
-        }
+        PasswordError::TooShort | PasswordError::TooLong => invalid(field, e),
         PasswordError::BadHash(_) | PasswordError::Hashing(_) => {
             internal("cannot check the password", &e)
         }

@@ -104,7 +104,7 @@ impl SystemSettingsMutation {
 
 /// A stated reason, or VALIDATION naming the field.
 pub(crate) fn parse_reason(field: &str, raw: &str) -> async_graphql::Result<Reason> {
-    Reason::parse(raw).map_err(|e| error::error(Code::Validation, format!("{field}: {e}")))
+    Reason::parse(raw).map_err(|e| error::invalid(field, e))
 }
 
 async fn settings_command(

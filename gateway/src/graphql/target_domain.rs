@@ -228,7 +228,7 @@ impl TargetDomainMutation {
 
 /// A domain name, or VALIDATION naming the field and the problem.
 pub(crate) fn parse_domain(field: &str, raw: &str) -> async_graphql::Result<DomainName> {
-    DomainName::parse(raw).map_err(|e| error::error(Code::Validation, format!("{field}: {e}")))
+    DomainName::parse(raw).map_err(|e| error::invalid(field, e))
 }
 
 fn stream(domain: &DomainName) -> async_graphql::Result<domain::StreamId> {
@@ -273,9 +273,9 @@ fn parse_cursor(cursor: &str) -> async_graphql::Result<(String, String)> {
         .split_once(' ')
         .map(|(d, a)| (d.to_owned(), a.to_owned()))
         .ok_or_else(|| {
-            error::error(
-                Code::Validation,
-                format!("after: {cursor:?} is not a cursor returned by domains"),
+            error::invalid(
+                "after",
+                format!("{cursor:?} is not a cursor returned by domains"),
             )
         })
 }
