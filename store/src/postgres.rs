@@ -323,7 +323,7 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// The SQLSTATEs of [`is_transient`]: class 08 (connection exception),
 /// serialization failure, deadlock, and a server that is shutting down,
 /// starting up or out of connection slots.
-pub fn transient_sqlstate(code: &SqlState) -> bool {
+fn transient_sqlstate(code: &SqlState) -> bool {
     code.code().starts_with("08")
         || [
             SqlState::T_R_SERIALIZATION_FAILURE,
@@ -393,7 +393,7 @@ pub fn pg_err(e: tokio_postgres::Error) -> StoreError {
 }
 
 /// Why no connection could be had, with the server's message if it gave one.
-pub fn describe_pool(e: &PoolError) -> String {
+fn describe_pool(e: &PoolError) -> String {
     match e {
         PoolError::Backend(pg) => describe(pg),
         other => other.to_string(),
@@ -402,7 +402,7 @@ pub fn describe_pool(e: &PoolError) -> String {
 
 /// Is a failure to get a connection worth retrying? A refusal from the
 /// server (a wrong password, a missing database) is not.
-pub fn is_transient_pool(e: &PoolError) -> bool {
+fn is_transient_pool(e: &PoolError) -> bool {
     match e {
         PoolError::Backend(pg) => is_transient(pg),
         _ => true,
