@@ -7,6 +7,7 @@
 pub mod account;
 pub mod blob;
 pub mod click_consent;
+pub mod dataset_kind;
 pub mod decider;
 pub mod domain_name;
 pub mod envelope;
@@ -19,6 +20,7 @@ pub mod system_settings;
 pub mod target_domain;
 
 pub use blob::{BlobHash, BlobHashError};
+pub use dataset_kind::{DatasetKind, ImportFormat, RowsSummary};
 pub use decider::{Actor, Context, Decider, Role};
 pub use domain_name::{DomainName, DomainNameError};
 pub use envelope::{
