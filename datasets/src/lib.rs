@@ -43,18 +43,19 @@ pub fn parse(
     bytes: &[u8],
     opts: &ImportOptions,
 ) -> Result<Rows, ImportError> {
-    match kind {
-        DatasetKind::Targets => read::<Target>(format, bytes, opts, Some(target_line)),
-        DatasetKind::Proxies => read::<Proxy>(format, bytes, opts, Some(proxy_line)),
-        DatasetKind::DeviceProfiles => read::<DeviceProfile>(format, bytes, opts, None),
-        DatasetKind::SettingsProfiles => read::<SettingsProfile>(format, bytes, opts, None),
+    match (kind, format) {
+        (DatasetKind::Targets, ImportFormat::Docx) => format::docx::read(bytes),
+        (DatasetKind::Targets, _) => read::<Target>(format, bytes, opts, Some(target_line)),
+        (DatasetKind::Proxies, _) => read::<Proxy>(format, bytes, opts, Some(proxy_line)),
+        (DatasetKind::DeviceProfiles, _) => read::<DeviceProfile>(format, bytes, opts, None),
+        (DatasetKind::SettingsProfiles, _) => read::<SettingsProfile>(format, bytes, opts, None),
     }
 }
 
 fn read<R: Row>(
     format: ImportFormat,
     bytes: &[u8],
-    _opts: &ImportOptions,
+    opts: &ImportOptions,
     txt: Option<LineReader>,
 ) -> Result<Rows, ImportError> {
     match format {
@@ -67,9 +68,8 @@ fn read<R: Row>(
         },
         ImportFormat::Csv => format::csv::read::<R>(bytes),
         ImportFormat::Json => format::json::read::<R>(bytes),
-        ImportFormat::Xlsx | ImportFormat::Docx => {
-            Err(ImportError::not(format, "not read yet in this build"))
-        }
+        ImportFormat::Xlsx => format::xlsx::read::<R>(bytes, opts),
+        ImportFormat::Docx => Err(ImportError::not(format, "docx holds only targets")),
     }
 }
 

@@ -79,6 +79,16 @@ pub(crate) enum Cell {
 }
 
 impl Cell {
+    /// The name a header cell gives its column (a number heads one too, if oddly).
+    fn header_name(&self) -> String {
+        match self {
+            Cell::Text(s) => s.clone(),
+            Cell::Number(n) => number_text(*n),
+            Cell::Bool(b) => b.to_string(),
+            _ => String::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             Cell::Empty => true,
@@ -459,4 +469,54 @@ impl<R: Row> Collector<R> {
 /// Labels for a source without a header: each column's own name.
 pub(crate) fn own_labels(columns: &[&Column]) -> Vec<String> {
     columns.iter().map(|c| c.name.to_owned()).collect()
+}
+
+/// A table whose first non-blank row is its header (csv, xlsx). A bad header
+/// is the whole report: the rows under it cannot be read.
+pub(crate) struct Table<R> {
+    header: Option<Option<Header>>,
+    rows: Collector<R>,
+}
+
+impl<R: Row> Table<R> {
+    pub fn new() -> Self {
+        Table {
+            header: None,
+            rows: Collector::new(),
+        }
+    }
+
+    /// The row at `line`, its cells in source order.
+    pub fn row(&mut self, line: u64, cells: Vec<Cell>) {
+        if cells.iter().all(Cell::is_empty) {
+            return;
+        }
+        match &self.header {
+            Some(Some(header)) => self.rows.push(header.fields(line, cells)),
+            Some(None) => {}
+            None => {
+                let names: Vec<String> = cells.iter().map(Cell::header_name).collect();
+                match Header::resolve(R::COLUMNS, &names, line) {
+                    Ok(header) => self.header = Some(Some(header)),
+                    Err(errors) => {
+                        self.rows.errors(errors);
+                        self.header = Some(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A problem that ends the reading at `line`.
+    pub fn error(&mut self, line: u64, reason: String) {
+        self.rows.errors([RowError {
+            line,
+            column: None,
+            reason,
+        }]);
+    }
+
+    pub fn finish(self) -> Result<Rows, ImportError> {
+        self.rows.finish()
+    }
 }
