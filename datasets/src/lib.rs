@@ -5,6 +5,7 @@
 //! Pure: no I/O, no async. Nothing a client sends may panic here.
 
 mod canonical;
+pub mod catalogue;
 mod device_profile;
 mod error;
 mod format;

@@ -2,6 +2,7 @@
 //! type's columns, then each record's cells read into typed fields, every
 //! field error named by its column and collected rather than returned early.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::error::{ImportError, MAX_REPORTED, RowError};
@@ -52,9 +53,35 @@ fn same_name(a: &str, b: &str) -> bool {
     key(a).eq(key(b))
 }
 
-/// The column (index into `columns`) a header answers to.
-pub(crate) fn column_for(columns: &[&Column], header: &str) -> Option<usize> {
-    columns.iter().position(|c| c.answers_to(header))
+/// Which column a name answers to, remembered per name: json repeats its
+/// keys in every object, and matching spellings is the costly part.
+pub(crate) struct Lookup {
+    columns: &'static [&'static Column],
+    seen: HashMap<String, Option<usize>>,
+}
+
+impl Lookup {
+    pub fn new(columns: &'static [&'static Column]) -> Self {
+        Lookup {
+            columns,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The index into the columns of the one `name` answers to.
+    pub fn column(&mut self, name: &str) -> Option<usize> {
+        if let Some(found) = self.seen.get(name) {
+            return *found;
+        }
+        let found = self.columns.iter().position(|c| c.answers_to(name));
+        self.seen.insert(name.to_owned(), found);
+        found
+    }
+
+    /// Whether `name` is a map column's.
+    pub fn is_map(&mut self, name: &str) -> bool {
+        self.column(name).is_some_and(|i| self.columns[i].map)
+    }
 }
 
 /// A row type that tabular sources fill.
@@ -119,10 +146,11 @@ pub(crate) struct Header {
 impl Header {
     /// Every unknown, repeated or missing column is reported, each at `line`.
     pub fn resolve<S: AsRef<str>>(
-        columns: &'static [&'static Column],
+        lookup: &mut Lookup,
         names: &[S],
         line: u64,
     ) -> Result<Header, Vec<RowError>> {
+        let columns = lookup.columns;
         let mut errors = Vec::new();
         let mut labels: Vec<Option<String>> = vec![None; columns.len()];
         let mut positions = Vec::with_capacity(names.len());
@@ -132,7 +160,7 @@ impl Header {
                 positions.push(None);
                 continue;
             }
-            match column_for(columns, name) {
+            match lookup.column(name) {
                 Some(i) if labels[i].is_some() => {
                     errors.push(RowError {
                         line,
@@ -496,7 +524,7 @@ impl<R: Row> Table<R> {
             Some(None) => {}
             None => {
                 let names: Vec<String> = cells.iter().map(Cell::header_name).collect();
-                match Header::resolve(R::COLUMNS, &names, line) {
+                match Header::resolve(&mut Lookup::new(R::COLUMNS), &names, line) {
                     Ok(header) => self.header = Some(Some(header)),
                     Err(errors) => {
                         self.rows.errors(errors);

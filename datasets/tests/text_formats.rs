@@ -460,3 +460,39 @@ fn too_many_bad_rows_are_counted_beyond_those_reported() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn rows_written_as_json_in_their_canonical_shape_import_back() {
+    let csv_of = |kind, text: &str| import(kind, ImportFormat::Csv, text).unwrap();
+    let all = [
+        csv_of(
+            DatasetKind::Targets,
+            "url,traffic_type,source,keyword,flow_target,click_target\n\
+             https://example.com/,referral,https://news.example.org/,,3,1\n",
+        ),
+        csv_of(
+            DatasetKind::Proxies,
+            "scheme,host,port,username,region\nsocks5,::1,1080,u,EU\n",
+        ),
+        csv_of(
+            DatasetKind::SettingsProfiles,
+            "name,session_duration,pages,delay_min,delay_max,scrolling,clicks,external_share,\
+             click_delay_ms,instances,proxy_switching,dns_hosts,marker\n\
+             All,30..60,3,5,9,yes,yes,0.2,100..200,4,on_failure,example.com=192.0.2.7,no\n",
+        ),
+    ];
+    for rows in all {
+        let json = match &rows {
+            Rows::Targets(r) => serde_json::to_string(r),
+            Rows::Proxies(r) => serde_json::to_string(r),
+            Rows::DeviceProfiles(r) => serde_json::to_string(r),
+            Rows::SettingsProfiles(r) => serde_json::to_string(r),
+        }
+        .unwrap();
+        assert_eq!(
+            import(rows.kind(), ImportFormat::Json, &json),
+            Ok(rows),
+            "{json}"
+        );
+    }
+}
