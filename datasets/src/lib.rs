@@ -88,3 +88,34 @@ fn proxy_line(line: &str, fields: &mut record::Fields<'_>) -> Result<(), String>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use record::{Column, Lookup};
+
+    /// Every spelling of a column finds that column, and only it: an alias
+    /// shared by two columns would silently fill the first.
+    fn spellings_are_unambiguous(columns: &'static [&'static Column]) {
+        let mut lookup = Lookup::new(columns);
+        for (i, column) in columns.iter().enumerate() {
+            for name in std::iter::once(&column.name).chain(column.aliases) {
+                let answering: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| Lookup::new(std::slice::from_ref(*c)).column(name).is_some())
+                    .map(|c| c.name)
+                    .collect();
+                assert_eq!(answering, [column.name], "{name:?}");
+                assert_eq!(lookup.column(name), Some(i));
+            }
+        }
+    }
+
+    #[test]
+    fn no_two_columns_of_a_kind_answer_to_one_name() {
+        spellings_are_unambiguous(Target::COLUMNS);
+        spellings_are_unambiguous(Proxy::COLUMNS);
+        spellings_are_unambiguous(DeviceProfile::COLUMNS);
+        spellings_are_unambiguous(SettingsProfile::COLUMNS);
+    }
+}
