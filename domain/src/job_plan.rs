@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::domain_name::DomainName;
-use crate::flow::FlowId;
+use crate::flow::{FlowId, FlowRange};
 
 /// Most targets one job may have.
 pub const MAX_TARGETS_PER_JOB: u32 = 1_000_000;
@@ -134,6 +134,17 @@ pub struct FlowPlace {
     pub domain: u32,
 }
 
+/// Flows of one target that alike click or not: what a lease grant tells a
+/// runner to do with a range, once the gateway adds the target's URL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowPiece {
+    pub flows: FlowRange,
+    pub target: u32,
+    pub clicks: bool,
+    /// Index into [`JobPlan::domains`].
+    pub domain: u32,
+}
+
 /// The placed runs, and the distinct domains they name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobPlan {
@@ -200,6 +211,32 @@ impl JobPlan {
             clicks: ordinal < run.clicks,
             domain: run.domain,
         })
+    }
+
+    /// `range` cut where the target or the click decision changes, in
+    /// order; flows beyond the plan are left out.
+    pub fn pieces(&self, range: FlowRange) -> Vec<FlowPiece> {
+        let mut pieces = Vec::new();
+        let mut next = range.start();
+        while next < range.end() {
+            let Some(place) = self.locate(FlowId(next)) else {
+                break;
+            };
+            let i = self.runs.partition_point(|r| r.end_flow() <= next);
+            let run = &self.runs[i];
+            // The target's flows end at `per`; its clicking ones at `clicks`.
+            let target_start = next - u64::from(place.ordinal);
+            let boundary = if place.clicks { run.clicks } else { run.flows };
+            let end = (target_start + u64::from(boundary)).min(range.end());
+            pieces.push(FlowPiece {
+                flows: FlowRange::new(next, end).expect("a flow's piece holds it"),
+                target: place.target,
+                clicks: place.clicks,
+                domain: place.domain,
+            });
+            next = end;
+        }
+        pieces
     }
 
     /// The id of `target`'s `ordinal`-th flow, if there is one.
@@ -288,6 +325,41 @@ mod tests {
         assert_eq!(plan.flow_id(1, 0), None);
         assert_eq!(plan.flow_id(0, 3), None);
         assert_eq!(plan.flow_id(4, 0), None);
+    }
+
+    #[test]
+    fn a_range_is_cut_where_its_target_or_click_decision_changes() {
+        let plan = plan(&[
+            t("a.example", 3, 1),
+            t("a.example", 3, 1),
+            t("b.example", 2, 0),
+        ]);
+        let piece = |s: u64, e: u64, target, clicks, domain| FlowPiece {
+            flows: FlowRange::new(s, e).unwrap(),
+            target,
+            clicks,
+            domain,
+        };
+        assert_eq!(
+            plan.pieces(FlowRange::new(0, 8).unwrap()),
+            [
+                piece(0, 1, 0, true, 0),
+                piece(1, 3, 0, false, 0),
+                piece(3, 4, 1, true, 0),
+                piece(4, 6, 1, false, 0),
+                piece(6, 8, 2, false, 1),
+            ]
+        );
+        assert_eq!(
+            plan.pieces(FlowRange::new(2, 100).unwrap()),
+            [
+                piece(2, 3, 0, false, 0),
+                piece(3, 4, 1, true, 0),
+                piece(4, 6, 1, false, 0),
+                piece(6, 8, 2, false, 1),
+            ]
+        );
+        assert_eq!(plan.pieces(FlowRange::new(8, 9).unwrap()), []);
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod reason;
 pub mod registry;
 pub mod runner;
 pub mod runner_key;
+pub mod runner_protocol;
 pub mod spec;
 pub mod system_settings;
 pub mod target_domain;
