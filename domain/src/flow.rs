@@ -309,9 +309,9 @@ pub struct FlowFinished {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyIndex>,
     /// Each page visited, in order.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pages: Vec<PageLoad>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clicks: Vec<Click>,
 }
 

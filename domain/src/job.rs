@@ -1250,7 +1250,7 @@ fn ending(job: &Job, batch: &JobEvent) -> Option<JobEvent> {
         .find(|(_, p)| abort.trips(p.errors, p.pages))?;
     Some(JobEvent::JobFailed(JobFailed {
         failure: JobFailure::ErrorRateTripped {
-            domain: job.plan.domains()[domain as usize].clone(),
+            domain: job.plan.domains().get(domain as usize)?.clone(),
             errors: pages.errors,
             pages: pages.pages,
             limit: abort.error_rate,

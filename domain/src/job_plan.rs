@@ -9,6 +9,7 @@
 //! one that should click, so "clickTarget of flowTarget" needs no list.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -106,7 +107,7 @@ pub fn runs(targets: &[TargetPlan]) -> Result<Vec<TargetRun>, PlanError> {
 }
 
 /// A run placed in the plan.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct PlacedRun {
     first_target: u32,
     first_flow: u64,
@@ -145,17 +146,75 @@ pub struct FlowPiece {
     pub domain: u32,
 }
 
-/// The placed runs, and the distinct domains they name.
+/// The placed runs, and the distinct domains they name. Fixed once the job
+/// is created, so it is shared, not copied, when a state is cloned.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct JobPlan {
+#[serde(from = "StoredPlan", into = "StoredPlan")]
+pub struct JobPlan(Arc<Placed>);
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Placed {
     domains: Vec<DomainName>,
     runs: Vec<PlacedRun>,
+}
+
+/// A plan in a snapshot: each run as `[targets, flows, clicks, domain]`;
+/// where each starts is summed up again on load.
+#[derive(Serialize, Deserialize)]
+struct StoredPlan {
+    domains: Vec<DomainName>,
+    runs: Vec<[u32; 4]>,
+}
+
+impl From<JobPlan> for StoredPlan {
+    fn from(plan: JobPlan) -> Self {
+        StoredPlan {
+            domains: plan.0.domains.clone(),
+            runs: plan
+                .0
+                .runs
+                .iter()
+                .map(|r| [r.targets, r.flows, r.clicks, r.domain])
+                .collect(),
+        }
+    }
+}
+
+impl From<StoredPlan> for JobPlan {
+    fn from(stored: StoredPlan) -> Self {
+        let mut placed = Placed {
+            domains: stored.domains,
+            runs: Vec::with_capacity(stored.runs.len()),
+        };
+        for [targets, flows, clicks, domain] in stored.runs {
+            placed.push(targets, flows, clicks, domain);
+        }
+        JobPlan(Arc::new(placed))
+    }
+}
+
+impl Placed {
+    fn push(&mut self, targets: u32, flows: u32, clicks: u32, domain: u32) {
+        let (first_target, first_flow) = self
+            .runs
+            .last()
+            .map_or((0, 0), |r| (r.first_target + r.targets, r.end_flow()));
+        self.runs.push(PlacedRun {
+            first_target,
+            first_flow,
+            targets,
+            flows,
+            clicks,
+            domain,
+        });
+    }
 }
 
 impl JobPlan {
     /// Places `runs` after those already placed.
     pub fn extend(&mut self, runs: &[TargetRun]) {
-        let mut index: HashMap<DomainName, u32> = self
+        let placed = Arc::make_mut(&mut self.0);
+        let mut index: HashMap<DomainName, u32> = placed
             .domains
             .iter()
             .enumerate()
@@ -163,45 +222,34 @@ impl JobPlan {
             .collect();
         for run in runs {
             let domain = *index.entry(run.domain.clone()).or_insert_with(|| {
-                self.domains.push(run.domain.clone());
-                (self.domains.len() - 1) as u32
+                placed.domains.push(run.domain.clone());
+                (placed.domains.len() - 1) as u32
             });
-            let (first_target, first_flow) = self
-                .runs
-                .last()
-                .map_or((0, 0), |r| (r.first_target + r.targets, r.end_flow()));
-            self.runs.push(PlacedRun {
-                first_target,
-                first_flow,
-                targets: run.targets,
-                flows: run.flows,
-                clicks: run.clicks,
-                domain,
-            });
+            placed.push(run.targets, run.flows, run.clicks, domain);
         }
     }
 
     /// Targets placed so far.
     pub fn targets(&self) -> u32 {
-        self.runs.last().map_or(0, |r| r.first_target + r.targets)
+        self.0.runs.last().map_or(0, |r| r.first_target + r.targets)
     }
 
     /// Flows placed so far: ids `0..flows()`.
     pub fn flows(&self) -> u64 {
-        self.runs.last().map_or(0, PlacedRun::end_flow)
+        self.0.runs.last().map_or(0, PlacedRun::end_flow)
     }
 
     /// The distinct domains, in order of first appearance.
     pub fn domains(&self) -> &[DomainName] {
-        &self.domains
+        &self.0.domains
     }
 
     /// Where `flow` sits; `None` when the job has no such flow.
     pub fn locate(&self, flow: FlowId) -> Option<FlowPlace> {
         // Runs with no flows end where they start, so the first run that
         // ends after the flow holds it.
-        let i = self.runs.partition_point(|r| r.end_flow() <= flow.0);
-        let run = self.runs.get(i)?;
+        let i = self.0.runs.partition_point(|r| r.end_flow() <= flow.0);
+        let run = self.0.runs.get(i)?;
         let offset = flow.0 - run.first_flow;
         let per = u64::from(run.flows);
         let ordinal = (offset % per) as u32;
@@ -222,8 +270,8 @@ impl JobPlan {
             let Some(place) = self.locate(FlowId(next)) else {
                 break;
             };
-            let i = self.runs.partition_point(|r| r.end_flow() <= next);
-            let run = &self.runs[i];
+            let i = self.0.runs.partition_point(|r| r.end_flow() <= next);
+            let run = &self.0.runs[i];
             // The target's flows end at `per`; its clicking ones at `clicks`.
             let target_start = next - u64::from(place.ordinal);
             let boundary = if place.clicks { run.clicks } else { run.flows };
@@ -242,9 +290,10 @@ impl JobPlan {
     /// The id of `target`'s `ordinal`-th flow, if there is one.
     pub fn flow_id(&self, target: u32, ordinal: u32) -> Option<FlowId> {
         let i = self
+            .0
             .runs
             .partition_point(|r| r.first_target + r.targets <= target);
-        let run = self.runs.get(i)?;
+        let run = self.0.runs.get(i)?;
         (ordinal < run.flows).then(|| {
             FlowId(
                 run.first_flow
@@ -373,6 +422,21 @@ mod tests {
             pieces.extend(chunk);
         }
         assert_eq!(pieces, plan(&rows));
+    }
+
+    #[test]
+    fn a_plan_reads_back_from_its_compact_snapshot() {
+        let plan = plan(&[
+            t("a.example", 3, 1),
+            t("a.example", 0, 0),
+            t("b.example", 2, 2),
+        ]);
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(
+            json,
+            r#"{"domains":["a.example","b.example"],"runs":[[1,3,1,0],[1,0,0,0],[1,2,2,1]]}"#
+        );
+        assert_eq!(serde_json::from_str::<JobPlan>(&json).unwrap(), plan);
     }
 
     #[test]
