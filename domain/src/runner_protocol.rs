@@ -280,7 +280,7 @@ pub enum ErrorCode {
     FlowsNotHeld,
     /// A report the job refuses (an unknown proxy, a click without consent).
     BadReport,
-    /// The job is not running (paused, ended) for what was asked.
+    /// A report or hand-back on a job no longer running.
     JobNotRunning,
     /// The runner's platform serves none of the job's device profiles.
     PlatformMismatch,
@@ -648,6 +648,23 @@ mod tests {
         let shown = format!("{:?}", hello());
         assert!(!shown.contains(&"k".repeat(43)), "{shown}");
         assert!(shown.contains("RunnerKey(..)"));
+    }
+
+    #[test]
+    fn the_examples_in_the_protocol_doc_decode() {
+        let doc = include_str!("../../docs/runner-protocol.md");
+        let mut examples = 0;
+        for block in doc.split("```json").skip(1) {
+            let json = block.split("```").next().unwrap_or_default();
+            let runner = decode_runner_message(json);
+            let gateway = decode_gateway_message(json);
+            assert!(
+                runner.is_ok() || gateway.is_ok(),
+                "{json}\nas a runner message: {runner:?}\nas a gateway message: {gateway:?}"
+            );
+            examples += 1;
+        }
+        assert!(examples >= 10, "only {examples} examples found");
     }
 
     #[test]
