@@ -13,7 +13,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::decider::{Actor, Context, Decider, Role};
+use crate::decider::{Actor, Context, Decider};
 use crate::envelope::{StreamId, StreamIdError};
 use crate::reason::Reason;
 use crate::runner_key::RunnerKeyId;
@@ -398,7 +398,11 @@ impl Decider for Runner {
                 })
             }
             RunnerCommand::RequestDrain => {
-                require_admin(ctx, "a runner is drained by itself or by an admin")?;
+                if !ctx.actor.is_admin() {
+                    return Err(RunnerError::Forbidden(
+                        "a runner is drained by itself (through the gateway) or by an admin",
+                    ));
+                }
                 if state.registration.is_none() || state.deregistered {
                     return Err(RunnerError::NotRegistered);
                 }
@@ -411,7 +415,11 @@ impl Decider for Runner {
                 })
             }
             RunnerCommand::Deregister { reason } => {
-                require_admin(ctx, "a runner is deregistered by itself or by an admin")?;
+                if !ctx.actor.is_admin() {
+                    return Err(RunnerError::Forbidden(
+                        "a runner is deregistered by itself (through the gateway) or by an admin",
+                    ));
+                }
                 if state.registration.is_none() {
                     return Err(RunnerError::NotRegistered);
                 }
@@ -428,15 +436,6 @@ impl Decider for Runner {
     }
 }
 
-/// The system (the gateway, for the runner itself) or an admin.
-fn require_admin(ctx: &Context, why: &'static str) -> Result<(), RunnerError> {
-    if ctx.actor.has(Role::Admin) || ctx.actor.has(Role::SuperAdmin) {
-        Ok(())
-    } else {
-        Err(RunnerError::Forbidden(why))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use std::collections::BTreeSet;
@@ -444,6 +443,7 @@ pub(crate) mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+    use crate::decider::Role;
     use crate::registry::Summary;
     use crate::spec::Spec;
 

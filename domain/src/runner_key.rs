@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::account::TokenHash;
-use crate::decider::{Context, Decider, Role};
+use crate::decider::{Context, Decider};
 use crate::envelope::{StreamId, StreamIdError};
 use crate::runner::MAX_NAME_CHARS;
 
@@ -216,7 +216,7 @@ impl Decider for RunnerKeys {
         command: RunnerKeyCommand,
         ctx: &Context,
     ) -> Result<Vec<RunnerKeyEvent>, RunnerKeyError> {
-        if !(ctx.actor.has(Role::Admin) || ctx.actor.has(Role::SuperAdmin)) {
+        if !ctx.actor.is_admin() {
             return Err(RunnerKeyError::Forbidden);
         }
         let by = ctx.actor.name();
@@ -258,7 +258,7 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::decider::Actor;
+    use crate::decider::{Actor, Role};
     use crate::registry::Summary;
     use crate::spec::Spec;
 
