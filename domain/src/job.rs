@@ -1336,7 +1336,6 @@ fn expire(job: &Job, ctx: &Context) -> Result<Vec<JobEvent>, JobError> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use super::*;
     use crate::decider::Role;
@@ -1345,7 +1344,7 @@ mod tests {
     use crate::registry::{EventSet, Summary};
     use crate::runner::tests::linux_chromium;
     use crate::runner::{Browser, Os};
-    use crate::spec::Spec;
+    use crate::spec::{Spec, acting_as};
     use crate::system_settings::{SafeModeTurnedOff, SystemSettings, SystemSettingsEvent};
     use crate::target_domain::{
         DomainAllowListed, DomainClaimed, DomainVerified, NoConsentWhy, TargetDomain,
@@ -1402,15 +1401,7 @@ mod tests {
     }
 
     fn as_account(username: &str, role: Role) -> Context {
-        Context::new(
-            now(),
-            Actor::Account {
-                account_id: Uuid::nil(),
-                username: username.into(),
-                roles: BTreeSet::from([role]),
-            },
-        )
-        .with_licence(licence())
+        acting_as(username, role, now()).with_licence(licence())
     }
 
     fn ada() -> Context {

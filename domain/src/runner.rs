@@ -438,14 +438,13 @@ impl Decider for Runner {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::collections::BTreeSet;
 
     use time::OffsetDateTime;
 
     use super::*;
     use crate::decider::Role;
     use crate::registry::Summary;
-    use crate::spec::Spec;
+    use crate::spec::{Spec, acting_as};
 
     pub(crate) fn linux_chromium() -> Platform {
         Platform {
@@ -496,14 +495,7 @@ pub(crate) mod tests {
     }
 
     fn as_role(role: Role) -> Context {
-        Context::new(
-            OffsetDateTime::UNIX_EPOCH,
-            Actor::Account {
-                account_id: Uuid::nil(),
-                username: "root".into(),
-                roles: BTreeSet::from([role]),
-            },
-        )
+        acting_as("root", role, OffsetDateTime::UNIX_EPOCH)
     }
 
     #[test]

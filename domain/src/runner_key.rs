@@ -253,24 +253,16 @@ impl Decider for RunnerKeys {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
 
     use time::OffsetDateTime;
 
     use super::*;
-    use crate::decider::{Actor, Role};
+    use crate::decider::Role;
     use crate::registry::Summary;
-    use crate::spec::Spec;
+    use crate::spec::{Spec, acting_as};
 
     fn as_role(role: Role) -> Context {
-        Context::new(
-            OffsetDateTime::UNIX_EPOCH,
-            Actor::Account {
-                account_id: Uuid::nil(),
-                username: "root".into(),
-                roles: BTreeSet::from([role]),
-            },
-        )
+        acting_as("root", role, OffsetDateTime::UNIX_EPOCH)
     }
 
     fn secret(c: char) -> RunnerKey {
