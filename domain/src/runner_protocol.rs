@@ -280,7 +280,7 @@ pub enum ErrorCode {
     FlowsNotHeld,
     /// A report the job refuses (an unknown proxy, a click without consent).
     BadReport,
-    /// A report or hand-back on a job no longer running.
+    /// A report on a job no longer running.
     JobNotRunning,
     /// The runner's platform serves none of the job's device profiles.
     PlatformMismatch,
