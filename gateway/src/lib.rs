@@ -12,6 +12,7 @@ pub mod health;
 pub mod http_limits;
 pub mod live;
 pub mod metrics;
+pub mod runner_link;
 pub mod startup;
 pub mod state;
 pub mod ws_limits;

@@ -26,6 +26,7 @@ use crate::command_handler::CommandHandler;
 use crate::graphql::{self, RequestAuth};
 use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
+use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::ws_limits;
 use crate::{expiry, graphiql, health, metrics};
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
+        .route("/runner", get(runner_link::endpoint))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     // Inside the metrics layer, so refusals are counted too.
     http_limits::apply(routes, HttpLimits::default())
@@ -261,6 +263,8 @@ impl Gateway {
             live: Arc::new(crate::live::LiveFeed::start(store.clone())),
             schema: graphql::schema(),
             ws_connections: Arc::default(),
+            fleet: Arc::default(),
+            runner_terms: RunnerTerms::default(),
         };
         let listener = TcpListener::bind(addr)
             .await
@@ -270,6 +274,12 @@ impl Gateway {
             state: app,
             engine,
         })
+    }
+
+    /// Sets the runners' heartbeat and lease times (default: 5 s and 30 s).
+    pub fn with_runner_terms(mut self, terms: RunnerTerms) -> Self {
+        self.state.runner_terms = terms;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -283,6 +293,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(expiry::run(self.state.clone()));
+        let runner_work = runner_link::background(&self.state);
         let served = axum::serve(
             self.listener,
             router(self.state).into_make_service_with_connect_info::<SocketAddr>(),
@@ -290,6 +301,9 @@ impl Gateway {
         .with_graceful_shutdown(shutdown)
         .await;
         sweeper.abort();
+        for task in runner_work {
+            task.abort();
+        }
         self.engine.shutdown().await;
         served
     }

@@ -16,6 +16,8 @@ use crate::command_handler::CommandHandler;
 use crate::graphql::ApiSchema;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
+use crate::runner_link::RunnerTerms;
+use crate::runner_link::fleet::Fleet;
 use crate::ws_limits::SessionConnections;
 
 #[derive(Clone)]
@@ -35,4 +37,7 @@ pub struct AppState {
     pub schema: ApiSchema,
     /// Open GraphQL WebSockets per session, to bound them.
     pub ws_connections: Arc<SessionConnections>,
+    /// The runners connected to this gateway, and the terms they are given.
+    pub fleet: Arc<Fleet>,
+    pub runner_terms: RunnerTerms,
 }

@@ -68,16 +68,25 @@ pub async fn serve<F, R>(
     }
 }
 
+/// (size, limit) when a read failed on a message over the size limit.
+pub fn too_long(e: &axum::Error) -> Option<(usize, usize)> {
+    use tungstenite::error::{CapacityError, Error as WsError};
+    match std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>()) {
+        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
+            Some((*size, *max_size))
+        }
+        _ => None,
+    }
+}
+
 /// Why reading failed, as a close frame (1009 for a message too large).
 fn close_frame(e: &axum::Error) -> CloseFrame {
-    use tungstenite::error::{CapacityError, Error as WsError};
-    let inner = std::error::Error::source(e).and_then(|s| s.downcast_ref::<WsError>());
-    let (code, reason) = match inner {
-        Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => (
+    let (code, reason) = match too_long(e) {
+        Some((size, max_size)) => (
             close_code::SIZE,
             format!("message of {size} bytes refused: at most {max_size} bytes"),
         ),
-        _ => (close_code::PROTOCOL, format!("cannot read the socket: {e}")),
+        None => (close_code::PROTOCOL, format!("cannot read the socket: {e}")),
     };
     // A close reason holds at most 123 bytes.
     let mut reason = reason;

@@ -224,13 +224,14 @@ mod tests {
     #[test]
     fn an_event_no_set_holds_is_summarized_by_its_type_and_stream() {
         let mut event = recorded(
-            "job-1",
+            "schedule-1",
             &LicenceEvent::LicenceRevoked(LicenceRevoked {
                 username: "ada".into(),
                 by: "root".into(),
             }),
         );
-        event.event_type = "JobStarted".into();
-        assert_eq!(summarize(&event), "JobStarted on job-1");
+        // A type from a later build (schedules are not built yet).
+        event.event_type = "ScheduleFired".into();
+        assert_eq!(summarize(&event), "ScheduleFired on schedule-1");
     }
 }

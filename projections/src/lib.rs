@@ -21,6 +21,7 @@ pub mod metrics_view;
 pub mod projection;
 mod projector;
 pub mod row;
+pub mod runners_view;
 pub mod sessions_view;
 pub mod sql;
 pub mod status;
@@ -36,6 +37,7 @@ pub use event_counts::EventCounts;
 pub use metrics_view::MetricsView;
 pub use projection::Projection;
 pub use row::{Column, FromSqlValue, Row};
+pub use runners_view::RunnersView;
 pub use sessions_view::SessionsView;
 pub use sql::{OutOfRange, SqlValue, Statement};
 pub use status::{EngineStatus, FailedEvent, Phase, ProjectionFailure, ProjectionStatus};
@@ -55,6 +57,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(MetricsView),
         Arc::new(DomainsView),
         Arc::new(ConsentsView),
+        Arc::new(RunnersView),
     ]
 }
 

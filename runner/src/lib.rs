@@ -1,4 +1,9 @@
 //! The runner: a separate process that connects out to a gateway, leases
 //! work, drives headless Chromium (chromiumoxide) and reports progress as
-//! events. Only ever sends traffic to consented domains. Arrives with the
-//! runner issue.
+//! events. Only ever sends traffic to consented domains.
+//!
+//! - [`client`]: the runner protocol's client, one connection to a gateway.
+
+pub mod client;
+
+pub use client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice, Terms};

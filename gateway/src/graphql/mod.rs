@@ -8,10 +8,13 @@ pub mod click_consent;
 pub mod depth;
 pub mod error;
 pub mod licence;
+pub mod runner;
+pub mod runner_key;
 pub mod session;
 pub mod session_watch;
 pub mod system_settings;
 pub mod target_domain;
+pub mod view_watch;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -45,6 +48,8 @@ pub struct QueryRoot(
     system_settings::SystemSettingsQuery,
     target_domain::TargetDomainQuery,
     click_consent::ClickConsentQuery,
+    runner_key::RunnerKeyQuery,
+    runner::RunnerQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -56,11 +61,17 @@ pub struct MutationRoot(
     system_settings::SystemSettingsMutation,
     target_domain::TargetDomainMutation,
     click_consent::ClickConsentMutation,
+    runner_key::RunnerKeyMutation,
+    runner::RunnerMutation,
 );
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(session::SessionSubscription, audit::AuditSubscription);
+pub struct SubscriptionRoot(
+    session::SessionSubscription,
+    audit::AuditSubscription,
+    runner::RunnerSubscription,
+);
 
 /// Who may administer accounts, licences and sessions.
 pub const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];

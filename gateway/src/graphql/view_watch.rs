@@ -1,0 +1,102 @@
+//! Subscriptions that follow a view: the current answer at once, then a
+//! fresh one each time an event the view folds has reached it, at most one
+//! per `every` (events between are coalesced, never the last one lost), and
+//! only when the answer changed. Runs under the subscriber's session, so it
+//! ends when the session does.
+
+use std::future::Future;
+use std::time::Duration;
+
+use domain::Position;
+use futures_util::{Stream, StreamExt};
+use store::Filter;
+use tokio::sync::mpsc;
+
+use crate::auth::sessions::Principal;
+use crate::graphql::session_watch::{Seen, under_session};
+use crate::state::AppState;
+
+/// Longest a subscription waits for a view to fold an event it saw in the
+/// log before reading the view anyway (another gateway may project it).
+const VIEW_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Waits until `view` has folded the event at `position` (or a while).
+pub async fn caught_up(app: &AppState, view: &str, position: Position) {
+    let mut status = app.projections.clone();
+    let _ = tokio::time::timeout(
+        VIEW_PATIENCE,
+        status.wait_for(|s| s.get(view).is_some_and(|v| v.checkpoint >= position)),
+    )
+    .await;
+}
+
+/// Follows `view` (the events `filter` admits), answering with `read`.
+pub fn view_changes<T, F, Fut>(
+    app: AppState,
+    principal: Principal,
+    filter: Filter,
+    view: &'static str,
+    every: Duration,
+    read: F,
+) -> impl Stream<Item = async_graphql::Result<T>>
+where
+    T: PartialEq + Clone + Send + Sync + 'static,
+    F: Fn(AppState) -> Fut + Send + 'static,
+    Fut: Future<Output = async_graphql::Result<T>> + Send,
+{
+    let (tx, rx) = mpsc::channel::<async_graphql::Result<T>>(16);
+    tokio::spawn(async move {
+        let mut seen = Box::pin(under_session(app.clone(), principal, Some(filter)));
+        let mut last: Option<T> = None;
+        let answer = |value: async_graphql::Result<T>, last: &mut Option<T>| {
+            let fresh = match &value {
+                Ok(v) if last.as_ref() == Some(v) => false,
+                Ok(v) => {
+                    *last = Some(v.clone());
+                    true
+                }
+                Err(_) => true,
+            };
+            fresh.then_some(value)
+        };
+        if let Some(first) = answer(read(app.clone()).await, &mut last)
+            && tx.send(first).await.is_err()
+        {
+            return;
+        }
+        let mut next_at = tokio::time::Instant::now();
+        loop {
+            let mut position = match seen.next().await {
+                Some(Seen::Event(e)) => e.position,
+                Some(Seen::Refreshed(_)) => continue,
+                Some(Seen::Ended(_)) | None => return,
+            };
+            let mut ended = false;
+            // Coalesce what else arrives before the next answer is due.
+            while tokio::time::Instant::now() < next_at {
+                match tokio::time::timeout_at(next_at, seen.next()).await {
+                    Err(_) => break,
+                    Ok(Some(Seen::Event(e))) => position = e.position,
+                    Ok(Some(Seen::Refreshed(_))) => {}
+                    Ok(Some(Seen::Ended(_)) | None) => {
+                        ended = true;
+                        break;
+                    }
+                }
+            }
+            if ended {
+                return;
+            }
+            caught_up(&app, view, position).await;
+            next_at = tokio::time::Instant::now() + every;
+            if let Some(value) = answer(read(app.clone()).await, &mut last)
+                && tx.send(value).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+}

@@ -1,0 +1,252 @@
+//! The runners connected to this gateway: how to reach each connection,
+//! and what its heartbeats say (busy browsers, last seen). Heartbeats are
+//! folded here, in memory, never into events.
+//!
+//! What other parts decide for a runner (an admin's drain, a job paused or
+//! stopped, a lease expired by any gateway's sweep, its key revoked)
+//! reaches it through [`relay`], which follows the log: whichever gateway
+//! appended the event, the one holding the runner's connection passes it on.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use domain::job::JobEvent;
+use domain::runner::{RunnerEvent, RunnerId};
+use domain::runner_key::{RunnerKeyEvent, RunnerKeyId};
+use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
+use domain::{EventRegistry, RecordedEvent};
+use time::OffsetDateTime;
+use tokio::sync::{broadcast, mpsc};
+use uuid::Uuid;
+
+/// Messages queued for one connection before it counts as stuck.
+pub const NOTICE_QUEUE: usize = 256;
+
+/// What this gateway knows of a connected runner between events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    pub connected_at: OffsetDateTime,
+    pub last_heartbeat: Option<OffsetDateTime>,
+    /// Browsers busy, as its last heartbeat said.
+    pub busy: u32,
+}
+
+struct Linked {
+    connection: u64,
+    /// The key it authenticated with.
+    key: RunnerKeyId,
+    notices: mpsc::Sender<GatewayMessage>,
+    presence: Presence,
+}
+
+/// The runners connected here.
+#[derive(Default)]
+pub struct Fleet {
+    linked: Mutex<HashMap<RunnerId, Linked>>,
+    next_connection: AtomicU64,
+}
+
+/// A connection's place in the fleet; leaving it frees the place, unless a
+/// newer connection of the same runner took it meanwhile.
+pub struct Attachment<'a> {
+    fleet: &'a Fleet,
+    runner: RunnerId,
+    connection: u64,
+}
+
+impl Attachment<'_> {
+    /// Is this still the runner's connection here (no newer one replaced it)?
+    pub fn is_current(&self) -> bool {
+        self.fleet
+            .lock()
+            .get(&self.runner)
+            .is_some_and(|l| l.connection == self.connection)
+    }
+}
+
+impl Drop for Attachment<'_> {
+    fn drop(&mut self) {
+        let mut linked = self.fleet.lock();
+        if linked
+            .get(&self.runner)
+            .is_some_and(|l| l.connection == self.connection)
+        {
+            linked.remove(&self.runner);
+        }
+    }
+}
+
+impl Fleet {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, Linked>> {
+        self.linked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records the runner's connection; a connection it had here before is
+    /// dropped from the fleet (its notices end, so it closes).
+    pub fn attach(
+        &self,
+        runner: RunnerId,
+        key: RunnerKeyId,
+        notices: mpsc::Sender<GatewayMessage>,
+        now: OffsetDateTime,
+    ) -> Attachment<'_> {
+        let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            runner,
+            Linked {
+                connection,
+                key,
+                notices,
+                presence: Presence {
+                    connected_at: now,
+                    last_heartbeat: None,
+                    busy: 0,
+                },
+            },
+        );
+        Attachment {
+            fleet: self,
+            runner,
+            connection,
+        }
+    }
+
+    pub fn heartbeat(&self, runner: RunnerId, busy: u32, now: OffsetDateTime) {
+        if let Some(l) = self.lock().get_mut(&runner) {
+            l.presence.busy = busy;
+            l.presence.last_heartbeat = Some(now);
+        }
+    }
+
+    /// The runner's presence, if it is connected here.
+    pub fn presence(&self, runner: RunnerId) -> Option<Presence> {
+        self.lock().get(&runner).map(|l| l.presence)
+    }
+
+    /// How many runners are connected here.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Queues a message for one runner, if it is connected here. A runner
+    /// whose queue is full is not waited for: its connection is behind, and
+    /// the message is one it also learns by its next request's answer.
+    pub fn notify(&self, runner: RunnerId, message: GatewayMessage) {
+        if let Some(l) = self.lock().get(&runner) {
+            let _ = l.notices.try_send(message);
+        }
+    }
+
+    /// Queues a message for every runner connected here with `key`.
+    pub fn notify_key(&self, key: RunnerKeyId, message: &GatewayMessage) {
+        for l in self.lock().values().filter(|l| l.key == key) {
+            let _ = l.notices.try_send(message.clone());
+        }
+    }
+
+    /// Queues a message for every runner connected here.
+    pub fn notify_all(&self, message: &GatewayMessage) {
+        for l in self.lock().values() {
+            let _ = l.notices.try_send(message.clone());
+        }
+    }
+}
+
+/// Whom an event concerns, and what to tell them.
+enum Relay {
+    One(RunnerId, GatewayMessage),
+    Key(RunnerKeyId, GatewayMessage),
+    All(GatewayMessage),
+}
+
+/// What a runner must hear of `event`, if anything.
+fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
+    // Most of the log (reports above all) concerns no connection: skip it
+    // by its type, undecoded.
+    const RELAYED: &[&str] = &[
+        "DrainRequested",
+        "JobPaused",
+        "JobStopped",
+        "JobFailed",
+        "JobCompleted",
+        "LeaseExpired",
+        "RunnerKeyRevoked",
+    ];
+    if !RELAYED.contains(&event.event_type.as_str()) {
+        return None;
+    }
+    let stream = event.stream_id.as_str();
+    if let Ok(RunnerKeyEvent::RunnerKeyRevoked(r)) = registry.decode::<RunnerKeyEvent>(event) {
+        let refused = ProtocolError::new(
+            ErrorCode::Unauthenticated,
+            format!(
+                "runner key {} was revoked by {}; ask an admin for a new one (createRunnerKey)",
+                r.key, r.by
+            ),
+        );
+        return Some(Relay::Key(
+            r.key,
+            GatewayMessage::Error(refused.into_message()),
+        ));
+    }
+    if let Some(id) = stream.strip_prefix("runner-") {
+        let runner = RunnerId(Uuid::parse_str(id).ok()?);
+        return match registry.decode::<RunnerEvent>(event).ok()? {
+            RunnerEvent::DrainRequested(d) => {
+                Some(Relay::One(runner, GatewayMessage::Drain { by: d.by }))
+            }
+            _ => None,
+        };
+    }
+    let job = domain::job::JobId(Uuid::parse_str(stream.strip_prefix("job-")?).ok()?);
+    match registry.decode::<JobEvent>(event).ok()? {
+        JobEvent::JobPaused(_) => Some(Relay::All(GatewayMessage::JobPaused { job })),
+        JobEvent::JobStopped(_) | JobEvent::JobFailed(_) | JobEvent::JobCompleted(_) => {
+            Some(Relay::All(GatewayMessage::JobStopped { job }))
+        }
+        JobEvent::LeaseExpired(e) => Some(Relay::One(
+            e.runner,
+            GatewayMessage::LeaseExpired {
+                job,
+                flows: e.flows,
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// Passes what runners must hear on to those connected here, as the log
+/// grows, until the feed ends.
+pub async fn relay(
+    fleet: std::sync::Arc<Fleet>,
+    mut events: broadcast::Receiver<std::sync::Arc<RecordedEvent>>,
+) {
+    let registry = domain::event_registry();
+    loop {
+        let event = match events.recv().await {
+            Ok(event) => event,
+            // Behind: what was missed reaches runners through their next
+            // requests' answers (a stopped job refuses reports, an expired
+            // lease refuses them too).
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "runner notices fell behind the log");
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if fleet.is_empty() {
+            continue;
+        }
+        match relayed(&registry, &event) {
+            Some(Relay::One(runner, message)) => fleet.notify(runner, message),
+            Some(Relay::Key(key, message)) => fleet.notify_key(key, &message),
+            Some(Relay::All(message)) => fleet.notify_all(&message),
+            None => {}
+        }
+    }
+}

@@ -1,0 +1,482 @@
+//! The runner socket against a real gateway on loopback, on both stores:
+//! runners (the `runner` crate's protocol client, or raw frames for what
+//! no well-behaved client sends) authenticate, register, heartbeat, drain,
+//! leave, and are refused clearly when they misbehave.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::runner::{Browser, Capabilities, Os, Platform, Runner, RunnerCommand, RunnerId};
+use domain::runner_key::{self, RunnerKey, RunnerKeyCommand, RunnerKeyId, RunnerKeys};
+use domain::runner_protocol::{ErrorCode, VersionRange};
+use domain::{Actor, Context, RecordedEvent, Role};
+use futures_util::{SinkExt, StreamExt};
+use gateway::auth::rate_limit::LoginLimits;
+use gateway::auth::sessions::SessionPolicy;
+use gateway::client_addr::TrustedProxies;
+use gateway::runner_link::RunnerTerms;
+use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
+use projections::{SqlValue, ViewStore};
+use runner::{ClientConfig, ClientError, Connection, Notice};
+use serde_json::{Value, json};
+use store::testing::{TestStore, eventually};
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+const TERMS: RunnerTerms = RunnerTerms {
+    heartbeat_every: Duration::from_millis(200),
+    lease_ttl: Duration::from_secs(2),
+};
+
+/// A gateway serving on loopback, and a command handler on its store.
+struct Live {
+    url: String,
+    handler: CommandHandler,
+    views: ViewStore,
+    store: Arc<dyn store::EventStore>,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+}
+
+impl Live {
+    async fn start(store: &TestStore) -> Self {
+        let backend = store.open_backend().await;
+        let config = GatewayConfig {
+            jwt_secret: b"a runner-link test secret of 32+ bytes".to_vec().into(),
+            session_policy: SessionPolicy::default(),
+            login_limits: LoginLimits::default(),
+            trusted_proxies: TrustedProxies::default(),
+        };
+        let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
+            .await
+            .unwrap()
+            .with_runner_terms(TERMS);
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        let events = store.open().await;
+        Self {
+            url: format!("ws://{addr}/runner"),
+            handler: CommandHandler::new(events.clone(), Arc::new(domain::event_registry())),
+            views: ViewStore::open(&backend).await.unwrap(),
+            store: events,
+            stop,
+            serving,
+        }
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.serving).await;
+    }
+
+    /// A new runner key, made as an admin.
+    async fn key(&self) -> (RunnerKeyId, RunnerKey) {
+        let key = RunnerKey::parse(&format!("tbr_{}", Uuid::new_v4().simple())).unwrap();
+        let id = RunnerKeyId(Uuid::now_v7());
+        self.keys(RunnerKeyCommand::Create {
+            key: id,
+            name: "test fleet".into(),
+            hash: key.hash(),
+        })
+        .await;
+        (id, key)
+    }
+
+    async fn keys(&self, command: RunnerKeyCommand) {
+        self.handler
+            .handle::<RunnerKeys>(
+                &runner_key::stream().unwrap(),
+                command,
+                &admin(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    fn config(&self, runner: RunnerId, key: &RunnerKey) -> ClientConfig {
+        ClientConfig {
+            url: self.url.clone(),
+            runner,
+            key: key.clone(),
+            name: "rack-1".into(),
+            software: "trafficbuster test".into(),
+            capabilities: capabilities(),
+            protocol: VersionRange::THIS_BUILD,
+        }
+    }
+
+    /// The types of the events on the runner's stream, in order.
+    async fn runner_events(&self, runner: RunnerId) -> Vec<String> {
+        let stream = runner.stream().unwrap();
+        let events: Vec<RecordedEvent> =
+            store::testing::read_everything(&*self.store, &store::Filter::all()).await;
+        events
+            .into_iter()
+            .filter(|e| e.stream_id == stream)
+            .map(|e| e.event_type)
+            .collect()
+    }
+
+    /// (online, draining, offline_reason) of the runner in the view.
+    async fn standing(&self, runner: RunnerId) -> Option<(bool, bool, Option<String>)> {
+        let rows = self
+            .views
+            .query(
+                "SELECT online, draining, offline_reason FROM view_runners WHERE runner = $1",
+                vec![SqlValue::from(runner.to_string())],
+            )
+            .await
+            .unwrap();
+        rows.first().map(|r| {
+            (
+                r.get("online").unwrap(),
+                r.get("draining").unwrap(),
+                r.get("offline_reason").unwrap(),
+            )
+        })
+    }
+}
+
+fn admin() -> Context {
+    Context::new(
+        OffsetDateTime::now_utc(),
+        Actor::Account {
+            account_id: Uuid::now_v7(),
+            username: "root".into(),
+            roles: [Role::Admin].into(),
+        },
+    )
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities {
+        platform: Platform {
+            os: Os::Linux,
+            browser: Browser::Chromium,
+        },
+        browser_version: "126.0.6478.126".into(),
+        max_instances: 4,
+        labels: [("region".to_owned(), "eu-west".to_owned())].into(),
+    }
+}
+
+fn new_runner() -> RunnerId {
+    RunnerId(Uuid::now_v7())
+}
+
+/// The refusal a failed connection got.
+fn refusal(outcome: Result<Connection, ClientError>) -> (ErrorCode, String) {
+    match outcome {
+        Err(ClientError::Refused(e)) => {
+            assert!(e.fatal, "{e:?}");
+            (e.code, e.message)
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw socket, for frames no well-behaved client sends.
+async fn raw(live: &Live) -> Raw {
+    tokio_tungstenite::connect_async(live.url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+async fn send(ws: &mut Raw, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON message, skipping heartbeat acks; `None` once closed.
+async fn next(ws: &mut Raw) -> Option<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s");
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "heartbeat_ack" {
+                    return Some(v);
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Says hello and registers by hand; the socket is then registered.
+async fn raw_registered(live: &Live, runner: RunnerId, key: &RunnerKey) -> Raw {
+    let mut ws = raw(live).await;
+    send(
+        &mut ws,
+        json!({"type": "hello", "protocol": {"oldest": 1, "newest": 1}, "runner": runner,
+               "key": key.expose(), "name": "raw", "software": "test"}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "welcome");
+    send(
+        &mut ws,
+        json!({"type": "register", "capabilities": serde_json::to_value(capabilities()).unwrap()}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "registered");
+    ws
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn a_runner_registers_once_and_goes_offline_when_it_disconnects(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        assert_eq!(connection.terms().heartbeat_every, TERMS.heartbeat_every);
+        assert_eq!(connection.terms().lease_ttl, TERMS.lease_ttl);
+        eventually("the runner online in the view", || async {
+            live.standing(runner).await == Some((true, false, None))
+        })
+        .await;
+        // Heartbeats keep it online, and are not events.
+        tokio::time::sleep(TERMS.silence() * 2).await;
+        assert_eq!(live.runner_events(runner).await, ["RunnerRegistered"]);
+        assert_eq!(live.standing(runner).await, Some((true, false, None)));
+        // The same runner again (its gateway restarted, say) while online:
+        // nothing changed, nothing recorded; the older connection is closed.
+        let mut newer = Connection::open(&live.config(runner, &key)).await.unwrap();
+        assert_eq!(live.runner_events(runner).await, ["RunnerRegistered"]);
+        drop(connection);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(live.runner_events(runner).await, ["RunnerRegistered"]);
+        assert_eq!(
+            newer.next_notice(Duration::from_millis(100)).await.unwrap(),
+            None
+        );
+        drop(newer);
+        eventually("the runner offline in the view", || async {
+            live.standing(runner).await == Some((false, false, Some("disconnected".into())))
+        })
+        .await;
+        assert_eq!(
+            live.runner_events(runner).await,
+            ["RunnerRegistered", "RunnerWentOffline"]
+        );
+        live.stop().await;
+    }
+
+    pub async fn wrong_malformed_and_revoked_keys_are_refused(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (id, key) = live.key().await;
+        let runner = new_runner();
+        let stranger = RunnerKey::parse(&"x".repeat(43)).unwrap();
+        let (code, message) = refusal(Connection::open(&live.config(runner, &stranger)).await);
+        assert_eq!(code, ErrorCode::Unauthenticated);
+        assert!(message.contains("unknown or revoked"), "{message}");
+        // A malformed key is an authentication failure too, not garbled JSON.
+        let mut ws = raw(&live).await;
+        send(
+            &mut ws,
+            json!({"type": "hello", "protocol": {"oldest": 1, "newest": 1}, "runner": runner,
+                   "key": "short", "name": "raw", "software": "test"}),
+        )
+        .await;
+        let refused = next(&mut ws).await.unwrap();
+        assert_eq!(refused["code"], "UNAUTHENTICATED", "{refused}");
+        assert_eq!(refused["fatal"], true);
+        assert!(next(&mut ws).await.is_none(), "the connection closes");
+        // Revoking the key drops the runner connected with it, and keeps it out.
+        let mut connected = Connection::open(&live.config(runner, &key)).await.unwrap();
+        live.keys(RunnerKeyCommand::Revoke { key: id }).await;
+        match connected.next_notice(Duration::from_secs(2)).await {
+            Err(ClientError::Refused(e)) => {
+                assert_eq!(e.code, ErrorCode::Unauthenticated);
+                assert!(e.message.contains("revoked"), "{}", e.message);
+            }
+            other => panic!("expected the revoked key's refusal, got {other:?}"),
+        }
+        let (code, _) = refusal(Connection::open(&live.config(runner, &key)).await);
+        assert_eq!(code, ErrorCode::Unauthenticated);
+        // Kicked (offline), and the refused hello registered nothing.
+        eventually("the kicked runner offline", || async {
+            live.runner_events(runner).await == ["RunnerRegistered", "RunnerWentOffline"]
+        })
+        .await;
+        live.stop().await;
+    }
+
+    pub async fn versions_that_do_not_meet_are_refused_saying_which_side_to_upgrade(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let mut config = live.config(new_runner(), &key);
+        config.protocol = VersionRange {
+            oldest: 2,
+            newest: 3,
+        };
+        let (code, message) = refusal(Connection::open(&config).await);
+        assert_eq!(code, ErrorCode::UnsupportedProtocol);
+        assert!(message.contains("upgrade the gateway"), "{message}");
+        live.stop().await;
+    }
+
+    pub async fn messages_out_of_turn_and_unknown_ones_are_refused(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        // Before hello: fatal.
+        let mut ws = raw(&live).await;
+        send(&mut ws, json!({"type": "heartbeat", "seq": 1, "busy": 0})).await;
+        let refused = next(&mut ws).await.unwrap();
+        assert_eq!(refused["code"], "NOT_REGISTERED", "{refused}");
+        assert!(next(&mut ws).await.is_none());
+        // After registering: an unknown type is refused, the link stays up.
+        let runner = new_runner();
+        let mut ws = raw_registered(&live, runner, &key).await;
+        send(&mut ws, json!({"type": "teleport", "request": 3})).await;
+        let refused = next(&mut ws).await.unwrap();
+        assert_eq!(refused["code"], "BAD_MESSAGE", "{refused}");
+        assert_eq!(refused["fatal"], false);
+        assert_eq!(refused["request"], 3);
+        ws.send(Message::binary(vec![1, 2, 3])).await.unwrap();
+        assert_eq!(next(&mut ws).await.unwrap()["code"], "BAD_MESSAGE");
+        send(&mut ws, json!({"type": "heartbeat", "seq": 7, "busy": 1})).await;
+        // A report on a job that does not exist changes nothing.
+        let batch = Uuid::now_v7();
+        send(
+            &mut ws,
+            json!({"type": "report", "batch": batch, "job": Uuid::now_v7(),
+                   "reports": [{"kind": "started", "flow": 0}]}),
+        )
+        .await;
+        let refused = next(&mut ws).await.unwrap();
+        assert_eq!(refused["code"], "JOB_NOT_RUNNING", "{refused}");
+        assert_eq!(refused["batch"], batch.to_string());
+        assert_eq!(live.runner_events(runner).await, ["RunnerRegistered"]);
+        live.stop().await;
+    }
+
+    pub async fn an_oversized_frame_and_a_flood_are_refused_and_the_connection_closed(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut ws = raw_registered(&live, runner, &key).await;
+        let huge = "x".repeat(domain::runner_protocol::MAX_FRAME_BYTES + 1);
+        send(&mut ws, json!({"type": "drain", "padding": huge})).await;
+        let refused = next(&mut ws).await.unwrap();
+        assert_eq!(refused["code"], "FRAME_TOO_LARGE", "{refused}");
+        assert_eq!(refused["fatal"], true);
+        assert!(next(&mut ws).await.is_none());
+        eventually("the runner offline after its oversized frame", || async {
+            live.standing(runner)
+                .await
+                .is_some_and(|(online, ..)| !online)
+        })
+        .await;
+        // A flood: far more than 50 messages a second.
+        let runner = new_runner();
+        let mut ws = raw_registered(&live, runner, &key).await;
+        for seq in 0..400 {
+            let beat = json!({"type": "heartbeat", "seq": seq, "busy": 0});
+            if ws.send(Message::text(beat.to_string())).await.is_err() {
+                break;
+            }
+        }
+        let refused = loop {
+            let m = next(&mut ws).await.expect("a refusal before the close");
+            if m["type"] == "error" {
+                break m;
+            }
+        };
+        assert_eq!(refused["code"], "RATE_LIMITED", "{refused}");
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("50 messages a second"),
+            "{refused}"
+        );
+        assert!(next(&mut ws).await.is_none());
+        live.stop().await;
+    }
+
+    pub async fn a_silent_runner_goes_offline(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        // Registered by hand, and then never a heartbeat.
+        let mut ws = raw_registered(&live, runner, &key).await;
+        assert!(next(&mut ws).await.is_none(), "closed for its silence");
+        eventually("the silent runner offline", || async {
+            live.standing(runner).await == Some((false, false, Some("silent".into())))
+        })
+        .await;
+        live.stop().await;
+    }
+
+    pub async fn a_drain_reaches_the_runner_and_stops_its_leases(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        live.handler
+            .handle::<Runner>(
+                &runner.stream().unwrap(),
+                RunnerCommand::RequestDrain,
+                &admin(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+        let notice = connection
+            .next_notice(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(notice, Some(Notice::Drain { by: "root".into() }));
+        assert!(connection.draining());
+        match connection.lease(1, 10).await.unwrap() {
+            runner::Leased::Refused(e) => assert_eq!(e.code, ErrorCode::Draining),
+            other => panic!("a draining runner got {other:?}"),
+        }
+        drop(connection);
+        let other = new_runner();
+        let mut own = Connection::open(&live.config(other, &key)).await.unwrap();
+        own.drain().await.unwrap();
+        eventually("the runner's own drain in the view", || async {
+            live.standing(other).await == Some((true, true, None))
+        })
+        .await;
+        own.deregister(Some("decommissioned".into())).await.unwrap();
+        eventually("the runner's deregistration", || async {
+            live.runner_events(other).await
+                == ["RunnerRegistered", "DrainRequested", "RunnerDeregistered"]
+        })
+        .await;
+        live.stop().await;
+    }
+}
+
+store::each_backend!(
+    a_runner_registers_once_and_goes_offline_when_it_disconnects,
+    wrong_malformed_and_revoked_keys_are_refused,
+    versions_that_do_not_meet_are_refused_saying_which_side_to_upgrade,
+    messages_out_of_turn_and_unknown_ones_are_refused,
+    an_oversized_frame_and_a_flood_are_refused_and_the_connection_closed,
+    a_silent_runner_goes_offline,
+    a_drain_reaches_the_runner_and_stops_its_leases
+);

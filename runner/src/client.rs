@@ -1,0 +1,487 @@
+//! The runner protocol's client (docs/runner-protocol.md): one connection
+//! to a gateway's `GET /runner`, from hello to deregister. It authenticates,
+//! registers, heartbeats on its own, and asks and answers one request at a
+//! time; what the gateway pushes meanwhile (pause, stop, drain, expired
+//! leases) waits in [`Connection::notices`]. The browser runner drives it,
+//! and so do the orchestrator's tests and benchmark as zero-work runners.
+//!
+//! Never logs the runner key.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use domain::flow::{FlowRange, FlowReport};
+use domain::job::JobId;
+use domain::runner::{Capabilities, RunnerId};
+use domain::runner_key::RunnerKey;
+use domain::runner_protocol::{
+    ErrorMessage, GatewayMessage, LeaseGrant, Limits, RunnerMessage, VersionRange,
+    decode_gateway_message, encode,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+/// Longest the client waits for the gateway's answer to one message.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Who the runner is and what it can do.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The gateway's runner socket, e.g. `ws://10.0.0.5:8080/runner`.
+    pub url: String,
+    pub runner: RunnerId,
+    pub key: RunnerKey,
+    pub name: String,
+    pub software: String,
+    pub capabilities: Capabilities,
+    /// The versions it speaks; [`VersionRange::THIS_BUILD`] but in tests.
+    pub protocol: VersionRange,
+}
+
+/// Why the client stopped or a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to {url}: {source}")]
+    Connect {
+        url: String,
+        source: Box<tokio_tungstenite::tungstenite::Error>,
+    },
+    /// The gateway refused, fatally: the connection is over.
+    #[error("the gateway refused the runner: {}: {}", .0.code, .0.message)]
+    Refused(ErrorMessage),
+    #[error("the gateway closed the connection{}", .0.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
+    Closed(Option<String>),
+    #[error("the gateway sent what this runner cannot read: {0}")]
+    Garbled(String),
+    #[error("the gateway answered {got} where {expected} was due")]
+    Unexpected { expected: &'static str, got: String },
+    #[error("no answer from the gateway within {0:?}")]
+    Timeout(Duration),
+}
+
+/// The terms a gateway's welcome set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Terms {
+    pub protocol: u16,
+    pub heartbeat_every: Duration,
+    pub lease_ttl: Duration,
+    pub limits: Limits,
+}
+
+/// The answer to a lease request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Leased {
+    Granted(LeaseGrant),
+    NoWork {
+        retry_after: Duration,
+    },
+    /// Refused (e.g. DRAINING); the connection stays up.
+    Refused(ErrorMessage),
+}
+
+/// The answer to a report or a hand-back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// A report: how many were recorded, how many were known already.
+    Accepted {
+        recorded: u32,
+        duplicates: u32,
+    },
+    HandedBack,
+    Refused(ErrorMessage),
+}
+
+/// A message the gateway pushes without being asked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    JobPaused(JobId),
+    JobStopped(JobId),
+    LeaseExpired {
+        job: JobId,
+        flows: Vec<FlowRange>,
+    },
+    Drain {
+        by: String,
+    },
+    /// A refusal not tied to a request of this client (e.g. a frame it
+    /// could not read).
+    Error(ErrorMessage),
+}
+
+/// One authenticated, registered connection.
+pub struct Connection {
+    terms: Terms,
+    draining: bool,
+    out: mpsc::Sender<Message>,
+    incoming: mpsc::Receiver<Incoming>,
+    notices: VecDeque<Notice>,
+    busy: Arc<AtomicU32>,
+    next_request: u64,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the reader hands over: a message, or why the socket ended.
+enum Incoming {
+    Message(GatewayMessage),
+    Garbled(String),
+    Closed(Option<String>),
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Connection {
+    /// Connects, says hello, and registers: a connection ready to lease.
+    pub async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
+        let (socket, _) = tokio_tungstenite::connect_async(config.url.as_str())
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: config.url.clone(),
+                source: Box::new(source),
+            })?;
+        let (mut sink, mut stream) = socket.split();
+        let (out, mut outgoing) = mpsc::channel::<Message>(64);
+        let (deliver, incoming) = mpsc::channel::<Incoming>(256);
+        let writer = tokio::spawn(async move {
+            while let Some(message) = outgoing.recv().await {
+                if sink.send(message).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let reader = tokio::spawn(async move {
+            let ended = loop {
+                match stream.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        let item = match decode_gateway_message(&text) {
+                            // Acks only prove the link is up; nobody waits for them.
+                            Ok(GatewayMessage::HeartbeatAck { .. }) => continue,
+                            Ok(message) => Incoming::Message(message),
+                            Err(e) => Incoming::Garbled(e.to_string()),
+                        };
+                        if deliver.send(item).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        break frame
+                            .map(|f| f.reason.to_string())
+                            .filter(|r| !r.is_empty());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
+                }
+            };
+            let _ = deliver.send(Incoming::Closed(ended)).await;
+        });
+        let mut connection = Connection {
+            terms: Terms {
+                protocol: 0,
+                heartbeat_every: Duration::ZERO,
+                lease_ttl: Duration::ZERO,
+                limits: Limits::THIS_BUILD,
+            },
+            draining: false,
+            out,
+            incoming,
+            notices: VecDeque::new(),
+            busy: Arc::default(),
+            next_request: 1,
+            tasks: vec![writer, reader],
+        };
+        connection.handshake(config).await?;
+        Ok(connection)
+    }
+
+    async fn handshake(&mut self, config: &ClientConfig) -> Result<(), ClientError> {
+        self.send(&RunnerMessage::Hello {
+            protocol: config.protocol,
+            runner: config.runner,
+            key: config.key.clone(),
+            name: config.name.clone(),
+            software: config.software.clone(),
+        })
+        .await?;
+        match self.answer("welcome").await? {
+            GatewayMessage::Welcome {
+                protocol,
+                heartbeat_every_ms,
+                lease_ttl_ms,
+                limits,
+            } => {
+                self.terms = Terms {
+                    protocol,
+                    heartbeat_every: Duration::from_millis(heartbeat_every_ms.max(100)),
+                    lease_ttl: Duration::from_millis(lease_ttl_ms),
+                    limits,
+                }
+            }
+            other => return Err(unexpected("welcome", &other)),
+        }
+        self.send(&RunnerMessage::Register {
+            capabilities: config.capabilities.clone(),
+        })
+        .await?;
+        match self.answer("registered").await? {
+            GatewayMessage::Registered { draining } => self.draining = draining,
+            other => return Err(unexpected("registered", &other)),
+        }
+        self.tasks.push(tokio::spawn(heartbeats(
+            self.out.clone(),
+            self.busy.clone(),
+            self.terms.heartbeat_every,
+        )));
+        Ok(())
+    }
+
+    /// The terms of the gateway's welcome.
+    pub fn terms(&self) -> Terms {
+        self.terms
+    }
+
+    /// Was the runner draining when it registered, or told to since?
+    pub fn draining(&self) -> bool {
+        self.draining
+            || self
+                .notices
+                .iter()
+                .any(|n| matches!(n, Notice::Drain { .. }))
+    }
+
+    /// How many browsers are busy, for the next heartbeats.
+    pub fn set_busy(&self, busy: u32) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// Sends one message as it is.
+    pub async fn send(&self, message: &RunnerMessage) -> Result<(), ClientError> {
+        self.out
+            .send(Message::text(encode(message)))
+            .await
+            .map_err(|_| ClientError::Closed(None))
+    }
+
+    /// Asks for up to `flows` flows and `slots` more browser slots.
+    pub async fn lease(&mut self, slots: u32, flows: u64) -> Result<Leased, ClientError> {
+        let request = self.request_id();
+        self.send(&RunnerMessage::LeaseRequest {
+            request,
+            slots,
+            flows,
+        })
+        .await?;
+        loop {
+            match self.answer("lease_granted or no_work").await? {
+                GatewayMessage::LeaseGranted { request: r, grant } if r == request => {
+                    return Ok(Leased::Granted(grant));
+                }
+                GatewayMessage::NoWork {
+                    request: r,
+                    retry_after_ms,
+                } if r == request => {
+                    return Ok(Leased::NoWork {
+                        retry_after: Duration::from_millis(retry_after_ms),
+                    });
+                }
+                GatewayMessage::Error(e) if e.request == Some(request) => {
+                    return Ok(Leased::Refused(e));
+                }
+                other => self.stray(other, "lease_granted or no_work")?,
+            }
+        }
+    }
+
+    /// Sends a batch of reports on one job and waits for its answer. The
+    /// same `batch` id sent again counts once.
+    pub async fn report(
+        &mut self,
+        batch: Uuid,
+        job: JobId,
+        reports: Vec<FlowReport>,
+    ) -> Result<Answer, ClientError> {
+        self.send(&RunnerMessage::Report {
+            batch,
+            job,
+            reports,
+        })
+        .await?;
+        loop {
+            match self.answer("report_accepted").await? {
+                GatewayMessage::ReportAccepted {
+                    batch: b,
+                    recorded,
+                    duplicates,
+                } if b == batch => {
+                    return Ok(Answer::Accepted {
+                        recorded,
+                        duplicates,
+                    });
+                }
+                GatewayMessage::Error(e) if e.batch == Some(batch) => {
+                    return Ok(Answer::Refused(e));
+                }
+                other => self.stray(other, "report_accepted")?,
+            }
+        }
+    }
+
+    /// Gives flows of `job` back unrun; `None`: all it holds of it.
+    pub async fn hand_back(
+        &mut self,
+        job: JobId,
+        flows: Option<Vec<FlowRange>>,
+    ) -> Result<Answer, ClientError> {
+        let request = self.request_id();
+        self.send(&RunnerMessage::HandBack {
+            request,
+            job,
+            flows,
+        })
+        .await?;
+        loop {
+            match self.answer("handed_back").await? {
+                GatewayMessage::HandedBack { request: r, .. } if r == request => {
+                    return Ok(Answer::HandedBack);
+                }
+                GatewayMessage::Error(e) if e.request == Some(request) => {
+                    return Ok(Answer::Refused(e));
+                }
+                other => self.stray(other, "handed_back")?,
+            }
+        }
+    }
+
+    /// Tells the gateway it drains: it gets no new leases from now on.
+    pub async fn drain(&mut self) -> Result<(), ClientError> {
+        self.draining = true;
+        self.send(&RunnerMessage::Drain {}).await
+    }
+
+    /// Leaves for good: the gateway hands back what it still holds, records
+    /// the deregistration and closes the connection.
+    pub async fn deregister(mut self, reason: Option<String>) -> Result<(), ClientError> {
+        self.send(&RunnerMessage::Deregister { reason }).await?;
+        loop {
+            match self.incoming.recv().await {
+                Some(Incoming::Closed(_)) | None => return Ok(()),
+                Some(Incoming::Message(GatewayMessage::Error(e))) if e.fatal => {
+                    return Err(ClientError::Refused(e));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// The notices received so far, oldest first, taken.
+    pub fn notices(&mut self) -> Vec<Notice> {
+        self.notices.drain(..).collect()
+    }
+
+    /// Waits up to `within` for the next notice.
+    pub async fn next_notice(&mut self, within: Duration) -> Result<Option<Notice>, ClientError> {
+        if let Some(n) = self.notices.pop_front() {
+            return Ok(Some(n));
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.incoming.recv()).await;
+            let Ok(next) = next else { return Ok(None) };
+            let message = self.read(next)?;
+            self.stray(message, "nothing")?;
+            if let Some(n) = self.notices.pop_front() {
+                return Ok(Some(n));
+            }
+        }
+    }
+
+    fn request_id(&mut self) -> u64 {
+        self.next_request += 1;
+        self.next_request - 1
+    }
+
+    /// The next message from the gateway, within [`ANSWER_TIMEOUT`].
+    async fn answer(&mut self, expected: &'static str) -> Result<GatewayMessage, ClientError> {
+        let next = tokio::time::timeout(ANSWER_TIMEOUT, self.incoming.recv())
+            .await
+            .map_err(|_| ClientError::Timeout(ANSWER_TIMEOUT))?;
+        let message = self.read(next)?;
+        match message {
+            GatewayMessage::Error(e) if e.fatal => Err(ClientError::Refused(e)),
+            message => {
+                tracing::trace!(expected, "gateway message");
+                Ok(message)
+            }
+        }
+    }
+
+    fn read(&mut self, next: Option<Incoming>) -> Result<GatewayMessage, ClientError> {
+        match next {
+            Some(Incoming::Message(GatewayMessage::Error(e))) if e.fatal => {
+                Err(ClientError::Refused(e))
+            }
+            Some(Incoming::Message(m)) => Ok(m),
+            Some(Incoming::Garbled(why)) => Err(ClientError::Garbled(why)),
+            Some(Incoming::Closed(why)) => Err(ClientError::Closed(why)),
+            None => Err(ClientError::Closed(None)),
+        }
+    }
+
+    /// A message that is not the answer awaited: kept as a notice, or an
+    /// error when it can be nothing but a misunderstanding.
+    fn stray(
+        &mut self,
+        message: GatewayMessage,
+        expected: &'static str,
+    ) -> Result<(), ClientError> {
+        let notice = match message {
+            GatewayMessage::JobPaused { job } => Notice::JobPaused(job),
+            GatewayMessage::JobStopped { job } => Notice::JobStopped(job),
+            GatewayMessage::LeaseExpired { job, flows } => Notice::LeaseExpired { job, flows },
+            GatewayMessage::Drain { by } => {
+                self.draining = true;
+                Notice::Drain { by }
+            }
+            // Fatal ones never get here: `read` ends the connection on them.
+            GatewayMessage::Error(e) => Notice::Error(e),
+            other => return Err(unexpected(expected, &other)),
+        };
+        self.notices.push_back(notice);
+        Ok(())
+    }
+}
+
+fn unexpected(expected: &'static str, got: &GatewayMessage) -> ClientError {
+    ClientError::Unexpected {
+        expected,
+        got: encode(got).chars().take(200).collect(),
+    }
+}
+
+/// Sends a heartbeat every `every` until the connection ends.
+async fn heartbeats(out: mpsc::Sender<Message>, busy: Arc<AtomicU32>, every: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut seq = 0;
+    loop {
+        tick.tick().await;
+        seq += 1;
+        let beat = RunnerMessage::Heartbeat {
+            seq,
+            busy: busy.load(Ordering::Relaxed),
+        };
+        if out.send(Message::text(encode(&beat))).await.is_err() {
+            return;
+        }
+    }
+}
