@@ -7,7 +7,8 @@
 //! - [`ProjectionEngine`]: runs views, reports [`EngineStatus`], rebuilds;
 //! - the views: [`EventCounts`] (events per type), and the identity views
 //!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
-//!   the consent views [`DomainsView`] and [`ConsentsView`].
+//!   the consent views [`DomainsView`] and [`ConsentsView`], and the fleet's
+//!   [`RunnersView`] and [`JobsView`].
 
 pub mod accounts_view;
 pub mod audit_view;
@@ -17,6 +18,7 @@ pub mod domains_view;
 pub mod engine;
 pub mod error;
 pub mod event_counts;
+pub mod jobs_view;
 pub mod metrics_view;
 pub mod projection;
 mod projector;
@@ -34,6 +36,7 @@ pub use domains_view::DomainsView;
 pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError, RowError, ViewError};
 pub use event_counts::EventCounts;
+pub use jobs_view::JobsView;
 pub use metrics_view::MetricsView;
 pub use projection::Projection;
 pub use row::{Column, FromSqlValue, Row};
@@ -58,6 +61,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(DomainsView),
         Arc::new(ConsentsView),
         Arc::new(RunnersView),
+        Arc::new(JobsView),
     ]
 }
 

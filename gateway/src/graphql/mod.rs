@@ -7,6 +7,7 @@ pub mod audit;
 pub mod click_consent;
 pub mod depth;
 pub mod error;
+pub mod job;
 pub mod licence;
 pub mod runner;
 pub mod runner_key;
@@ -50,6 +51,7 @@ pub struct QueryRoot(
     click_consent::ClickConsentQuery,
     runner_key::RunnerKeyQuery,
     runner::RunnerQuery,
+    job::JobQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -63,6 +65,7 @@ pub struct MutationRoot(
     click_consent::ClickConsentMutation,
     runner_key::RunnerKeyMutation,
     runner::RunnerMutation,
+    job::JobMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -71,6 +74,7 @@ pub struct SubscriptionRoot(
     session::SessionSubscription,
     audit::AuditSubscription,
     runner::RunnerSubscription,
+    job::JobSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.

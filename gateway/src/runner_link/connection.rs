@@ -24,6 +24,9 @@ use crate::runner_link::fleet::NOTICE_QUEUE;
 use crate::runner_link::{RunnerTerms, work};
 use crate::state::AppState;
 
+/// Longest a closing connection waits for the runner's own close.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Who is on the other end, once the hello is accepted.
 pub(crate) struct Peer {
     pub runner: RunnerId,
@@ -91,7 +94,7 @@ pub async fn serve(app: AppState, socket: WebSocket) {
         return;
     }
     tracing::info!(runner = %peer.runner, name = %peer.name, "runner connected");
-    let mut session = work::Session::new(peer);
+    let mut session = work::Session::new(peer, capabilities);
     let end = link.run(&mut session, notices).await;
     let peer = session.peer();
     let still_current = attachment.is_current();
@@ -181,6 +184,9 @@ impl Link {
         Ok(())
     }
 
+    /// Says goodbye, then reads (and drops) what the runner still sends
+    /// until it closes too: closing at once over unread frames would reset
+    /// the connection and could lose the refusal just sent.
     async fn close(&mut self, code: u16, reason: String) {
         let _ = self
             .sink
@@ -189,6 +195,14 @@ impl Link {
                 reason: reason.into(),
             })))
             .await;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(frame)) = self.stream.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// Is this message within the flood limit? If not, the runner is told

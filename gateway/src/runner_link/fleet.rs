@@ -18,6 +18,8 @@ use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
 use domain::{EventRegistry, RecordedEvent};
 use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
+
+use crate::runner_link::targets::TargetUrls;
 use uuid::Uuid;
 
 /// Messages queued for one connection before it counts as stuck.
@@ -45,6 +47,8 @@ struct Linked {
 pub struct Fleet {
     linked: Mutex<HashMap<RunnerId, Linked>>,
     next_connection: AtomicU64,
+    /// The URLs the lease grants of this gateway carry.
+    pub targets: TargetUrls,
 }
 
 /// A connection's place in the fleet; leaving it frees the place, unless a

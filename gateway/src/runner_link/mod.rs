@@ -4,10 +4,12 @@
 //! - [`connection`]: one runner's connection, from hello to close;
 //! - [`work`]: its leases, reports and hand-backs on jobs;
 //! - [`fleet`]: the runners connected to this gateway, and the notices
-//!   passed on to them.
+//!   passed on to them;
+//! - [`targets`]: the target URLs lease grants carry.
 
 pub mod connection;
 pub mod fleet;
+pub mod targets;
 pub mod work;
 
 use std::time::Duration;
@@ -57,10 +59,10 @@ pub async fn endpoint(State(state): State<AppState>, upgrade: WebSocketUpgrade) 
 }
 
 /// The gateway's background work for runners: notices passed on to the
-/// runners connected here.
+/// runners connected here, and the sweep of expired leases.
 pub fn background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
-    vec![tokio::spawn(fleet::relay(
-        state.fleet.clone(),
-        state.live.subscribe(),
-    ))]
+    vec![
+        tokio::spawn(fleet::relay(state.fleet.clone(), state.live.subscribe())),
+        tokio::spawn(work::sweep(state.clone())),
+    ]
 }

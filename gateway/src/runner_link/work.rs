@@ -6,34 +6,36 @@
 //! appends nothing.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 
 use domain::click_consent::{self, ClickConsent, ClickConsentState};
 use domain::flow::{Click, FlowRange, FlowReport};
 use domain::job::{JobAggregate, JobCommand, JobError, JobEvent, JobId, Returned};
-use domain::runner::RunnerId;
-use domain::runner_protocol::{ErrorCode, ErrorMessage, GatewayMessage};
+use domain::runner::{Capabilities, NoLeases, Runner, RunnerCommand, RunnerId};
+use domain::runner_protocol::{ErrorCode, ErrorMessage, FlowWork, GatewayMessage, LeaseGrant};
 use domain::{Actor, Context};
+use projections::jobs_view;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::command_handler::CommandError;
 use crate::runner_link::connection::{Link, Peer, refusal, runner_meta};
+use crate::state::AppState;
 
 /// What one connection knows of its runner's work.
 pub(crate) struct Session {
     peer: Peer,
+    pub capabilities: Capabilities,
     /// It asked to drain, or was told to: no new leases.
     pub draining: bool,
-    /// Jobs whose flows it may hold, to renew and hand back.
-    pub jobs: BTreeSet<JobId>,
 }
 
 impl Session {
-    pub fn new(peer: Peer) -> Self {
+    pub fn new(peer: Peer, capabilities: Capabilities) -> Self {
         Self {
             peer,
+            capabilities,
             draining: false,
-            jobs: BTreeSet::new(),
         }
     }
 
@@ -47,12 +49,8 @@ impl Session {
 
     /// Keeps track of what a notice passed on changes.
     pub fn noticed(&mut self, notice: &GatewayMessage) {
-        match notice {
-            GatewayMessage::Drain { .. } => self.draining = true,
-            GatewayMessage::JobStopped { job } => {
-                self.jobs.remove(job);
-            }
-            _ => {}
+        if let GatewayMessage::Drain { .. } = notice {
+            self.draining = true;
         }
     }
 }
@@ -85,27 +83,23 @@ fn job_refusal(e: &CommandError<JobError>) -> ErrorMessage {
     }
 }
 
-/// Renews the runner's leases on every job it holds flows of, and forgets
-/// jobs it holds nothing of any more.
+/// Renews the runner's leases on every job it holds flows of, whichever
+/// gateway leased them, and re-registers it if another gateway took it for
+/// gone.
 pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
     let runner = session.runner();
+    // Another gateway may have taken it for gone (its old connection fell
+    // silent there); it is here, so it is online.
+    if let Ok(stream) = runner.stream()
+        && let Ok((_, state)) = link.app.handler.load::<Runner>(&stream).await
+        && !state.online
+        && !state.deregistered
+    {
+        reregister(link, session).await;
+    }
     let ttl = link.terms.lease_ttl();
-    let mut gone = Vec::new();
-    for &job in &session.jobs {
+    for job in held_jobs(&link.app, runner).await {
         let Ok(stream) = job.stream() else { continue };
-        let holds = match link.app.handler.load::<JobAggregate>(&stream).await {
-            Ok((_, state)) => state
-                .job
-                .is_some_and(|j| !j.status.is_ended() && j.leases.contains_key(&runner)),
-            Err(e) => {
-                tracing::warn!(%job, error = %e, "cannot read a job to renew its lease");
-                continue;
-            }
-        };
-        if !holds {
-            gone.push(job);
-            continue;
-        }
         let renewed = link
             .app
             .handler
@@ -119,9 +113,6 @@ pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
         if let Err(e) = renewed {
             tracing::warn!(%job, %runner, error = %e, "lease not renewed");
         }
-    }
-    for job in gone {
-        session.jobs.remove(&job);
     }
 }
 
@@ -269,34 +260,323 @@ async fn give_back(
 }
 
 /// A runner leaving hands back everything it holds.
-pub(crate) async fn hand_back_everything(link: &Link, session: &mut Session) {
+pub(crate) async fn hand_back_everything(link: &Link, session: &Session) {
     let runner = session.runner();
-    for job in std::mem::take(&mut session.jobs) {
+    for job in held_jobs(&link.app, runner).await {
         if let Err(m) = give_back(link, runner, job, Returned::All).await {
             tracing::warn!(%runner, %job, message = %m.message, "flows not handed back; they return when the lease expires");
         }
     }
 }
 
-/// Answers a lease request.
+/// Running jobs, oldest run first, with their specs: what a lease request
+/// picks from.
+static RUNNING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT job, spec FROM {} WHERE status = 'running' ORDER BY started_at, job",
+        jobs_view::JOBS
+    )
+});
+
+/// How long a runner with nothing to do waits before asking again.
+const NO_WORK_RETRY_MS: u64 = 1000;
+
+/// Answers a lease request: flows of the first running job the runner's
+/// platform serves that has flows and instances to spare, or `no_work`.
 pub(crate) async fn lease(
-    _link: &Link,
+    link: &Link,
     session: &mut Session,
     request: u64,
-    _slots: u32,
-    _flows: u64,
+    slots: u32,
+    flows: u64,
 ) -> GatewayMessage {
-    let mut m = if session.draining {
-        refusal(
-            ErrorCode::Draining,
-            "the runner is draining: it finishes what it holds and takes nothing new",
-        )
-    } else {
-        refusal(
-            ErrorCode::Internal,
-            "this gateway build does not lease flows yet",
-        )
+    let runner = session.runner();
+    let refuse = |code, message: String| {
+        let mut m = refusal(code, message);
+        m.request = Some(request);
+        GatewayMessage::Error(m)
     };
+    if let Err(why) = may_lease(link, session).await {
+        let code = match why {
+            NoLeases::Draining => ErrorCode::Draining,
+            NoLeases::NotRegistered | NoLeases::Offline => ErrorCode::Retry,
+        };
+        return refuse(code, why.to_string());
+    }
+    let platform = session.capabilities.platform;
+    let rows = match link.app.views.query(&RUNNING, vec![]).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the running jobs");
+            return refuse(
+                ErrorCode::Retry,
+                "the gateway cannot read its jobs now; ask again shortly".into(),
+            );
+        }
+    };
+    let ttl = link.terms.lease_ttl();
+    for row in rows {
+        let (Ok(id), Ok(spec)) = (row.get::<String>("job"), row.get::<String>("spec")) else {
+            continue;
+        };
+        let (Ok(id), Ok(spec)) = (
+            Uuid::parse_str(&id),
+            serde_json::from_str::<domain::job::JobSpec>(&spec),
+        ) else {
+            continue;
+        };
+        if !spec.platforms.iter().any(|&p| platform.serves(p)) {
+            continue;
+        }
+        let job = JobId(id);
+        let Ok(stream) = job.stream() else { continue };
+        let command = JobCommand::LeaseFlows {
+            runner,
+            platform,
+            slots,
+            flows,
+            ttl,
+        };
+        let handled = link
+            .app
+            .handler
+            .handle::<JobAggregate>(&stream, command, &system(), &runner_meta(runner, None))
+            .await;
+        let leased = match handled {
+            Ok(handled) => handled.events.into_iter().find_map(|e| match e {
+                JobEvent::FlowsLeased(l) => Some(l),
+                _ => None,
+            }),
+            // Full, ended or paused meanwhile, or not for this platform:
+            // the next job may fit.
+            Err(CommandError::Rejected(_)) => None,
+            Err(e) => return GatewayMessage::Error(with_request(job_refusal(&e), request)),
+        };
+        let Some(leased) = leased else { continue };
+        return match grant(link, job, &spec, leased).await {
+            Ok(grant) => GatewayMessage::LeaseGranted { request, grant },
+            Err(m) => {
+                // Leased but not describable: give the flows straight back.
+                let _ = give_back(link, runner, job, Returned::All).await;
+                GatewayMessage::Error(with_request(m, request))
+            }
+        };
+    }
+    GatewayMessage::NoWork {
+        request,
+        retry_after_ms: NO_WORK_RETRY_MS,
+    }
+}
+
+fn with_request(mut m: ErrorMessage, request: u64) -> ErrorMessage {
     m.request = Some(request);
-    GatewayMessage::Error(m)
+    m
+}
+
+/// May the runner take leases, as its stream says? A runner marked offline
+/// by another gateway while it is connected here is registered again.
+async fn may_lease(link: &Link, session: &mut Session) -> Result<(), NoLeases> {
+    if session.draining {
+        return Err(NoLeases::Draining);
+    }
+    let stream = session
+        .runner()
+        .stream()
+        .map_err(|_| NoLeases::NotRegistered)?;
+    let state = match link.app.handler.load::<Runner>(&stream).await {
+        Ok((_, state)) => state,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read a runner's standing");
+            return Err(NoLeases::Offline);
+        }
+    };
+    match state.may_lease() {
+        Ok(_) => Ok(()),
+        Err(NoLeases::Draining) => {
+            session.draining = true;
+            Err(NoLeases::Draining)
+        }
+        Err(NoLeases::Offline) => {
+            reregister(link, session).await;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Records the runner's registration again (it is connected here, whatever
+/// another gateway concluded from its old connection's silence).
+pub(crate) async fn reregister(link: &Link, session: &Session) {
+    let peer = session.peer();
+    link.record(
+        peer,
+        RunnerCommand::Register {
+            key: peer.key,
+            name: peer.name.clone(),
+            capabilities: session.capabilities.clone(),
+            protocol: peer.protocol,
+        },
+    )
+    .await;
+}
+
+/// What the runner is told to do with flows just leased to it.
+async fn grant(
+    link: &Link,
+    job: JobId,
+    spec: &domain::job::JobSpec,
+    leased: domain::job::FlowsLeased,
+) -> Result<LeaseGrant, ErrorMessage> {
+    let stream = job
+        .stream()
+        .map_err(|e| refusal(ErrorCode::Internal, e.to_string()))?;
+    let (_, state) = link
+        .app
+        .handler
+        .load::<JobAggregate>(&stream)
+        .await
+        .map_err(|e| job_refusal(&e))?;
+    let plan = state
+        .job
+        .map(|j| j.plan)
+        .ok_or_else(|| refusal(ErrorCode::Internal, "the job vanished"))?;
+    let urls = link
+        .app
+        .fleet
+        .targets
+        .urls(&link.app, job, spec.targets)
+        .await
+        .map_err(|why| {
+            tracing::error!(%job, %why, "cannot read a job's target URLs");
+            refusal(
+                ErrorCode::Internal,
+                format!("the job's targets cannot be read: {why}"),
+            )
+        })?;
+    let mut work = Vec::new();
+    for range in &leased.flows {
+        for piece in plan.pieces(*range) {
+            let url = urls.get(piece.target as usize).cloned().ok_or_else(|| {
+                refusal(
+                    ErrorCode::Internal,
+                    format!("the targets version has no row {}", piece.target),
+                )
+            })?;
+            work.push(FlowWork {
+                flows: piece.flows,
+                target: piece.target,
+                url,
+                click: piece.clicks,
+            });
+        }
+    }
+    let external_click_domains = if spec.settings.external_clicks {
+        let consents = click_consent::stream(&spec.owner)
+            .map_err(|e| refusal(ErrorCode::Internal, e.to_string()))?;
+        let (_, state) = link
+            .app
+            .handler
+            .load::<ClickConsent>(&consents)
+            .await
+            .map_err(|e| refusal(ErrorCode::Retry, e.to_string()))?;
+        state.grants.into_keys().collect()
+    } else {
+        Vec::new()
+    };
+    Ok(LeaseGrant {
+        job,
+        slots: leased.slots,
+        expires_in_ms: link.terms.lease_ttl.as_millis() as u64,
+        work,
+        marker_header: spec.settings.marker_header,
+        external_click_domains,
+    })
+}
+
+/// Jobs that may have leases: running or paused, oldest run first.
+static ACTIVE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT job FROM {} WHERE status IN ('running', 'paused') ORDER BY started_at, job",
+        jobs_view::JOBS
+    )
+});
+
+/// The ids of the jobs that may hold leases.
+pub(crate) async fn active_jobs(app: &AppState) -> Vec<JobId> {
+    match app.views.query(&ACTIVE, vec![]).await {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|r| r.get::<String>("job").ok())
+            .filter_map(|id| Uuid::parse_str(&id).ok().map(JobId))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the active jobs");
+            Vec::new()
+        }
+    }
+}
+
+/// The jobs `runner` holds flows of, as their streams say: a runner that
+/// reconnects carries on with them.
+pub(crate) async fn held_jobs(app: &AppState, runner: RunnerId) -> BTreeSet<JobId> {
+    let mut held = BTreeSet::new();
+    for job in active_jobs(app).await {
+        let Ok(stream) = job.stream() else { continue };
+        if let Ok((_, state)) = app.handler.load::<JobAggregate>(&stream).await
+            && state.job.is_some_and(|j| j.leases.contains_key(&runner))
+        {
+            held.insert(job);
+        }
+    }
+    held
+}
+
+/// Returns the flows of every lease whose time is up to its job's pool, on
+/// every active job. Safe on many gateways at once: a lease expires once,
+/// whoever appends first.
+pub async fn expire_leases(app: &AppState) -> usize {
+    let now = OffsetDateTime::now_utc();
+    let mut expired = 0;
+    for job in active_jobs(app).await {
+        let Ok(stream) = job.stream() else { continue };
+        let due = match app.handler.load::<JobAggregate>(&stream).await {
+            Ok((_, state)) => state
+                .job
+                .is_some_and(|j| j.leases.values().any(|l| l.expires_at <= now)),
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "cannot read a job to expire its leases");
+                false
+            }
+        };
+        if !due {
+            continue;
+        }
+        let meta = crate::command_handler::CommandMeta {
+            source: Some("gateway".into()),
+            ..Default::default()
+        };
+        match app
+            .handler
+            .handle::<JobAggregate>(&stream, JobCommand::ExpireLeases, &system(), &meta)
+            .await
+        {
+            Ok(handled) => expired += handled.events.len(),
+            Err(e) => tracing::warn!(%job, error = %e, "leases not expired"),
+        }
+    }
+    expired
+}
+
+/// Sweeps expired leases every quarter of the lease time, forever.
+pub async fn sweep(app: AppState) {
+    let every = (app.runner_terms.lease_ttl / 4).max(std::time::Duration::from_millis(100));
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let n = expire_leases(&app).await;
+        if n > 0 {
+            tracing::info!(leases = n, "expired silent runners' leases");
+        }
+    }
 }

@@ -1,0 +1,303 @@
+//! Runners' work on jobs through a real gateway, on both stores: reports
+//! counted once, flows not held refused, pause and stop pushed to runners,
+//! leases renewed by heartbeats and expired by the sweep, flows handed back
+//! at once, and the jobs view counting exactly and equal after a rebuild.
+
+mod support;
+
+use std::time::Duration;
+
+use domain::flow::{FlowId, FlowRange};
+use domain::job::{JobCommand, JobStatus};
+use domain::runner_protocol::ErrorCode;
+use projections::{ProjectionEngine, SqlValue};
+use runner::{Answer, Connection, Notice};
+use store::testing::{TestStore, eventually};
+use uuid::Uuid;
+
+use support::*;
+
+fn range(start: u64, end: u64) -> FlowRange {
+    FlowRange::new(start, end).unwrap()
+}
+
+/// (finished, succeeded, status) of the job in the view.
+async fn job_row(live: &Live, job: domain::job::JobId) -> Option<(i64, i64, String)> {
+    let rows = live
+        .views
+        .query(
+            "SELECT finished, succeeded, status FROM view_jobs WHERE job = $1",
+            vec![SqlValue::from(job.to_string())],
+        )
+        .await
+        .unwrap_or_default();
+    rows.first().map(|r| {
+        (
+            r.get("finished").unwrap(),
+            r.get("succeeded").unwrap(),
+            r.get("status").unwrap(),
+        )
+    })
+}
+
+/// Every row of the jobs view's tables, for comparing.
+async fn job_tables(live: &Live) -> Vec<Vec<SqlValue>> {
+    job_tables_of(&live.views).await
+}
+
+async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
+    let mut all = Vec::new();
+    for sql in [
+        "SELECT job, owner, status, finished, succeeded, failed, clicked, pages FROM view_jobs ORDER BY job",
+        "SELECT job, target, first_flow, end_flow, flows_done, clicks_done FROM view_job_targets ORDER BY job, target",
+        "SELECT job, upto_ms, pages FROM view_job_page_times ORDER BY job, upto_ms",
+        "SELECT job, commit_pos, prepare_pos, line, level, message FROM view_job_log ORDER BY job, commit_pos, prepare_pos, line",
+        "SELECT owner, day, flows FROM view_job_days ORDER BY owner, day",
+    ] {
+        let rows = views.query(sql, vec![]).await.unwrap();
+        all.extend(rows.into_iter().map(|r| r.values().to_vec()));
+    }
+    all
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn reports_count_once_and_flows_not_held_are_refused(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        // 3 targets of 4 flows, the first flow of each clicking.
+        let job = live.running_job(targets(3, 4, 1), 2).await;
+        assert_eq!(live.lease(job, runner, 1, 10).await, vec![range(0, 10)]);
+        let batch = Uuid::now_v7();
+        let first: Vec<_> = (0..5).map(succeeded).collect();
+        assert_eq!(
+            connection.report(batch, job, first.clone()).await.unwrap(),
+            Answer::Accepted {
+                recorded: 5,
+                duplicates: 0
+            }
+        );
+        // The same batch again (its answer lost, say): nothing new.
+        assert_eq!(
+            connection.report(batch, job, first).await.unwrap(),
+            Answer::Accepted {
+                recorded: 0,
+                duplicates: 5
+            }
+        );
+        // A new batch repeating a finished flow: that one is a duplicate.
+        assert_eq!(
+            connection
+                .report(Uuid::now_v7(), job, vec![succeeded(3), succeeded(5)])
+                .await
+                .unwrap(),
+            Answer::Accepted {
+                recorded: 1,
+                duplicates: 1
+            }
+        );
+        // A flow it does not hold: the batch is refused whole.
+        match connection
+            .report(Uuid::now_v7(), job, vec![succeeded(6), succeeded(11)])
+            .await
+            .unwrap()
+        {
+            Answer::Refused(e) => {
+                assert_eq!(e.code, ErrorCode::FlowsNotHeld);
+                assert_eq!(e.flows, vec![FlowId(11)]);
+                assert!(e.message.contains("flow 11"), "{}", e.message);
+            }
+            other => panic!("a report on an unheld flow got {other:?}"),
+        }
+        let state = live.job_state(job).await;
+        assert_eq!(state.tally.finished, 6);
+        assert!(
+            !state.done.contains(FlowId(6)),
+            "a refused batch records nothing"
+        );
+        eventually("the view counting six flows", || async {
+            job_row(&live, job).await == Some((6, 6, "running".into()))
+        })
+        .await;
+        live.stop().await;
+    }
+
+    pub async fn pause_and_stop_reach_the_runner_within_a_second(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        let job = live.running_job(targets(1, 20, 0), 1).await;
+        live.lease(job, runner, 1, 5).await;
+        live.job(job, JobCommand::Pause, &owner()).await.unwrap();
+        let notice = connection
+            .next_notice(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(notice, Some(Notice::JobPaused(job)));
+        // Reports on running flows are still taken while paused.
+        assert!(matches!(
+            connection
+                .report(Uuid::now_v7(), job, vec![succeeded(0)])
+                .await
+                .unwrap(),
+            Answer::Accepted { recorded: 1, .. }
+        ));
+        live.job(job, JobCommand::Stop { reason: None }, &owner())
+            .await
+            .unwrap();
+        let notice = connection
+            .next_notice(Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(notice, Some(Notice::JobStopped(job)));
+        match connection
+            .report(Uuid::now_v7(), job, vec![succeeded(1)])
+            .await
+            .unwrap()
+        {
+            Answer::Refused(e) => assert_eq!(e.code, ErrorCode::JobNotRunning),
+            other => panic!("a report on a stopped job got {other:?}"),
+        }
+        // A hand-back on an ended job is accepted: nothing is held any more.
+        assert_eq!(
+            connection.hand_back(job, None).await.unwrap(),
+            Answer::HandedBack
+        );
+        assert_eq!(live.job_state(job).await.status, JobStatus::Stopped);
+        live.stop().await;
+    }
+
+    pub async fn heartbeats_keep_a_lease_and_silence_lets_it_expire(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let _connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        let job = live.running_job(targets(1, 100, 0), 4).await;
+        live.lease(job, runner, 1, 10).await;
+        // A runner that leased and is gone (never connected here).
+        let gone = new_runner();
+        live.lease(job, gone, 1, 10).await;
+        tokio::time::sleep(TERMS.lease_ttl * 2).await;
+        let state = live.job_state(job).await;
+        assert!(
+            state.leases.contains_key(&runner),
+            "the heartbeating runner keeps its lease"
+        );
+        assert!(
+            !state.leases.contains_key(&gone),
+            "the silent runner's lease expired"
+        );
+        assert!(state.pool.contains(FlowId(10)) && state.pool.contains(FlowId(19)));
+        assert!(!state.pool.contains(FlowId(0)));
+        live.stop().await;
+    }
+
+    pub async fn hand_backs_and_leaving_return_flows_at_once(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        let job = live.running_job(targets(1, 50, 0), 2).await;
+        live.lease(job, runner, 1, 20).await;
+        assert_eq!(
+            connection
+                .hand_back(job, Some(vec![range(10, 20)]))
+                .await
+                .unwrap(),
+            Answer::HandedBack
+        );
+        let state = live.job_state(job).await;
+        assert_eq!(state.leases[&runner].held.len(), 10);
+        assert!(state.pool.contains(FlowId(15)));
+        match connection
+            .hand_back(job, Some(vec![range(30, 31)]))
+            .await
+            .unwrap()
+        {
+            Answer::Refused(e) => assert_eq!(e.code, ErrorCode::FlowsNotHeld),
+            other => panic!("handing back an unheld flow got {other:?}"),
+        }
+        connection.deregister(None).await.unwrap();
+        eventually("everything handed back on leaving", || async {
+            !live.job_state(job).await.leases.contains_key(&runner)
+        })
+        .await;
+        assert_eq!(live.job_state(job).await.pool.len(), 50);
+        live.stop().await;
+    }
+
+    pub async fn the_jobs_view_counts_targets_exactly_and_equals_a_rebuild(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        // Targets of 5 flows, the first 2 of each clicking.
+        let job = live.running_job(targets(4, 5, 2), 1).await;
+        live.lease(job, runner, 1, 20).await;
+        let mut reports = Vec::new();
+        for flow in [0u64, 1, 2, 5, 6, 7, 8, 9, 19] {
+            let mut r = succeeded(flow);
+            if let domain::flow::FlowReport::Finished(f) = &mut r
+                && flow % 5 < 2
+            {
+                f.clicks = vec![domain::flow::Click::Internal];
+            }
+            reports.push(r);
+        }
+        connection
+            .report(Uuid::now_v7(), job, reports)
+            .await
+            .unwrap();
+        let progress = || async {
+            live.views
+                .query(
+                    "SELECT target, flows_done, flow_target, clicks_done, click_target FROM view_job_targets \
+                     WHERE job = $1 ORDER BY target",
+                    vec![SqlValue::from(job.to_string())],
+                )
+                .await
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    (1..5)
+                        .map(|i| r.get::<i64>(i).unwrap())
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        };
+        let expected = vec![
+            vec![3, 5, 2, 2],
+            vec![5, 5, 2, 2],
+            vec![0, 5, 0, 2],
+            vec![1, 5, 0, 2],
+        ];
+        eventually("per-target progress", || async {
+            progress().await == expected
+        })
+        .await;
+        let before = job_tables(&live).await;
+        // Rebuilt by an engine of its own, the gateway's stopped.
+        let (events, views) = (live.store.clone(), live.views.clone());
+        drop(connection);
+        live.stop().await;
+        let engine =
+            ProjectionEngine::start(events, views.clone(), projections::all_views()).unwrap();
+        engine.wait_until_live().await.unwrap();
+        engine.rebuild("jobs").await.unwrap();
+        engine.wait_until_live().await.unwrap();
+        engine.shutdown().await;
+        assert_eq!(job_tables_of(&views).await, before);
+    }
+}
+
+store::each_backend!(
+    reports_count_once_and_flows_not_held_are_refused,
+    pause_and_stop_reach_the_runner_within_a_second,
+    heartbeats_keep_a_lease_and_silence_lets_it_expire,
+    hand_backs_and_leaving_return_flows_at_once,
+    the_jobs_view_counts_targets_exactly_and_equals_a_rebuild
+);

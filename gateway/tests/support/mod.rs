@@ -1,0 +1,451 @@
+//! A gateway on loopback for the runner-facing tests: started in-process
+//! on a test store with short runner terms, a command handler and the
+//! views beside it, and the helpers both runner and job tests use.
+
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::account::Username;
+use domain::flow::{FlowFinished, FlowId, FlowOutcome, FlowRange, FlowReport, PageLoad};
+use domain::job::{
+    DatasetVersionRef, Job, JobAggregate, JobCommand, JobEvent, JobId, JobSettings, JobSpec,
+    RunChecks,
+};
+use domain::job_plan::TargetPlan;
+use domain::licence::{Allowances, LicenceTerms};
+use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
+use domain::runner_key::{self, RunnerKey, RunnerKeyCommand, RunnerKeyId, RunnerKeys};
+use domain::runner_protocol::{ErrorCode, VersionRange};
+use domain::system_settings::SystemSettingsState;
+use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
+use domain::thresholds::Thresholds;
+use domain::{Actor, Context, RecordedEvent, Role};
+use domain::{DomainName, Reason};
+use futures_util::{SinkExt, StreamExt};
+use gateway::auth::rate_limit::LoginLimits;
+use gateway::auth::sessions::SessionPolicy;
+use gateway::client_addr::TrustedProxies;
+use gateway::runner_link::RunnerTerms;
+use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
+use projections::{SqlValue, ViewStore};
+use runner::{ClientConfig, ClientError, Connection};
+use serde_json::{Value, json};
+use store::testing::TestStore;
+use time::OffsetDateTime;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use uuid::Uuid;
+
+pub const TERMS: RunnerTerms = RunnerTerms {
+    heartbeat_every: Duration::from_millis(200),
+    lease_ttl: Duration::from_secs(2),
+};
+
+/// A gateway serving on loopback, and a command handler on its store.
+pub struct Live {
+    pub url: String,
+    pub handler: CommandHandler,
+    pub views: ViewStore,
+    pub store: Arc<dyn store::EventStore>,
+    stop: oneshot::Sender<()>,
+    serving: JoinHandle<std::io::Result<()>>,
+}
+
+impl Live {
+    pub async fn start(store: &TestStore) -> Self {
+        let backend = store.open_backend().await;
+        let config = GatewayConfig {
+            jwt_secret: b"a runner-link test secret of 32+ bytes".to_vec().into(),
+            session_policy: SessionPolicy::default(),
+            login_limits: LoginLimits::default(),
+            trusted_proxies: TrustedProxies::default(),
+        };
+        let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
+            .await
+            .unwrap()
+            .with_runner_terms(TERMS);
+        let addr = gateway.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let serving = tokio::spawn(gateway.serve(async move {
+            let _ = stopped.await;
+        }));
+        let events = store.open().await;
+        Self {
+            url: format!("ws://{addr}/runner"),
+            handler: CommandHandler::new(events.clone(), Arc::new(domain::event_registry())),
+            views: ViewStore::open(&backend).await.unwrap(),
+            store: events,
+            stop,
+            serving,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.serving).await;
+    }
+
+    /// A new runner key, made as an admin.
+    pub async fn key(&self) -> (RunnerKeyId, RunnerKey) {
+        let key = RunnerKey::parse(&format!("tbr_{}", Uuid::new_v4().simple())).unwrap();
+        let id = RunnerKeyId(Uuid::now_v7());
+        self.keys(RunnerKeyCommand::Create {
+            key: id,
+            name: "test fleet".into(),
+            hash: key.hash(),
+        })
+        .await;
+        (id, key)
+    }
+
+    pub async fn keys(&self, command: RunnerKeyCommand) {
+        self.handler
+            .handle::<RunnerKeys>(
+                &runner_key::stream().unwrap(),
+                command,
+                &admin(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub fn config(&self, runner: RunnerId, key: &RunnerKey) -> ClientConfig {
+        ClientConfig {
+            url: self.url.clone(),
+            runner,
+            key: key.clone(),
+            name: "rack-1".into(),
+            software: "trafficbuster test".into(),
+            capabilities: capabilities(),
+            protocol: VersionRange::THIS_BUILD,
+        }
+    }
+
+    /// The types of the events on the runner's stream, in order.
+    pub async fn runner_events(&self, runner: RunnerId) -> Vec<String> {
+        let stream = runner.stream().unwrap();
+        let events: Vec<RecordedEvent> =
+            store::testing::read_everything(&*self.store, &store::Filter::all()).await;
+        events
+            .into_iter()
+            .filter(|e| e.stream_id == stream)
+            .map(|e| e.event_type)
+            .collect()
+    }
+
+    /// (online, draining, offline_reason) of the runner in the view.
+    pub async fn standing(&self, runner: RunnerId) -> Option<(bool, bool, Option<String>)> {
+        let rows = self
+            .views
+            .query(
+                "SELECT online, draining, offline_reason FROM view_runners WHERE runner = $1",
+                vec![SqlValue::from(runner.to_string())],
+            )
+            .await
+            .unwrap_or_default();
+        rows.first().map(|r| {
+            (
+                r.get("online").unwrap(),
+                r.get("draining").unwrap(),
+                r.get("offline_reason").unwrap(),
+            )
+        })
+    }
+}
+
+pub fn admin() -> Context {
+    Context::new(
+        OffsetDateTime::now_utc(),
+        Actor::Account {
+            account_id: Uuid::now_v7(),
+            username: "root".into(),
+            roles: [Role::Admin].into(),
+        },
+    )
+}
+
+pub fn capabilities() -> Capabilities {
+    Capabilities {
+        platform: Platform {
+            os: Os::Linux,
+            browser: Browser::Chromium,
+        },
+        browser_version: "126.0.6478.126".into(),
+        max_instances: 4,
+        labels: [("region".to_owned(), "eu-west".to_owned())].into(),
+    }
+}
+
+pub fn new_runner() -> RunnerId {
+    RunnerId(Uuid::now_v7())
+}
+
+/// The refusal a failed connection got.
+pub fn refusal(outcome: Result<Connection, ClientError>) -> (ErrorCode, String) {
+    match outcome {
+        Err(ClientError::Refused(e)) => {
+            assert!(e.fatal, "{e:?}");
+            (e.code, e.message)
+        }
+        Err(other) => panic!("expected a refusal, got {other}"),
+        Ok(_) => panic!("expected a refusal, got a connection"),
+    }
+}
+
+pub type Raw =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A raw socket, for frames no well-behaved client sends.
+pub async fn raw(live: &Live) -> Raw {
+    tokio_tungstenite::connect_async(live.url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+pub async fn send(ws: &mut Raw, frame: Value) {
+    ws.send(Message::text(frame.to_string())).await.unwrap();
+}
+
+/// The next JSON message, skipping heartbeat acks; `None` once closed.
+pub async fn next(ws: &mut Raw) -> Option<Value> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s");
+        match frame {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] != "heartbeat_ack" {
+                    return Some(v);
+                }
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Says hello and registers by hand; the socket is then registered.
+pub async fn raw_registered(live: &Live, runner: RunnerId, key: &RunnerKey) -> Raw {
+    let mut ws = raw(live).await;
+    send(
+        &mut ws,
+        json!({"type": "hello", "protocol": {"oldest": 1, "newest": 1}, "runner": runner,
+               "key": key.expose(), "name": "raw", "software": "test"}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "welcome");
+    send(
+        &mut ws,
+        json!({"type": "register", "capabilities": serde_json::to_value(capabilities()).unwrap()}),
+    )
+    .await;
+    assert_eq!(next(&mut ws).await.unwrap()["type"], "registered");
+    ws
+}
+
+/// The owner of the tests' jobs.
+pub const OWNER: &str = "ada";
+
+/// ada, acting with a licence that allows what the tests' jobs ask.
+pub fn owner() -> Context {
+    Context::new(
+        OffsetDateTime::now_utc(),
+        Actor::Account {
+            account_id: Uuid::now_v7(),
+            username: OWNER.into(),
+            roles: [Role::User].into(),
+        },
+    )
+    .with_licence(LicenceTerms {
+        allows: Allowances {
+            max_instances: 64,
+            human_surfing: true,
+            external_clicks: true,
+            max_flows_per_day: 10_000_000,
+            ..Allowances::default()
+        },
+        expires_at: OffsetDateTime::now_utc() + time::Duration::days(30),
+    })
+}
+
+pub fn system() -> Context {
+    Context::new(OffsetDateTime::now_utc(), Actor::System)
+}
+
+/// `flows` flows over `targets` targets of shop.example.com, each target
+/// clicking in its first `clicks` flows.
+pub fn targets(targets: u32, flows: u32, clicks: u32) -> Vec<TargetPlan> {
+    (0..targets)
+        .map(|_| TargetPlan {
+            domain: DomainName::parse("shop.example.com").unwrap(),
+            flows,
+            clicks,
+        })
+        .collect()
+}
+
+impl Live {
+    /// A job's command, run by `as_who` on its stream.
+    pub async fn job(
+        &self,
+        job: JobId,
+        command: JobCommand,
+        as_who: &Context,
+    ) -> Result<Vec<JobEvent>, gateway::CommandError<domain::job::JobError>> {
+        self.handler
+            .handle::<JobAggregate>(
+                &job.stream().unwrap(),
+                command,
+                as_who,
+                &CommandMeta::default(),
+            )
+            .await
+            .map(|h| h.events)
+    }
+
+    /// A RUNNING job of ada's with these targets and instances, its domain
+    /// allow-listed and safe mode off.
+    pub async fn running_job(&self, targets: Vec<TargetPlan>, instances: u32) -> JobId {
+        let domain = DomainName::parse("shop.example.com").unwrap();
+        let root = Context::new(
+            OffsetDateTime::now_utc(),
+            Actor::Account {
+                account_id: Uuid::now_v7(),
+                username: "root".into(),
+                roles: [Role::SuperAdmin].into(),
+            },
+        );
+        let domain_stream = target_domain::stream(&domain).unwrap();
+        let (_, listed) = self
+            .handler
+            .load::<TargetDomain>(&domain_stream)
+            .await
+            .unwrap();
+        if listed.allow_listing.is_none() {
+            self.handler
+                .handle::<TargetDomain>(
+                    &domain_stream,
+                    TargetDomainCommand::AllowList {
+                        reason: Reason::parse("the tests' staging host").unwrap(),
+                    },
+                    &root,
+                    &CommandMeta::default(),
+                )
+                .await
+                .unwrap();
+        }
+        let (_, state) = self
+            .handler
+            .load::<TargetDomain>(&domain_stream)
+            .await
+            .unwrap();
+        let job = JobId(Uuid::now_v7());
+        let version = |n: u128| DatasetVersionRef {
+            dataset: Uuid::from_u128(n),
+            version: 1,
+        };
+        let spec = JobSpec {
+            owner: Username::parse(OWNER).unwrap(),
+            name: "orchestrator test".into(),
+            targets: version(1),
+            proxies: None,
+            device_profiles: version(2),
+            platforms: vec![capabilities().platform],
+            settings_profile: version(3),
+            settings: JobSettings {
+                instances,
+                human_surfing: false,
+                external_clicks: false,
+                marker_header: true,
+            },
+            thresholds: Thresholds::default(),
+        };
+        self.job(
+            job,
+            JobCommand::Create {
+                id: job,
+                spec,
+                targets,
+            },
+            &owner(),
+        )
+        .await
+        .unwrap();
+        let checks = RunChecks {
+            system: SystemSettingsState {
+                safe_mode: false,
+                safe_mode_switch: None,
+            },
+            domains: [(domain, state)].into(),
+            flows_today: 0,
+        };
+        self.job(job, JobCommand::Run(checks), &owner())
+            .await
+            .unwrap();
+        job
+    }
+
+    /// Leases flows of `job` to `runner` as a gateway would; the ranges.
+    pub async fn lease(
+        &self,
+        job: JobId,
+        runner: RunnerId,
+        slots: u32,
+        flows: u64,
+    ) -> Vec<FlowRange> {
+        let events = self
+            .job(
+                job,
+                JobCommand::LeaseFlows {
+                    runner,
+                    platform: capabilities().platform,
+                    slots,
+                    flows,
+                    ttl: time::Duration::try_from(TERMS.lease_ttl).unwrap(),
+                },
+                &system(),
+            )
+            .await
+            .unwrap();
+        events
+            .into_iter()
+            .flat_map(|e| match e {
+                JobEvent::FlowsLeased(l) => l.flows,
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// The job as its stream has it now.
+    pub async fn job_state(&self, job: JobId) -> Job {
+        self.handler
+            .load::<JobAggregate>(&job.stream().unwrap())
+            .await
+            .unwrap()
+            .1
+            .job
+            .unwrap()
+    }
+}
+
+/// A flow that succeeded at once.
+pub fn succeeded(flow: u64) -> FlowReport {
+    FlowReport::Finished(FlowFinished {
+        flow: FlowId(flow),
+        outcome: FlowOutcome::Succeeded,
+        duration_ms: 1,
+        proxy: None,
+        pages: vec![PageLoad {
+            ms: 120,
+            status: Some(200),
+        }],
+        clicks: vec![],
+    })
+}
