@@ -2,8 +2,11 @@
 //! work, drives headless Chromium (chromiumoxide) and reports progress as
 //! events. Only ever sends traffic to consented domains.
 //!
-//! - [`client`]: the runner protocol's client, one connection to a gateway.
+//! - [`client`]: the runner protocol's client, one connection to a gateway;
+//! - [`zero_work`]: a runner that does no work, for the orchestrator's tests
+//!   and benchmark.
 
 pub mod client;
+pub mod zero_work;
 
 pub use client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice, Terms};
