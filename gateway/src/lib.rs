@@ -14,6 +14,7 @@ pub mod live;
 pub mod metrics;
 pub mod startup;
 pub mod state;
+pub mod verification;
 pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};

@@ -1,6 +1,7 @@
 //! What every request shares: the store, the command handler, sessions,
 //! login limits and the proxies trusted to name clients, the views and the
-//! projections' progress, the GraphQL schema and the open WebSockets. The
+//! projections' progress, the GraphQL schema, the open WebSockets and the
+//! domain verifier. The
 //! router's one state; GraphQL resolvers find it in each request's data.
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::command_handler::CommandHandler;
 use crate::graphql::ApiSchema;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
+use crate::verification::Verifier;
 use crate::ws_limits::SessionConnections;
 
 #[derive(Clone)]
@@ -35,4 +37,6 @@ pub struct AppState {
     pub schema: ApiSchema,
     /// Open GraphQL WebSockets per session, to bound them.
     pub ws_connections: Arc<SessionConnections>,
+    /// Checks that domains publish their claims' tokens.
+    pub verifier: Arc<Verifier>,
 }
