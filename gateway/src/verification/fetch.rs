@@ -326,3 +326,176 @@ async fn read_capped(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+    use std::sync::Mutex;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A raw HTTP/1.1 server on loopback answering each path with a canned
+    /// response, and noting the paths asked for.
+    struct Site {
+        port: u16,
+        asked: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Site {
+        async fn start(answer: impl Fn(&str, u16) -> String + Send + 'static) -> Self {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let asked = Arc::new(Mutex::new(Vec::new()));
+            let seen = asked.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    // Until the head ends, or the client stops sending (a
+                    // TLS client waits for an answer after its hello).
+                    while !head.ends_with(b"\r\n\r\n") {
+                        let read = stream.read(&mut byte);
+                        match tokio::time::timeout(Duration::from_millis(300), read).await {
+                            Ok(Ok(1)) => head.push(byte[0]),
+                            _ => break,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    seen.lock().unwrap().push(head);
+                    let _ = stream.write_all(answer(&path, port).as_bytes()).await;
+                    let _ = stream.shutdown().await;
+                }
+            });
+            Self { port, asked }
+        }
+
+        fn heads(&self) -> Vec<String> {
+            self.asked.lock().unwrap().clone()
+        }
+    }
+
+    fn ok(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    fn redirect(to: &str) -> String {
+        format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+    }
+
+    /// A port with nothing listening on it.
+    async fn closed_port() -> u16 {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn host() -> DomainName {
+        DomainName::parse("site.test.example").unwrap()
+    }
+
+    async fn fetch(https: u16, http: u16) -> Result<Fetched, CheckFailed> {
+        let tls = crate::verification::Verifier::new(Default::default())
+            .unwrap()
+            .fetch
+            .tls;
+        let config = FetchConfig {
+            ports: Ports { https, http },
+            tls,
+            max_body: 16,
+            max_redirects: 2,
+        };
+        well_known(&host(), &[IpAddr::V4(Ipv4Addr::LOCALHOST)], &config).await
+    }
+
+    #[tokio::test]
+    async fn https_that_cannot_connect_falls_back_to_http_with_the_domain_as_host() {
+        let site = Site::start(|_, _| ok("the token")).await;
+        let fetched = fetch(closed_port().await, site.port).await.unwrap();
+        assert_eq!(fetched.body, b"the token");
+        let heads = site.heads();
+        assert!(heads[0].starts_with(&format!("GET {WELL_KNOWN_PATH} HTTP/1.1")), "{heads:?}");
+        let want = format!("host: site.test.example:{}", site.port);
+        assert!(heads[0].to_ascii_lowercase().contains(&want), "{heads:?}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_unreachable_and_a_404_is_not_found() {
+        let failed = fetch(closed_port().await, closed_port().await).await.unwrap_err();
+        assert_eq!(failed.reason, FailureReason::Unreachable, "{failed:?}");
+        assert!(failed.detail.contains("https could not connect"), "{failed:?}");
+        assert!(failed.detail.contains("http could not connect"), "{failed:?}");
+        let site = Site::start(|_, _| {
+            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()
+        })
+        .await;
+        let failed = fetch(closed_port().await, site.port).await.unwrap_err();
+        assert_eq!(failed.reason, FailureReason::NotFound, "{failed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_past_the_cap_is_too_large_announced_or_not() {
+        let exact = Site::start(|_, _| ok(&"x".repeat(16))).await;
+        assert_eq!(fetch(closed_port().await, exact.port).await.unwrap().body.len(), 16);
+        let announced = Site::start(|_, _| ok(&"x".repeat(17))).await;
+        let failed = fetch(closed_port().await, announced.port).await.unwrap_err();
+        assert_eq!(failed.reason, FailureReason::TooLarge, "{failed:?}");
+        // No length given: reading stops at the first byte past the cap.
+        let streamed = Site::start(|_, _| {
+            format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}", "x".repeat(100_000))
+        })
+        .await;
+        let failed = fetch(closed_port().await, streamed.port).await.unwrap_err();
+        assert_eq!(failed.reason, FailureReason::TooLarge, "{failed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_same_host_redirect_is_followed_a_bounded_number_of_times() {
+        let site = Site::start(|path, port| match path {
+            WELL_KNOWN_PATH => redirect("/moved"),
+            "/moved" => redirect(&format!("http://SITE.test.example:{port}/final?x=1")),
+            _ => ok("the token"),
+        })
+        .await;
+        let fetched = fetch(closed_port().await, site.port).await.unwrap();
+        assert_eq!(fetched.body, b"the token");
+        assert_eq!(fetched.url.path(), "/final");
+        assert_eq!(site.heads().len(), 3);
+
+        let looping = Site::start(|_, _| redirect("/again")).await;
+        let failed = fetch(closed_port().await, looping.port).await.unwrap_err();
+        assert_eq!(
+            failed.reason,
+            FailureReason::Other("it redirected more than 2 times".into())
+        );
+        assert_eq!(looping.heads().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_host_or_an_address_ends_the_check() {
+        for to in [
+            "https://elsewhere.example/.well-known/trafficbuster-verification.txt",
+            "//sub.site.test.example/x",
+            "http://127.0.0.1/x",
+        ] {
+            let site = Site::start(move |_, _| redirect(to)).await;
+            let failed = fetch(closed_port().await, site.port).await.unwrap_err();
+            assert_eq!(failed.reason, FailureReason::RedirectToOtherHost, "{to}: {failed:?}");
+            assert_eq!(site.heads().len(), 1, "{to}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_that_does_not_speak_tls_is_a_tls_error_not_a_fallback() {
+        let plain = Site::start(|_, _| ok("the token")).await;
+        let http = Site::start(|_, _| ok("the token")).await;
+        let failed = fetch(plain.port, http.port).await.unwrap_err();
+        assert_eq!(failed.reason, FailureReason::TlsError, "{failed:?}");
+        assert!(http.heads().is_empty());
+    }
+}
