@@ -21,6 +21,9 @@ pub struct DomainsView;
 
 pub const TABLE: &str = "view_domains";
 
+/// The view's name, as its checkpoint is kept under.
+pub const NAME: &str = "domains";
+
 /// The account of an allow-listing's row.
 pub const ALL_ACCOUNTS: &str = "";
 
@@ -43,7 +46,7 @@ const SCHEMA: &[&str] = &["CREATE TABLE view_domains (
 
 impl Projection for DomainsView {
     fn name(&self) -> &'static str {
-        "domains"
+        NAME
     }
 
     // 2: the last failure as JSON, with when it was recorded.

@@ -60,7 +60,11 @@ pub struct MutationRoot(
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(session::SessionSubscription, audit::AuditSubscription);
+pub struct SubscriptionRoot(
+    session::SessionSubscription,
+    audit::AuditSubscription,
+    target_domain::TargetDomainSubscription,
+);
 
 /// Who may administer accounts, licences and sessions.
 pub const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
