@@ -553,14 +553,7 @@ fn listing_from(row: &Row, now: OffsetDateTime) -> async_graphql::Result<DomainL
     };
     Ok(DomainListing {
         cursor: cursor_of(&domain, &account),
-        status: match status.as_str() {
-            "claimed" => DomainStatus::Claimed,
-            "verified" if expires_at.is_some_and(|at| at <= now) => DomainStatus::Expired,
-            "verified" => DomainStatus::Verified,
-            "failed" => DomainStatus::Failed,
-            "allow_listed" => DomainStatus::AllowListed,
-            other => return Err(row_err(format!("unknown domain status {other:?}"))),
-        },
+        status: status_at(&status, expires_at, now)?,
         domain,
         account: (account != ALL_ACCOUNTS).then_some(account),
         method,
@@ -573,6 +566,23 @@ fn listing_from(row: &Row, now: OffsetDateTime) -> async_graphql::Result<DomainL
     })
 }
 
+/// The status the view stored, as it stands at `now`: a verification
+/// counts until its expiry, excluded (as consent judges it).
+fn status_at(
+    stored: &str,
+    expires_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> async_graphql::Result<DomainStatus> {
+    Ok(match stored {
+        "claimed" => DomainStatus::Claimed,
+        "verified" if expires_at.is_some_and(|at| at <= now) => DomainStatus::Expired,
+        "verified" => DomainStatus::Verified,
+        "failed" => DomainStatus::Failed,
+        "allow_listed" => DomainStatus::AllowListed,
+        other => return Err(row_err(format!("unknown domain status {other:?}"))),
+    })
+}
+
 impl Coded for TargetDomainError {
     fn code(&self) -> Code {
         match self {
@@ -580,5 +590,27 @@ impl Coded for TargetDomainError {
             TargetDomainError::NotClaimed(_) => Code::NotFound,
             TargetDomainError::ValidityNotInFuture(_) => Code::Validation,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_verification_shows_expired_from_its_expiry_on() {
+        let now = OffsetDateTime::now_utc();
+        let status = |expires: OffsetDateTime| status_at("verified", Some(expires), now).unwrap();
+        assert_eq!(status(now + Duration::seconds(1)), DomainStatus::Verified);
+        assert_eq!(status(now), DomainStatus::Expired);
+        assert_eq!(status(now - Duration::days(1)), DomainStatus::Expired);
+        // Other statuses show as stored.
+        assert_eq!(
+            status_at("failed", None, now).unwrap(),
+            DomainStatus::Failed
+        );
+        assert!(status_at("gone", None, now).is_err());
     }
 }
