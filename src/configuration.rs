@@ -210,16 +210,16 @@ impl Settings {
                  is {d}; give 1 to {MAX_VALID_DAYS} days"
             ),
         };
-        let port = |flag: Option<u16>, file: Option<u16>, default: u16, name: &str| {
-            match flag.or(file) {
-                None => Ok(default),
-                Some(0) => bail!(
-                    "verification_{name}_port (--verification-{name}-port / TB_VERIFICATION_{}_PORT) \
+        let port = |flag: Option<u16>, file: Option<u16>, default: u16, name: &str| match flag
+            .or(file)
+        {
+            None => Ok(default),
+            Some(0) => bail!(
+                "verification_{name}_port (--verification-{name}-port / TB_VERIFICATION_{}_PORT) \
                      must be 1 to 65535",
-                    name.to_ascii_uppercase()
-                ),
-                Some(p) => Ok(p),
-            }
+                name.to_ascii_uppercase()
+            ),
+            Some(p) => Ok(p),
         };
         Ok(VerificationSettings {
             allow_private_addresses: args
@@ -408,7 +408,13 @@ mod tests {
         assert_eq!(v.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
         assert_eq!(v.valid_for, time::Duration::days(7));
         assert!(!v.allow_private_addresses);
-        assert_eq!(v.ports, Ports { https: 8443, http: 8080 });
+        assert_eq!(
+            v.ports,
+            Ports {
+                https: 8443,
+                http: 8080
+            }
+        );
         let defaults = Settings::resolve(&global(None, None)).unwrap();
         assert_eq!(
             defaults.verification(&VerificationArgs::default()).unwrap(),

@@ -212,7 +212,10 @@ fn assert_verified(row: &Value, method: &str, days: i64) {
 fn assert_failed(row: &Value, method: &str, reason: &str) {
     assert_eq!(row["status"], "FAILED", "{row}");
     assert!(row["method"].is_null(), "{row}");
-    assert!(row["verifiedAt"].is_null() && row["expiresAt"].is_null(), "{row}");
+    assert!(
+        row["verifiedAt"].is_null() && row["expiresAt"].is_null(),
+        "{row}"
+    );
     let failure = &row["lastFailure"];
     assert_eq!(failure["method"], method, "{row}");
     assert_eq!(failure["reason"], reason, "{row}");
@@ -221,6 +224,28 @@ fn assert_failed(row: &Value, method: &str, reason: &str) {
         "{row}"
     );
 }
+
+/// One check: a name resolving to `address`, set up by `setup(name,
+/// token)` once its token is known, verified by `method`.
+struct Case<'a> {
+    name: &'static str,
+    address: Ipv4Addr,
+    setup: Setup<'a>,
+    method: Option<&'static str>,
+    expect: Expect,
+}
+
+/// Serves what a case needs: `(name, token)`.
+type Setup<'a> = Box<dyn Fn(&str, &str) + 'a>;
+
+/// What the check must conclude.
+enum Expect {
+    /// Verified by this method.
+    Verified(&'static str),
+    /// Failed by this method, for this reason.
+    Failed(&'static str, &'static str),
+}
+use Expect::{Failed, Verified};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
@@ -245,81 +270,96 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
     let mut bob_ws = ws_connect(&app.addr, "graphql-transport-ws", &bob).await;
     subscribe(&mut bob_ws).await;
 
-    // Each case: its name, how it is set up once the token is known, the
-    // method asked for, and what the check must conclude.
-    type Setup<'a> = Box<dyn Fn(&str, &str) + 'a>;
-    let cases: Vec<(&str, Setup<'_>, Option<&str>, Result<&str, (&str, &str)>)> = vec![
-        (
-            "ok.tb-test.example",
-            Box::new(|name, token| site.serve(name, ok(&format!("\n  {token}\n")))),
-            None,
-            Ok("WELL_KNOWN"),
-        ),
-        (
-            "wrong.tb-test.example",
-            Box::new(|name, _| site.serve(name, ok(&"another-token-".repeat(4)))),
-            Some("WELL_KNOWN"),
-            Err(("WELL_KNOWN", "WRONG_TOKEN")),
-        ),
-        (
-            "missing.tb-test.example",
-            Box::new(|_, _| {}),
-            Some("WELL_KNOWN"),
-            Err(("WELL_KNOWN", "NOT_FOUND")),
-        ),
-        (
-            "moved.tb-test.example",
-            Box::new(|name, _| {
+    let site_ip = Ipv4Addr::LOCALHOST;
+    let cases = [
+        Case {
+            name: "ok.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, token| site.serve(name, ok(&format!("\n  {token}\n")))),
+            method: None,
+            expect: Verified("WELL_KNOWN"),
+        },
+        Case {
+            name: "wrong.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, _| site.serve(name, ok(&"another-token-".repeat(4)))),
+            method: Some("WELL_KNOWN"),
+            expect: Failed("WELL_KNOWN", "WRONG_TOKEN"),
+        },
+        Case {
+            name: "missing.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|_, _| {}),
+            method: Some("WELL_KNOWN"),
+            expect: Failed("WELL_KNOWN", "NOT_FOUND"),
+        },
+        Case {
+            name: "moved.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, _| {
                 let elsewhere = format!("https://elsewhere.example{WELL_KNOWN}");
                 site.serve(
                     name,
-                    format!("HTTP/1.1 302 Found\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\n\r\n"),
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {elsewhere}\r\nContent-Length: 0\r\n\r\n"
+                    ),
                 );
                 dns.a("elsewhere.example", Ipv4Addr::LOCALHOST);
             }),
-            Some("WELL_KNOWN"),
-            Err(("WELL_KNOWN", "REDIRECT_TO_OTHER_HOST")),
-        ),
-        (
-            "txt.tb-test.example",
-            Box::new(|name, token| dns.txt(&format!("_trafficbuster.{name}"), token)),
-            Some("DNS_TXT"),
-            Ok("DNS_TXT"),
-        ),
-        (
-            "badtxt.tb-test.example",
-            Box::new(|name, _| dns.txt(&format!("_trafficbuster.{name}"), "v=spf1 -all")),
-            Some("DNS_TXT"),
-            Err(("DNS_TXT", "WRONG_TOKEN")),
-        ),
-        (
+            method: Some("WELL_KNOWN"),
+            expect: Failed("WELL_KNOWN", "REDIRECT_TO_OTHER_HOST"),
+        },
+        Case {
+            // A loopback address where nothing listens.
+            name: "down.tb-test.example",
+            address: Ipv4Addr::new(127, 0, 0, 2),
+            setup: Box::new(|_, _| {}),
+            method: None,
+            expect: Failed("WELL_KNOWN", "UNREACHABLE"),
+        },
+        Case {
+            name: "txt.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, token| dns.txt(&format!("_trafficbuster.{name}"), token)),
+            method: Some("DNS_TXT"),
+            expect: Verified("DNS_TXT"),
+        },
+        Case {
+            name: "badtxt.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, _| dns.txt(&format!("_trafficbuster.{name}"), "v=spf1 -all")),
+            method: Some("DNS_TXT"),
+            expect: Failed("DNS_TXT", "WRONG_TOKEN"),
+        },
+        Case {
             // No file (404), but the TXT record: without a method, the
             // well-known file is tried, then the record.
-            "either.tb-test.example",
-            Box::new(|name, token| dns.txt(&format!("_trafficbuster.{name}"), token)),
-            None,
-            Ok("DNS_TXT"),
-        ),
+            name: "either.tb-test.example",
+            address: site_ip,
+            setup: Box::new(|name, token| dns.txt(&format!("_trafficbuster.{name}"), token)),
+            method: None,
+            expect: Verified("DNS_TXT"),
+        },
     ];
-    // Every name but one resolves to the site; "down" resolves to a
-    // loopback address where nothing listens.
-    for (name, ..) in &cases {
-        dns.a(name, Ipv4Addr::LOCALHOST);
-    }
-    dns.a("down.tb-test.example", Ipv4Addr::new(127, 0, 0, 2));
-    let cases = cases.into_iter().chain([(
-        "down.tb-test.example",
-        Box::new(|_: &str, _: &str| {}) as Setup,
-        None,
-        Err(("WELL_KNOWN", "UNREACHABLE")),
-    )]);
 
     let mut rows = Vec::new();
-    for (name, setup, method, expected) in cases {
+    for Case {
+        name,
+        address,
+        setup,
+        method,
+        expect,
+    } in cases
+    {
+        dns.a(name, address);
         let token = claim(&app, &ada, name).await;
         let claimed = next_change(&mut ada_ws).await;
         assert_eq!(
-            (&claimed["domain"], &claimed["account"], &claimed["row"]["status"]),
+            (
+                &claimed["domain"],
+                &claimed["account"],
+                &claimed["row"]["status"]
+            ),
             (&json!(name), &json!("ada"), &json!("CLAIMED")),
             "{claimed}"
         );
@@ -327,9 +367,9 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
         let r = verify(&app, &ada, name, method, None).await;
         let row = r["data"]["verifyDomain"].clone();
         assert_eq!(row["domain"], name, "{r}");
-        match expected {
-            Ok(method) => assert_verified(&row, method, 7),
-            Err((method, reason)) => assert_failed(&row, method, reason),
+        match expect {
+            Verified(method) => assert_verified(&row, method, 7),
+            Failed(method, reason) => assert_failed(&row, method, reason),
         }
         assert!(
             !row.to_string().contains(&token),
@@ -364,7 +404,10 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
     assert_eq!(code(&r), "NOT_FOUND", "{r}");
     let r = verify(&app, &root, "ok.tb-test.example", None, Some("ada")).await;
     assert_verified(&r["data"]["verifyDomain"], "WELL_KNOWN", 7);
-    assert_eq!(next_change(&mut ada_ws).await["row"], r["data"]["verifyDomain"]);
+    assert_eq!(
+        next_change(&mut ada_ws).await["row"],
+        r["data"]["verifyDomain"]
+    );
 
     // Bob saw none of Ada's changes: his first is his own claim.
     claim(&app, &bob, "bobs.tb-test.example").await;

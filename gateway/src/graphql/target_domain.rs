@@ -330,7 +330,9 @@ impl TargetDomainMutation {
         }
         listing(app, domain.as_str(), account.as_str())
             .await?
-            .ok_or_else(|| error::internal("the verified claim is not in the domains view", &domain))
+            .ok_or_else(|| {
+                error::internal("the verified claim is not in the domains view", &domain)
+            })
     }
 
     /// Allows traffic to a domain for every account without verification
@@ -401,7 +403,11 @@ impl TargetDomainSubscription {
 }
 
 /// The row `event` changed, if `p` may see it, once the view shows it.
-async fn change(app: &AppState, p: &Principal, event: &RecordedEvent) -> Option<DomainStatusChange> {
+async fn change(
+    app: &AppState,
+    p: &Principal,
+    event: &RecordedEvent,
+) -> Option<DomainStatusChange> {
     let domain = event.stream_id.as_str().strip_prefix(STREAM_PREFIX)?;
     let decoded = app.handler.registry().decode::<TargetDomainEvent>(event);
     let account = match decoded {
@@ -422,7 +428,10 @@ async fn change(app: &AppState, p: &Principal, event: &RecordedEvent) -> Option<
         return None;
     }
     if !view_reached(app, domains_view::NAME, event.position).await {
-        tracing::warn!(domain, "domainStatusChanged: the domains view has not caught up");
+        tracing::warn!(
+            domain,
+            "domainStatusChanged: the domains view has not caught up"
+        );
         return None;
     }
     let row = match listing(app, domain, &account).await {

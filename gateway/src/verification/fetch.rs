@@ -386,7 +386,9 @@ mod tests {
     }
 
     fn redirect(to: &str) -> String {
-        format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
     }
 
     /// A port with nothing listening on it.
@@ -419,21 +421,30 @@ mod tests {
         let fetched = fetch(closed_port().await, site.port).await.unwrap();
         assert_eq!(fetched.body, b"the token");
         let heads = site.heads();
-        assert!(heads[0].starts_with(&format!("GET {WELL_KNOWN_PATH} HTTP/1.1")), "{heads:?}");
+        assert!(
+            heads[0].starts_with(&format!("GET {WELL_KNOWN_PATH} HTTP/1.1")),
+            "{heads:?}"
+        );
         let want = format!("host: site.test.example:{}", site.port);
         assert!(heads[0].to_ascii_lowercase().contains(&want), "{heads:?}");
     }
 
     #[tokio::test]
     async fn nothing_listening_is_unreachable_and_a_404_is_not_found() {
-        let failed = fetch(closed_port().await, closed_port().await).await.unwrap_err();
+        let failed = fetch(closed_port().await, closed_port().await)
+            .await
+            .unwrap_err();
         assert_eq!(failed.reason, FailureReason::Unreachable, "{failed:?}");
-        assert!(failed.detail.contains("https could not connect"), "{failed:?}");
-        assert!(failed.detail.contains("http could not connect"), "{failed:?}");
-        let site = Site::start(|_, _| {
-            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()
-        })
-        .await;
+        assert!(
+            failed.detail.contains("https could not connect"),
+            "{failed:?}"
+        );
+        assert!(
+            failed.detail.contains("http could not connect"),
+            "{failed:?}"
+        );
+        let site =
+            Site::start(|_, _| "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".into()).await;
         let failed = fetch(closed_port().await, site.port).await.unwrap_err();
         assert_eq!(failed.reason, FailureReason::NotFound, "{failed:?}");
     }
@@ -441,13 +452,25 @@ mod tests {
     #[tokio::test]
     async fn a_body_past_the_cap_is_too_large_announced_or_not() {
         let exact = Site::start(|_, _| ok(&"x".repeat(16))).await;
-        assert_eq!(fetch(closed_port().await, exact.port).await.unwrap().body.len(), 16);
+        assert_eq!(
+            fetch(closed_port().await, exact.port)
+                .await
+                .unwrap()
+                .body
+                .len(),
+            16
+        );
         let announced = Site::start(|_, _| ok(&"x".repeat(17))).await;
-        let failed = fetch(closed_port().await, announced.port).await.unwrap_err();
+        let failed = fetch(closed_port().await, announced.port)
+            .await
+            .unwrap_err();
         assert_eq!(failed.reason, FailureReason::TooLarge, "{failed:?}");
         // No length given: reading stops at the first byte past the cap.
         let streamed = Site::start(|_, _| {
-            format!("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}", "x".repeat(100_000))
+            format!(
+                "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{}",
+                "x".repeat(100_000)
+            )
         })
         .await;
         let failed = fetch(closed_port().await, streamed.port).await.unwrap_err();
@@ -485,7 +508,11 @@ mod tests {
         ] {
             let site = Site::start(move |_, _| redirect(to)).await;
             let failed = fetch(closed_port().await, site.port).await.unwrap_err();
-            assert_eq!(failed.reason, FailureReason::RedirectToOtherHost, "{to}: {failed:?}");
+            assert_eq!(
+                failed.reason,
+                FailureReason::RedirectToOtherHost,
+                "{to}: {failed:?}"
+            );
             assert_eq!(site.heads().len(), 1, "{to}");
         }
     }

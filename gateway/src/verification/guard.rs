@@ -11,7 +11,10 @@ use ipnet::{Ipv4Net, Ipv6Net};
 const V4: &[(Ipv4Net, &str)] = &[
     (v4(0, 0, 0, 0, 8), "\"this network\" (0.0.0.0/8)"),
     (v4(10, 0, 0, 0, 8), "private (10.0.0.0/8)"),
-    (v4(100, 64, 0, 0, 10), "shared carrier-grade NAT (100.64.0.0/10)"),
+    (
+        v4(100, 64, 0, 0, 10),
+        "shared carrier-grade NAT (100.64.0.0/10)",
+    ),
     (v4(127, 0, 0, 0, 8), "loopback (127.0.0.0/8)"),
     (
         v4(169, 254, 0, 0, 16),
@@ -23,7 +26,10 @@ const V4: &[(Ipv4Net, &str)] = &[
         "reserved for protocol assignments (192.0.0.0/24)",
     ),
     (v4(192, 0, 2, 0, 24), "documentation (192.0.2.0/24)"),
-    (v4(192, 88, 99, 0, 24), "6to4 relay anycast (192.88.99.0/24)"),
+    (
+        v4(192, 88, 99, 0, 24),
+        "6to4 relay anycast (192.88.99.0/24)",
+    ),
     (v4(192, 168, 0, 0, 16), "private (192.168.0.0/16)"),
     (v4(198, 18, 0, 0, 15), "benchmarking (198.18.0.0/15)"),
     (v4(198, 51, 100, 0, 24), "documentation (198.51.100.0/24)"),
@@ -45,17 +51,38 @@ const V6: &[(Ipv6Net, &str)] = &[
         v6([0, 0, 0, 0, 0, 0, 0, 0], 96),
         "IPv4-compatible, deprecated (::/96)",
     ),
-    (v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48), "local-use NAT64 (64:ff9b:1::/48)"),
-    (v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), "discard-only (100::/64)"),
+    (
+        v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48),
+        "local-use NAT64 (64:ff9b:1::/48)",
+    ),
+    (
+        v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64),
+        "discard-only (100::/64)",
+    ),
     (
         v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),
         "reserved for protocol assignments, Teredo among them (2001::/23)",
     ),
-    (v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32), "documentation (2001:db8::/32)"),
-    (v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20), "documentation (3fff::/20)"),
-    (v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16), "segment routing (5f00::/16)"),
-    (v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7), "unique local (fc00::/7)"),
-    (v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10), "link-local (fe80::/10)"),
+    (
+        v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),
+        "documentation (2001:db8::/32)",
+    ),
+    (
+        v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),
+        "documentation (3fff::/20)",
+    ),
+    (
+        v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16),
+        "segment routing (5f00::/16)",
+    ),
+    (
+        v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7),
+        "unique local (fc00::/7)",
+    ),
+    (
+        v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10),
+        "link-local (fe80::/10)",
+    ),
     (
         v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10),
         "site-local, deprecated (fec0::/10)",
