@@ -225,11 +225,11 @@ fn assert_failed(row: &Value, method: &str, reason: &str) {
     );
 }
 
-/// One check: a name resolving to `address`, set up by `setup(name,
+/// One check: a name resolving to `address` (or to nothing), set up by `setup(name,
 /// token)` once its token is known, verified by `method`.
 struct Case<'a> {
     name: &'static str,
-    address: Ipv4Addr,
+    address: Option<Ipv4Addr>,
     setup: Setup<'a>,
     method: Option<&'static str>,
     expect: Expect,
@@ -270,7 +270,7 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
     let mut bob_ws = ws_connect(&app.addr, "graphql-transport-ws", &bob).await;
     subscribe(&mut bob_ws).await;
 
-    let site_ip = Ipv4Addr::LOCALHOST;
+    let site_ip = Some(Ipv4Addr::LOCALHOST);
     let cases = [
         Case {
             name: "ok.tb-test.example",
@@ -312,10 +312,19 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
         Case {
             // A loopback address where nothing listens.
             name: "down.tb-test.example",
-            address: Ipv4Addr::new(127, 0, 0, 2),
+            address: Some(Ipv4Addr::new(127, 0, 0, 2)),
             setup: Box::new(|_, _| {}),
             method: None,
             expect: Failed("WELL_KNOWN", "UNREACHABLE"),
+        },
+        Case {
+            // Unknown to DNS: the address lookup fails, which says more
+            // than the missing TXT record.
+            name: "unknown.tb-test.example",
+            address: None,
+            setup: Box::new(|_, _| {}),
+            method: None,
+            expect: Failed("WELL_KNOWN", "DNS_ERROR"),
         },
         Case {
             name: "txt.tb-test.example",
@@ -351,7 +360,9 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
         expect,
     } in cases
     {
-        dns.a(name, address);
+        if let Some(address) = address {
+            dns.a(name, address);
+        }
         let token = claim(&app, &ada, name).await;
         let claimed = next_change(&mut ada_ws).await;
         assert_eq!(

@@ -72,15 +72,15 @@ impl Dns {
             .resolver
             .lookup_ip(fqdn(domain.as_str()))
             .await
-            .map_err(|e| {
-                let detail = if e.is_nx_domain() || e.is_no_records_found() {
-                    format!("{domain} has no address")
-                } else {
-                    format!("looking up {domain}: {e}")
-                };
-                CheckFailed::new(FailureReason::DnsError, detail)
-            })?;
-        Ok(lookup.iter().collect())
+            .map_err(|e| failed(&e, format!("looking up {domain}")))?;
+        let addrs: Vec<IpAddr> = lookup.iter().collect();
+        if addrs.is_empty() {
+            return Err(CheckFailed::new(
+                FailureReason::DnsError,
+                format!("{domain} has no address"),
+            ));
+        }
+        Ok(addrs)
     }
 
     /// The TXT records at `name`, each record's strings joined (as a long
@@ -104,11 +104,22 @@ impl Dns {
                 FailureReason::NotFound,
                 format!("no TXT record at {name}"),
             )),
-            Err(e) => Err(CheckFailed::new(
-                FailureReason::DnsError,
-                format!("looking up the TXT record at {name}: {e}"),
-            )),
+            Err(e) => Err(failed(&e, format!("looking up the TXT record at {name}"))),
         }
+    }
+}
+
+/// Why a lookup failed: nothing there, no answer in time, or else.
+fn failed(e: &NetError, what: String) -> CheckFailed {
+    if e.is_nx_domain() || e.is_no_records_found() {
+        CheckFailed::new(FailureReason::DnsError, format!("{what}: no such record"))
+    } else if matches!(e, NetError::Timeout) {
+        CheckFailed::new(
+            FailureReason::Timeout,
+            format!("{what}: the DNS server did not answer"),
+        )
+    } else {
+        CheckFailed::new(FailureReason::DnsError, format!("{what}: {e}"))
     }
 }
 

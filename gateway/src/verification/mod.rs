@@ -108,6 +108,12 @@ impl Verifier {
         .with_root_certificates(roots)
         .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if settings.allow_private_addresses {
+            tracing::warn!(
+                "domain verification may connect to loopback and private addresses \
+                 (verification_allow_private_addresses): for tests and private networks only"
+            );
+        }
         Ok(Self {
             dns: Dns::new(settings.dns_server)?,
             fetch: FetchConfig {
@@ -151,7 +157,7 @@ impl Verifier {
                 ((WellKnown, file), (DnsTxt, txt))
             };
         chosen.detail = format!(
-            "{}; {other_method} also failed: {} ({})",
+            "{}; the check of {other_method} also failed: {} ({})",
             chosen.detail, other.reason, other.detail
         );
         (method, Err(chosen))
