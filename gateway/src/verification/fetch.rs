@@ -332,8 +332,10 @@ mod tests {
     use std::net::Ipv4Addr;
     use std::sync::Mutex;
 
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
+    use tokio_rustls::TlsAcceptor;
 
     use super::*;
 
@@ -345,29 +347,46 @@ mod tests {
     }
 
     impl Site {
-        async fn start(answer: impl Fn(&str, u16) -> String + Send + 'static) -> Self {
+        async fn start(answer: impl Fn(&str, u16) -> String + Send + Sync + 'static) -> Self {
+            Self::serve(None, answer).await
+        }
+
+        /// The site over TLS, with `cert` for `key`.
+        async fn start_tls(
+            cert: CertificateDer<'static>,
+            key: &rcgen::KeyPair,
+            answer: impl Fn(&str, u16) -> String + Send + Sync + 'static,
+        ) -> Self {
+            let key = PrivateKeyDer::Pkcs8(key.serialize_der().into());
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+            Self::serve(Some(TlsAcceptor::from(Arc::new(config))), answer).await
+        }
+
+        async fn serve(
+            tls: Option<TlsAcceptor>,
+            answer: impl Fn(&str, u16) -> String + Send + Sync + 'static,
+        ) -> Self {
             let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
             let port = listener.local_addr().unwrap().port();
             let asked = Arc::new(Mutex::new(Vec::new()));
             let seen = asked.clone();
             tokio::spawn(async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    // Until the head ends, or the client stops sending (a
-                    // TLS client waits for an answer after its hello).
-                    while !head.ends_with(b"\r\n\r\n") {
-                        let read = stream.read(&mut byte);
-                        match tokio::time::timeout(Duration::from_millis(300), read).await {
-                            Ok(Ok(1)) => head.push(byte[0]),
-                            _ => break,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
-                    let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                while let Ok((stream, _)) = listener.accept().await {
+                    let head = match &tls {
+                        None => reply(stream, |path| answer(path, port)).await,
+                        Some(tls) => match tls.accept(stream).await {
+                            Ok(stream) => reply(stream, |path| answer(path, port)).await,
+                            Err(e) => format!("TLS refused: {e}"),
+                        },
+                    };
                     seen.lock().unwrap().push(head);
-                    let _ = stream.write_all(answer(&path, port).as_bytes()).await;
-                    let _ = stream.shutdown().await;
                 }
             });
             Self { port, asked }
@@ -376,6 +395,29 @@ mod tests {
         fn heads(&self) -> Vec<String> {
             self.asked.lock().unwrap().clone()
         }
+    }
+
+    /// Reads a request's head and writes `answer(path)`; returns the head.
+    async fn reply<S: AsyncRead + AsyncWrite + Unpin>(
+        mut stream: S,
+        answer: impl Fn(&str) -> String,
+    ) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        // Until the head ends, or the client stops sending (a TLS client
+        // waits for an answer after its hello).
+        while !head.ends_with(b"\r\n\r\n") {
+            let read = stream.read(&mut byte);
+            match tokio::time::timeout(Duration::from_millis(300), read).await {
+                Ok(Ok(1)) => head.push(byte[0]),
+                _ => break,
+            }
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let path = head.split_whitespace().nth(1).unwrap_or("");
+        let _ = stream.write_all(answer(path).as_bytes()).await;
+        let _ = stream.shutdown().await;
+        head
     }
 
     fn ok(body: &str) -> String {
@@ -406,6 +448,14 @@ mod tests {
             .unwrap()
             .fetch
             .tls;
+        fetch_trusting(tls, https, http).await
+    }
+
+    async fn fetch_trusting(
+        tls: Arc<ClientConfig>,
+        https: u16,
+        http: u16,
+    ) -> Result<Fetched, CheckFailed> {
         let config = FetchConfig {
             ports: Ports { https, http },
             tls,
@@ -523,6 +573,49 @@ mod tests {
         let http = Site::start(|_, _| ok("the token")).await;
         let failed = fetch(plain.port, http.port).await.unwrap_err();
         assert_eq!(failed.reason, FailureReason::TlsError, "{failed:?}");
+        assert!(http.heads().is_empty());
+    }
+
+    /// A client that trusts only `cert` (a test's own certificate).
+    fn trusting(cert: CertificateDer<'static>) -> Arc<ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let config =
+            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    #[tokio::test]
+    async fn https_is_spoken_to_the_domain_by_name_and_a_certificate_for_another_fails() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = |name: &str| {
+            rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap()
+                .der()
+                .clone()
+        };
+        let ours = cert("site.test.example");
+        let site = Site::start_tls(ours.clone(), &key, |_, _| ok("the token")).await;
+        let fetched = fetch_trusting(trusting(ours), site.port, closed_port().await)
+            .await
+            .unwrap();
+        assert_eq!(fetched.body, b"the token");
+        assert_eq!(fetched.url.scheme(), "https");
+
+        let theirs = cert("elsewhere.example");
+        let site = Site::start_tls(theirs.clone(), &key, |_, _| ok("the token")).await;
+        let http = Site::start(|_, _| ok("the token")).await;
+        let failed = fetch_trusting(trusting(theirs), site.port, http.port)
+            .await
+            .unwrap_err();
+        assert_eq!(failed.reason, FailureReason::TlsError, "{failed:?}");
+        assert!(failed.detail.contains("certificate"), "{failed:?}");
         assert!(http.heads().is_empty());
     }
 }
