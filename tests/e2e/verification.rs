@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::dns_server::DnsServer;
 use crate::graphql::{Ws, ws_connect, ws_next};
-use crate::helpers::{PASSWORD, TestApp, code, spawn_app};
+use crate::helpers::{PASSWORD, TestApp, TestStore, code, spawn_app};
 use crate::safe_mode::create_account;
 
 const WELL_KNOWN: &str = "/.well-known/trafficbuster-verification.txt";
@@ -126,7 +126,7 @@ async fn closed_port() -> u16 {
 
 /// A gateway that resolves through `dns` and fetches well-known files
 /// from `site` (HTTPS on a closed port, so plain HTTP after it).
-async fn gateway(dns: &DnsServer, site: &Site, extra: &[&str]) -> TestApp {
+async fn gateway(dns: &DnsServer, site: &Site, store: TestStore, extra: &[&str]) -> TestApp {
     let dns_addr = dns.addr.to_string();
     let https = closed_port().await.to_string();
     let http = site.port.to_string();
@@ -139,7 +139,7 @@ async fn gateway(dns: &DnsServer, site: &Site, extra: &[&str]) -> TestApp {
         &http,
     ];
     flags.extend_from_slice(extra);
-    spawn_app().flags(&flags).await
+    spawn_app().store(store).flags(&flags).await
 }
 
 async fn claim(app: &TestApp, token: &str, domain: &str) -> String {
@@ -248,12 +248,25 @@ enum Expect {
 use Expect::{Failed, Verified};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
+async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live_on_sqlite() {
+    each_outcome_of_a_check_is_recorded_shown_and_pushed_live(TestStore::sqlite()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live_on_postgres() {
+    let test = "each_outcome_of_a_check_is_recorded_shown_and_pushed_live_on_postgres";
+    if let Some(store) = TestStore::postgres(test).await {
+        each_outcome_of_a_check_is_recorded_shown_and_pushed_live(store).await;
+    }
+}
+
+async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live(store: TestStore) {
     let dns = DnsServer::start().await;
     let site = Site::start().await;
-    let app = gateway(
+    let mut app = gateway(
         &dns,
         &site,
+        store,
         &[
             "--verification-allow-private-addresses",
             "true",
@@ -428,6 +441,8 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live() {
         (&json!("bobs.tb-test.example"), &json!("bob")),
         "{first}"
     );
+    app.terminate().await;
+    app.store.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -435,7 +450,7 @@ async fn with_private_addresses_refused_a_name_on_loopback_is_never_contacted() 
     let dns = DnsServer::start().await;
     let site = Site::start().await;
     // The default: private addresses refused.
-    let app = gateway(&dns, &site, &[]).await;
+    let app = gateway(&dns, &site, TestStore::sqlite(), &[]).await;
     app.with_accounts().await;
     let ada = app.token("ada", PASSWORD).await;
     let name = "local.tb-test.example";
