@@ -78,14 +78,22 @@ async fn follow(store: Arc<dyn EventStore>, tx: broadcast::Sender<Arc<RecordedEv
 /// How long a reader waits for a view to show an event it was told of.
 const VIEW_PATIENCE: Duration = Duration::from_secs(10);
 
-/// Waits until the view `view` holds every event up to `position` (its
-/// committed checkpoint, so this holds whichever gateway projects it);
-/// false if it has not within [`VIEW_PATIENCE`]. Wakes on this gateway's
-/// projection progress, and looks again every 100 ms anyway.
+/// Waits until the view `view` holds every event up to `position`: this
+/// gateway's projection says so, or the committed checkpoint does (which
+/// holds whichever gateway projects it); false if neither within
+/// [`VIEW_PATIENCE`]. Wakes on this gateway's projection progress, and
+/// looks again every 100 ms anyway.
 pub async fn view_reached(app: &AppState, view: &str, position: Position) -> bool {
     let mut progress = app.projections.clone();
     let deadline = tokio::time::Instant::now() + VIEW_PATIENCE;
     loop {
+        let here = progress
+            .borrow_and_update()
+            .get(view)
+            .is_some_and(|p| p.checkpoint >= position);
+        if here {
+            return true;
+        }
         match app.views.checkpoint(view).await {
             Ok(Some(checkpoint)) if checkpoint.position >= position => return true,
             Ok(_) => {}
