@@ -441,6 +441,26 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live(store: TestSt
         (&json!("bobs.tb-test.example"), &json!("bob")),
         "{first}"
     );
+
+    // An allow-listing, and its removal, reach every account.
+    let list = "mutation($d: String!) { allowListDomain(domain: $d, reason: \"staging\") }";
+    let unlist = "mutation($d: String!) { removeFromAllowList(domain: $d, reason: \"done\") }";
+    let staging = json!({ "d": "staging.tb-test.example" });
+    let r = app.gql(list, staging.clone(), Some(&root)).await;
+    assert_eq!(r["data"]["allowListDomain"], true, "{r}");
+    for ws in [&mut ada_ws, &mut bob_ws] {
+        let listed = next_change(ws).await;
+        assert_eq!(listed["domain"], "staging.tb-test.example", "{listed}");
+        assert!(listed["account"].is_null(), "{listed}");
+        assert_eq!(listed["row"]["status"], "ALLOW_LISTED", "{listed}");
+    }
+    let r = app.gql(unlist, staging, Some(&root)).await;
+    assert_eq!(r["data"]["removeFromAllowList"], true, "{r}");
+    for ws in [&mut ada_ws, &mut bob_ws] {
+        let removed = next_change(ws).await;
+        assert_eq!(removed["domain"], "staging.tb-test.example", "{removed}");
+        assert!(removed["row"].is_null(), "{removed}");
+    }
     app.terminate().await;
     app.store.cleanup().await;
 }
