@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod runner_link;
 pub mod startup;
 pub mod state;
+pub mod verification;
 pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};

@@ -28,6 +28,7 @@ use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
 use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
+use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
 use crate::{expiry, graphiql, health, metrics};
 
@@ -44,6 +45,8 @@ pub enum StartError {
     Engine(#[from] projections::EngineError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Verification(#[from] crate::verification::SetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -60,6 +63,8 @@ pub struct GatewayConfig {
     pub login_limits: LoginLimits,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
+    /// How domains are verified (DNS, the SSRF guard, how long it counts).
+    pub verification: VerificationSettings,
 }
 
 /// Every route the gateway serves.
@@ -237,6 +242,7 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new()?);
+        let verifier = Arc::new(Verifier::new(config.verification)?);
         let store: Arc<dyn store::EventStore> =
             Arc::new(Metered::new(backend.event_store(), metrics.clone()));
         let views = ViewStore::open(backend).await?;
@@ -265,6 +271,7 @@ impl Gateway {
             ws_connections: Arc::default(),
             fleet: Arc::default(),
             runner_terms: RunnerTerms::default(),
+            verifier,
         };
         let listener = TcpListener::bind(addr)
             .await

@@ -1,6 +1,7 @@
 //! What every request shares: the store, the command handler, sessions,
 //! login limits and the proxies trusted to name clients, the views and the
-//! projections' progress, the GraphQL schema and the open WebSockets. The
+//! projections' progress, the GraphQL schema, the open WebSockets and the
+//! domain verifier. The
 //! router's one state; GraphQL resolvers find it in each request's data.
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::runner_link::RunnerTerms;
 use crate::runner_link::fleet::Fleet;
+use crate::verification::Verifier;
 use crate::ws_limits::SessionConnections;
 
 #[derive(Clone)]
@@ -40,4 +42,6 @@ pub struct AppState {
     /// The runners connected to this gateway, and the terms they are given.
     pub fleet: Arc<Fleet>,
     pub runner_terms: RunnerTerms,
+    /// Checks that domains publish their claims' tokens.
+    pub verifier: Arc<Verifier>,
 }

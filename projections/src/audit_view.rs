@@ -224,14 +224,14 @@ mod tests {
     #[test]
     fn an_event_no_set_holds_is_summarized_by_its_type_and_stream() {
         let mut event = recorded(
-            "schedule-1",
+            "job-1",
             &LicenceEvent::LicenceRevoked(LicenceRevoked {
                 username: "ada".into(),
                 by: "root".into(),
             }),
         );
-        // A type from a later build (schedules are not built yet).
-        event.event_type = "ScheduleFired".into();
-        assert_eq!(summarize(&event), "ScheduleFired on schedule-1");
+        // A type no event set holds (JobStarted was one until jobs landed).
+        event.event_type = "SomethingNoSetHolds".into();
+        assert_eq!(summarize(&event), "SomethingNoSetHolds on job-1");
     }
 }

@@ -75,7 +75,9 @@ impl Queue {
         let (job, _) = *self.0.front()?;
         let mut flows = Vec::new();
         while flows.len() < n {
-            let Some((j, range)) = self.0.front_mut() else { break };
+            let Some((j, range)) = self.0.front_mut() else {
+                break;
+            };
             if *j != job {
                 break;
             }
@@ -187,7 +189,8 @@ impl Worker {
         loop {
             let mut config = self.config.clone();
             if !self.options.gateways.is_empty() {
-                config.url = self.options.gateways[self.gateway % self.options.gateways.len()].clone();
+                config.url =
+                    self.options.gateways[self.gateway % self.options.gateways.len()].clone();
             }
             match Connection::open(&config).await {
                 Ok(mut connection) => {
@@ -313,7 +316,9 @@ impl Worker {
                 self.totals.dropped += self.queue.forget(job, Some(&flows));
             }
             Notice::Drain { .. } => self.draining = true,
-            Notice::Error(e) => tracing::debug!(code = %e.code, message = %e.message, "gateway error"),
+            Notice::Error(e) => {
+                tracing::debug!(code = %e.code, message = %e.message, "gateway error")
+            }
         }
     }
 }
@@ -331,7 +336,10 @@ mod tests {
         let (a, b) = (JobId(Uuid::from_u128(1)), JobId(Uuid::from_u128(2)));
         let mut q = Queue::default();
         q.0.extend([(a, r(0, 3)), (a, r(5, 7)), (b, r(0, 2))]);
-        assert_eq!(q.take(4), Some((a, vec![FlowId(0), FlowId(1), FlowId(2), FlowId(5)])));
+        assert_eq!(
+            q.take(4),
+            Some((a, vec![FlowId(0), FlowId(1), FlowId(2), FlowId(5)]))
+        );
         assert_eq!(q.take(4), Some((a, vec![FlowId(6)])));
         q.0.push_front((a, r(10, 20)));
         assert_eq!(q.forget(a, Some(&[r(12, 15)])), 3);

@@ -17,12 +17,14 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let login_limits =
         settings.login_limits(args.login_limit_per_address, args.login_limit_per_account)?;
     let trusted_proxies = settings.trusted_proxies(&args.trusted_proxies)?;
+    let verification = settings.verification(&args.verification)?;
     let config = GatewayConfig {
         jwt_secret: settings
             .jwt_secret(std::env::var("TB_JWT_SECRET").ok().map(SecretString::from))?,
         session_policy,
         login_limits,
         trusted_proxies,
+        verification,
     };
     let (backend, report) = store::open_backend(&settings.store)
         .await

@@ -24,6 +24,11 @@ pub fn bin() -> Command {
         "TB_TRUSTED_PROXIES",
         "TB_LOGIN_LIMIT_PER_ADDRESS",
         "TB_LOGIN_LIMIT_PER_ACCOUNT",
+        "TB_VERIFICATION_ALLOW_PRIVATE_ADDRESSES",
+        "TB_VERIFICATION_DNS_SERVER",
+        "TB_VERIFICATION_VALID_DAYS",
+        "TB_VERIFICATION_HTTPS_PORT",
+        "TB_VERIFICATION_HTTP_PORT",
     ] {
         cmd.env_remove(var);
     }

@@ -717,7 +717,7 @@ async fn job_command(
     let handled =
         crate::graphql::handle::<JobAggregate>(ctx, &stream, command, &decision, None).await?;
     if let Some(position) = handled.position {
-        crate::graphql::view_watch::caught_up(app(ctx), "jobs", position).await;
+        let _ = crate::live::view_reached(app(ctx), "jobs", position).await;
     }
     let p = principal(ctx)?.clone();
     job_now(app(ctx).clone(), p, id).await

@@ -75,6 +75,7 @@ pub struct SubscriptionRoot(
     audit::AuditSubscription,
     runner::RunnerSubscription,
     job::JobSubscription,
+    target_domain::TargetDomainSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.

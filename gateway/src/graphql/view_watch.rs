@@ -7,28 +7,14 @@
 use std::future::Future;
 use std::time::Duration;
 
-use domain::Position;
 use futures_util::{Stream, StreamExt};
 use store::Filter;
 use tokio::sync::mpsc;
 
 use crate::auth::sessions::Principal;
 use crate::graphql::session_watch::{Seen, under_session};
+use crate::live::view_reached;
 use crate::state::AppState;
-
-/// Longest a subscription waits for a view to fold an event it saw in the
-/// log before reading the view anyway (another gateway may project it).
-const VIEW_PATIENCE: Duration = Duration::from_secs(2);
-
-/// Waits until `view` has folded the event at `position` (or a while).
-pub async fn caught_up(app: &AppState, view: &str, position: Position) {
-    let mut status = app.projections.clone();
-    let _ = tokio::time::timeout(
-        VIEW_PATIENCE,
-        status.wait_for(|s| s.get(view).is_some_and(|v| v.checkpoint >= position)),
-    )
-    .await;
-}
 
 /// Follows `view` (the events `filter` admits), answering with `read`.
 pub fn view_changes<T, F, Fut>(
@@ -87,7 +73,8 @@ where
             if ended {
                 return;
             }
-            caught_up(&app, view, position).await;
+            // Read anyway if the view is slow: a stale answer now beats none.
+            let _ = view_reached(&app, view, position).await;
             next_at = tokio::time::Instant::now() + every;
             if let Some(value) = answer(read(app.clone()).await, &mut last)
                 && tx.send(value).await.is_err()

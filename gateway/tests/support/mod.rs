@@ -63,6 +63,7 @@ impl Live {
             session_policy: SessionPolicy::default(),
             login_limits: LoginLimits::default(),
             trusted_proxies: TrustedProxies::default(),
+            verification: gateway::verification::VerificationSettings::default(),
         };
         let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
             .await
