@@ -10,6 +10,7 @@ pub mod graphiql;
 pub mod graphql;
 pub mod health;
 pub mod http_limits;
+pub mod job_log;
 pub mod live;
 pub mod metrics;
 pub mod runner_link;

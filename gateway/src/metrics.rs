@@ -2,7 +2,8 @@
 //! and latency histograms), events appended by type, and each view's
 //! progress and lag; counters are per gateway, sum them across a fleet.
 //! Beside them, totals of the whole log read from the views at each scrape
-//! (logins, failed logins, live sessions, events by type): the same on
+//! (logins, failed logins, live sessions, events by type, flows by outcome,
+//! clicks, leases and lease expiries): the same on
 //! every gateway, so take one, not the sum.
 
 use std::sync::{Arc, LazyLock};
@@ -46,6 +47,10 @@ pub struct Metrics {
     failed_logins: IntGauge,
     active_sessions: IntGauge,
     events_recorded: IntGaugeVec,
+    flows_recorded: IntGaugeVec,
+    clicks_recorded: IntGauge,
+    leases_recorded: IntGauge,
+    lease_expiries_recorded: IntGauge,
 }
 
 /// The `metrics` view's totals, by name.
@@ -56,6 +61,18 @@ static READ_TOTALS: LazyLock<String> =
 static READ_EVENT_COUNTS: LazyLock<String> =
     LazyLock::new(|| format!("SELECT event_type, count FROM {}", event_counts::TABLE));
 
+/// The jobs view's totals over every job: (name, value) as the other
+/// totals are read.
+static READ_JOB_TOTALS: LazyLock<String> = LazyLock::new(|| {
+    let sum = |column: &str| {
+        format!(
+            "SELECT '{column}' AS name, CAST(COALESCE(SUM({column}), 0) AS BIGINT) AS value FROM {}",
+            projections::jobs_view::JOBS
+        )
+    };
+    [sum("succeeded"), sum("failed"), sum("clicked")].join(" UNION ALL ")
+});
+
 /// Totals of the whole log as the views hold them, read for one scrape.
 #[derive(Debug, Default)]
 pub struct LogTotals {
@@ -63,6 +80,8 @@ pub struct LogTotals {
     pub totals: Vec<(String, i64)>,
     /// (event type, count) of the `event_counts` view.
     pub event_counts: Vec<(String, i64)>,
+    /// (`succeeded`, `failed` or `clicked`, flows) of the `jobs` view.
+    pub jobs: Vec<(String, i64)>,
 }
 
 impl LogTotals {
@@ -72,6 +91,7 @@ impl LogTotals {
         Self {
             totals: read_pairs(views, &READ_TOTALS).await,
             event_counts: read_pairs(views, &READ_EVENT_COUNTS).await,
+            jobs: read_pairs(views, &READ_JOB_TOTALS).await,
         }
     }
 }
@@ -190,6 +210,29 @@ impl Metrics {
             registry.register(Box::new(g.clone()))?;
         }
         registry.register(Box::new(events_recorded.clone()))?;
+        let flows_recorded = IntGaugeVec::new(
+            Opts::new(
+                "flows_recorded",
+                "Flows finished in every job, by outcome (succeeded, failed)",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(flows_recorded.clone()))?;
+        let clicks_recorded = IntGauge::new(
+            "clicks_recorded",
+            "Finished flows that clicked, in every job",
+        )?;
+        let leases_recorded = IntGauge::new(
+            "leases_recorded",
+            "Leases of flows granted to runners, in every job",
+        )?;
+        let lease_expiries_recorded = IntGauge::new(
+            "lease_expiries_recorded",
+            "Leases that expired with their runner silent, in every job",
+        )?;
+        for g in [&clicks_recorded, &leases_recorded, &lease_expiries_recorded] {
+            registry.register(Box::new(g.clone()))?;
+        }
         Ok(Self {
             registry,
             http_requests,
@@ -204,6 +247,10 @@ impl Metrics {
             failed_logins,
             active_sessions,
             events_recorded,
+            flows_recorded,
+            clicks_recorded,
+            leases_recorded,
+            lease_expiries_recorded,
         })
     }
 
@@ -234,6 +281,20 @@ impl Metrics {
             self.events_recorded
                 .with_label_values(&[event_type.as_str()])
                 .set(*count);
+            match event_type.as_str() {
+                "FlowsLeased" => self.leases_recorded.set(*count),
+                "LeaseExpired" => self.lease_expiries_recorded.set(*count),
+                _ => {}
+            }
+        }
+        for (name, value) in &log.jobs {
+            match name.as_str() {
+                "clicked" => self.clicks_recorded.set(*value),
+                outcome => self
+                    .flows_recorded
+                    .with_label_values(&[outcome])
+                    .set(*value),
+            }
         }
         for p in &views.projections {
             self.view_applied

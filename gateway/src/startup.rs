@@ -30,7 +30,7 @@ use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
-use crate::{expiry, graphiql, health, metrics};
+use crate::{expiry, graphiql, health, job_log, metrics};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -77,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::endpoint))
         .route("/runner", get(runner_link::endpoint))
+        .route("/jobs/{id}/{file}", get(job_log::download))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     // Inside the metrics layer, so refusals are counted too.
     http_limits::apply(routes, HttpLimits::default())

@@ -122,6 +122,19 @@ mod cases {
             job_row(&live, job).await == Some((6, 6, "running".into()))
         })
         .await;
+        // The log's totals, on /metrics (each view at its own pace).
+        let expected = [
+            "tb_flows_recorded{outcome=\"succeeded\"} 6",
+            "tb_flows_recorded{outcome=\"failed\"} 0",
+            "tb_clicks_recorded 0",
+            "tb_leases_recorded 1",
+            "tb_lease_expiries_recorded 0",
+        ];
+        eventually("the job totals on /metrics", || async {
+            let (status, metrics) = live.get("/metrics").await;
+            status == 200 && expected.iter().all(|line| metrics.contains(line))
+        })
+        .await;
         live.stop().await;
     }
 

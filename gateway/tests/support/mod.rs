@@ -47,6 +47,7 @@ pub const TERMS: RunnerTerms = RunnerTerms {
 
 /// A gateway serving on loopback, and a command handler on its store.
 pub struct Live {
+    pub addr: SocketAddr,
     pub url: String,
     pub handler: CommandHandler,
     pub views: ViewStore,
@@ -76,6 +77,7 @@ impl Live {
         }));
         let events = store.open().await;
         Self {
+            addr,
             url: format!("ws://{addr}/runner"),
             handler: CommandHandler::new(events.clone(), Arc::new(domain::event_registry())),
             views: ViewStore::open(&backend).await.unwrap(),
@@ -83,6 +85,23 @@ impl Live {
             stop,
             serving,
         }
+    }
+
+    /// A plain HTTP GET on the gateway: (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await.unwrap();
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let status = text[9..12].parse().unwrap();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (status, body)
     }
 
     pub async fn stop(self) {
