@@ -81,10 +81,33 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// Every OS and browser pair there is.
+    pub fn all() -> impl Iterator<Item = Platform> {
+        const OSES: [Os; 5] = [Os::Linux, Os::Windows, Os::Macos, Os::Android, Os::Ios];
+        const BROWSERS: [Browser; 3] = [Browser::Chromium, Browser::Chrome, Browser::Edge];
+        OSES.into_iter().flat_map(|os| {
+            BROWSERS
+                .into_iter()
+                .map(move |browser| Platform { os, browser })
+        })
+    }
+
     /// May a runner on this platform run flows for a device profile of
     /// `wanted`? The one place the matching rule lives.
+    ///
+    /// A desktop profile needs its own OS and browser: what the OS shows a
+    /// site (fonts, platform strings, GPU) cannot be emulated well. A phone
+    /// or tablet profile (Android, iOS) is what every Chromium-family
+    /// browser emulates (viewport, touch, user agent), so any runner
+    /// driving Chromium or Chrome serves it, on whatever OS it runs.
     pub fn serves(self, wanted: Platform) -> bool {
-        self == wanted
+        if self == wanted {
+            return true;
+        }
+        let mobile = matches!(wanted.os, Os::Android | Os::Ios);
+        let emulates = matches!(self.browser, Browser::Chromium | Browser::Chrome)
+            && !matches!(self.os, Os::Android | Os::Ios);
+        mobile && emulates && matches!(wanted.browser, Browser::Chromium | Browser::Chrome)
     }
 }
 
@@ -676,5 +699,31 @@ pub(crate) mod tests {
         };
         assert!(linux_chromium().serves(linux_chromium()));
         assert!(!linux_chromium().serves(windows));
+        assert!(!windows.serves(linux_chromium()));
+    }
+
+    #[test]
+    fn chromium_runners_emulate_phones_but_not_other_desktops() {
+        let on = |os, browser| Platform { os, browser };
+        let android_chrome = on(Os::Android, Browser::Chrome);
+        let iphone = on(Os::Ios, Browser::Chrome);
+        assert!(linux_chromium().serves(android_chrome));
+        assert!(on(Os::Windows, Browser::Chrome).serves(iphone));
+        assert!(!on(Os::Windows, Browser::Edge).serves(android_chrome));
+        assert!(!linux_chromium().serves(on(Os::Macos, Browser::Chromium)));
+        assert!(!linux_chromium().serves(on(Os::Android, Browser::Edge)));
+        let served: Vec<Platform> = Platform::all()
+            .filter(|&p| linux_chromium().serves(p))
+            .collect();
+        assert_eq!(
+            served,
+            [
+                linux_chromium(),
+                on(Os::Android, Browser::Chromium),
+                on(Os::Android, Browser::Chrome),
+                on(Os::Ios, Browser::Chromium),
+                on(Os::Ios, Browser::Chrome),
+            ]
+        );
     }
 }

@@ -95,9 +95,12 @@ async fn fleet_over_graphql(store: TestStore) {
     let mut connection = Connection::open(&runner_config(&app, runner, &key))
         .await
         .unwrap();
+    // Its own platform, and the phones a Chromium runner emulates.
     assert_eq!(
         next_platforms(&mut ws).await,
-        json!([{ "os": "LINUX", "browser": "CHROMIUM" }])
+        json!([{ "os": "LINUX", "browser": "CHROMIUM" },
+               { "os": "ANDROID", "browser": "CHROMIUM" }, { "os": "ANDROID", "browser": "CHROME" },
+               { "os": "IOS", "browser": "CHROMIUM" }, { "os": "IOS", "browser": "CHROME" }])
     );
     let fleet = "{ runners { id name platform { os browser } maxInstances labels { key value } online draining keyId } }";
     let r = app.gql(fleet, json!({}), Some(&root)).await;

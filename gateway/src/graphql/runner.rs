@@ -118,13 +118,18 @@ async fn all_runners(app: AppState) -> async_graphql::Result<Vec<RunnerInfo>> {
     rows.iter().map(|row| runner_from(&app, row)).collect()
 }
 
+/// What online runners serve: their own platforms and those they emulate
+/// (see [`Platform::serves`]), each once, in a fixed order.
 async fn available_platforms(app: AppState) -> async_graphql::Result<Vec<Platform>> {
     let rows = app
         .views
         .query(runners_view::AVAILABLE_PLATFORMS, vec![])
         .await
         .map_err(|e| error::internal("cannot read the runners", &e))?;
-    rows.iter().map(platform_from).collect()
+    let online: Vec<Platform> = rows.iter().map(platform_from).collect::<Result<_, _>>()?;
+    Ok(Platform::all()
+        .filter(|&wanted| online.iter().any(|runner| runner.serves(wanted)))
+        .collect())
 }
 
 fn runner_streams() -> Filter {
@@ -142,8 +147,8 @@ impl RunnerQuery {
         all_runners(app(ctx).clone()).await
     }
 
-    /// The OS/browser pairs that online runners serve: what a job can run
-    /// on now.
+    /// The OS/browser pairs that online runners serve, their own and the
+    /// phones they emulate: the device profiles a job can run now.
     async fn available_platforms(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Platform>> {
         principal(ctx)?;
         available_platforms(app(ctx).clone()).await
