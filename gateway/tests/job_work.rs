@@ -53,6 +53,7 @@ async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
         "SELECT job, upto_ms, pages FROM view_job_page_times ORDER BY job, upto_ms",
         "SELECT job, commit_pos, prepare_pos, line, level, message FROM view_job_log ORDER BY job, commit_pos, prepare_pos, line",
         "SELECT owner, day, flows FROM view_job_days ORDER BY owner, day",
+        "SELECT job, dataset, version, role FROM view_job_datasets ORDER BY job, role",
     ] {
         let rows = views.query(sql, vec![]).await.unwrap();
         all.extend(rows.into_iter().map(|r| r.values().to_vec()));

@@ -1,6 +1,7 @@
 //! The `jobs` view: each job's standing and counters, its targets' flow and
 //! click progress, a histogram of its page load times (for the p95), its
-//! log, and each owner's flows per day (for the licence's daily limit).
+//! log, each owner's flows per day (for the licence's daily limit), and the
+//! dataset versions each job references (which may not be deleted under it).
 //!
 //! Reports arrive in batches already rid of duplicates by the job's decider,
 //! so every count here is exact; a batch becomes a handful of statements
@@ -28,6 +29,7 @@ pub const TARGETS: &str = "view_job_targets";
 pub const PAGE_TIMES: &str = "view_job_page_times";
 pub const LOG: &str = "view_job_log";
 pub const DAYS: &str = "view_job_days";
+pub const DATASETS: &str = "view_job_datasets";
 
 const PREFIX: &str = "job-";
 
@@ -87,6 +89,14 @@ const SCHEMA: &[&str] = &[
     message      TEXT NOT NULL,
     PRIMARY KEY (job, commit_pos, prepare_pos, line)
 )",
+    "CREATE TABLE view_job_datasets (
+    job      TEXT NOT NULL,
+    dataset  TEXT NOT NULL,
+    version  BIGINT NOT NULL,
+    role     TEXT NOT NULL,
+    PRIMARY KEY (job, role)
+)",
+    "CREATE INDEX view_job_datasets_dataset ON view_job_datasets (dataset)",
     "CREATE TABLE view_job_days (
     owner  TEXT NOT NULL,
     day    TEXT NOT NULL,
@@ -229,7 +239,7 @@ impl Projection for JobsView {
     }
 
     fn tables(&self) -> &'static [&'static str] {
-        &[JOBS, TARGETS, PAGE_TIMES, LOG, DAYS]
+        &[JOBS, TARGETS, PAGE_TIMES, LOG, DAYS, DATASETS]
     }
 
     fn filter(&self) -> Filter {
@@ -275,6 +285,24 @@ impl Projection for JobsView {
                     .bind(c.by.as_str())
                     .bind(at),
                 );
+                let versions = [
+                    ("targets", Some(spec.targets)),
+                    ("device_profiles", Some(spec.device_profiles)),
+                    ("settings_profile", Some(spec.settings_profile)),
+                    ("proxies", spec.proxies.map(|p| p.version)),
+                ];
+                for (role, version) in versions {
+                    let Some(v) = version else { continue };
+                    out.push(
+                        Statement::new(
+                            "INSERT INTO view_job_datasets (job, dataset, version, role) VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(job)
+                        .bind(v.dataset.to_string())
+                        .bind(i64::from(v.version))
+                        .bind(role),
+                    );
+                }
                 place_targets(job, &c.plan, out);
                 lifecycle(&mut log, out)?;
             }
