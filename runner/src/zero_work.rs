@@ -8,6 +8,7 @@
 //! unanswered batch again under the same id, so a flow counts once.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use domain::flow::{FlowFinished, FlowId, FlowOutcome, FlowRange, FlowReport, PageLoad};
@@ -27,8 +28,14 @@ pub struct ZeroWorkOptions {
     /// Stop after finding no work this long (`None`: run until told).
     pub idle_exit: Option<Duration>,
     /// Gateways to connect to, tried in turn when one goes away; empty:
-    /// the config's URL only.
-    pub gateways: Vec<String>,
+    /// the config's URL only. Shared, so a test can point a fleet at a
+    /// gateway restarted on another port.
+    pub gateways: Arc<Mutex<Vec<String>>>,
+    /// How long each batch of flows takes before it is reported: zero
+    /// work, or a stand-in for real work.
+    pub work_per_batch: Duration,
+    /// Most flows reported in one batch (the gateway's limit applies too).
+    pub batch: usize,
 }
 
 impl Default for ZeroWorkOptions {
@@ -37,7 +44,9 @@ impl Default for ZeroWorkOptions {
             slots: 4,
             flows_per_lease: 256,
             idle_exit: Some(Duration::from_secs(3)),
-            gateways: Vec::new(),
+            gateways: Arc::default(),
+            work_per_batch: Duration::ZERO,
+            batch: usize::MAX,
         }
     }
 }
@@ -188,9 +197,15 @@ impl Worker {
         let mut backoff = Duration::from_millis(50);
         loop {
             let mut config = self.config.clone();
-            if !self.options.gateways.is_empty() {
-                config.url =
-                    self.options.gateways[self.gateway % self.options.gateways.len()].clone();
+            {
+                let gateways = self
+                    .options
+                    .gateways
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if !gateways.is_empty() {
+                    config.url = gateways[self.gateway % gateways.len()].clone();
+                }
             }
             match Connection::open(&config).await {
                 Ok(mut connection) => {
@@ -216,7 +231,11 @@ impl Worker {
     /// Works over one connection; `Ok` when done (idle or drained).
     async fn session(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
         let mut idle_since: Option<Instant> = None;
-        let batch_size = connection.terms().limits.max_reports_per_batch;
+        let batch_size = connection
+            .terms()
+            .limits
+            .max_reports_per_batch
+            .min(self.options.batch.max(1));
         loop {
             for notice in connection.notices() {
                 self.noticed(notice);
@@ -258,6 +277,10 @@ impl Worker {
                 return Ok(());
             }
             if let Some((job, flows)) = self.queue.take(batch_size) {
+                connection.set_busy(self.options.slots);
+                if !self.options.work_per_batch.is_zero() {
+                    tokio::time::sleep(self.options.work_per_batch).await;
+                }
                 self.pending = Some(Pending {
                     batch: Uuid::now_v7(),
                     job,
@@ -279,6 +302,7 @@ impl Worker {
                     }
                 }
                 Leased::NoWork { retry_after } => {
+                    connection.set_busy(0);
                     let since = *idle_since.get_or_insert_with(Instant::now);
                     if self
                         .options

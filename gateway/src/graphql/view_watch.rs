@@ -52,7 +52,12 @@ where
         }
         let mut next_at = tokio::time::Instant::now();
         loop {
-            let mut position = match seen.next().await {
+            // A subscriber gone stops the watch at once, not at the next event.
+            let next = tokio::select! {
+                next = seen.next() => next,
+                () = tx.closed() => return,
+            };
+            let mut position = match next {
                 Some(Seen::Event(e)) => e.position,
                 Some(Seen::Refreshed(_)) => continue,
                 Some(Seen::Ended(_)) | None => return,
