@@ -27,7 +27,8 @@ pub struct GlobalArgs {
 
     /// TOML file with the same settings (keys: store, listen, log_format,
     /// jwt_secret, access_token_ttl, refresh_grace, trusted_proxies,
-    /// login_limit_per_address, login_limit_per_account).
+    /// login_limit_per_address, login_limit_per_account, data_key,
+    /// upload_ttl).
     #[arg(long, env = "TB_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -93,6 +94,10 @@ pub struct ServeArgs {
     /// Login attempts (and password changes) a minute allowed per account [default: 5]
     #[arg(long, env = "TB_LOGIN_LIMIT_PER_ACCOUNT", value_name = "N")]
     pub login_limit_per_account: Option<u32>,
+    /// Seconds an upload stays open for its chunks and its finish; an
+    /// abandoned one then expires and its chunks are deleted [default: 86400]
+    #[arg(long, env = "TB_UPLOAD_TTL", value_name = "SECONDS")]
+    pub upload_ttl: Option<u32>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
+pub mod dataset_references;
 pub mod expiry;
 pub mod graphiql;
 pub mod graphql;
@@ -12,6 +13,9 @@ pub mod health;
 pub mod http_limits;
 pub mod live;
 pub mod metrics;
+pub mod publishing;
+pub mod request_body;
+pub mod rows_cache;
 pub mod startup;
 pub mod state;
 pub mod ws_limits;

@@ -149,6 +149,8 @@ impl LiveGateway {
             session_policy: SessionPolicy::default(),
             login_limits: LoginLimits::default(),
             trusted_proxies: TrustedProxies::default(),
+            data_key: None,
+            upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
         };
         let gateway = Gateway::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

@@ -24,6 +24,8 @@ pub fn bin() -> Command {
         "TB_TRUSTED_PROXIES",
         "TB_LOGIN_LIMIT_PER_ADDRESS",
         "TB_LOGIN_LIMIT_PER_ACCOUNT",
+        "TB_DATA_KEY",
+        "TB_UPLOAD_TTL",
     ] {
         cmd.env_remove(var);
     }

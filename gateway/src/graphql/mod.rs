@@ -5,6 +5,8 @@
 pub mod account;
 pub mod audit;
 pub mod click_consent;
+pub mod dataset;
+pub mod dataset_rows;
 pub mod depth;
 pub mod error;
 pub mod licence;
@@ -12,6 +14,7 @@ pub mod session;
 pub mod session_watch;
 pub mod system_settings;
 pub mod target_domain;
+pub mod upload;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -45,6 +48,8 @@ pub struct QueryRoot(
     system_settings::SystemSettingsQuery,
     target_domain::TargetDomainQuery,
     click_consent::ClickConsentQuery,
+    dataset::DatasetQuery,
+    upload::UploadQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -56,11 +61,17 @@ pub struct MutationRoot(
     system_settings::SystemSettingsMutation,
     target_domain::TargetDomainMutation,
     click_consent::ClickConsentMutation,
+    upload::UploadMutation,
+    dataset::DatasetMutation,
 );
 
 #[derive(MergedSubscription, Default)]
 #[graphql(name = "Subscription")]
-pub struct SubscriptionRoot(session::SessionSubscription, audit::AuditSubscription);
+pub struct SubscriptionRoot(
+    session::SessionSubscription,
+    audit::AuditSubscription,
+    dataset::DatasetSubscription,
+);
 
 /// Who may administer accounts, licences and sessions.
 pub const ADMINS: &[Role] = &[Role::Admin, Role::SuperAdmin];
