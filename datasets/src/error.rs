@@ -14,9 +14,9 @@ pub enum ImportError {
     /// The bytes are not a file of that format (or that format cannot hold this kind).
     #[error("not a valid {format:?} file: {why}")]
     NotThatFormat { format: ImportFormat, why: String },
-    /// Some rows are invalid: the first [`MAX_REPORTED`] of them, in file
-    /// order, and how many there are in all.
-    #[error("{total} invalid row(s); first: {}", first_of(.errors))]
+    /// Some rows (or the header) are invalid: the first [`MAX_REPORTED`]
+    /// errors, in file order, and how many errors there are in all.
+    #[error("{total} error(s) in the rows; first: {}", first_of(.errors))]
     Rows { errors: Vec<RowError>, total: usize },
     /// The file holds no rows at all.
     #[error("the file holds no rows")]

@@ -5,6 +5,7 @@
 //! Pure: no I/O, no async. Nothing a client sends may panic here.
 
 mod canonical;
+pub mod catalogue;
 mod device_profile;
 mod error;
 mod format;
@@ -43,18 +44,19 @@ pub fn parse(
     bytes: &[u8],
     opts: &ImportOptions,
 ) -> Result<Rows, ImportError> {
-    match kind {
-        DatasetKind::Targets => read::<Target>(format, bytes, opts, Some(target_line)),
-        DatasetKind::Proxies => read::<Proxy>(format, bytes, opts, Some(proxy_line)),
-        DatasetKind::DeviceProfiles => read::<DeviceProfile>(format, bytes, opts, None),
-        DatasetKind::SettingsProfiles => read::<SettingsProfile>(format, bytes, opts, None),
+    match (kind, format) {
+        (DatasetKind::Targets, ImportFormat::Docx) => format::docx::read(bytes),
+        (DatasetKind::Targets, _) => read::<Target>(format, bytes, opts, Some(target_line)),
+        (DatasetKind::Proxies, _) => read::<Proxy>(format, bytes, opts, Some(proxy_line)),
+        (DatasetKind::DeviceProfiles, _) => read::<DeviceProfile>(format, bytes, opts, None),
+        (DatasetKind::SettingsProfiles, _) => read::<SettingsProfile>(format, bytes, opts, None),
     }
 }
 
 fn read<R: Row>(
     format: ImportFormat,
     bytes: &[u8],
-    _opts: &ImportOptions,
+    opts: &ImportOptions,
     txt: Option<LineReader>,
 ) -> Result<Rows, ImportError> {
     match format {
@@ -67,9 +69,8 @@ fn read<R: Row>(
         },
         ImportFormat::Csv => format::csv::read::<R>(bytes),
         ImportFormat::Json => format::json::read::<R>(bytes),
-        ImportFormat::Xlsx | ImportFormat::Docx => {
-            Err(ImportError::not(format, "not read yet in this build"))
-        }
+        ImportFormat::Xlsx => format::xlsx::read::<R>(bytes, opts),
+        ImportFormat::Docx => Err(ImportError::not(format, "docx holds only targets")),
     }
 }
 
@@ -86,4 +87,35 @@ fn proxy_line(line: &str, fields: &mut record::Fields<'_>) -> Result<(), String>
         fields.set(column, cell);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use record::{Column, Lookup};
+
+    /// Every spelling of a column finds that column, and only it: an alias
+    /// shared by two columns would silently fill the first.
+    fn spellings_are_unambiguous(columns: &'static [&'static Column]) {
+        let mut lookup = Lookup::new(columns);
+        for (i, column) in columns.iter().enumerate() {
+            for name in std::iter::once(&column.name).chain(column.aliases) {
+                let answering: Vec<&str> = columns
+                    .iter()
+                    .filter(|c| Lookup::new(std::slice::from_ref(*c)).column(name).is_some())
+                    .map(|c| c.name)
+                    .collect();
+                assert_eq!(answering, [column.name], "{name:?}");
+                assert_eq!(lookup.column(name), Some(i));
+            }
+        }
+    }
+
+    #[test]
+    fn no_two_columns_of_a_kind_answer_to_one_name() {
+        spellings_are_unambiguous(Target::COLUMNS);
+        spellings_are_unambiguous(Proxy::COLUMNS);
+        spellings_are_unambiguous(DeviceProfile::COLUMNS);
+        spellings_are_unambiguous(SettingsProfile::COLUMNS);
+    }
 }

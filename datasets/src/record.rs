@@ -2,6 +2,7 @@
 //! type's columns, then each record's cells read into typed fields, every
 //! field error named by its column and collected rather than returned early.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::error::{ImportError, MAX_REPORTED, RowError};
@@ -52,9 +53,35 @@ fn same_name(a: &str, b: &str) -> bool {
     key(a).eq(key(b))
 }
 
-/// The column (index into `columns`) a header answers to.
-pub(crate) fn column_for(columns: &[&Column], header: &str) -> Option<usize> {
-    columns.iter().position(|c| c.answers_to(header))
+/// Which column a name answers to, remembered per name: json repeats its
+/// keys in every object, and matching spellings is the costly part.
+pub(crate) struct Lookup {
+    columns: &'static [&'static Column],
+    seen: HashMap<String, Option<usize>>,
+}
+
+impl Lookup {
+    pub fn new(columns: &'static [&'static Column]) -> Self {
+        Lookup {
+            columns,
+            seen: HashMap::new(),
+        }
+    }
+
+    /// The index into the columns of the one `name` answers to.
+    pub fn column(&mut self, name: &str) -> Option<usize> {
+        if let Some(found) = self.seen.get(name) {
+            return *found;
+        }
+        let found = self.columns.iter().position(|c| c.answers_to(name));
+        self.seen.insert(name.to_owned(), found);
+        found
+    }
+
+    /// Whether `name` is a map column's.
+    pub fn is_map(&mut self, name: &str) -> bool {
+        self.column(name).is_some_and(|i| self.columns[i].map)
+    }
 }
 
 /// A row type that tabular sources fill.
@@ -79,6 +106,16 @@ pub(crate) enum Cell {
 }
 
 impl Cell {
+    /// The name a header cell gives its column (a number heads one too, if oddly).
+    fn header_name(&self) -> String {
+        match self {
+            Cell::Text(s) => s.clone(),
+            Cell::Number(n) => number_text(*n),
+            Cell::Bool(b) => b.to_string(),
+            _ => String::new(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match self {
             Cell::Empty => true,
@@ -109,10 +146,11 @@ pub(crate) struct Header {
 impl Header {
     /// Every unknown, repeated or missing column is reported, each at `line`.
     pub fn resolve<S: AsRef<str>>(
-        columns: &'static [&'static Column],
+        lookup: &mut Lookup,
         names: &[S],
         line: u64,
     ) -> Result<Header, Vec<RowError>> {
+        let columns = lookup.columns;
         let mut errors = Vec::new();
         let mut labels: Vec<Option<String>> = vec![None; columns.len()];
         let mut positions = Vec::with_capacity(names.len());
@@ -122,7 +160,7 @@ impl Header {
                 positions.push(None);
                 continue;
             }
-            match column_for(columns, name) {
+            match lookup.column(name) {
                 Some(i) if labels[i].is_some() => {
                     errors.push(RowError {
                         line,
@@ -459,4 +497,54 @@ impl<R: Row> Collector<R> {
 /// Labels for a source without a header: each column's own name.
 pub(crate) fn own_labels(columns: &[&Column]) -> Vec<String> {
     columns.iter().map(|c| c.name.to_owned()).collect()
+}
+
+/// A table whose first non-blank row is its header (csv, xlsx). A bad header
+/// is the whole report: the rows under it cannot be read.
+pub(crate) struct Table<R> {
+    header: Option<Option<Header>>,
+    rows: Collector<R>,
+}
+
+impl<R: Row> Table<R> {
+    pub fn new() -> Self {
+        Table {
+            header: None,
+            rows: Collector::new(),
+        }
+    }
+
+    /// The row at `line`, its cells in source order.
+    pub fn row(&mut self, line: u64, cells: Vec<Cell>) {
+        if cells.iter().all(Cell::is_empty) {
+            return;
+        }
+        match &self.header {
+            Some(Some(header)) => self.rows.push(header.fields(line, cells)),
+            Some(None) => {}
+            None => {
+                let names: Vec<String> = cells.iter().map(Cell::header_name).collect();
+                match Header::resolve(&mut Lookup::new(R::COLUMNS), &names, line) {
+                    Ok(header) => self.header = Some(Some(header)),
+                    Err(errors) => {
+                        self.rows.errors(errors);
+                        self.header = Some(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A problem that ends the reading at `line`.
+    pub fn error(&mut self, line: u64, reason: String) {
+        self.rows.errors([RowError {
+            line,
+            column: None,
+            reason,
+        }]);
+    }
+
+    pub fn finish(self) -> Result<Rows, ImportError> {
+        self.rows.finish()
+    }
 }

@@ -234,6 +234,11 @@ fn dns(f: &mut Fields<'_>) -> Dns {
     let pairs = f.map(&DNS_HOSTS);
     let mut hosts = BTreeMap::new();
     for (host, address) in pairs.iter().flatten() {
+        // A hosts-file line puts the address first: `192.0.2.7 example.com`.
+        let (host, address) = match host.parse::<IpAddr>() {
+            Ok(_) if address.parse::<IpAddr>().is_err() => (address, host),
+            _ => (host, address),
+        };
         let name = match DomainName::parse(host) {
             Ok(name) => name,
             Err(e) => {

@@ -11,7 +11,7 @@ fn import(kind: DatasetKind, format: ImportFormat, text: &str) -> Result<Rows, I
     parse(kind, format, text.as_bytes(), &ImportOptions::default())
 }
 
-fn errors(result: Result<Rows, ImportError>) -> Vec<RowError> {
+fn row_errors(result: Result<Rows, ImportError>) -> Vec<RowError> {
     match result {
         Err(ImportError::Rows { errors, total }) => {
             assert_eq!(errors.len(), total);
@@ -45,7 +45,7 @@ fn a_targets_txt_is_one_url_per_line_with_comments_and_blanks_skipped() {
 #[test]
 fn a_bad_txt_line_is_reported_at_its_line() {
     let text = "https://example.com/\nftp://example.com/\nnot a url\n";
-    let errors = errors(import(DatasetKind::Targets, ImportFormat::Txt, text));
+    let errors = row_errors(import(DatasetKind::Targets, ImportFormat::Txt, text));
     assert_eq!(places(&errors), [at(2, "url"), at(3, "url")]);
     assert!(
         errors[0].reason.contains("not an http or https URL"),
@@ -86,7 +86,7 @@ fn every_bad_row_of_a_csv_is_reported_with_its_line_and_column() {
                https://example.com/,direct,,,0,0\n\
                https://example.com/,direct,,,2,5\n\
                https://example.com/,organic,bing,,1,0\n";
-    let errors = errors(import(DatasetKind::Targets, ImportFormat::Csv, csv));
+    let errors = row_errors(import(DatasetKind::Targets, ImportFormat::Csv, csv));
     assert_eq!(
         places(&errors),
         [
@@ -110,7 +110,7 @@ fn every_bad_row_of_a_csv_is_reported_with_its_line_and_column() {
 #[test]
 fn unknown_and_missing_columns_are_named() {
     let csv = "link,colour,weight\nhttps://example.com/,red,3\n";
-    let errors = errors(import(DatasetKind::Targets, ImportFormat::Csv, csv));
+    let errors = row_errors(import(DatasetKind::Targets, ImportFormat::Csv, csv));
     assert_eq!(places(&errors), [at(1, "colour"), at(1, "weight")]);
     assert!(
         errors[0].reason.contains("url, traffic_type"),
@@ -118,17 +118,13 @@ fn unknown_and_missing_columns_are_named() {
         errors[0].reason
     );
 
-    let errors = errors_of(import(
+    let errors = row_errors(import(
         DatasetKind::Proxies,
         ImportFormat::Csv,
         "host\n1.2.3.4\n",
     ));
     assert_eq!(places(&errors), [at(1, "port")]);
     assert_eq!(errors[0].reason, "required column is missing");
-}
-
-fn errors_of(result: Result<Rows, ImportError>) -> Vec<RowError> {
-    errors(result)
 }
 
 #[test]
@@ -226,7 +222,7 @@ fn a_bad_proxy_line_never_quotes_its_password() {
     let text = "http://carol:TopSecret99@proxy.example.com:99999\n\
                 ftp://dave:TopSecret99@proxy.example.com:1\n\
                 proxy.example.com:0:eve:TopSecret99\n";
-    let errors = errors(import(DatasetKind::Proxies, ImportFormat::Txt, text));
+    let errors = row_errors(import(DatasetKind::Proxies, ImportFormat::Txt, text));
     assert_eq!(
         places(&errors),
         [at(1, "port"), at(2, "scheme"), at(3, "port")]
@@ -249,12 +245,12 @@ fn proxies_from_csv_and_json() {
     assert!(p[1].password.is_none());
 
     let json = r#"[{"scheme":"https","host":"Proxy.Example.COM","port":"443"},{"host":"x.example","port":70000,"password":"pw"}]"#;
-    let errors = errors(import(DatasetKind::Proxies, ImportFormat::Json, json));
+    let errors = row_errors(import(DatasetKind::Proxies, ImportFormat::Json, json));
     // A row's cross-field rules wait until its fields are valid, so a fix shows no new surprise.
     assert_eq!(places(&errors), [at(2, "port")]);
     let fixed = json.replace("70000", "7000");
     assert_eq!(
-        places(&errors_of(import(
+        places(&row_errors(import(
             DatasetKind::Proxies,
             ImportFormat::Json,
             &fixed
@@ -268,7 +264,7 @@ fn device_profiles_from_csv_with_every_field_checked() {
     let csv = "name,os,browser,user_agent,width,height,dpr,touch,locale,timezone\n\
                Pixel,Android,Chrome,Mozilla/5.0 (Linux; Android 14),412,915,2.625,yes,en-US,America/New_York\n\
                Huge,Windows,Chrome,Mozilla/5.0,100000,900,9,maybe,english!,Mars/Base\n";
-    let errors = errors(import(DatasetKind::DeviceProfiles, ImportFormat::Csv, csv));
+    let errors = row_errors(import(DatasetKind::DeviceProfiles, ImportFormat::Csv, csv));
     assert_eq!(
         places(&errors),
         [
@@ -299,9 +295,9 @@ fn device_profiles_from_csv_with_every_field_checked() {
 #[test]
 fn settings_profiles_from_flat_csv_columns() {
     let csv = "name,session_min,session_max,pages,delay,scrolling,clicks,external_share,click_timing,instances,proxy_policy,dns_hosts,marker_header\n\
-               Busy,30,90,2..5,10,on,on,25%,300-900,8,sticky_session,example.com=127.0.0.1; www.example.com=::1,\n\
+               Busy,30,90,2..5,10,on,on,25%,300-900,8,sticky_session,example.com=127.0.0.1; ::1 www.example.com,\n\
                Calm,45,,,,,,,,,,,no\n";
-    let errors = errors(import(
+    let errors = row_errors(import(
         DatasetKind::SettingsProfiles,
         ImportFormat::Csv,
         csv,
@@ -344,14 +340,14 @@ fn settings_profiles_from_nested_json_with_defaults() {
          "dns": {"mode": "custom", "hosts": {"example.com": "192.0.2.1"}}, "marker_header": false},
         {"name": "Bad", "instances": 0, "human_surfing": {"external_click_share": 2}, "colour": "red", "pages_per_session": [1, 2]}
     ]"#;
-    let errors = errors(import(
+    let errors = row_errors(import(
         DatasetKind::SettingsProfiles,
         ImportFormat::Json,
         json,
     ));
     assert_eq!(places(&errors), [at(3, "colour")]);
     let fixed = json.replace(", \"colour\": \"red\"", "");
-    let errors = errors_of(import(
+    let errors = row_errors(import(
         DatasetKind::SettingsProfiles,
         ImportFormat::Json,
         &fixed,
@@ -399,7 +395,7 @@ fn json_that_is_not_an_array_of_objects() {
             "{text}"
         );
     }
-    let errors = errors(import(
+    let errors = row_errors(import(
         DatasetKind::Targets,
         ImportFormat::Json,
         r#"[{"url": "https://example.com/"}, "https://example.com/"]"#,
@@ -458,5 +454,41 @@ fn too_many_bad_rows_are_counted_beyond_those_reported() {
             );
         }
         other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rows_written_as_json_in_their_canonical_shape_import_back() {
+    let csv_of = |kind, text: &str| import(kind, ImportFormat::Csv, text).unwrap();
+    let all = [
+        csv_of(
+            DatasetKind::Targets,
+            "url,traffic_type,source,keyword,flow_target,click_target\n\
+             https://example.com/,referral,https://news.example.org/,,3,1\n",
+        ),
+        csv_of(
+            DatasetKind::Proxies,
+            "scheme,host,port,username,region\nsocks5,::1,1080,u,EU\n",
+        ),
+        csv_of(
+            DatasetKind::SettingsProfiles,
+            "name,session_duration,pages,delay_min,delay_max,scrolling,clicks,external_share,\
+             click_delay_ms,instances,proxy_switching,dns_hosts,marker\n\
+             All,30..60,3,5,9,yes,yes,0.2,100..200,4,on_failure,example.com=192.0.2.7,no\n",
+        ),
+    ];
+    for rows in all {
+        let json = match &rows {
+            Rows::Targets(r) => serde_json::to_string(r),
+            Rows::Proxies(r) => serde_json::to_string(r),
+            Rows::DeviceProfiles(r) => serde_json::to_string(r),
+            Rows::SettingsProfiles(r) => serde_json::to_string(r),
+        }
+        .unwrap();
+        assert_eq!(
+            import(rows.kind(), ImportFormat::Json, &json),
+            Ok(rows),
+            "{json}"
+        );
     }
 }

@@ -3,8 +3,8 @@
 
 use domain::ImportFormat;
 
-use crate::error::{ImportError, RowError};
-use crate::record::{Cell, Collector, Header, Row};
+use crate::error::ImportError;
+use crate::record::{Cell, Row, Table};
 use crate::rows::Rows;
 
 pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
@@ -15,38 +15,24 @@ pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
         .delimiter(delimiter(text))
         .from_reader(text.as_bytes());
     let mut record = ::csv::StringRecord::new();
-    let mut header: Option<Header> = None;
-    let mut rows = Collector::<R>::new();
+    let mut table = Table::<R>::new();
     loop {
         match reader.read_record(&mut record) {
             Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => {
-                let line = e.position().map_or(0, |p| p.line());
-                rows.errors([RowError {
+            Ok(true) => {
+                let line = record.position().map_or(0, |p| p.line());
+                table.row(
                     line,
-                    column: None,
-                    reason: e.to_string(),
-                }]);
+                    record.iter().map(|s| Cell::Text(s.to_owned())).collect(),
+                );
+            }
+            Err(e) => {
+                table.error(e.position().map_or(0, |p| p.line()), e.to_string());
                 break;
             }
         }
-        let line = record.position().map_or(0, |p| p.line());
-        if record.iter().all(|cell| cell.trim().is_empty()) {
-            continue;
-        }
-        match &header {
-            None => match Header::resolve(R::COLUMNS, &record.iter().collect::<Vec<_>>(), line) {
-                Ok(h) => header = Some(h),
-                Err(errors) => {
-                    rows.errors(errors);
-                    return rows.finish();
-                }
-            },
-            Some(h) => rows.push(h.fields(line, record.iter().map(|s| Cell::Text(s.to_owned())))),
-        }
     }
-    rows.finish()
+    table.finish()
 }
 
 /// The separator the header line uses most: `,`, `;` (spreadsheets in many
@@ -56,9 +42,9 @@ fn delimiter(text: &str) -> u8 {
         .lines()
         .find(|l| !l.trim().is_empty())
         .unwrap_or_default();
-    let count = |d: char| first.matches(d).count();
+    let count = |d: u8| first.bytes().filter(|b| *b == d).count();
     [b',', b';', b'\t']
         .into_iter()
-        .max_by_key(|d| (count(*d as char), *d == b','))
+        .max_by_key(|d| (count(*d), *d == b','))
         .unwrap_or(b',')
 }

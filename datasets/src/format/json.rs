@@ -6,7 +6,7 @@ use domain::ImportFormat;
 use serde_json::{Map, Value};
 
 use crate::error::{ImportError, RowError};
-use crate::record::{Cell, Collector, Column, Header, Row, column_for};
+use crate::record::{Cell, Collector, Header, Lookup, Row};
 use crate::rows::Rows;
 
 pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
@@ -20,6 +20,7 @@ pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
         ));
     };
     let mut rows = Collector::<R>::new();
+    let mut lookup = Lookup::new(R::COLUMNS);
     for (i, item) in items.into_iter().enumerate() {
         let line = i as u64 + 1;
         let Value::Object(object) = item else {
@@ -32,9 +33,9 @@ pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
             continue;
         };
         let mut cells = Vec::new();
-        flatten(R::COLUMNS, "", object, &mut cells);
+        flatten(&mut lookup, "", object, &mut cells);
         let (names, cells): (Vec<String>, Vec<Cell>) = cells.into_iter().unzip();
-        match Header::resolve(R::COLUMNS, &names, line) {
+        match Header::resolve(&mut lookup, &names, line) {
             Ok(header) => rows.push(header.fields(line, cells)),
             Err(errors) => rows.errors(errors),
         }
@@ -43,7 +44,7 @@ pub(crate) fn read<R: Row>(bytes: &[u8]) -> Result<Rows, ImportError> {
 }
 
 fn flatten(
-    columns: &[&Column],
+    lookup: &mut Lookup,
     prefix: &str,
     object: Map<String, Value>,
     out: &mut Vec<(String, Cell)>,
@@ -62,16 +63,14 @@ fn flatten(
                 .map_or(Cell::Invalid("not a number JSON can hold"), Cell::Number),
             Value::String(s) => Cell::Text(s),
             Value::Array(_) => Cell::Invalid("a list is not allowed here"),
-            Value::Object(inner) if column_for(columns, &path).is_some_and(|i| columns[i].map) => {
-                Cell::Map(
-                    inner
-                        .into_iter()
-                        .map(|(k, v)| (k, scalar_text(v)))
-                        .collect(),
-                )
-            }
+            Value::Object(inner) if lookup.is_map(&path) => Cell::Map(
+                inner
+                    .into_iter()
+                    .map(|(k, v)| (k, scalar_text(v)))
+                    .collect(),
+            ),
             Value::Object(inner) => {
-                flatten(columns, &path, inner, out);
+                flatten(lookup, &path, inner, out);
                 continue;
             }
         };

@@ -1,8 +1,11 @@
 //! Bytes in each import format, turned into records that the row types read.
 
+mod archive;
 pub(crate) mod csv;
+pub(crate) mod docx;
 pub(crate) mod json;
 pub(crate) mod txt;
+pub(crate) mod xlsx;
 
 use domain::ImportFormat;
 
