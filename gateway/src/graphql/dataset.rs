@@ -9,8 +9,10 @@ use std::sync::LazyLock;
 use async_graphql::{
     ComplexObject, Context, Enum, ErrorExtensionValues, Object, SimpleObject, Subscription,
 };
+use datasets::{Rows, catalogue};
 use domain::dataset::{
     Dataset as DatasetDecider, DatasetCommand, DatasetError, DatasetEvent, DatasetId, DatasetName,
+    NewDataset, VersionSource,
 };
 use domain::{BlobHash, DatasetKind, ImportFormat};
 use futures_util::{Stream, StreamExt};
@@ -22,8 +24,11 @@ use uuid::Uuid;
 use crate::dataset_references;
 use crate::graphql::dataset_rows::{self, DatasetRow};
 use crate::graphql::error::{self, Code, Coded};
+use crate::graphql::licence::licensed_decision;
 use crate::graphql::session_watch::{Seen, under_session};
-use crate::graphql::{app, check_first, decision, from_micros, handle, principal, row_err};
+use crate::graphql::upload::publish_error;
+use crate::graphql::{app, check_first, decision, from_micros, handle, meta, principal, row_err};
+use crate::publishing::{self, Target};
 
 /// A dataset of the logged-in account, with its latest version.
 #[derive(SimpleObject)]
@@ -40,6 +45,9 @@ pub struct Dataset {
     /// For a device-profile dataset published from the built-in catalogue:
     /// the catalogue's version then.
     pub catalogue_version: Option<u32>,
+    /// A newer built-in catalogue ships than the one the latest version
+    /// came from: `publishDeviceCatalogue(dataset: id)` brings it in.
+    pub update_available: bool,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
     #[graphql(skip)]
@@ -255,11 +263,64 @@ pub(crate) async fn own_dataset(ctx: &Context<'_>, id: Uuid) -> async_graphql::R
     }
 }
 
+/// A version just published.
+#[derive(SimpleObject)]
+pub struct PublishedVersion {
+    pub dataset_id: Uuid,
+    pub version: u32,
+}
+
+/// The name of a dataset made from the catalogue when none is given.
+const CATALOGUE_NAME: &str = "Device catalogue";
+
 #[derive(Default)]
 pub struct DatasetMutation;
 
 #[Object]
 impl DatasetMutation {
+    /// Publishes the built-in device catalogue in one step: as a new
+    /// device-profile dataset (named `name`, default "Device catalogue"),
+    /// or as a new version of `dataset` (when it says `updateAvailable`).
+    async fn publish_device_catalogue(
+        &self,
+        ctx: &Context<'_>,
+        name: Option<String>,
+        dataset: Option<Uuid>,
+    ) -> async_graphql::Result<PublishedVersion> {
+        let owner = principal(ctx)?.username.clone();
+        let target = match dataset {
+            Some(id) => Target {
+                dataset: DatasetId(id),
+                create: None,
+            },
+            None => Target {
+                dataset: DatasetId::new(),
+                create: Some(NewDataset {
+                    name: DatasetName::parse(name.as_deref().unwrap_or(CATALOGUE_NAME))
+                        .map_err(|e| error::invalid("name", e))?,
+                    owner: owner.clone(),
+                }),
+            },
+        };
+        let decision = licensed_decision(ctx, &owner).await?;
+        let published = publishing::publish_rows(
+            app(ctx),
+            Rows::DeviceProfiles(catalogue::device_profiles()),
+            target,
+            VersionSource::Catalogue {
+                version: catalogue::VERSION,
+            },
+            &decision,
+            &meta(None),
+        )
+        .await
+        .map_err(publish_error)?;
+        Ok(PublishedVersion {
+            dataset_id: published.dataset.0,
+            version: published.version,
+        })
+    }
+
     /// Renames one of the logged-in account's datasets.
     async fn rename_dataset(
         &self,
@@ -408,6 +469,7 @@ fn dataset_from(row: &Row) -> async_graphql::Result<Dataset> {
             .get::<Option<i64>>("published_at")
             .map_err(row_err)?
             .map(from_micros),
+        update_available: catalogue_version.is_some_and(|v| v < catalogue::VERSION),
         catalogue_version,
         created_at: from_micros(row.get("created_at").map_err(row_err)?),
         updated_at: from_micros(row.get("updated_at").map_err(row_err)?),

@@ -18,6 +18,7 @@ pub enum TrafficType {
 pub enum ProxyScheme {
     Http,
     Https,
+    #[graphql(name = "SOCKS5")]
     Socks5,
 }
 
