@@ -183,7 +183,7 @@ impl DatasetQuery {
     ) -> async_graphql::Result<DatasetPage> {
         static OWN: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT * FROM {} WHERE owner = $1 AND ($2 IS NULL OR kind = $2) AND dataset_id > $3 \
+                "SELECT * FROM {} WHERE owner = $1 AND ($2 = '' OR kind = $2) AND dataset_id > $3 \
                  ORDER BY dataset_id LIMIT $4",
                 datasets_view::TABLE
             )
@@ -207,7 +207,8 @@ impl DatasetQuery {
                 &OWN,
                 vec![
                     SqlValue::from(p.username.as_str()),
-                    kind.map_or(SqlValue::Null, |k| SqlValue::from(k.as_str())),
+                    // '': every kind.
+                    SqlValue::from(kind.map_or("", DatasetKind::as_str)),
                     SqlValue::from(after),
                     SqlValue::Int(i64::from(first) + 1),
                 ],
