@@ -165,6 +165,27 @@ pub enum BenchCommand {
     /// Login, subscription fan-out and command-handler figures for an
     /// in-process gateway on 127.0.0.1.
     Gateway(BenchGatewayArgs),
+    /// Dataset upload figures for an in-process gateway on 127.0.0.1: a
+    /// csv of targets from start to published version, and raw chunk
+    /// throughput through uploadChunk.
+    Datasets(BenchDatasetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDatasetsArgs {
+    /// Store(s) to measure (repeatable), each in scratch space as for
+    /// `bench store`. Default: as for `bench store`.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Rows of the csv of targets uploaded and published.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rows: u32,
+    /// Megabytes (10^6 bytes) sent raw through uploadChunk.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub megabytes: u32,
+    /// Connections sending chunks at once for the raw figure.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub connections: u32,
 }
 
 #[derive(Debug, Args)]

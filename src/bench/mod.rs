@@ -3,7 +3,9 @@
 //! dropped afterwards), so it never touches real data, and every phase is
 //! bounded so a bench stops by itself.
 
+pub mod datasets;
 pub mod gateway;
+pub mod live;
 pub mod store;
 
 use std::sync::Arc;
