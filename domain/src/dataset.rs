@@ -10,10 +10,6 @@
 //! gateway, so the rule is decided here without reading other aggregates.
 
 use std::fmt;
-use std::str::FromStr;
-
-use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::account::Username;
 use crate::blob::BlobHash;
@@ -22,43 +18,13 @@ use crate::decider::{Context, Decider};
 use crate::envelope::StreamId;
 use crate::licence::{Feature, Limit, NotLicensed};
 use crate::upload::UploadId;
+use serde::{Deserialize, Serialize};
 
-/// A dataset's identity, chosen by the gateway when its first upload starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct DatasetId(pub Uuid);
-
-impl DatasetId {
-    /// A fresh id (UUIDv7).
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The dataset's stream: `dataset-<id>`.
-    pub fn stream(&self) -> StreamId {
-        StreamId::for_aggregate("dataset", self.0)
-            .expect("`dataset-` and a UUID make a valid stream id")
-    }
-}
-
-impl Default for DatasetId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for DatasetId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for DatasetId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Self)
-    }
-}
+crate::uuid_id::uuid_id!(
+    /// A dataset's identity, chosen by the gateway when its first upload starts.
+    DatasetId,
+    "dataset"
+);
 
 /// How long a dataset's name may be, in characters.
 pub const MAX_NAME: usize = 100;
@@ -488,6 +454,8 @@ fn publish(
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use uuid::Uuid;
 
     use time::{Duration, OffsetDateTime};
 

@@ -20,6 +20,7 @@ pub mod spec;
 pub mod system_settings;
 pub mod target_domain;
 pub mod upload;
+mod uuid_id;
 
 pub use blob::{BlobHash, BlobHashError};
 pub use dataset_kind::{DatasetKind, ImportFormat, RowsSummary};

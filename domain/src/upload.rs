@@ -7,11 +7,9 @@
 //! how long each is, and how it ends — finished, failed or expired — once.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use uuid::Uuid;
 
 use crate::account::Username;
 use crate::blob::BlobHash;
@@ -36,42 +34,11 @@ const MAX_PROBLEM_TEXT: usize = 300;
 /// How long an xlsx sheet's name may be (Excel's own limit).
 pub const MAX_SHEET_NAME: usize = 31;
 
-/// An upload's identity, chosen by the gateway when it starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct UploadId(pub Uuid);
-
-impl UploadId {
-    /// A fresh id (UUIDv7).
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The upload's stream: `upload-<id>`.
-    pub fn stream(&self) -> StreamId {
-        StreamId::for_aggregate("upload", self.0)
-            .expect("`upload-` and a UUID make a valid stream id")
-    }
-}
-
-impl Default for UploadId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for UploadId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl FromStr for UploadId {
-    type Err = uuid::Error;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(Self)
-    }
-}
+crate::uuid_id::uuid_id!(
+    /// An upload's identity, chosen by the gateway when it starts.
+    UploadId,
+    "upload"
+);
 
 /// Where a finished upload's rows go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,34 +229,15 @@ impl crate::registry::Summary for UploadEvent {
     }
 }
 
-/// An upload to start, as the owner asked for it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct UploadPlan {
-    pub owner: Username,
-    pub kind: DatasetKind,
-    pub name: DatasetName,
-    pub format: ImportFormat,
-    pub size: u64,
-    pub sha256: BlobHash,
-    pub chunk_size: u32,
-    pub sheet: Option<String>,
-    pub destination: Destination,
-    pub expires_at: OffsetDateTime,
-}
-
 /// Commands on an upload.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UploadCommand {
-    Start(UploadPlan),
+    /// Starts the upload as described, once its rules are met.
+    Start(UploadStarted),
     /// The rows were published as `version` of `dataset`.
-    Finish {
-        dataset: DatasetId,
-        version: u32,
-    },
+    Finish { dataset: DatasetId, version: u32 },
     /// The contents were refused.
-    Fail {
-        failure: UploadFailure,
-    },
+    Fail { failure: UploadFailure },
     /// The sweep found it unfinished past its expiry.
     Expire,
 }
@@ -483,7 +431,7 @@ impl Decider for Upload {
 
 fn start(
     state: &UploadState,
-    plan: UploadPlan,
+    plan: UploadStarted,
     ctx: &Context,
 ) -> Result<Vec<UploadEvent>, UploadError> {
     if !ctx.actor.is_account(plan.owner.as_str()) {
@@ -516,23 +464,14 @@ fn start(
     if plan.expires_at <= ctx.now {
         return Err(UploadError::ExpiryNotInFuture(plan.expires_at));
     }
-    Ok(vec![UploadEvent::UploadStarted(UploadStarted {
-        owner: plan.owner,
-        kind: plan.kind,
-        name: plan.name,
-        format: plan.format,
-        size: plan.size,
-        sha256: plan.sha256,
-        chunk_size: plan.chunk_size,
-        sheet: plan.sheet,
-        destination: plan.destination,
-        expires_at: plan.expires_at,
-    })])
+    Ok(vec![UploadEvent::UploadStarted(plan)])
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    use uuid::Uuid;
 
     use time::Duration;
 
@@ -571,8 +510,8 @@ mod tests {
         DatasetId(Uuid::from_u128(5))
     }
 
-    fn plan(size: u64, chunk_size: u32) -> UploadPlan {
-        UploadPlan {
+    fn plan(size: u64, chunk_size: u32) -> UploadStarted {
+        UploadStarted {
             owner: Username::parse("ada").unwrap(),
             kind: DatasetKind::Targets,
             name: DatasetName::parse("Spring launch").unwrap(),
@@ -587,19 +526,7 @@ mod tests {
     }
 
     fn started(size: u64, chunk_size: u32) -> UploadEvent {
-        let p = plan(size, chunk_size);
-        UploadEvent::UploadStarted(UploadStarted {
-            owner: p.owner,
-            kind: p.kind,
-            name: p.name,
-            format: p.format,
-            size: p.size,
-            sha256: p.sha256,
-            chunk_size: p.chunk_size,
-            sheet: p.sheet,
-            destination: p.destination,
-            expires_at: p.expires_at,
-        })
+        UploadEvent::UploadStarted(plan(size, chunk_size))
     }
 
     fn finished() -> UploadEvent {
@@ -679,7 +606,7 @@ mod tests {
                 .when(UploadCommand::Start(plan(10, size)))
                 .then_err(|e| *e == UploadError::ChunkSize(size));
         }
-        let with_sheet = |format, sheet: &str| UploadPlan {
+        let with_sheet = |format, sheet: &str| UploadStarted {
             format,
             sheet: Some(sheet.into()),
             ..plan(10, 1024)
@@ -700,7 +627,7 @@ mod tests {
             .then_err(|e| *e == UploadError::BadSheet);
         Spec::<Upload>::given([])
             .in_context(ada())
-            .when(UploadCommand::Start(UploadPlan {
+            .when(UploadCommand::Start(UploadStarted {
                 expires_at: now(),
                 ..plan(10, 1024)
             }))

@@ -9,7 +9,7 @@ use domain::dataset::{
 };
 use domain::licence::{Allowances, LicenceTerms};
 use domain::upload::{
-    Destination, RowProblem, Upload, UploadCommand, UploadFailure, UploadId, UploadPlan,
+    Destination, RowProblem, Upload, UploadCommand, UploadFailure, UploadId, UploadStarted,
 };
 use domain::{Actor, BlobHash, Context, DatasetKind, ImportFormat, Role, RowsSummary};
 use gateway::{CommandHandler, CommandMeta};
@@ -87,7 +87,7 @@ mod cases {
         let (finished, failed, abandoned) = (UploadId::new(), UploadId::new(), UploadId::new());
         // Published by a client of its own, say: only its version matters here.
         let json_upload = UploadId::new();
-        let plan = |dataset| UploadPlan {
+        let plan = |dataset| UploadStarted {
             owner: Username::parse("ada").unwrap(),
             kind: DatasetKind::Targets,
             name: DatasetName::parse("Shop").unwrap(),

@@ -24,7 +24,7 @@ use time::OffsetDateTime;
 use crate::bench::live::{
     HttpConn, LOGIN, LiveGateway, PASSWORD, bench_meta, create_account, system,
 };
-use crate::bench::{Scratch, spinner, targets, thousands};
+use crate::bench::{Scratch, on_each, spinner, targets, thousands};
 use crate::cli::BenchDatasetsArgs;
 use crate::configuration::Settings;
 
@@ -36,15 +36,12 @@ const FINISH: &str = "mutation($u: UUID!) { finishUpload(uploadId: $u) { status 
 const BYTES_PER_MB: usize = 1_000_000;
 
 pub async fn run(settings: &Settings, args: &BenchDatasetsArgs) -> anyhow::Result<()> {
-    for target in targets(&args.targets, settings) {
-        let scratch = Scratch::open(target).await?;
-        println!("datasets bench: {}", scratch.describe);
-        let result = measure(&scratch, args).await;
-        scratch.cleanup().await?;
-        result?;
-        println!();
-    }
-    Ok(())
+    on_each(
+        targets(&args.targets, settings),
+        |scratch| format!("datasets bench: {}", scratch.describe),
+        async |scratch| measure(scratch, args).await,
+    )
+    .await
 }
 
 async fn measure(scratch: &Scratch, args: &BenchDatasetsArgs) -> anyhow::Result<()> {

@@ -33,7 +33,9 @@ use crate::bench::live::{
     HttpConn, LOGIN, LiveGateway, PASSWORD, PATIENCE, bench_meta, create_account, new_handler,
     system,
 };
-use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets, thousands};
+use crate::bench::{
+    Scratch, counter_bar, on_each, percentile, report, spinner, targets, thousands,
+};
 use crate::cli::BenchGatewayArgs;
 use crate::configuration::Settings;
 
@@ -80,15 +82,12 @@ const AUDIT_EVENTS: &str = "subscription { auditEvents { streamId } }";
 
 pub async fn run(settings: &Settings, args: &BenchGatewayArgs) -> anyhow::Result<()> {
     check_open_files(args.subscribers)?;
-    for target in targets(&args.targets, settings) {
-        let scratch = Scratch::open(target).await?;
-        println!("gateway bench: {}", scratch.describe);
-        let result = measure(&scratch, args).await;
-        scratch.cleanup().await?;
-        result?;
-        println!();
-    }
-    Ok(())
+    on_each(
+        targets(&args.targets, settings),
+        |scratch| format!("gateway bench: {}", scratch.describe),
+        async |scratch| measure(scratch, args).await,
+    )
+    .await
 }
 
 async fn measure(scratch: &Scratch, args: &BenchGatewayArgs) -> anyhow::Result<()> {

@@ -137,6 +137,24 @@ pub fn targets<'a>(given: &'a [String], settings: &'a Settings) -> Vec<Target<'a
     }
 }
 
+/// Measures each target in scratch space of its own, under a title line,
+/// removing the scratch space whether the measurement succeeds or not.
+pub async fn on_each(
+    targets: Vec<Target<'_>>,
+    title: impl Fn(&Scratch) -> String,
+    measure: impl AsyncFn(&Scratch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for target in targets {
+        let scratch = Scratch::open(target).await?;
+        println!("{}", title(&scratch));
+        let result = measure(&scratch).await;
+        scratch.cleanup().await?;
+        result?;
+        println!();
+    }
+    Ok(())
+}
+
 /// One figure line: label, rate, unit.
 pub fn report(label: &str, rate: f64, unit: &str) {
     println!(

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use domain::dataset::{Dataset, DatasetError, DatasetId, DatasetName};
 use domain::upload::{
     DEFAULT_CHUNK_BYTES, Destination, Outcome, RowProblem, Upload, UploadCommand, UploadError,
-    UploadFailure, UploadId, UploadPlan, UploadStarted, UploadState,
+    UploadFailure, UploadId, UploadStarted, UploadState,
 };
 use domain::{BlobHash, DatasetKind, ImportFormat};
 use time::OffsetDateTime;
@@ -223,7 +223,7 @@ impl UploadMutation {
             }
         };
         let id = UploadId::new();
-        let plan = UploadPlan {
+        let plan = UploadStarted {
             owner,
             kind,
             name,
@@ -255,12 +255,12 @@ impl UploadMutation {
         index: u32,
         data: String,
     ) -> async_graphql::Result<UploadInfo> {
+        let decision = decision(ctx)?;
         let bytes = BASE64
             .decode(data.as_bytes())
             .map_err(|e| error::invalid("data", format!("not base64: {e}")))?;
         drop(data);
         let id = UploadId(upload_id);
-        let decision = decision(ctx)?;
         let state = state(ctx, id).await?;
         state
             .accepts_chunk(index, bytes.len() as u64, &decision)
