@@ -89,12 +89,13 @@ async fn figures(live: &LiveGateway, args: &BenchDatasetsArgs) -> anyhow::Result
     let elapsed = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     println!(
-        "  {:<42} {:>9.1} MB/s ({} MB in {} chunks, {} connections; goal ≥ 20 MB/s)",
+        "  {:<42} {:>9.1} MB/s ({} MB in {} chunks, {} connection{}; goal ≥ 20 MB/s)",
         "raw upload through uploadChunk",
         file.len() as f64 / BYTES_PER_MB as f64 / elapsed,
         args.megabytes,
         upload.chunks,
         args.connections,
+        if args.connections == 1 { "" } else { "s" },
     );
     Ok(())
 }
