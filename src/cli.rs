@@ -28,7 +28,9 @@ pub struct GlobalArgs {
     /// TOML file with the same settings (keys: store, listen, log_format,
     /// jwt_secret, access_token_ttl, refresh_grace, trusted_proxies,
     /// login_limit_per_address, login_limit_per_account, data_key,
-    /// upload_ttl).
+    /// upload_ttl, verification_allow_private_addresses,
+    /// verification_dns_server, verification_valid_days,
+    /// verification_https_port, verification_http_port).
     #[arg(long, env = "TB_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -98,6 +100,37 @@ pub struct ServeArgs {
     /// abandoned one then expires and its chunks are deleted [default: 86400]
     #[arg(long, env = "TB_UPLOAD_TTL", value_name = "SECONDS")]
     pub upload_ttl: Option<u32>,
+    #[command(flatten)]
+    pub verification: VerificationArgs,
+}
+
+/// How domains are verified.
+#[derive(Debug, Default, Args)]
+pub struct VerificationArgs {
+    /// Let the verification check connect to loopback, private, link-local
+    /// and other non-public addresses: for tests and private networks only
+    /// [default: false]
+    #[arg(
+        long,
+        env = "TB_VERIFICATION_ALLOW_PRIVATE_ADDRESSES",
+        value_name = "BOOL"
+    )]
+    pub verification_allow_private_addresses: Option<bool>,
+    /// The DNS server (IP:PORT) the check asks for TXT records and
+    /// addresses [default: the system's resolver configuration]
+    #[arg(long, env = "TB_VERIFICATION_DNS_SERVER", value_name = "IP:PORT")]
+    pub verification_dns_server: Option<String>,
+    /// Days a successful verification counts [default: 30]
+    #[arg(long, env = "TB_VERIFICATION_VALID_DAYS", value_name = "DAYS")]
+    pub verification_valid_days: Option<u32>,
+    /// Port of the well-known file over HTTPS, for tests and non-standard
+    /// set-ups [default: 443]
+    #[arg(long, env = "TB_VERIFICATION_HTTPS_PORT", value_name = "PORT")]
+    pub verification_https_port: Option<u16>,
+    /// Port of the well-known file over plain HTTP, for tests and
+    /// non-standard set-ups [default: 80]
+    #[arg(long, env = "TB_VERIFICATION_HTTP_PORT", value_name = "PORT")]
+    pub verification_http_port: Option<u16>,
 }
 
 #[derive(Debug, Subcommand)]

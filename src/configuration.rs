@@ -8,14 +8,18 @@ use anyhow::{Context, bail};
 use datasets::DataKey;
 use gateway::auth::rate_limit::LoginLimits;
 use gateway::client_addr::TrustedProxies;
+use gateway::verification::VerificationSettings;
+use gateway::verification::fetch::Ports;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use serde::Deserialize;
 use store::StoreUrl;
 
-use crate::cli::{GlobalArgs, LogFormat};
+use crate::cli::{GlobalArgs, LogFormat, VerificationArgs};
 
 pub const DEFAULT_STORE: &str = "sqlite://./data/trafficbuster.db";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Longest a domain verification may be set to count: a year.
+const MAX_VALID_DAYS: u32 = 365;
 
 /// What the TOML file may say.
 #[derive(Debug, Default, Deserialize)]
@@ -41,6 +45,16 @@ pub struct FileSettings {
     pub data_key: Option<SecretString>,
     /// Seconds an upload stays open for its chunks and its finish.
     pub upload_ttl: Option<u32>,
+    /// Lets domain verification reach non-public addresses (tests, private networks).
+    pub verification_allow_private_addresses: Option<bool>,
+    /// The DNS server (`IP:PORT`) domain verification asks.
+    pub verification_dns_server: Option<String>,
+    /// Days a domain verification counts.
+    pub verification_valid_days: Option<u32>,
+    /// The well-known file's HTTPS port (tests, non-standard set-ups).
+    pub verification_https_port: Option<u16>,
+    /// The well-known file's plain HTTP port (tests, non-standard set-ups).
+    pub verification_http_port: Option<u16>,
 }
 
 impl FileSettings {
@@ -225,6 +239,70 @@ impl Settings {
             );
         }
         Ok(policy)
+    }
+
+    /// Domain verification: flags/`TB_*`, then the file, then the defaults.
+    pub fn verification(&self, args: &VerificationArgs) -> anyhow::Result<VerificationSettings> {
+        let file = &self.file;
+        let defaults = VerificationSettings::default();
+        let dns_server = match args
+            .verification_dns_server
+            .as_deref()
+            .or(file.verification_dns_server.as_deref())
+        {
+            None => None,
+            Some(text) => match text.trim().parse::<SocketAddr>() {
+                Ok(addr) if addr.port() != 0 => Some(addr),
+                _ => bail!(
+                    "verification_dns_server (--verification-dns-server / TB_VERIFICATION_DNS_SERVER) \
+                     {text:?} is not IP:PORT with a port above 0 (e.g. 127.0.0.1:53 or [::1]:53)"
+                ),
+            },
+        };
+        let days = args
+            .verification_valid_days
+            .or(file.verification_valid_days);
+        let valid_for = match days {
+            None => defaults.valid_for,
+            Some(d @ 1..=MAX_VALID_DAYS) => time::Duration::days(i64::from(d)),
+            Some(d) => bail!(
+                "verification_valid_days (--verification-valid-days / TB_VERIFICATION_VALID_DAYS) \
+                 is {d}; give 1 to {MAX_VALID_DAYS} days"
+            ),
+        };
+        let port = |flag: Option<u16>, file: Option<u16>, default: u16, name: &str| match flag
+            .or(file)
+        {
+            None => Ok(default),
+            Some(0) => bail!(
+                "verification_{name}_port (--verification-{name}-port / TB_VERIFICATION_{}_PORT) \
+                     must be 1 to 65535",
+                name.to_ascii_uppercase()
+            ),
+            Some(p) => Ok(p),
+        };
+        Ok(VerificationSettings {
+            allow_private_addresses: args
+                .verification_allow_private_addresses
+                .or(file.verification_allow_private_addresses)
+                .unwrap_or(defaults.allow_private_addresses),
+            dns_server,
+            valid_for,
+            ports: Ports {
+                https: port(
+                    args.verification_https_port,
+                    file.verification_https_port,
+                    defaults.ports.https,
+                    "https",
+                )?,
+                http: port(
+                    args.verification_http_port,
+                    file.verification_http_port,
+                    defaults.ports.http,
+                    "http",
+                )?,
+            },
+        })
     }
 
     /// The listen address: `--listen`/`TB_LISTEN`, then the file, then the default.
@@ -412,6 +490,87 @@ mod tests {
             defaults.trusted_proxies(&[]).unwrap(),
             TrustedProxies::default()
         );
+    }
+
+    #[test]
+    fn verification_settings_come_from_flags_then_the_file_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        std::fs::write(
+            &path,
+            "verification_dns_server = \"127.0.0.1:5353\"\nverification_valid_days = 7\n\
+             verification_allow_private_addresses = true\nverification_http_port = 8080\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(&global(None, Some(&path))).unwrap();
+        let flags = VerificationArgs {
+            verification_allow_private_addresses: Some(false),
+            verification_https_port: Some(8443),
+            ..VerificationArgs::default()
+        };
+        let v = s.verification(&flags).unwrap();
+        assert_eq!(v.dns_server, Some("127.0.0.1:5353".parse().unwrap()));
+        assert_eq!(v.valid_for, time::Duration::days(7));
+        assert!(!v.allow_private_addresses);
+        assert_eq!(
+            v.ports,
+            Ports {
+                https: 8443,
+                http: 8080
+            }
+        );
+        let defaults = Settings::resolve(&global(None, None)).unwrap();
+        assert_eq!(
+            defaults.verification(&VerificationArgs::default()).unwrap(),
+            VerificationSettings::default()
+        );
+        assert!(!VerificationSettings::default().allow_private_addresses);
+    }
+
+    #[test]
+    fn a_bad_verification_setting_is_named() {
+        let s = Settings::resolve(&global(None, None)).unwrap();
+        let cases = [
+            (
+                VerificationArgs {
+                    verification_dns_server: Some("localhost:53".into()),
+                    ..VerificationArgs::default()
+                },
+                "verification_dns_server",
+            ),
+            (
+                VerificationArgs {
+                    verification_dns_server: Some("127.0.0.1".into()),
+                    ..VerificationArgs::default()
+                },
+                "IP:PORT",
+            ),
+            (
+                VerificationArgs {
+                    verification_valid_days: Some(0),
+                    ..VerificationArgs::default()
+                },
+                "verification_valid_days",
+            ),
+            (
+                VerificationArgs {
+                    verification_valid_days: Some(366),
+                    ..VerificationArgs::default()
+                },
+                "1 to 365 days",
+            ),
+            (
+                VerificationArgs {
+                    verification_http_port: Some(0),
+                    ..VerificationArgs::default()
+                },
+                "--verification-http-port",
+            ),
+        ];
+        for (args, named) in cases {
+            let err = s.verification(&args).unwrap_err().to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
     }
 
     #[test]

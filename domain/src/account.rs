@@ -85,7 +85,8 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
-/// The SHA-256 (hex) of a refresh token; the token itself is never stored.
+/// The SHA-256 (hex) of a bearer secret (a refresh token, a runner key); the
+/// secret itself is never stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TokenHash(pub String);

@@ -453,17 +453,15 @@ fn publish(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use uuid::Uuid;
 
     use time::{Duration, OffsetDateTime};
 
     use super::*;
-    use crate::decider::{Actor, Role};
+    use crate::decider::Role;
     use crate::licence::{Allowances, LicenceTerms, OverLimit};
     use crate::registry::Summary;
-    use crate::spec::Spec;
+    use crate::spec::{Spec, acting_as};
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
@@ -482,15 +480,7 @@ mod tests {
     }
 
     fn as_account(name: &str, allows: Allowances) -> Context {
-        Context::new(
-            now(),
-            Actor::Account {
-                account_id: Uuid::nil(),
-                username: name.into(),
-                roles: BTreeSet::from([Role::User]),
-            },
-        )
-        .with_licence(LicenceTerms {
+        acting_as(name, Role::User, now()).with_licence(LicenceTerms {
             allows,
             expires_at: now() + Duration::days(30),
         })

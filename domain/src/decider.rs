@@ -136,7 +136,12 @@ impl Actor {
     /// its domain claims)? The account itself, an admin, a super-admin or
     /// the system may.
     pub fn acts_for(&self, username: &str) -> bool {
-        self.is_account(username) || self.has(Role::Admin) || self.has(Role::SuperAdmin)
+        self.is_account(username) || self.is_admin()
+    }
+
+    /// An admin, a super-admin, or the system.
+    pub fn is_admin(&self) -> bool {
+        self.has(Role::Admin) || self.has(Role::SuperAdmin)
     }
 }
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::decider::{Context, Decider, Role};
+use crate::decider::{Context, Decider};
 
 /// A switch in the feature matrix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -293,7 +293,7 @@ impl Decider for Licence {
         command: LicenceCommand,
         ctx: &Context,
     ) -> Result<Vec<LicenceEvent>, LicenceError> {
-        if !(ctx.actor.has(Role::Admin) || ctx.actor.has(Role::SuperAdmin)) {
+        if !ctx.actor.is_admin() {
             return Err(LicenceError::Forbidden);
         }
         let by = ctx.actor.name();
@@ -329,7 +329,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::decider::Actor;
+    use crate::decider::{Actor, Role};
     use crate::spec::Spec;
 
     fn now() -> OffsetDateTime {

@@ -6,7 +6,23 @@
 
 use std::fmt::Debug;
 
-use crate::decider::{Actor, Context, Decider};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::decider::{Actor, Context, Decider, Role};
+
+/// A context at `now` for the account `username` holding `role`, without a
+/// licence.
+pub fn acting_as(username: &str, role: Role, now: OffsetDateTime) -> Context {
+    Context::new(
+        now,
+        Actor::Account {
+            account_id: Uuid::nil(),
+            username: username.into(),
+            roles: [role].into(),
+        },
+    )
+}
 
 /// A specification under construction: the history so far.
 pub struct Spec<D: Decider> {

@@ -165,7 +165,7 @@ impl Decider for SystemSettings {
                 )])
             }
             SystemSettingsCommand::TurnSafeModeOn { reason } => {
-                if !(ctx.actor.has(Role::Admin) || ctx.actor.has(Role::SuperAdmin)) {
+                if !ctx.actor.is_admin() {
                     return Err(SystemSettingsError::Forbidden(
                         "only an admin or a super-admin turns safe mode on",
                     ));

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::account::Username;
-use crate::decider::{Context, Decider, Role};
+use crate::decider::{Actor, Context, Decider, Role};
 use crate::domain_name::DomainName;
 use crate::envelope::{StreamId, StreamIdError};
 use crate::reason::{Reason, one_line};
@@ -101,6 +101,9 @@ pub enum FailureReason {
     TlsError,
     DnsError,
     RedirectToOtherHost,
+    /// No connection could be made to the site (nothing listening, or
+    /// no route to it).
+    Unreachable,
     /// The name resolved to an address the check may not connect to
     /// (loopback, private, link-local, metadata).
     RefusedAddress,
@@ -117,6 +120,7 @@ impl fmt::Display for FailureReason {
             FailureReason::TlsError => f.write_str("TLS failed"),
             FailureReason::DnsError => f.write_str("the DNS lookup failed"),
             FailureReason::RedirectToOtherHost => f.write_str("it redirected to another host"),
+            FailureReason::Unreachable => f.write_str("the site could not be reached"),
             FailureReason::RefusedAddress => {
                 f.write_str("the name resolves to an address the check may not reach")
             }
@@ -435,14 +439,7 @@ fn record_verification(
     outcome: VerificationOutcome,
     ctx: &Context,
 ) -> Result<Vec<TargetDomainEvent>, TargetDomainError> {
-    if !ctx.actor.acts_for(account.as_str()) {
-        return Err(TargetDomainError::Forbidden(
-            "a domain's verification is asked for by the claiming account or by an admin for it",
-        ));
-    }
-    if !state.claims.contains_key(&account) {
-        return Err(TargetDomainError::NotClaimed(account));
-    }
+    token_to_check(state, &account, &ctx.actor)?;
     let by = ctx.actor.name();
     let event = match outcome {
         VerificationOutcome::Verified { valid_until } => {
@@ -472,6 +469,27 @@ fn record_verification(
         }
     };
     Ok(vec![event])
+}
+
+/// The token to look for when `actor` asks to verify the domain for
+/// `account`: the account's own claim's, asked for by the account or an
+/// admin for it. The gateway asks before it reaches out to the site, so
+/// nobody sets off a check whose result they could not record.
+pub fn token_to_check<'a>(
+    state: &'a TargetDomainState,
+    account: &Username,
+    actor: &Actor,
+) -> Result<&'a VerificationToken, TargetDomainError> {
+    if !actor.acts_for(account.as_str()) {
+        return Err(TargetDomainError::Forbidden(
+            "a domain's verification is asked for by the claiming account or by an admin for it",
+        ));
+    }
+    state
+        .claims
+        .get(account)
+        .map(|claim| &claim.token)
+        .ok_or_else(|| TargetDomainError::NotClaimed(account.clone()))
 }
 
 /// Why traffic for an account may go to a domain.
@@ -799,6 +817,24 @@ mod tests {
             .in_context(as_account("bob", Role::User))
             .when(record("ada", in_a_day()))
             .then_err(|e| matches!(e, TargetDomainError::Forbidden(_)));
+    }
+
+    #[test]
+    fn the_token_to_check_is_the_accounts_own_asked_for_by_it_or_an_admin() {
+        let state = TargetDomain::fold(&[claimed("ada", 'a'), claimed("bob", 'b')]);
+        let check = |who: &str, role, account: &str| {
+            token_to_check(&state, &user(account), &as_account(who, role).actor).cloned()
+        };
+        assert_eq!(check("ada", Role::User, "ada"), Ok(token('a')));
+        assert_eq!(check("root", Role::Admin, "bob"), Ok(token('b')));
+        assert!(matches!(
+            check("ada", Role::User, "bob"),
+            Err(TargetDomainError::Forbidden(_))
+        ));
+        assert_eq!(
+            check("root", Role::Admin, "carl"),
+            Err(TargetDomainError::NotClaimed(user("carl")))
+        );
     }
 
     #[test]

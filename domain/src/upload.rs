@@ -469,8 +469,6 @@ fn start(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
-
     use uuid::Uuid;
 
     use time::Duration;
@@ -478,21 +476,14 @@ mod tests {
     use super::*;
     use crate::decider::Role;
     use crate::registry::Summary;
-    use crate::spec::Spec;
+    use crate::spec::{Spec, acting_as};
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
     }
 
     fn as_account(name: &str) -> Context {
-        Context::new(
-            now(),
-            Actor::Account {
-                account_id: Uuid::nil(),
-                username: name.into(),
-                roles: BTreeSet::from([Role::User]),
-            },
-        )
+        acting_as(name, Role::User, now())
     }
 
     fn ada() -> Context {

@@ -18,6 +18,7 @@ pub mod request_body;
 pub mod rows_cache;
 pub mod startup;
 pub mod state;
+pub mod verification;
 pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};

@@ -1,6 +1,7 @@
 //! One live feed of the event log per gateway, fanned out in memory to
 //! every GraphQL subscription: the store is read once per append, however
-//! many subscribers there are.
+//! many subscribers there are. Readers told of an event wait here for a
+//! view to show it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,8 @@ use domain::{Position, RecordedEvent};
 use store::{EventStore, Filter, SubscribeFrom};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+
+use crate::state::AppState;
 
 /// Events buffered for subscribers that are momentarily slow. One that
 /// falls further behind is told so (and re-checks what it must not miss).
@@ -69,5 +72,36 @@ async fn follow(store: Arc<dyn EventStore>, tx: broadcast::Sender<Arc<RecordedEv
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How long a reader waits for a view to show an event it was told of.
+const VIEW_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits until the view `view` holds every event up to `position`: this
+/// gateway's projection says so, or the committed checkpoint does (which
+/// holds whichever gateway projects it); false if neither within
+/// [`VIEW_PATIENCE`]. Wakes on this gateway's projection progress, and
+/// looks again every 100 ms anyway.
+pub async fn view_reached(app: &AppState, view: &str, position: Position) -> bool {
+    let mut progress = app.projections.clone();
+    let deadline = tokio::time::Instant::now() + VIEW_PATIENCE;
+    loop {
+        let here = progress
+            .borrow_and_update()
+            .get(view)
+            .is_some_and(|p| p.checkpoint >= position);
+        if here {
+            return true;
+        }
+        match app.views.checkpoint(view).await {
+            Ok(Some(checkpoint)) if checkpoint.position >= position => return true,
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, view, "cannot read the view's checkpoint"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(100), progress.changed()).await;
     }
 }

@@ -30,6 +30,7 @@ use crate::metrics::{Metered, Metrics};
 use crate::request_body::{self, MAX_BODY_BYTES};
 use crate::rows_cache::RowsCache;
 use crate::state::AppState;
+use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
 use crate::{expiry, graphiql, health, metrics};
 
@@ -43,6 +44,8 @@ pub enum StartError {
     Engine(#[from] projections::EngineError),
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("{0}")]
+    Verification(#[from] crate::verification::SetupError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -65,6 +68,8 @@ pub struct GatewayConfig {
     pub data_key: Option<Arc<DataKey>>,
     /// How long an upload takes chunks before it expires and they go.
     pub upload_ttl: time::Duration,
+    /// How domains are verified (DNS, the SSRF guard, how long it counts).
+    pub verification: VerificationSettings,
 }
 
 /// How long an upload stays open by default: a day.
@@ -254,6 +259,7 @@ impl Gateway {
         config: GatewayConfig,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new()?);
+        let verifier = Arc::new(Verifier::new(config.verification)?);
         let store: Arc<dyn store::EventStore> =
             Arc::new(Metered::new(backend.event_store(), metrics.clone()));
         let views = ViewStore::open(backend).await?;
@@ -284,6 +290,7 @@ impl Gateway {
             upload_ttl: config.upload_ttl,
             rows: Arc::new(RowsCache::default()),
             large_bodies: request_body::large_bodies(),
+            verifier,
         };
         let listener = TcpListener::bind(addr)
             .await

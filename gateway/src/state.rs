@@ -1,8 +1,9 @@
 //! What every request shares: the store, the command handler, sessions,
 //! login limits and the proxies trusted to name clients, the views and the
-//! projections' progress, the GraphQL schema and the open WebSockets, the
-//! data key, how long uploads stay open, and dataset versions' rows. The
-//! router's one state; GraphQL resolvers find it in each request's data.
+//! projections' progress, the GraphQL schema, the open WebSockets, the
+//! domain verifier, the data key, how long uploads stay open, and dataset
+//! versions' rows. The router's one state; GraphQL resolvers find it in
+//! each request's data.
 
 use std::sync::Arc;
 
@@ -19,6 +20,7 @@ use crate::graphql::ApiSchema;
 use crate::live::LiveFeed;
 use crate::metrics::Metrics;
 use crate::rows_cache::RowsCache;
+use crate::verification::Verifier;
 use crate::ws_limits::SessionConnections;
 
 #[derive(Clone)]
@@ -46,4 +48,6 @@ pub struct AppState {
     pub rows: Arc<RowsCache>,
     /// Bounds the large request bodies (chunk uploads) buffered at once.
     pub large_bodies: Arc<Semaphore>,
+    /// Checks that domains publish their claims' tokens.
+    pub verifier: Arc<Verifier>,
 }

@@ -30,11 +30,12 @@ fn token(fill: char) -> VerificationToken {
 }
 
 /// Every row of `view_domains`: (domain, account, status, method,
-/// expires_at, last_failure, listed_by, listed_reason).
+/// expires_at, last_failure, whether failed_at is set, listed_by, listed_reason).
 async fn domains(views: &ViewStore) -> Vec<Vec<SqlValue>> {
     views
         .query(
-            "SELECT domain, account, status, method, expires_at, last_failure, listed_by, listed_reason \
+            "SELECT domain, account, status, method, expires_at, last_failure, \
+             CASE WHEN failed_at IS NULL THEN 0 ELSE 1 END AS failed, listed_by, listed_reason \
              FROM view_domains ORDER BY domain, account",
             vec![],
         )
@@ -114,8 +115,8 @@ mod cases {
         .await;
 
         let text = |s: &str| SqlValue::Text(s.into());
-        let failure =
-            text("the check of the well-known file failed: the token was not found (404)");
+        let failure = text(r#"{"method":"well_known","reason":"not_found","detail":"404"}"#);
+        let (no_failure, failed) = (SqlValue::Int(0), SqlValue::Int(1));
         let expected = vec![
             vec![
                 text("blog.example"),
@@ -124,6 +125,7 @@ mod cases {
                 SqlValue::Null,
                 SqlValue::Null,
                 SqlValue::Null,
+                no_failure.clone(),
                 SqlValue::Null,
                 SqlValue::Null,
             ],
@@ -134,6 +136,7 @@ mod cases {
                 text("well_known"),
                 SqlValue::micros(valid_until),
                 failure.clone(),
+                failed.clone(),
                 SqlValue::Null,
                 SqlValue::Null,
             ],
@@ -144,6 +147,7 @@ mod cases {
                 SqlValue::Null,
                 SqlValue::Null,
                 failure,
+                failed,
                 SqlValue::Null,
                 SqlValue::Null,
             ],
@@ -154,6 +158,7 @@ mod cases {
                 SqlValue::Null,
                 SqlValue::Null,
                 SqlValue::Null,
+                no_failure,
                 text("root"),
                 text("our own staging"),
             ],

@@ -230,7 +230,8 @@ mod tests {
                 by: "root".into(),
             }),
         );
-        event.event_type = "JobStarted".into();
-        assert_eq!(summarize(&event), "JobStarted on job-1");
+        // A type no event set holds (JobStarted was one until jobs landed).
+        event.event_type = "SomethingNoSetHolds".into();
+        assert_eq!(summarize(&event), "SomethingNoSetHolds on job-1");
     }
 }

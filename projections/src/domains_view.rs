@@ -1,6 +1,9 @@
 //! The `domains` view: every account's claim on a target domain with how
 //! its verification stands, and every allow-listed domain.
 //!
+//! `last_failure` holds the failed check as JSON (the domain's `Failure`:
+//! method, reason, detail), `failed_at` when it was recorded.
+//!
 //! An allow-listing is every account's, so its row has the empty account
 //! (`ALL_ACCOUNTS`; no username is empty), which keeps one row per
 //! (domain, account) and one key order for paging.
@@ -18,6 +21,9 @@ pub struct DomainsView;
 
 pub const TABLE: &str = "view_domains";
 
+/// The view's name, as its checkpoint is kept under.
+pub const NAME: &str = "domains";
+
 /// The account of an allow-listing's row.
 pub const ALL_ACCOUNTS: &str = "";
 
@@ -31,6 +37,7 @@ const SCHEMA: &[&str] = &["CREATE TABLE view_domains (
     verified_at   BIGINT,
     expires_at    BIGINT,
     last_failure  TEXT,
+    failed_at     BIGINT,
     listed_by     TEXT,
     listed_reason TEXT,
     updated_at    BIGINT NOT NULL,
@@ -39,7 +46,12 @@ const SCHEMA: &[&str] = &["CREATE TABLE view_domains (
 
 impl Projection for DomainsView {
     fn name(&self) -> &'static str {
-        "domains"
+        NAME
+    }
+
+    // 2: the last failure as JSON, with when it was recorded.
+    fn version(&self) -> u32 {
+        2
     }
 
     fn schema(&self) -> &'static [&'static str] {
@@ -68,14 +80,15 @@ impl Projection for DomainsView {
             TargetDomainEvent::DomainClaimed(c) => Statement::new(
                 "INSERT INTO view_domains (domain, account, status, updated_at) VALUES ($1, $2, 'claimed', $3) \
                  ON CONFLICT (domain, account) DO UPDATE SET status = 'claimed', method = NULL, \
-                 verified_at = NULL, expires_at = NULL, last_failure = NULL, updated_at = excluded.updated_at",
+                 verified_at = NULL, expires_at = NULL, last_failure = NULL, failed_at = NULL, \
+                 updated_at = excluded.updated_at",
             )
             .bind(domain)
             .bind(c.account.as_str())
             .bind(at),
             TargetDomainEvent::DomainVerified(v) => Statement::new(
                 "UPDATE view_domains SET status = 'verified', method = $3, verified_at = $4, expires_at = $5, \
-                 last_failure = NULL, updated_at = $4 WHERE domain = $1 AND account = $2",
+                 last_failure = NULL, failed_at = NULL, updated_at = $4 WHERE domain = $1 AND account = $2",
             )
             .bind(domain)
             .bind(v.account.as_str())
@@ -86,18 +99,15 @@ impl Projection for DomainsView {
             // verified claim stays verified and only notes the failure.
             TargetDomainEvent::DomainVerificationFailed(f) => Statement::new(
                 "UPDATE view_domains SET status = CASE WHEN verified_at IS NULL THEN 'failed' ELSE status END, \
-                 last_failure = $3, updated_at = $4 WHERE domain = $1 AND account = $2",
+                 last_failure = $3, failed_at = $4, updated_at = $4 WHERE domain = $1 AND account = $2",
             )
             .bind(domain)
             .bind(f.account.as_str())
-            .bind(
-                Failure {
-                    method: f.method,
-                    reason: f.reason,
-                    detail: f.detail,
-                }
-                .to_string(),
-            )
+            .bind(serde_json::to_string(&Failure {
+                method: f.method,
+                reason: f.reason,
+                detail: f.detail,
+            })?)
             .bind(at),
             TargetDomainEvent::DomainAllowListed(a) => Statement::new(
                 "INSERT INTO view_domains (domain, account, status, listed_by, listed_reason, updated_at) \

@@ -51,6 +51,7 @@ impl LiveGateway {
             trusted_proxies: TrustedProxies::default(),
             data_key: None,
             upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
+            verification: gateway::verification::VerificationSettings::default(),
         };
         let gateway = Gateway::start(
             SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),

@@ -21,6 +21,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let trusted_proxies = settings.trusted_proxies(&args.trusted_proxies)?;
     let upload_ttl = settings.upload_ttl(args.upload_ttl)?;
     let secret = |name: &str| std::env::var(name).ok().map(SecretString::from);
+    let verification = settings.verification(&args.verification)?;
     let config = GatewayConfig {
         jwt_secret: settings.jwt_secret(secret("TB_JWT_SECRET"))?,
         session_policy,
@@ -28,6 +29,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
         trusted_proxies,
         data_key: settings.data_key(secret("TB_DATA_KEY"))?.map(Arc::new),
         upload_ttl,
+        verification,
     };
     let (backend, report) = store::open_backend(&settings.store)
         .await

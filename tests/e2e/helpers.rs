@@ -26,6 +26,11 @@ pub fn bin() -> Command {
         "TB_LOGIN_LIMIT_PER_ACCOUNT",
         "TB_DATA_KEY",
         "TB_UPLOAD_TTL",
+        "TB_VERIFICATION_ALLOW_PRIVATE_ADDRESSES",
+        "TB_VERIFICATION_DNS_SERVER",
+        "TB_VERIFICATION_VALID_DAYS",
+        "TB_VERIFICATION_HTTPS_PORT",
+        "TB_VERIFICATION_HTTP_PORT",
     ] {
         cmd.env_remove(var);
     }

@@ -71,6 +71,7 @@ pub struct SubscriptionRoot(
     session::SessionSubscription,
     audit::AuditSubscription,
     dataset::DatasetSubscription,
+    target_domain::TargetDomainSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.
