@@ -27,9 +27,10 @@ pub struct GlobalArgs {
 
     /// TOML file with the same settings (keys: store, listen, log_format,
     /// jwt_secret, access_token_ttl, refresh_grace, trusted_proxies,
-    /// login_limit_per_address, login_limit_per_account,
-    /// verification_allow_private_addresses, verification_dns_server,
-    /// verification_valid_days, verification_https_port, verification_http_port).
+    /// login_limit_per_address, login_limit_per_account, data_key,
+    /// upload_ttl, verification_allow_private_addresses,
+    /// verification_dns_server, verification_valid_days,
+    /// verification_https_port, verification_http_port).
     #[arg(long, env = "TB_CONFIG", global = true)]
     pub config: Option<PathBuf>,
 
@@ -95,6 +96,10 @@ pub struct ServeArgs {
     /// Login attempts (and password changes) a minute allowed per account [default: 5]
     #[arg(long, env = "TB_LOGIN_LIMIT_PER_ACCOUNT", value_name = "N")]
     pub login_limit_per_account: Option<u32>,
+    /// Seconds an upload stays open for its chunks and its finish; an
+    /// abandoned one then expires and its chunks are deleted [default: 86400]
+    #[arg(long, env = "TB_UPLOAD_TTL", value_name = "SECONDS")]
+    pub upload_ttl: Option<u32>,
     #[command(flatten)]
     pub verification: VerificationArgs,
 }
@@ -193,6 +198,27 @@ pub enum BenchCommand {
     /// Login, subscription fan-out and command-handler figures for an
     /// in-process gateway on 127.0.0.1.
     Gateway(BenchGatewayArgs),
+    /// Dataset upload figures for an in-process gateway on 127.0.0.1: a
+    /// csv of targets from start to published version, and raw chunk
+    /// throughput through uploadChunk.
+    Datasets(BenchDatasetsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchDatasetsArgs {
+    /// Store(s) to measure (repeatable), each in scratch space as for
+    /// `bench store`. Default: as for `bench store`.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Rows of the csv of targets uploaded and published.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rows: u32,
+    /// Megabytes (10^6 bytes) sent raw through uploadChunk.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub megabytes: u32,
+    /// Connections sending chunks at once for the raw figure.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub connections: u32,
 }
 
 #[derive(Debug, Args)]

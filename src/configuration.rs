@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use datasets::DataKey;
 use gateway::auth::rate_limit::LoginLimits;
 use gateway::client_addr::TrustedProxies;
 use gateway::verification::VerificationSettings;
@@ -39,6 +40,11 @@ pub struct FileSettings {
     pub login_limit_per_address: Option<u32>,
     /// Login attempts (and password changes) a minute per account.
     pub login_limit_per_account: Option<u32>,
+    /// Seals proxy passwords in datasets: 32 bytes as 64 hex digits or
+    /// base64; the same on every gateway.
+    pub data_key: Option<SecretString>,
+    /// Seconds an upload stays open for its chunks and its finish.
+    pub upload_ttl: Option<u32>,
     /// Lets domain verification reach non-public addresses (tests, private networks).
     pub verification_allow_private_addresses: Option<bool>,
     /// The DNS server (`IP:PORT`) domain verification asks.
@@ -117,11 +123,65 @@ impl Settings {
         match &self.store {
             StoreUrl::Sqlite(db) => {
                 let path = db.with_file_name("jwt-secret");
-                secret_file(&path)
+                let secret = kept_secret(&path, "token signing secret", || {
+                    Ok(gateway::auth::tokens::random_secret())
+                })?;
+                if secret.expose_secret().len() < 32 {
+                    bail!(
+                        "{} holds a secret shorter than 32 characters; delete it to make a new one",
+                        path.display()
+                    );
+                }
+                Ok(secret.expose_secret().as_bytes().to_vec().into())
             }
             StoreUrl::Postgres { .. } => bail!(
                 "set TB_JWT_SECRET (at least 32 characters, the same on every gateway) when the store is PostgreSQL"
             ),
+        }
+    }
+
+    /// The key that seals proxy passwords: `TB_DATA_KEY`, then the file.
+    /// With the embedded store and neither set, one is made once and kept
+    /// beside the database file; with PostgreSQL there is none, and
+    /// proxies with credentials are refused until one is set.
+    pub fn data_key(&self, from_env: Option<SecretString>) -> anyhow::Result<Option<DataKey>> {
+        let parse = |text: &SecretString, from: &str| {
+            DataKey::from_text(text.expose_secret())
+                .with_context(|| format!("the data key ({from})"))
+        };
+        if let Some(text) = &from_env {
+            return parse(text, "TB_DATA_KEY").map(Some);
+        }
+        if let Some(text) = &self.file.data_key {
+            return parse(text, "data_key in the config file").map(Some);
+        }
+        match &self.store {
+            StoreUrl::Sqlite(db) => {
+                let path = db.with_file_name("data-key");
+                // 32 random bytes as 64 hex digits: a data key's own form.
+                let text = kept_secret(&path, "data key", || {
+                    Ok(gateway::auth::tokens::random_secret())
+                })?;
+                parse(&text, &path.display().to_string()).map(Some)
+            }
+            StoreUrl::Postgres { .. } => {
+                tracing::warn!(
+                    "no data key (TB_DATA_KEY): proxies with credentials cannot be imported"
+                );
+                Ok(None)
+            }
+        }
+    }
+
+    /// How long an upload stays open: `--upload-ttl`/`TB_UPLOAD_TTL`, then
+    /// the file, then a day.
+    pub fn upload_ttl(&self, flag: Option<u32>) -> anyhow::Result<time::Duration> {
+        match flag.or(self.file.upload_ttl) {
+            None => Ok(gateway::startup::DEFAULT_UPLOAD_TTL),
+            Some(0) => bail!(
+                "the upload lifetime (--upload-ttl / TB_UPLOAD_TTL) must be at least 1 second"
+            ),
+            Some(seconds) => Ok(time::Duration::seconds(i64::from(seconds))),
         }
     }
 
@@ -259,24 +319,22 @@ impl Settings {
     }
 }
 
-/// Reads the secret at `path`, creating it (32 random bytes, hex, mode 0600) if missing.
-fn secret_file(path: &Path) -> anyhow::Result<SecretSlice<u8>> {
+/// Reads the secret kept at `path`, creating it first with `make` (mode
+/// 0600) when there is none: the one way a gateway on the embedded store
+/// keeps a secret it made.
+fn kept_secret(
+    path: &Path,
+    what: &str,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<SecretString> {
     use std::io::Write;
     if let Ok(existing) = std::fs::read_to_string(path) {
-        let existing = SecretString::from(existing);
-        let existing = existing.expose_secret().trim();
-        if existing.len() < 32 {
-            bail!(
-                "{} holds a secret shorter than 32 characters; delete it to make a new one",
-                path.display()
-            );
-        }
-        return Ok(existing.as_bytes().to_vec().into());
+        return Ok(SecretString::from(existing.trim().to_owned()));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let secret = gateway::auth::tokens::random_secret();
+    let secret = make()?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -286,10 +344,10 @@ fn secret_file(path: &Path) -> anyhow::Result<SecretSlice<u8>> {
     }
     let mut file = options
         .open(path)
-        .with_context(|| format!("cannot create the token secret {}", path.display()))?;
+        .with_context(|| format!("cannot create the {what} {}", path.display()))?;
     file.write_all(secret.as_bytes())?;
-    tracing::info!(path = %path.display(), "created a token signing secret");
-    Ok(secret.into_bytes().into())
+    tracing::info!(path = %path.display(), "created a {what}");
+    Ok(SecretString::from(secret))
 }
 
 #[cfg(test)]
@@ -355,6 +413,52 @@ mod tests {
         let key = settings.jwt_secret(None).unwrap();
         assert_eq!(key.expose_secret(), secret.as_bytes());
         assert!(!format!("{key:?}").contains(secret));
+    }
+
+    #[test]
+    fn the_data_key_comes_from_the_environment_then_the_file_and_is_named_when_bad() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tb.toml");
+        let hex_key = "ab".repeat(32);
+        std::fs::write(
+            &path,
+            format!("data_key = \"{hex_key}\"\nupload_ttl = 60\n"),
+        )
+        .unwrap();
+        let s = Settings::resolve(&global(Some("postgres://u@h/db"), Some(&path))).unwrap();
+        assert!(s.data_key(None).unwrap().is_some());
+        assert!(!format!("{s:?}").contains(&hex_key));
+        let base64_key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+        assert!(s.data_key(Some(base64_key.into())).unwrap().is_some());
+        let err = s.data_key(Some("too short".into())).unwrap_err();
+        assert!(format!("{err:#}").contains("TB_DATA_KEY"), "{err:#}");
+        assert!(format!("{err:#}").contains("32 bytes"), "{err:#}");
+        assert_eq!(s.upload_ttl(None).unwrap(), time::Duration::seconds(60));
+        assert_eq!(s.upload_ttl(Some(5)).unwrap(), time::Duration::seconds(5));
+        assert!(s.upload_ttl(Some(0)).is_err());
+    }
+
+    #[test]
+    fn without_a_data_key_sqlite_makes_one_beside_the_database_and_postgres_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("events.db");
+        let url = format!("sqlite://{}", db.display());
+        let s = Settings::resolve(&global(Some(&url), None)).unwrap();
+        assert!(s.data_key(None).unwrap().is_some());
+        let kept = dir.path().join("data-key");
+        let first = std::fs::read_to_string(&kept).unwrap();
+        assert_eq!(first.len(), 64, "32 bytes as hex");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&kept).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(s.data_key(None).unwrap().is_some());
+        assert_eq!(std::fs::read_to_string(&kept).unwrap(), first, "made once");
+        let pg = Settings::resolve(&global(Some("postgres://u@h/db"), None)).unwrap();
+        assert!(pg.data_key(None).unwrap().is_none());
+        assert_eq!(pg.upload_ttl(None).unwrap(), time::Duration::DAY);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 pub mod account;
 pub mod blob;
 pub mod click_consent;
+pub mod dataset;
 pub mod dataset_kind;
 pub mod decider;
 pub mod domain_name;
@@ -25,6 +26,8 @@ pub mod spec;
 pub mod system_settings;
 pub mod target_domain;
 pub mod thresholds;
+pub mod upload;
+mod uuid_id;
 
 pub use blob::{BlobHash, BlobHashError};
 pub use dataset_kind::{DatasetKind, ImportFormat, RowsSummary};

@@ -1,13 +1,15 @@
-//! Ends sessions that outlived their grace period, as events, so that
-//! views and live subscriptions learn of it. Safe on many gateways at once:
-//! expiring an ended session is a no-op.
+//! Ends what outlived its time, as events, so that views and live
+//! subscriptions learn of it: sessions past their grace period, and
+//! uploads left unfinished past their expiry, whose staged chunks go with
+//! them. Safe on many gateways at once: expiring what has ended is a no-op.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use domain::account::{Account, AccountCommand, SessionId, Username};
+use domain::upload::{Upload, UploadCommand, UploadId};
 use domain::{Actor, Context};
-use projections::{SqlValue, sessions_view};
+use projections::{SqlValue, sessions_view, uploads_view};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -25,8 +27,23 @@ static OVERDUE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Open uploads past their expiry.
+static ABANDONED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT upload_id FROM {} WHERE status = 'open' AND expires_at <= $1",
+        uploads_view::TABLE
+    )
+});
+
+fn system_meta() -> CommandMeta {
+    CommandMeta {
+        source: Some("gateway".into()),
+        ..CommandMeta::default()
+    }
+}
+
 /// Expires every overdue session once; returns how many it ended.
-pub async fn sweep(app: &AppState, now: OffsetDateTime) -> usize {
+pub async fn sweep_sessions(app: &AppState, now: OffsetDateTime) -> usize {
     let rows = match app.views.query(&OVERDUE, vec![SqlValue::micros(now)]).await {
         Ok(rows) => rows,
         Err(e) => {
@@ -46,10 +63,7 @@ pub async fn sweep(app: &AppState, now: OffsetDateTime) -> usize {
             continue;
         };
         let Ok(stream) = user.stream() else { continue };
-        let meta = CommandMeta {
-            source: Some("gateway".into()),
-            ..CommandMeta::default()
-        };
+        let meta = system_meta();
         let command = AccountCommand::ExpireSession {
             session_id: SessionId(sid),
         };
@@ -66,15 +80,81 @@ pub async fn sweep(app: &AppState, now: OffsetDateTime) -> usize {
     ended
 }
 
-/// Sweeps forever, every [`EVERY`].
+/// Expires every abandoned upload once and deletes its chunks; returns
+/// how many it expired.
+pub async fn sweep_uploads(app: &AppState, now: OffsetDateTime) -> usize {
+    let rows = match app
+        .views
+        .query(&ABANDONED, vec![SqlValue::micros(now)])
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "expiry sweep cannot read uploads");
+            return 0;
+        }
+    };
+    let mut expired = 0;
+    for row in rows {
+        let Some(id) = row
+            .get::<String>("upload_id")
+            .ok()
+            .and_then(|id| id.parse::<UploadId>().ok())
+        else {
+            continue;
+        };
+        let ctx = Context::new(now, Actor::System);
+        match app
+            .handler
+            .handle::<Upload>(&id.stream(), UploadCommand::Expire, &ctx, &system_meta())
+            .await
+        {
+            Ok(done) if !done.events.is_empty() => expired += 1,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, upload = %id, "cannot expire upload");
+                continue;
+            }
+        }
+        if let Err(e) = app.store.delete_chunks(id.0).await {
+            tracing::warn!(error = %e, upload = %id, "cannot delete an expired upload's chunks");
+        }
+    }
+    expired
+}
+
+/// Sweeps forever: sessions every [`EVERY`], uploads as often, or at
+/// their lifetime when that is shorter.
 pub async fn run(app: AppState) {
+    let uploads_every = app.upload_ttl.try_into().map_or(EVERY, |ttl: Duration| {
+        ttl.clamp(Duration::from_millis(100), EVERY)
+    });
+    tokio::join!(
+        every(EVERY, || async {
+            let n = sweep_sessions(&app, OffsetDateTime::now_utc()).await;
+            if n > 0 {
+                tracing::info!(sessions = n, "expired idle sessions");
+            }
+        }),
+        every(uploads_every, || async {
+            let n = sweep_uploads(&app, OffsetDateTime::now_utc()).await;
+            if n > 0 {
+                tracing::info!(uploads = n, "expired abandoned uploads");
+            }
+        }),
+    );
+}
+
+/// Runs `sweep` every `period`, forever.
+async fn every<F, Fut>(period: Duration, mut sweep: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     // The first sweep waits a period: the views are still being created.
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + EVERY, EVERY);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tick.tick().await;
-        let n = sweep(&app, OffsetDateTime::now_utc()).await;
-        if n > 0 {
-            tracing::info!(sessions = n, "expired idle sessions");
-        }
+        sweep().await;
     }
 }

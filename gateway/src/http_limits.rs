@@ -24,8 +24,9 @@ use crate::graphql::error::Code;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most requests handled at once. With bodies of at most 256 KiB this bounds
-/// buffered request bodies to 64 MiB; a 2-core machine has long been
-/// saturated before 256 requests are really running.
+/// buffered request bodies to 64 MiB, plus the few larger chunk uploads
+/// `request_body` lets through; a 2-core machine has long been saturated
+/// before 256 requests are really running.
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 256;
 
 /// What a client is told to wait before retrying an overloaded gateway.

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
+pub mod dataset_references;
 pub mod expiry;
 pub mod graphiql;
 pub mod graphql;
@@ -13,6 +14,9 @@ pub mod http_limits;
 pub mod job_log;
 pub mod live;
 pub mod metrics;
+pub mod publishing;
+pub mod request_body;
+pub mod rows_cache;
 pub mod runner_link;
 pub mod startup;
 pub mod state;

@@ -25,6 +25,7 @@ use store::{
     StreamFrom, SubscribeFrom, Subscription,
 };
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use crate::state::AppState;
 
@@ -426,6 +427,22 @@ impl EventStore for Metered {
 
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.get_blob(hash).await
+    }
+
+    async fn put_chunk(&self, upload: Uuid, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.put_chunk(upload, index, bytes).await
+    }
+
+    async fn chunk_indexes(&self, upload: Uuid) -> Result<Vec<u32>, StoreError> {
+        self.inner.chunk_indexes(upload).await
+    }
+
+    async fn read_chunks(&self, upload: Uuid) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.inner.read_chunks(upload).await
+    }
+
+    async fn delete_chunks(&self, upload: Uuid) -> Result<u64, StoreError> {
+        self.inner.delete_chunks(upload).await
     }
 
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {

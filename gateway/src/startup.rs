@@ -9,11 +9,12 @@ use async_graphql::Data;
 use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
 use async_graphql_axum::{GraphQLProtocol, GraphQLResponse};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use datasets::DataKey;
 use projections::{ProjectionEngine, ViewStore};
 use secrecy::SecretSlice;
 use tokio::net::TcpListener;
@@ -26,14 +27,13 @@ use crate::command_handler::CommandHandler;
 use crate::graphql::{self, RequestAuth};
 use crate::http_limits::{self, HttpLimits};
 use crate::metrics::{Metered, Metrics};
+use crate::request_body::{self, MAX_BODY_BYTES};
+use crate::rows_cache::RowsCache;
 use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
 use crate::{expiry, graphiql, health, job_log, metrics};
-
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -63,9 +63,18 @@ pub struct GatewayConfig {
     pub login_limits: LoginLimits,
     /// Proxies whose forwarding headers name the client.
     pub trusted_proxies: TrustedProxies,
+    /// Seals proxy passwords in dataset blobs; every gateway of a
+    /// deployment needs the same. Without one, proxies with credentials
+    /// are refused (the rest works).
+    pub data_key: Option<Arc<DataKey>>,
+    /// How long an upload takes chunks before it expires and they go.
+    pub upload_ttl: time::Duration,
     /// How domains are verified (DNS, the SSRF guard, how long it counts).
     pub verification: VerificationSettings,
 }
+
+/// How long an upload stays open by default: a day.
+pub const DEFAULT_UPLOAD_TTL: time::Duration = time::Duration::DAY;
 
 /// Every route the gateway serves.
 pub fn router(state: AppState) -> Router {
@@ -129,10 +138,21 @@ async fn graphql_http(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
-    // Bytes, not async-graphql's extractor: it streams past DefaultBodyLimit.
-    body: Bytes,
+    // A body, not an extractor: its limit depends on who sends what (see
+    // `request_body`), so the caller is known before it is read.
+    body: Body,
 ) -> Response {
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer);
+    let client = state.trusted_proxies.client_ip(addr.ip(), &headers);
+    let auth = authenticate(&state, token, Some(client), user_agent(&headers)).await;
+    let read = match request_body::read(body, auth.principal.is_some(), &state.large_bodies).await {
+        Ok(read) => read,
+        Err(refused) => return refused,
+    };
+    let request: async_graphql::Request = match serde_json::from_slice(&read.bytes) {
         Ok(r) => r,
         Err(e) => {
             let message =
@@ -141,18 +161,17 @@ async fn graphql_http(
             return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
         }
     };
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
-    let client = state.trusted_proxies.client_ip(addr.ip(), &headers);
-    let auth = authenticate(&state, token, Some(client), user_agent(&headers)).await;
+    if !request_body::fits(&read, &request) {
+        return request_body::too_large();
+    }
+    drop(read.bytes);
     let operation = operation_type(&request);
     let started = std::time::Instant::now();
     let mut response = state
         .schema
         .execute(request.data(auth).data(state.clone()))
         .await;
+    drop(read.large);
     state.metrics.observe_graphql(
         operation,
         response.errors.is_empty(),
@@ -270,6 +289,10 @@ impl Gateway {
             live: Arc::new(crate::live::LiveFeed::start(store.clone())),
             schema: graphql::schema(),
             ws_connections: Arc::default(),
+            data_key: config.data_key,
+            upload_ttl: config.upload_ttl,
+            rows: Arc::new(RowsCache::default()),
+            large_bodies: request_body::large_bodies(),
             fleet: Arc::default(),
             runner_terms: RunnerTerms::default(),
             verifier,

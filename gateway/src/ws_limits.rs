@@ -20,7 +20,7 @@ use crate::graphql::error::{Code, error};
 
 /// Largest WebSocket message (and frame) accepted: the HTTP body limit, so
 /// a query too large for POST is not welcome over the socket either.
-pub const MAX_MESSAGE_BYTES: usize = crate::startup::MAX_BODY_BYTES;
+pub const MAX_MESSAGE_BYTES: usize = crate::request_body::MAX_BODY_BYTES;
 
 /// Most operations (in practice subscriptions) one connection runs at once.
 /// A UI multiplexes every live view of a tab on one connection and watches a

@@ -7,12 +7,14 @@
 //! - [`ProjectionEngine`]: runs views, reports [`EngineStatus`], rebuilds;
 //! - the views: [`EventCounts`] (events per type), and the identity views
 //!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
-//!   the consent views [`DomainsView`] and [`ConsentsView`], and the fleet's
+//!   the consent views [`DomainsView`] and [`ConsentsView`], the dataset
+//!   views [`DatasetsView`] and [`UploadsView`], and the fleet's
 //!   [`RunnersView`] and [`JobsView`].
 
 pub mod accounts_view;
 pub mod audit_view;
 pub mod consents_view;
+pub mod datasets_view;
 mod decode;
 pub mod domains_view;
 pub mod engine;
@@ -27,11 +29,13 @@ pub mod runners_view;
 pub mod sessions_view;
 pub mod sql;
 pub mod status;
+pub mod uploads_view;
 pub mod view_store;
 
 pub use accounts_view::AccountsView;
 pub use audit_view::AuditView;
 pub use consents_view::ConsentsView;
+pub use datasets_view::DatasetsView;
 pub use domains_view::DomainsView;
 pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError, RowError, ViewError};
@@ -44,6 +48,7 @@ pub use runners_view::RunnersView;
 pub use sessions_view::SessionsView;
 pub use sql::{OutOfRange, SqlValue, Statement};
 pub use status::{EngineStatus, FailedEvent, Phase, ProjectionFailure, ProjectionStatus};
+pub use uploads_view::UploadsView;
 pub use view_store::{Checkpoint, ViewStore};
 
 use std::sync::Arc;
@@ -60,6 +65,8 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(MetricsView),
         Arc::new(DomainsView),
         Arc::new(ConsentsView),
+        Arc::new(DatasetsView),
+        Arc::new(UploadsView),
         Arc::new(RunnersView),
         Arc::new(JobsView),
     ]

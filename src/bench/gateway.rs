@@ -12,37 +12,33 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use domain::account::{Account, AccountCommand, PasswordHash, Username};
 use domain::licence::{
     Allowances, Licence, LicenceCommand, LicenceEvent, LicenceIssued, LicenceTerms,
 };
-use domain::{Actor, Context, EventSet, Metadata, Role, StreamId};
+use domain::{Actor, EventSet, Metadata, Role, StreamId};
 use futures_util::{SinkExt, StreamExt};
+use gateway::CommandHandler;
 use gateway::auth::password;
-use gateway::auth::rate_limit::{LoginLimits, PER_IP_PER_MINUTE};
-use gateway::auth::sessions::SessionPolicy;
-use gateway::client_addr::TrustedProxies;
-use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
+use gateway::auth::rate_limit::PER_IP_PER_MINUTE;
 use serde_json::{Value, json};
 use store::{EventStore, ExpectedVersion};
 use time::OffsetDateTime;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
-use uuid::Uuid;
 
-use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets, thousands};
+use crate::bench::live::{
+    HttpConn, LOGIN, LiveGateway, PASSWORD, PATIENCE, bench_meta, create_account, new_handler,
+    system,
+};
+use crate::bench::{
+    Scratch, counter_bar, on_each, percentile, report, spinner, targets, thousands,
+};
 use crate::cli::BenchGatewayArgs;
 use crate::configuration::Settings;
 
-/// Signs the bench gateway's tokens; it never leaves this process.
-const JWT_SECRET: &[u8] = b"trafficbuster bench gateway secret, 32+ bytes";
-/// Every bench account's password.
-const PASSWORD: &str = "bench password, long enough";
 /// The fan-out's subscribers are spread over auditor sessions: a session
 /// holds at most this many WebSockets, as a user's browser tabs would.
 const SUBSCRIBERS_PER_AUDITOR: usize = gateway::ws_limits::MAX_CONNECTIONS_PER_SESSION;
@@ -65,8 +61,6 @@ const CONNECT_CONCURRENCY: usize = 32;
 const WARM_UP_ATTEMPTS: u32 = 10;
 /// Pause between fan-out rounds, so one round's tail never overlaps the next.
 const ROUND_GAP: Duration = Duration::from_millis(100);
-/// Longest wait for any one reply or delivery before the bench gives up.
-const PATIENCE: Duration = Duration::from_secs(30);
 /// Both ends of every subscriber's socket live in this process; on top,
 /// the store's connections (SQLite opens a reader per concurrent read, up
 /// to tokio's 512 blocking threads, at about three files each).
@@ -83,22 +77,17 @@ const FILL_BATCH: u64 = 1000;
 /// Commands per slice when (b) checks that the rate stays flat.
 const SLICE: usize = 1000;
 
-const LOGIN: &str =
-    "mutation($u: String!, $p: String!) { login(username: $u, password: $p) { accessToken } }";
 const ME: &str = "{ me { username } }";
 const AUDIT_EVENTS: &str = "subscription { auditEvents { streamId } }";
 
 pub async fn run(settings: &Settings, args: &BenchGatewayArgs) -> anyhow::Result<()> {
     check_open_files(args.subscribers)?;
-    for target in targets(&args.targets, settings) {
-        let scratch = Scratch::open(target).await?;
-        println!("gateway bench: {}", scratch.describe);
-        let result = measure(&scratch, args).await;
-        scratch.cleanup().await?;
-        result?;
-        println!();
-    }
-    Ok(())
+    on_each(
+        targets(&args.targets, settings),
+        |scratch| format!("gateway bench: {}", scratch.describe),
+        async |scratch| measure(scratch, args).await,
+    )
+    .await
 }
 
 async fn measure(scratch: &Scratch, args: &BenchGatewayArgs) -> anyhow::Result<()> {
@@ -131,68 +120,6 @@ fn open_file_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
-}
-
-/// A gateway serving on 127.0.0.1 inside this process, and a command
-/// handler of the bench's own on the same store (for set-up and appends).
-struct LiveGateway {
-    addr: SocketAddr,
-    handler: Arc<CommandHandler>,
-    stop: oneshot::Sender<()>,
-    serving: JoinHandle<std::io::Result<()>>,
-}
-
-impl LiveGateway {
-    async fn start(scratch: &Scratch) -> anyhow::Result<Self> {
-        let config = GatewayConfig {
-            jwt_secret: JWT_SECRET.to_vec().into(),
-            session_policy: SessionPolicy::default(),
-            login_limits: LoginLimits::default(),
-            trusted_proxies: TrustedProxies::default(),
-            verification: gateway::verification::VerificationSettings::default(),
-        };
-        let gateway = Gateway::start(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            &scratch.backend,
-            config,
-        )
-        .await
-        .context("cannot start the gateway")?;
-        let addr = gateway.local_addr()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let serving = tokio::spawn(gateway.serve(async move {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            addr,
-            handler: Arc::new(new_handler(scratch.store())),
-            stop,
-            serving,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        match tokio::time::timeout(PATIENCE, self.serving).await {
-            Ok(served) => Ok(served??),
-            Err(_) => bail!("the gateway did not stop within {PATIENCE:?}"),
-        }
-    }
-}
-
-fn new_handler(store: Arc<dyn EventStore>) -> CommandHandler {
-    CommandHandler::new(store, Arc::new(domain::event_registry()))
-}
-
-fn bench_meta() -> CommandMeta {
-    CommandMeta {
-        source: Some("bench".into()),
-        ..CommandMeta::default()
-    }
-}
-
-fn system() -> Context {
-    Context::new(OffsetDateTime::now_utc(), Actor::System)
 }
 
 async fn gateway_figures(live: &LiveGateway, args: &BenchGatewayArgs) -> anyhow::Result<()> {
@@ -269,26 +196,6 @@ async fn create_accounts(
     Ok(())
 }
 
-async fn create_account(
-    handler: &CommandHandler,
-    name: &str,
-    role: Role,
-    hash: &PasswordHash,
-) -> anyhow::Result<()> {
-    let username = Username::parse(name)?;
-    let command = AccountCommand::Create {
-        account_id: Uuid::now_v7(),
-        username: username.clone(),
-        roles: [role].into(),
-        password_hash: hash.clone(),
-    };
-    handler
-        .handle::<Account>(&username.stream()?, command, &system(), &bench_meta())
-        .await
-        .with_context(|| format!("cannot create account {name}"))?;
-    Ok(())
-}
-
 /// The loopback address login `i` is sent from. The gateway allows 20
 /// logins a minute per client address, so one address could not send 200
 /// in a bench's time; Linux routes all of 127.0.0.0/8 to loopback, so the
@@ -334,121 +241,6 @@ async fn login_latency(addr: SocketAddr, logins: u32) -> anyhow::Result<(Vec<f64
     total.sort_by(f64::total_cmp);
     login.sort_by(f64::total_cmp);
     Ok((total, login))
-}
-
-/// A keep-alive HTTP/1.1 connection to the gateway's `/graphql`.
-struct HttpConn {
-    io: BufReader<TcpStream>,
-    host: String,
-}
-
-impl HttpConn {
-    async fn connect(from: IpAddr, to: SocketAddr) -> anyhow::Result<Self> {
-        let socket = TcpSocket::new_v4()?;
-        socket
-            .bind(SocketAddr::new(from, 0))
-            .with_context(|| format!("cannot bind a client socket to {from}"))?;
-        let stream = socket
-            .connect(to)
-            .await
-            .with_context(|| format!("cannot connect from {from} to {to}"))?;
-        // Requests go out in one write each; no reason to let Nagle hold them.
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            io: BufReader::new(stream),
-            host: to.to_string(),
-        })
-    }
-
-    /// Posts a GraphQL request; a non-200 answer or a GraphQL error is an error.
-    async fn graphql(
-        &mut self,
-        query: &str,
-        variables: Value,
-        token: Option<&str>,
-    ) -> anyhow::Result<Value> {
-        let body = json!({ "query": query, "variables": variables }).to_string();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "POST /graphql HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-            self.host,
-            body.len()
-        );
-        self.io.get_mut().write_all(request.as_bytes()).await?;
-        let (status, body) = tokio::time::timeout(PATIENCE, self.read_response())
-            .await
-            .with_context(|| format!("no HTTP response within {PATIENCE:?}"))??;
-        let text = String::from_utf8_lossy(&body);
-        ensure!(status == 200, "HTTP {status}: {text}");
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("the response is not JSON: {text}"))?;
-        if let Some(errors) = value.get("errors") {
-            bail!("GraphQL errors: {errors}");
-        }
-        Ok(value)
-    }
-
-    /// The status and body of one response (Content-Length or chunked).
-    async fn read_response(&mut self) -> anyhow::Result<(u16, Vec<u8>)> {
-        let mut line = String::new();
-        self.io.read_line(&mut line).await?;
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("not an HTTP status line: {line:?}"))?;
-        let mut length = None;
-        let mut chunked = false;
-        loop {
-            line.clear();
-            ensure!(
-                self.io.read_line(&mut line).await? > 0,
-                "the gateway closed the connection mid-response"
-            );
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            let Some((name, value)) = header.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse::<usize>()?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.eq_ignore_ascii_case("chunked");
-            }
-        }
-        let body = if chunked {
-            self.read_chunked().await?
-        } else {
-            let mut body = vec![0; length.context("a response without a length")?];
-            self.io.read_exact(&mut body).await?;
-            body
-        };
-        Ok((status, body))
-    }
-
-    async fn read_chunked(&mut self) -> anyhow::Result<Vec<u8>> {
-        let mut body = Vec::new();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.io.read_line(&mut line).await?;
-            let size = line.trim().split(';').next().unwrap_or_default();
-            let size = usize::from_str_radix(size, 16)
-                .with_context(|| format!("not a chunk size: {line:?}"))?;
-            // The chunk, then its CRLF (no trailers follow the last one).
-            let mut chunk = vec![0; size + 2];
-            self.io.read_exact(&mut chunk).await?;
-            if size == 0 {
-                return Ok(body);
-            }
-            body.extend_from_slice(&chunk[..size]);
-        }
-    }
 }
 
 type Ws =

@@ -3,7 +3,9 @@
 //! dropped afterwards), so it never touches real data, and every phase is
 //! bounded so a bench stops by itself.
 
+pub mod datasets;
 pub mod gateway;
+pub mod live;
 pub mod store;
 
 use std::sync::Arc;
@@ -133,6 +135,24 @@ pub fn targets<'a>(given: &'a [String], settings: &'a Settings) -> Vec<Target<'a
     } else {
         vec![Target::Temporary]
     }
+}
+
+/// Measures each target in scratch space of its own, under a title line,
+/// removing the scratch space whether the measurement succeeds or not.
+pub async fn on_each(
+    targets: Vec<Target<'_>>,
+    title: impl Fn(&Scratch) -> String,
+    measure: impl AsyncFn(&Scratch) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for target in targets {
+        let scratch = Scratch::open(target).await?;
+        println!("{}", title(&scratch));
+        let result = measure(&scratch).await;
+        scratch.cleanup().await?;
+        result?;
+        println!();
+    }
+    Ok(())
 }
 
 /// One figure line: label, rate, unit.

@@ -12,7 +12,7 @@ use anyhow::Context;
 use domain::{NewEvent, Payload, Position, StreamId};
 use store::{EventStore, ExpectedVersion, Filter, SubscribeFrom};
 
-use crate::bench::{Scratch, counter_bar, percentile, report, spinner, targets};
+use crate::bench::{counter_bar, on_each, percentile, report, spinner, targets};
 use crate::cli::BenchStoreArgs;
 use crate::configuration::Settings;
 
@@ -26,18 +26,17 @@ pub async fn run(settings: &Settings, args: &BenchStoreArgs) -> anyhow::Result<(
         "--seconds must be between 0 and 600"
     );
     let phase = Duration::from_secs_f64(args.seconds);
-    for target in targets(&args.targets, settings) {
-        let scratch = Scratch::open(target).await?;
-        println!(
-            "store bench: {} ({:?} per timed phase)",
-            scratch.describe, phase
-        );
-        let result = measure(&scratch.store(), phase, args.replay_events).await;
-        scratch.cleanup().await?;
-        result?;
-        println!();
-    }
-    Ok(())
+    on_each(
+        targets(&args.targets, settings),
+        |scratch| {
+            format!(
+                "store bench: {} ({phase:?} per timed phase)",
+                scratch.describe
+            )
+        },
+        async |scratch| measure(&scratch.store(), phase, args.replay_events).await,
+    )
+    .await
 }
 
 async fn measure(

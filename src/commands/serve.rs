@@ -1,6 +1,8 @@
 //! `trafficbuster serve`: open the store, apply migrations, run projections
 //! and serve the gateway.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use gateway::{Gateway, GatewayConfig};
 use secrecy::SecretString;
@@ -17,13 +19,16 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let login_limits =
         settings.login_limits(args.login_limit_per_address, args.login_limit_per_account)?;
     let trusted_proxies = settings.trusted_proxies(&args.trusted_proxies)?;
+    let upload_ttl = settings.upload_ttl(args.upload_ttl)?;
+    let secret = |name: &str| std::env::var(name).ok().map(SecretString::from);
     let verification = settings.verification(&args.verification)?;
     let config = GatewayConfig {
-        jwt_secret: settings
-            .jwt_secret(std::env::var("TB_JWT_SECRET").ok().map(SecretString::from))?,
+        jwt_secret: settings.jwt_secret(secret("TB_JWT_SECRET"))?,
         session_policy,
         login_limits,
         trusted_proxies,
+        data_key: settings.data_key(secret("TB_DATA_KEY"))?.map(Arc::new),
+        upload_ttl,
         verification,
     };
     let (backend, report) = store::open_backend(&settings.store)

@@ -4,6 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use domain::{BlobHash, EventId, NewEvent, Position, RecordedEvent, StreamId};
+use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::subscription::Subscription;
@@ -288,6 +289,21 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The bytes stored under `hash`, if any.
     async fn get_blob(&self, hash: &BlobHash) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stages chunk `index` of upload `upload`, replacing one staged
+    /// before under that index (a client's retry). Chunks are staging, not
+    /// a record: see [`EventStore::delete_chunks`].
+    async fn put_chunk(&self, upload: Uuid, index: u32, bytes: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The indexes of `upload`'s staged chunks, ascending.
+    async fn chunk_indexes(&self, upload: Uuid) -> Result<Vec<u32>, StoreError>;
+
+    /// `upload`'s staged chunks, as (index, bytes) in index order.
+    async fn read_chunks(&self, upload: Uuid) -> Result<Vec<(u32, Vec<u8>)>, StoreError>;
+
+    /// Deletes `upload`'s staged chunks (once it finished or expired);
+    /// returns how many there were.
+    async fn delete_chunks(&self, upload: Uuid) -> Result<u64, StoreError>;
 
     /// Saves `snapshot` as `stream`'s, replacing any earlier one.
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError>;

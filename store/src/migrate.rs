@@ -20,6 +20,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0002_snapshots",
         sql: include_str!("../../migrations/sqlite/0002_snapshots.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_upload_chunks",
+        sql: include_str!("../../migrations/sqlite/0003_upload_chunks.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -42,6 +47,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 4,
         name: "0004_head_is_a_snapshot",
         sql: include_str!("../../migrations/postgres/0004_head_is_a_snapshot.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "0005_upload_chunks",
+        sql: include_str!("../../migrations/postgres/0005_upload_chunks.sql"),
     },
 ];
 

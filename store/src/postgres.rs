@@ -686,6 +686,54 @@ impl EventStore for PostgresStore {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn put_chunk(&self, upload: Uuid, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO upload_chunks (upload_id, idx, data) VALUES ($1, $2, $3) \
+                 ON CONFLICT (upload_id, idx) DO UPDATE SET data = excluded.data",
+                &[&upload, &i64::from(index), &bytes],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn chunk_indexes(&self, upload: Uuid) -> Result<Vec<u32>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT idx FROM upload_chunks WHERE upload_id = $1 ORDER BY idx",
+                &[&upload],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get::<_, i64>(0) as u32).collect())
+    }
+
+    async fn read_chunks(&self, upload: Uuid) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT idx, data FROM upload_chunks WHERE upload_id = $1 ORDER BY idx",
+                &[&upload],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<_, i64>(0) as u32, r.get(1)))
+            .collect())
+    }
+
+    async fn delete_chunks(&self, upload: Uuid) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM upload_chunks WHERE upload_id = $1", &[&upload])
+            .await
+            .map_err(pg_err)
+    }
+
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SAVE_SNAPSHOT).await.map_err(pg_err)?;

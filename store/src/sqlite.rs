@@ -562,6 +562,58 @@ impl EventStore for SqliteStore {
         .await
     }
 
+    async fn put_chunk(&self, upload: Uuid, index: u32, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO upload_chunks (upload_id, idx, data) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (upload_id, idx) DO UPDATE SET data = excluded.data",
+            )
+            .and_then(|mut s| s.execute(params![upload.as_bytes(), index, bytes]))
+            .map_err(db_err)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn chunk_indexes(&self, upload: Uuid) -> Result<Vec<u32>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT idx FROM upload_chunks WHERE upload_id = ?1 ORDER BY idx")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([upload.as_bytes()], |r| r.get::<_, u32>(0))
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn read_chunks(&self, upload: Uuid) -> Result<Vec<(u32, Vec<u8>)>, StoreError> {
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT idx, data FROM upload_chunks WHERE upload_id = ?1 ORDER BY idx",
+                )
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([upload.as_bytes()], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn delete_chunks(&self, upload: Uuid) -> Result<u64, StoreError> {
+        let deleted = self
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM upload_chunks WHERE upload_id = ?1")
+                    .and_then(|mut s| s.execute([upload.as_bytes()]))
+                    .map_err(db_err)
+            })
+            .await?;
+        Ok(deleted as u64)
+    }
+
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         let stream = stream.to_string();
         self.write(move |conn| {

@@ -739,6 +739,36 @@ mod cases {
         assert_eq!(store.get_blob(&empty).await.unwrap(), Some(vec![]));
     }
 
+    pub async fn chunks_are_staged_per_upload_replaced_on_retry_and_deleted_together(
+        b: &TestStore,
+    ) {
+        let store = b.open().await;
+        let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+        let chunk = |fill: u8, len: usize| vec![fill; len];
+        assert_eq!(store.chunk_indexes(one).await.unwrap(), Vec::<u32>::new());
+        // Out of order, one sent twice (the second replaces the first).
+        store.put_chunk(one, 2, chunk(2, 10)).await.unwrap();
+        store.put_chunk(one, 0, chunk(9, 1 << 20)).await.unwrap();
+        store.put_chunk(one, 0, chunk(0, 1 << 20)).await.unwrap();
+        store.put_chunk(two, 0, chunk(7, 5)).await.unwrap();
+        assert_eq!(store.chunk_indexes(one).await.unwrap(), [0, 2]);
+        assert_eq!(
+            store.read_chunks(one).await.unwrap(),
+            [(0, chunk(0, 1 << 20)), (2, chunk(2, 10))]
+        );
+        store.put_chunk(one, 1, chunk(1, 3)).await.unwrap();
+        assert_eq!(store.chunk_indexes(one).await.unwrap(), [0, 1, 2]);
+
+        // Staging survives reopening the store, until deleted.
+        drop(store);
+        let store = b.open().await;
+        assert_eq!(store.chunk_indexes(one).await.unwrap(), [0, 1, 2]);
+        assert_eq!(store.delete_chunks(one).await.unwrap(), 3);
+        assert_eq!(store.delete_chunks(one).await.unwrap(), 0);
+        assert!(store.read_chunks(one).await.unwrap().is_empty());
+        assert_eq!(store.read_chunks(two).await.unwrap(), [(0, chunk(7, 5))]);
+    }
+
     pub async fn a_stream_keeps_its_last_saved_snapshot(b: &TestStore) {
         let store = b.open().await;
         let (one, two) = (stream("licence-one"), stream("licence-two"));
@@ -902,6 +932,7 @@ store::each_backend!(
     a_subscription_wakes_for_appends_made_through_another_handle,
     concurrent_writers_are_seen_exactly_once_in_order,
     blobs_are_stored_once_under_their_sha256,
+    chunks_are_staged_per_upload_replaced_on_retry_and_deleted_together,
     a_stream_keeps_its_last_saved_snapshot,
     events_survive_reopening_the_store,
     a_killed_writer_leaves_only_whole_batches,

@@ -72,3 +72,32 @@ async fn bench_gateway_runs_more_subscribers_than_one_session_may_hold() {
         "{stdout}"
     );
 }
+
+/// A tiny `bench datasets` run publishes its csv and sends its raw chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_datasets_publishes_a_csv_and_sends_raw_chunks() {
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "datasets",
+        "--rows",
+        "200",
+        "--megabytes",
+        "2",
+        "--connections",
+        "2",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("datasets bench: sqlite, temporary file"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("200-row csv, start → published"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("MB/s (2 MB in 2 chunks, 2 connections"),
+        "{stdout}"
+    );
+}

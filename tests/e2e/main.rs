@@ -5,6 +5,7 @@ mod admin;
 mod app;
 mod bench;
 mod consents;
+mod datasets;
 mod dns_server;
 mod domains;
 mod graphiql;

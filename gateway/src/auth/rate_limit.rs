@@ -34,9 +34,10 @@ impl Default for LoginLimits {
     }
 }
 /// Keys kept before idle ones are pruned.
-const PRUNE_ABOVE: usize = 10_000;
+pub(crate) const PRUNE_ABOVE: usize = 10_000;
 
-type Keyed<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+pub(crate) type Keyed<K, C> =
+    RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// Refused: try again after this long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -56,7 +57,7 @@ pub struct LoginLimiter<C: Clock = DefaultClock> {
     clock: C,
 }
 
-fn keyed<K: std::hash::Hash + Eq + Clone, C: Clock + Clone>(
+pub(crate) fn keyed<K: std::hash::Hash + Eq + Clone, C: Clock + Clone>(
     per_minute: u32,
     clock: &C,
 ) -> Keyed<K, C> {

@@ -5,6 +5,8 @@
 pub mod account;
 pub mod audit;
 pub mod click_consent;
+pub mod dataset;
+pub mod dataset_rows;
 pub mod depth;
 pub mod error;
 pub mod job;
@@ -15,6 +17,7 @@ pub mod session;
 pub mod session_watch;
 pub mod system_settings;
 pub mod target_domain;
+pub mod upload;
 pub mod view_watch;
 
 use std::collections::BTreeSet;
@@ -49,6 +52,8 @@ pub struct QueryRoot(
     system_settings::SystemSettingsQuery,
     target_domain::TargetDomainQuery,
     click_consent::ClickConsentQuery,
+    dataset::DatasetQuery,
+    upload::UploadQuery,
     runner_key::RunnerKeyQuery,
     runner::RunnerQuery,
     job::JobQuery,
@@ -63,6 +68,8 @@ pub struct MutationRoot(
     system_settings::SystemSettingsMutation,
     target_domain::TargetDomainMutation,
     click_consent::ClickConsentMutation,
+    upload::UploadMutation,
+    dataset::DatasetMutation,
     runner_key::RunnerKeyMutation,
     runner::RunnerMutation,
     job::JobMutation,
@@ -73,6 +80,7 @@ pub struct MutationRoot(
 pub struct SubscriptionRoot(
     session::SessionSubscription,
     audit::AuditSubscription,
+    dataset::DatasetSubscription,
     runner::RunnerSubscription,
     job::JobSubscription,
     target_domain::TargetDomainSubscription,

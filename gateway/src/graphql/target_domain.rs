@@ -298,6 +298,10 @@ impl TargetDomainMutation {
         let token = target_domain::token_to_check(&state, &account, &p.actor())
             .map_err(|e| error::refused(&e))?
             .clone();
+        let _in_flight = app
+            .verifier
+            .admit(p.username.as_str())
+            .map_err(error::rate_limited)?;
         let (method, found) = app
             .verifier
             .verify(&domain, &token, method.map(Into::into))

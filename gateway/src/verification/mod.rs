@@ -16,6 +16,10 @@ use std::time::Duration;
 use domain::DomainName;
 use domain::target_domain::{FailureReason, VerificationMethod, VerificationToken};
 
+use governor::clock::{Clock, DefaultClock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::rate_limit::{Keyed, PRUNE_ABOVE, RateLimited, keyed};
 use crate::verification::dns::{Dns, DnsSetupError};
 use crate::verification::fetch::{FetchConfig, Ports};
 
@@ -28,6 +32,11 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_BODY: usize = 4 * 1024;
 /// Same-host redirects followed (e.g. http → https, a trailing slash).
 const MAX_REDIRECTS: u8 = 5;
+/// Checks one account may start a minute: each reaches out to a site
+/// for up to two [`CHECK_TIMEOUT`]s, at the gateway's expense.
+pub const CHECKS_PER_ACCOUNT_PER_MINUTE: u32 = 10;
+/// Checks in flight on one gateway, whoever asked.
+pub const MAX_CHECKS_IN_FLIGHT: usize = 32;
 
 /// How the gateway verifies domains.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +103,13 @@ pub struct Verifier {
     dns: Dns,
     fetch: FetchConfig,
     settings: VerificationSettings,
+    per_account: Keyed<String, DefaultClock>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// A check's place among those in flight; it frees it when dropped.
+pub struct CheckPermit {
+    _held: OwnedSemaphorePermit,
 }
 
 impl Verifier {
@@ -123,7 +139,31 @@ impl Verifier {
                 max_redirects: MAX_REDIRECTS,
             },
             settings,
+            per_account: keyed(CHECKS_PER_ACCOUNT_PER_MINUTE, &DefaultClock::default()),
+            in_flight: Arc::new(Semaphore::new(MAX_CHECKS_IN_FLIGHT)),
         })
+    }
+
+    /// Lets `asker` start a check, or says when to try again: no account
+    /// may turn the gateway into a request cannon, and all together may
+    /// not tie up more than [`MAX_CHECKS_IN_FLIGHT`] connections.
+    pub fn admit(&self, asker: &str) -> Result<CheckPermit, RateLimited> {
+        if let Err(not_until) = self.per_account.check_key(&asker.to_owned()) {
+            return Err(RateLimited {
+                scope: "domain checks for this account",
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            });
+        }
+        if self.per_account.len() > PRUNE_ABOVE {
+            self.per_account.retain_recent();
+        }
+        let permit = Arc::clone(&self.in_flight)
+            .try_acquire_owned()
+            .map_err(|_| RateLimited {
+                scope: "domain checks in flight on this gateway",
+                retry_after: Duration::from_secs(1),
+            })?;
+        Ok(CheckPermit { _held: permit })
     }
 
     /// How long a successful check counts.
@@ -253,5 +293,39 @@ fn telling(reason: &FailureReason) -> u8 {
         FailureReason::Timeout | FailureReason::Unreachable => 3,
         FailureReason::DnsError => 2,
         FailureReason::NotFound => 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_gets_its_own_quota_of_checks_a_minute() {
+        let verifier = Verifier::new(VerificationSettings::default()).unwrap();
+        for _ in 0..CHECKS_PER_ACCOUNT_PER_MINUTE {
+            verifier.admit("alice").expect("within alice's quota");
+        }
+        let refused = verifier
+            .admit("alice")
+            .err()
+            .expect("alice's quota is spent");
+        assert_eq!(refused.scope, "domain checks for this account");
+        assert!(refused.retry_after > Duration::ZERO);
+        verifier.admit("bob").expect("bob has a quota of his own");
+    }
+
+    #[test]
+    fn checks_in_flight_are_capped_until_one_ends() {
+        let verifier = Verifier::new(VerificationSettings::default()).unwrap();
+        let held: Vec<CheckPermit> = (0..MAX_CHECKS_IN_FLIGHT)
+            .map(|i| verifier.admit(&format!("user{i}")).expect("a free place"))
+            .collect();
+        let refused = verifier.admit("late").err().expect("every place is taken");
+        assert_eq!(refused.scope, "domain checks in flight on this gateway");
+        drop(held);
+        verifier
+            .admit("late")
+            .expect("places free up when checks end");
     }
 }

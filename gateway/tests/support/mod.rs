@@ -64,6 +64,8 @@ impl Live {
             session_policy: SessionPolicy::default(),
             login_limits: LoginLimits::default(),
             trusted_proxies: TrustedProxies::default(),
+            data_key: None,
+            upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
             verification: gateway::verification::VerificationSettings::default(),
         };
         let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
