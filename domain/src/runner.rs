@@ -48,7 +48,11 @@ impl RunnerId {
 
 /// An operating system a runner runs on, or a device profile asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
+#[cfg_attr(
+    feature = "graphql",
+    derive(async_graphql::Enum),
+    graphql(name = "PlatformOs")
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Os {
     Linux,
@@ -60,7 +64,11 @@ pub enum Os {
 
 /// A browser a runner drives, or a device profile asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
+#[cfg_attr(
+    feature = "graphql",
+    derive(async_graphql::Enum),
+    graphql(name = "PlatformBrowser")
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Browser {
     Chromium,
