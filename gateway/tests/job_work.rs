@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use domain::flow::{FlowId, FlowRange};
 use domain::job::{JobCommand, JobStatus};
-use domain::runner_protocol::ErrorCode;
+use domain::runner_protocol::{ErrorCode, LeaseGrant};
 use projections::{ProjectionEngine, SqlValue};
-use runner::{Answer, Connection, Notice};
+use runner::zero_work::{self, ZeroWorkOptions};
+use runner::{Answer, Connection, Leased, Notice};
 use store::testing::{TestStore, eventually};
 use uuid::Uuid;
 
@@ -61,8 +62,148 @@ async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
     all
 }
 
+/// A lease, asked for again while the answer is `no_work` (the jobs view
+/// may not show a job just run yet), for up to 10 s.
+async fn granted(connection: &mut Connection, slots: u32, flows: u64) -> LeaseGrant {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match connection.lease(slots, flows).await.unwrap() {
+            Leased::Granted(grant) => return grant,
+            Leased::NoWork { .. } if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("no lease: {other:?}"),
+        }
+    }
+}
+
 mod cases {
     use super::*;
+
+    pub async fn a_lease_grant_says_what_to_do_and_only_matching_runners_get_one(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        // 3 targets of 5 flows, the first of each clicking.
+        let job = live.running_job(3, 5, 1, 2).await;
+        let mut windows = live.config(new_runner(), &key);
+        windows.capabilities.platform = domain::runner::Platform {
+            os: domain::runner::Os::Windows,
+            browser: domain::runner::Browser::Edge,
+        };
+        let mut connection = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
+        let grant = granted(&mut connection, 1, 7).await;
+        // The job is in view now; a Windows Edge runner serves none of it.
+        let mut other = Connection::open(&windows).await.unwrap();
+        assert!(matches!(
+            other.lease(1, 10).await.unwrap(),
+            Leased::NoWork { .. }
+        ));
+        assert_eq!(grant.job, job);
+        assert_eq!(grant.slots, 1);
+        assert!(grant.marker_header);
+        let work: Vec<_> = grant
+            .work
+            .iter()
+            .map(|w| {
+                (
+                    w.flows.start(),
+                    w.flows.end(),
+                    w.target,
+                    w.url.as_str(),
+                    w.click,
+                )
+            })
+            .collect();
+        assert_eq!(
+            work,
+            [
+                (0, 1, 0, "https://shop.example.com/p/0", true),
+                (1, 5, 0, "https://shop.example.com/p/0", false),
+                (5, 6, 1, "https://shop.example.com/p/1", true),
+                (6, 7, 1, "https://shop.example.com/p/1", false),
+            ]
+        );
+        live.stop().await;
+    }
+
+    pub async fn a_fleet_of_zero_work_runners_finishes_a_job_exactly(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let job = live.running_job(10, 50, 3, 6).await;
+        let fleet: Vec<_> = (0..3)
+            .map(|_| {
+                let config = live.config(new_runner(), &key);
+                tokio::spawn(zero_work::run(
+                    config,
+                    ZeroWorkOptions {
+                        slots: 2,
+                        flows_per_lease: 40,
+                        batch: 25,
+                        ..ZeroWorkOptions::default()
+                    },
+                    std::future::pending(),
+                ))
+            })
+            .collect();
+        let mut recorded = 0;
+        for runner in fleet {
+            let totals = runner.await.unwrap();
+            assert_eq!(totals.duplicates, 0, "{totals:?}");
+            recorded += totals.recorded;
+        }
+        assert_eq!(recorded, 500);
+        let state = live.job_state(job).await;
+        assert_eq!(state.status, JobStatus::Done);
+        assert_eq!((state.tally.finished, state.tally.succeeded), (500, 500));
+        eventually("the view showing the job done", || async {
+            job_row(&live, job).await == Some((500, 500, "done".into()))
+        })
+        .await;
+        live.stop().await;
+    }
+
+    pub async fn a_runner_killed_mid_lease_has_its_flows_leased_again_after_expiry(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let job = live.running_job(4, 25, 0, 4).await;
+        // A runner leases, then dies without a word.
+        let doomed = new_runner();
+        let mut connection = Connection::open(&live.config(doomed, &key)).await.unwrap();
+        let grant = granted(&mut connection, 1, 30).await;
+        let held: u64 = grant.work.iter().map(|w| w.flows.len()).sum();
+        assert_eq!(held, 30);
+        drop(connection);
+        let survivor = zero_work::run(
+            live.config(new_runner(), &key),
+            ZeroWorkOptions {
+                slots: 2,
+                flows_per_lease: 20,
+                idle_exit: Some(TERMS.lease_ttl * 3),
+                ..ZeroWorkOptions::default()
+            },
+            std::future::pending(),
+        )
+        .await;
+        assert_eq!(survivor.recorded, 100, "{survivor:?}");
+        assert_eq!(survivor.duplicates, 0);
+        let state = live.job_state(job).await;
+        assert_eq!(state.status, JobStatus::Done);
+        assert_eq!(state.tally.finished, 100);
+        let expired = live
+            .store_events()
+            .await
+            .into_iter()
+            .filter(|e| e.event_type == "LeaseExpired")
+            .count();
+        assert_eq!(expired, 1, "the dead runner's lease expired once");
+        live.stop().await;
+    }
 
     pub async fn reports_count_once_and_flows_not_held_are_refused(store: &TestStore) {
         let live = Live::start(store).await;
@@ -70,7 +211,7 @@ mod cases {
         let runner = new_runner();
         let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
         // 3 targets of 4 flows, the first flow of each clicking.
-        let job = live.running_job(targets(3, 4, 1), 2).await;
+        let job = live.running_job(3, 4, 1, 2).await;
         assert_eq!(live.lease(job, runner, 1, 10).await, vec![range(0, 10)]);
         let batch = Uuid::now_v7();
         let first: Vec<_> = (0..5).map(succeeded).collect();
@@ -144,7 +285,7 @@ mod cases {
         let (_, key) = live.key().await;
         let runner = new_runner();
         let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
-        let job = live.running_job(targets(1, 20, 0), 1).await;
+        let job = live.running_job(1, 20, 0, 1).await;
         live.lease(job, runner, 1, 5).await;
         live.job(job, JobCommand::Pause, &owner()).await.unwrap();
         let notice = connection
@@ -190,7 +331,7 @@ mod cases {
         let (_, key) = live.key().await;
         let runner = new_runner();
         let _connection = Connection::open(&live.config(runner, &key)).await.unwrap();
-        let job = live.running_job(targets(1, 100, 0), 4).await;
+        let job = live.running_job(1, 100, 0, 4).await;
         live.lease(job, runner, 1, 10).await;
         // A runner that leased and is gone (never connected here).
         let gone = new_runner();
@@ -215,7 +356,7 @@ mod cases {
         let (_, key) = live.key().await;
         let runner = new_runner();
         let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
-        let job = live.running_job(targets(1, 50, 0), 2).await;
+        let job = live.running_job(1, 50, 0, 2).await;
         live.lease(job, runner, 1, 20).await;
         assert_eq!(
             connection
@@ -250,7 +391,7 @@ mod cases {
         let runner = new_runner();
         let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
         // Targets of 5 flows, the first 2 of each clicking.
-        let job = live.running_job(targets(4, 5, 2), 1).await;
+        let job = live.running_job(4, 5, 2, 1).await;
         live.lease(job, runner, 1, 20).await;
         let mut reports = Vec::new();
         for flow in [0u64, 1, 2, 5, 6, 7, 8, 9, 19] {
@@ -309,6 +450,9 @@ mod cases {
 }
 
 store::each_backend!(
+    a_lease_grant_says_what_to_do_and_only_matching_runners_get_one,
+    a_fleet_of_zero_work_runners_finishes_a_job_exactly,
+    a_runner_killed_mid_lease_has_its_flows_leased_again_after_expiry,
     reports_count_once_and_flows_not_held_are_refused,
     pause_and_stop_reach_the_runner_within_a_second,
     heartbeats_keep_a_lease_and_silence_lets_it_expire,

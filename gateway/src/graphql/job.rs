@@ -1,23 +1,30 @@
 //! Jobs over GraphQL: `jobs` and `job(id)` from the jobs view (progress per
 //! target, rate and ETA, runners at work, log, threshold verdict),
 //! `jobProgress(id)` as it changes (a few times a second at most, never
-//! missing the final state), and `runJob`, `pauseJob`, `resumeJob`,
-//! `stopJob` for the job's owner and admins. A job is read by its owner,
-//! admins and auditors.
+//! missing the final state), `createJob` from dataset versions, and
+//! `runJob`, `pauseJob`, `resumeJob`, `stopJob` for the job's owner and
+//! admins. A job is read by its owner, admins and auditors.
 
 use std::collections::BTreeMap;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_graphql::{
-    ComplexObject, Context, ErrorExtensionValues, ID, Object, SimpleObject, Subscription,
+    ComplexObject, Context, ErrorExtensionValues, ID, InputObject, Object, SimpleObject,
+    Subscription,
 };
-use domain::Reason;
-use domain::job::{Job, JobAggregate, JobCommand, JobError, JobId, JobSpec, JobStatus, RunChecks};
-use domain::runner::Platform;
+use datasets::Rows;
+use domain::account::Username;
+use domain::job::{
+    DatasetVersionRef, Job, JobAggregate, JobCommand, JobError, JobId, JobSettings, JobSpec,
+    JobStatus, ProxiesRef, RunChecks,
+};
+use domain::job_plan::TargetPlan;
+use domain::runner::{Browser, Os, Platform};
 use domain::system_settings::{self, SystemSettings};
 use domain::target_domain::{self, TargetDomain};
-use domain::thresholds::{Check, Figures};
+use domain::thresholds::{AutoAbort, Check, Figures, PerMille, Thresholds};
+use domain::{DatasetKind, DomainName, Reason};
 use futures_util::Stream;
 use projections::{Row, SqlValue, jobs_view};
 use store::Filter;
@@ -30,6 +37,7 @@ use crate::graphql::licence::licensed_decision;
 use crate::graphql::system_settings::parse_reason;
 use crate::graphql::view_watch::view_changes;
 use crate::graphql::{AUDITORS, app, check_first, decision, from_micros, principal, row_err};
+use crate::job_datasets::{self, VersionError};
 use crate::state::AppState;
 
 /// `jobProgress` answers at most this often.
@@ -723,11 +731,296 @@ async fn job_command(
     job_now(app(ctx).clone(), p, id).await
 }
 
+/// A dataset version to reference.
+#[derive(InputObject, Clone)]
+pub struct DatasetVersionInput {
+    pub dataset: ID,
+    pub version: u32,
+}
+
+/// Pass/fail thresholds, each optional; shares in thousandths (25 = 2.5%).
+#[derive(InputObject, Clone, Copy, Default)]
+pub struct ThresholdsInput {
+    pub p95_page_load_ms: Option<u32>,
+    /// Pages answered with a 5xx or not at all, of all pages.
+    pub max_error_rate_per_mille: Option<u16>,
+    /// Failed flows, of finished flows.
+    pub max_failed_flows_per_mille: Option<u16>,
+    /// Stop the job to protect a site whose error rate passes this...
+    pub auto_abort_error_rate_per_mille: Option<u16>,
+    /// ...once at least this many of its pages loaded.
+    pub auto_abort_min_pages: Option<u64>,
+}
+
+fn version_input(field: &str, v: DatasetVersionInput) -> async_graphql::Result<DatasetVersionRef> {
+    Ok(DatasetVersionRef {
+        dataset: Uuid::parse_str(v.dataset.trim()).map_err(|e| {
+            error::invalid(
+                &format!("{field}.dataset"),
+                format!("not a dataset id: {e}"),
+            )
+        })?,
+        version: v.version,
+    })
+}
+
+fn per_mille(field: &str, v: Option<u16>) -> async_graphql::Result<Option<PerMille>> {
+    v.map(|n| PerMille::new(n).map_err(|e| error::invalid(field, e)))
+        .transpose()
+}
+
+fn thresholds_from(t: ThresholdsInput) -> async_graphql::Result<Thresholds> {
+    let auto_abort = match (t.auto_abort_error_rate_per_mille, t.auto_abort_min_pages) {
+        (None, None) => None,
+        (Some(rate), Some(min_pages)) => Some(AutoAbort {
+            error_rate: PerMille::new(rate)
+                .map_err(|e| error::invalid("thresholds.autoAbortErrorRatePerMille", e))?,
+            min_pages,
+        }),
+        _ => {
+            return Err(error::invalid(
+                "thresholds.autoAbortErrorRatePerMille",
+                "give autoAbortErrorRatePerMille and autoAbortMinPages together",
+            ));
+        }
+    };
+    Ok(Thresholds {
+        p95_page_load_ms: t.p95_page_load_ms,
+        max_error_rate: per_mille(
+            "thresholds.maxErrorRatePerMille",
+            t.max_error_rate_per_mille,
+        )?,
+        max_failed_flows: per_mille(
+            "thresholds.maxFailedFlowsPerMille",
+            t.max_failed_flows_per_mille,
+        )?,
+        auto_abort,
+    })
+}
+
+/// The rows of a version the job's owner owns, of `kind`; `field` names the
+/// input in refusals.
+async fn owned_rows(
+    app: &AppState,
+    field: &str,
+    owner: &Username,
+    version: DatasetVersionRef,
+    kind: DatasetKind,
+) -> async_graphql::Result<Arc<Rows>> {
+    let (state, rows) = job_datasets::rows(app, version, kind)
+        .await
+        .map_err(|e| match e {
+            VersionError::Internal(why) => error::internal("cannot read a dataset version", &why),
+            refused => error::error(Code::NotFound, format!("{field}: {refused}")),
+        })?;
+    match &state.dataset {
+        Some(d) if d.deleted => Err(error::error(
+            Code::NotFound,
+            format!("{field}: dataset {} was deleted", version.dataset),
+        )),
+        Some(d) if &d.owner != owner => Err(error::error(
+            Code::Forbidden,
+            format!("{field}: dataset {} is not {owner}'s", version.dataset),
+        )),
+        _ => Ok(rows),
+    }
+}
+
+/// The platform a runner needs for a device profile, or why none serves it.
+fn platform_of(profile: &datasets::DeviceProfile) -> Result<Platform, String> {
+    use datasets::{Browser as B, Os as O};
+    let os = match profile.os {
+        O::Windows => Os::Windows,
+        O::Macos => Os::Macos,
+        O::Linux => Os::Linux,
+        O::Android => Os::Android,
+        O::Ios => Os::Ios,
+        O::Chromeos => return Err("no runner runs ChromeOS".into()),
+    };
+    let browser = match profile.browser {
+        B::Chrome => Browser::Chrome,
+        B::Chromium => Browser::Chromium,
+        B::Edge => Browser::Edge,
+        B::Firefox | B::Safari => {
+            return Err("runners drive Chromium, Chrome or Edge only".into());
+        }
+    };
+    Ok(Platform { os, browser })
+}
+
+/// What the job's datasets say, read and checked: the targets' plan, the
+/// platforms, the settings and the proxies' count.
+struct Read {
+    targets: Vec<TargetPlan>,
+    platforms: Vec<Platform>,
+    settings: JobSettings,
+    proxies: Option<ProxiesRef>,
+}
+
+async fn read_datasets(
+    app: &AppState,
+    owner: &Username,
+    targets: DatasetVersionRef,
+    device_profiles: DatasetVersionRef,
+    settings_profile: DatasetVersionRef,
+    proxies: Option<DatasetVersionRef>,
+) -> async_graphql::Result<Read> {
+    let rows = owned_rows(app, "targets", owner, targets, DatasetKind::Targets).await?;
+    let Rows::Targets(rows) = &*rows else {
+        return Err(error::invalid(
+            "targets",
+            "the version does not hold targets",
+        ));
+    };
+    let mut plan = Vec::with_capacity(rows.len());
+    for (i, t) in rows.iter().enumerate() {
+        let host = t.url.host_str().unwrap_or_default();
+        let domain = DomainName::parse(host).map_err(|e| {
+            error::invalid(&format!("targets row {}", i + 1), format!("{}: {e}", t.url))
+        })?;
+        plan.push(TargetPlan {
+            domain,
+            flows: t.flow_target,
+            clicks: t.click_target,
+        });
+    }
+    let rows = owned_rows(
+        app,
+        "deviceProfiles",
+        owner,
+        device_profiles,
+        DatasetKind::DeviceProfiles,
+    )
+    .await?;
+    let Rows::DeviceProfiles(profiles) = &*rows else {
+        return Err(error::invalid(
+            "deviceProfiles",
+            "the version does not hold device profiles",
+        ));
+    };
+    let mut platforms = Vec::new();
+    for (i, p) in profiles.iter().enumerate() {
+        let platform = platform_of(p).map_err(|why| {
+            error::invalid(&format!("deviceProfiles row {} ({})", i + 1, p.name), why)
+        })?;
+        platforms.push(platform);
+    }
+    let rows = owned_rows(
+        app,
+        "settingsProfile",
+        owner,
+        settings_profile,
+        DatasetKind::SettingsProfiles,
+    )
+    .await?;
+    // A job runs with the version's first profile: publish the one wanted first.
+    let Some(profile) = (match &*rows {
+        Rows::SettingsProfiles(p) => p.first(),
+        _ => None,
+    }) else {
+        return Err(error::invalid(
+            "settingsProfile",
+            "the version holds no settings profile",
+        ));
+    };
+    let settings = JobSettings {
+        instances: profile.instances,
+        human_surfing: profile.human_surfing(),
+        external_clicks: profile.external_clicks(),
+        marker_header: profile.marker_header,
+    };
+    let proxies = match proxies {
+        None => None,
+        Some(version) => {
+            let rows = owned_rows(app, "proxies", owner, version, DatasetKind::Proxies).await?;
+            Some(ProxiesRef {
+                version,
+                proxies: u32::try_from(rows.len()).unwrap_or(u32::MAX),
+            })
+        }
+    };
+    Ok(Read {
+        targets: plan,
+        platforms,
+        settings,
+        proxies,
+    })
+}
+
 #[derive(Default)]
 pub struct JobMutation;
 
 #[Object]
 impl JobMutation {
+    /// Creates a READY job from dataset versions (references, never rows)
+    /// for the logged-in account, or (admins) for `owner`. The targets make
+    /// its flows; the device profiles the platforms its runners need; the
+    /// version's first settings profile its instances and options.
+    #[allow(clippy::too_many_arguments)]
+    async fn create_job(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        targets: DatasetVersionInput,
+        device_profiles: DatasetVersionInput,
+        settings_profile: DatasetVersionInput,
+        proxies: Option<DatasetVersionInput>,
+        thresholds: Option<ThresholdsInput>,
+        owner: Option<String>,
+    ) -> async_graphql::Result<JobInfo> {
+        let p = principal(ctx)?.clone();
+        let owner = match owner {
+            Some(o) => Username::parse(&o).map_err(|e| error::invalid("owner", e))?,
+            None => p.username.clone(),
+        };
+        let targets = version_input("targets", targets)?;
+        let device_profiles = version_input("deviceProfiles", device_profiles)?;
+        let settings_profile = version_input("settingsProfile", settings_profile)?;
+        let proxies = proxies.map(|v| version_input("proxies", v)).transpose()?;
+        let thresholds = thresholds_from(thresholds.unwrap_or_default())?;
+        let app = app(ctx).clone();
+        let read = read_datasets(
+            &app,
+            &owner,
+            targets,
+            device_profiles,
+            settings_profile,
+            proxies,
+        )
+        .await?;
+        let id = JobId(Uuid::now_v7());
+        let spec = JobSpec {
+            owner,
+            name,
+            targets,
+            proxies: read.proxies,
+            device_profiles,
+            platforms: read.platforms,
+            settings_profile,
+            settings: read.settings,
+            thresholds,
+        };
+        let stream = id
+            .stream()
+            .map_err(|e| error::internal("a job's stream", &e))?;
+        let handled = crate::graphql::handle::<JobAggregate>(
+            ctx,
+            &stream,
+            JobCommand::Create {
+                id,
+                spec,
+                targets: read.targets,
+            },
+            &decision(ctx)?,
+            None,
+        )
+        .await?;
+        if let Some(position) = handled.position {
+            let _ = crate::live::view_reached(&app, "jobs", position).await;
+        }
+        job_now(app, p, id).await
+    }
+
     /// Runs a READY or PAUSED job (its owner or an admin). A running job
     /// answers CONFLICT and nothing changes; safe mode, the licence and
     /// the domains' consent are checked first.

@@ -4,7 +4,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use datasets::Rows;
+use domain::DatasetKind;
 use domain::job::{DatasetVersionRef, JobId};
+
+use crate::job_datasets;
 
 use crate::state::AppState;
 
@@ -41,10 +45,13 @@ impl TargetUrls {
     }
 }
 
-/// Reads the targets version's rows.
-async fn read(_app: &AppState, version: DatasetVersionRef) -> Result<Vec<String>, String> {
-    Err(format!(
-        "dataset {} version {}: this build cannot read dataset versions yet (the datasets API is not merged)",
-        version.dataset, version.version
-    ))
+/// Reads the targets version's URLs, in row order.
+async fn read(app: &AppState, version: DatasetVersionRef) -> Result<Vec<String>, String> {
+    let (_, rows) = job_datasets::rows(app, version, DatasetKind::Targets)
+        .await
+        .map_err(|e| e.to_string())?;
+    match &*rows {
+        Rows::Targets(targets) => Ok(targets.iter().map(|t| t.url.to_string()).collect()),
+        other => Err(format!("the version holds {}, not targets", other.kind())),
+    }
 }

@@ -8,7 +8,11 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use datasets::ImportOptions;
 use domain::account::Username;
+use domain::dataset::{
+    Dataset, DatasetCommand, DatasetId, DatasetName, NewDataset, NewVersion, VersionSource,
+};
 use domain::flow::{FlowFinished, FlowId, FlowOutcome, FlowRange, FlowReport, PageLoad};
 use domain::job::{
     DatasetVersionRef, Job, JobAggregate, JobCommand, JobEvent, JobId, JobSettings, JobSpec,
@@ -22,7 +26,9 @@ use domain::runner_protocol::{ErrorCode, VersionRange};
 use domain::system_settings::SystemSettingsState;
 use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
+use domain::upload::UploadId;
 use domain::{Actor, Context, RecordedEvent, Role};
+use domain::{DatasetKind, ImportFormat};
 use domain::{DomainName, Reason};
 use futures_util::{SinkExt, StreamExt};
 use gateway::auth::rate_limit::LoginLimits;
@@ -146,6 +152,11 @@ impl Live {
             capabilities: capabilities(),
             protocol: VersionRange::THIS_BUILD,
         }
+    }
+
+    /// Every event in the store, in order.
+    pub async fn store_events(&self) -> Vec<RecordedEvent> {
+        store::testing::read_everything(&*self.store, &store::Filter::all()).await
     }
 
     /// The types of the events on the runner's stream, in order.
@@ -291,6 +302,7 @@ pub fn owner() -> Context {
             human_surfing: true,
             external_clicks: true,
             max_flows_per_day: 10_000_000,
+            max_targets: 1_000_000,
             ..Allowances::default()
         },
         expires_at: OffsetDateTime::now_utc() + time::Duration::days(30),
@@ -299,18 +311,6 @@ pub fn owner() -> Context {
 
 pub fn system() -> Context {
     Context::new(OffsetDateTime::now_utc(), Actor::System)
-}
-
-/// `flows` flows over `targets` targets of shop.example.com, each target
-/// clicking in its first `clicks` flows.
-pub fn targets(targets: u32, flows: u32, clicks: u32) -> Vec<TargetPlan> {
-    (0..targets)
-        .map(|_| TargetPlan {
-            domain: DomainName::parse("shop.example.com").unwrap(),
-            flows,
-            clicks,
-        })
-        .collect()
 }
 
 impl Live {
@@ -332,9 +332,120 @@ impl Live {
             .map(|h| h.events)
     }
 
-    /// A RUNNING job of ada's with these targets and instances, its domain
-    /// allow-listed and safe mode off.
-    pub async fn running_job(&self, targets: Vec<TargetPlan>, instances: u32) -> JobId {
+    /// Publishes `csv` as the first version of a new dataset of ada's.
+    pub async fn publish(&self, kind: DatasetKind, csv: &str) -> DatasetVersionRef {
+        let rows = datasets::parse(
+            kind,
+            ImportFormat::Csv,
+            csv.as_bytes(),
+            &ImportOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("test rows of {kind}: {e}"));
+        let bytes = datasets::encode(&rows).unwrap();
+        let blob = self.store.put_blob(&bytes).await.unwrap();
+        let id = DatasetId::new();
+        self.handler
+            .handle::<Dataset>(
+                &id.stream(),
+                DatasetCommand::Publish {
+                    create: Some(NewDataset {
+                        owner: Username::parse(OWNER).unwrap(),
+                        name: DatasetName::parse(&format!("test {kind}")).unwrap(),
+                    }),
+                    version: NewVersion {
+                        kind,
+                        summary: rows.summary(),
+                        blob: blob.clone(),
+                        source: VersionSource::Upload {
+                            upload: UploadId::new(),
+                            format: ImportFormat::Csv,
+                            sha256: blob,
+                        },
+                    },
+                },
+                &owner(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+        DatasetVersionRef {
+            dataset: id.0,
+            version: 1,
+        }
+    }
+
+    /// A RUNNING job of ada's over `targets` targets of shop.example.com of
+    /// `flows` flows each (the first `clicks` clicking), with `instances`
+    /// instances and Linux Chromium profiles, its domain allow-listed and
+    /// safe mode off.
+    pub async fn running_job(
+        &self,
+        targets: u32,
+        flows: u32,
+        clicks: u32,
+        instances: u32,
+    ) -> JobId {
+        let mut csv = String::from("url,flow_target,click_target\n");
+        for t in 0..targets {
+            csv.push_str(&format!(
+                "https://shop.example.com/p/{t},{flows},{clicks}\n"
+            ));
+        }
+        let targets_ref = self.publish(DatasetKind::Targets, &csv).await;
+        let profiles = self
+            .publish(
+                DatasetKind::DeviceProfiles,
+                "name,os,browser,user_agent,viewport_width,viewport_height\n\
+                 desk,linux,chromium,Mozilla/5.0 (X11; Linux x86_64) Chrome/126,1920,1080\n",
+            )
+            .await;
+        let settings = self
+            .publish(
+                DatasetKind::SettingsProfiles,
+                &format!("name,instances,marker_header\nfast,{instances},yes\n"),
+            )
+            .await;
+        let plan = (0..targets)
+            .map(|_| TargetPlan {
+                domain: DomainName::parse("shop.example.com").unwrap(),
+                flows,
+                clicks,
+            })
+            .collect();
+        let job = JobId(Uuid::now_v7());
+        let spec = JobSpec {
+            owner: Username::parse(OWNER).unwrap(),
+            name: "orchestrator test".into(),
+            targets: targets_ref,
+            proxies: None,
+            device_profiles: profiles,
+            platforms: vec![capabilities().platform],
+            settings_profile: settings,
+            settings: JobSettings {
+                instances,
+                human_surfing: false,
+                external_clicks: false,
+                marker_header: true,
+            },
+            thresholds: Thresholds::default(),
+        };
+        self.job(
+            job,
+            JobCommand::Create {
+                id: job,
+                spec,
+                targets: plan,
+            },
+            &owner(),
+        )
+        .await
+        .unwrap();
+        self.run(job).await;
+        job
+    }
+
+    /// Runs (or resumes) `job` with its domain allow-listed and safe mode off.
+    pub async fn run(&self, job: JobId) {
         let domain = DomainName::parse("shop.example.com").unwrap();
         let root = Context::new(
             OffsetDateTime::now_utc(),
@@ -368,38 +479,6 @@ impl Live {
             .load::<TargetDomain>(&domain_stream)
             .await
             .unwrap();
-        let job = JobId(Uuid::now_v7());
-        let version = |n: u128| DatasetVersionRef {
-            dataset: Uuid::from_u128(n),
-            version: 1,
-        };
-        let spec = JobSpec {
-            owner: Username::parse(OWNER).unwrap(),
-            name: "orchestrator test".into(),
-            targets: version(1),
-            proxies: None,
-            device_profiles: version(2),
-            platforms: vec![capabilities().platform],
-            settings_profile: version(3),
-            settings: JobSettings {
-                instances,
-                human_surfing: false,
-                external_clicks: false,
-                marker_header: true,
-            },
-            thresholds: Thresholds::default(),
-        };
-        self.job(
-            job,
-            JobCommand::Create {
-                id: job,
-                spec,
-                targets,
-            },
-            &owner(),
-        )
-        .await
-        .unwrap();
         let checks = RunChecks {
             system: SystemSettingsState {
                 safe_mode: false,
@@ -411,7 +490,6 @@ impl Live {
         self.job(job, JobCommand::Run(checks), &owner())
             .await
             .unwrap();
-        job
     }
 
     /// Leases flows of `job` to `runner` as a gateway would; the ranges.
