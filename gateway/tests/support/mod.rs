@@ -355,7 +355,7 @@ impl Live {
                     version: NewVersion {
                         kind,
                         summary: rows.summary(),
-                        blob: blob.clone(),
+                        blob,
                         source: VersionSource::Upload {
                             upload: UploadId::new(),
                             format: ImportFormat::Csv,
