@@ -36,14 +36,14 @@ const DATASET: &str = "query($id: UUID!, $v: Int, $first: Int!, $offset: Int!) {
 const ISSUE: &str = "mutation($u: String!, $l: LicenceInput!) { issueLicence(username: $u, licence: $l) { licensed } }";
 
 /// A file to upload: its kind, format and bytes.
-struct File {
+pub(crate) struct File {
     kind: &'static str,
     format: &'static str,
     bytes: Vec<u8>,
 }
 
 impl File {
-    fn new(kind: &'static str, format: &'static str, bytes: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn new(kind: &'static str, format: &'static str, bytes: impl Into<Vec<u8>>) -> Self {
         Self {
             kind,
             format,
@@ -153,7 +153,7 @@ async fn upload(app: &TestApp, token: &str, file: &File, dataset: Option<&str>) 
 
 /// Uploads `file` into a new dataset and waits until the view shows its
 /// version: the dataset's id.
-async fn published(app: &TestApp, token: &str, file: &File) -> String {
+pub(crate) async fn published(app: &TestApp, token: &str, file: &File) -> String {
     let r = upload(app, token, file, None).await;
     let done = &r["data"]["finishUpload"];
     assert_eq!(done["status"], "FINISHED", "{r}");

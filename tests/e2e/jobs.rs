@@ -1,95 +1,58 @@
-//! Jobs end to end over GraphQL: a run refused for safe mode, the licence
-//! (naming which feature or limit) and the domains' consent (listing them),
-//! then run, idempotent (a second run is a CONFLICT), watched through
+//! Jobs end to end over GraphQL: created from uploaded dataset versions, a
+//! run refused for safe mode, the licence (naming which feature or limit)
+//! and the domains' consent (listing them), then run, idempotent (a second run is a CONFLICT), watched through
 //! jobProgress as it pauses and stops, listed per owner, and its log
 //! downloaded as JSON lines and CSV, authorised like the job.
 
-use std::sync::Arc;
-
-use domain::account::Username;
-use domain::job::{DatasetVersionRef, JobAggregate, JobCommand, JobId, JobSettings, JobSpec};
-use domain::job_plan::TargetPlan;
-use domain::runner::{Browser, Os, Platform};
-use domain::thresholds::Thresholds;
-use domain::{Actor, Context, DomainName, Role};
 use futures_util::SinkExt;
-use gateway::{CommandHandler, CommandMeta};
 use serde_json::{Value, json};
-use time::OffsetDateTime;
 use tokio_tungstenite::tungstenite::Message;
-use uuid::Uuid;
 
+use crate::datasets::{File, published};
 use crate::graphql::{ws_connect, ws_next};
 use crate::helpers::{PASSWORD, TestApp, TestStore, code, spawn_app};
 
 const ISSUE: &str = "mutation($u: String!, $l: LicenceInput!) { issueLicence(username: $u, licence: $l) { licensed } }";
 const RUN: &str = "mutation($id: ID!) { runJob(id: $id) { status } }";
 
-fn licence(max_instances: u32) -> Value {
+pub fn licence(max_instances: u32) -> Value {
     json!({ "maxInstances": max_instances, "humanSurfing": true, "importProxy": false,
         "scheduler": false, "externalClicks": false, "maxTargets": 10, "maxFlowsPerDay": 1000,
         "expiresAt": "2099-01-01T00:00:00Z" })
 }
 
-/// Creates a READY job of ada's (4 instances, two targets on
-/// shop.example.com and one on blog.example.com) straight on the store.
-pub async fn ada_job(app: &TestApp) -> JobId {
-    let handler = CommandHandler::new(app.store.open().await, Arc::new(domain::event_registry()));
-    let job = JobId(Uuid::now_v7());
-    let version = |n: u128| DatasetVersionRef {
-        dataset: Uuid::from_u128(n),
-        version: 1,
-    };
-    let target = |domain: &str| TargetPlan {
-        domain: DomainName::parse(domain).unwrap(),
-        flows: 5,
-        clicks: 1,
-    };
-    let spec = JobSpec {
-        owner: Username::parse("ada").unwrap(),
-        name: "launch check".into(),
-        targets: version(1),
-        proxies: None,
-        device_profiles: version(2),
-        platforms: vec![Platform {
-            os: Os::Linux,
-            browser: Browser::Chromium,
-        }],
-        settings_profile: version(3),
-        settings: JobSettings {
-            instances: 4,
-            human_surfing: true,
-            external_clicks: false,
-            marker_header: true,
-        },
-        thresholds: Thresholds::default(),
-    };
-    let ada = Context::new(
-        OffsetDateTime::now_utc(),
-        Actor::Account {
-            account_id: Uuid::now_v7(),
-            username: "ada".into(),
-            roles: [Role::User].into(),
-        },
+const CREATE: &str = "mutation($n: String!, $t: DatasetVersionInput!, $d: DatasetVersionInput!, \
+    $s: DatasetVersionInput!) { createJob(name: $n, targets: $t, deviceProfiles: $d, settingsProfile: $s) \
+    { id status flows targets platforms { os browser } settings { instances markerHeader } } }";
+
+/// ada's datasets for a job (two targets on shop.example.com, one on
+/// blog.example.com, 5 visits each, 1 clicking; Linux Chromium profiles;
+/// 4 instances), uploaded over GraphQL: the createJob variables.
+pub async fn ada_datasets(app: &TestApp, ada: &str) -> Value {
+    let targets = File::new(
+        "TARGETS",
+        "CSV",
+        "url,flow_target,click_target\nhttps://shop.example.com/a,5,1\n\
+         https://shop.example.com/b,5,1\nhttps://blog.example.com/,5,1\n",
     );
-    handler
-        .handle::<JobAggregate>(
-            &job.stream().unwrap(),
-            JobCommand::Create {
-                id: job,
-                spec,
-                targets: vec![
-                    target("shop.example.com"),
-                    target("shop.example.com"),
-                    target("blog.example.com"),
-                ],
-            },
-            &ada,
-            &CommandMeta::default(),
-        )
-        .await
-        .unwrap();
-    job
+    let profiles = File::new(
+        "DEVICE_PROFILES",
+        "CSV",
+        "name,os,browser,user_agent,viewport_width,viewport_height\n\
+         desk,linux,chromium,Mozilla/5.0 (X11; Linux x86_64) Chrome/126,1920,1080\n",
+    );
+    let settings = File::new(
+        "SETTINGS_PROFILES",
+        "CSV",
+        "name,instances,marker_header\nlaunch,4,yes\n",
+    );
+    let version = |id: String| json!({ "dataset": id, "version": 1 });
+    json!({
+        "n": "launch check",
+        "t": version(published(app, ada, &targets).await),
+        "d": version(published(app, ada, &profiles).await),
+        "s": version(published(app, ada, &settings).await),
+    })
 }
 
 /// GET with a bearer token: (status, body).
@@ -127,8 +90,36 @@ async fn a_run_is_guarded_idempotent_and_watched(store: TestStore) {
     let root = app.with_accounts().await;
     let ada = app.token("ada", PASSWORD).await;
     let audrey = app.token("audrey", PASSWORD).await;
-    let job = ada_job(&app).await;
-    let id = json!({ "id": job.to_string() });
+    // Datasets need a licence: 8 instances, room for the targets.
+    let r = app
+        .gql(ISSUE, json!({ "u": "ada", "l": licence(8) }), Some(&root))
+        .await;
+    assert_eq!(r["data"]["issueLicence"]["licensed"], true, "{r}");
+    let datasets = ada_datasets(&app, &ada).await;
+    // Another account's datasets are not hers to use.
+    let r = app.gql(CREATE, datasets.clone(), Some(&audrey)).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+    let r = app.gql(CREATE, datasets, Some(&ada)).await;
+    let created = &r["data"]["createJob"];
+    assert_eq!(
+        (
+            created["status"].as_str(),
+            created["flows"].as_u64(),
+            created["targets"].as_u64()
+        ),
+        (Some("READY"), Some(15), Some(3)),
+        "{r}"
+    );
+    assert_eq!(
+        created["platforms"],
+        json!([{ "os": "LINUX", "browser": "CHROMIUM" }])
+    );
+    assert_eq!(
+        created["settings"],
+        json!({ "instances": 4, "markerHeader": true })
+    );
+    let job = created["id"].as_str().unwrap().to_owned();
+    let id = json!({ "id": job });
 
     let r = app.gql(RUN, id.clone(), Some(&ada)).await;
     assert_eq!(code(&r), "SAFE_MODE", "{r}");
@@ -194,7 +185,7 @@ async fn a_run_is_guarded_idempotent_and_watched(store: TestStore) {
         .await;
     assert_eq!(
         r["data"]["jobs"],
-        json!([{ "id": job.to_string(), "owner": "ada", "flows": 15,
+        json!([{ "id": job, "owner": "ada", "flows": 15,
                  "targetProgress": [{ "flowTarget": 5, "clickTarget": 1 },
                                     { "flowTarget": 5, "clickTarget": 1 },
                                     { "flowTarget": 5, "clickTarget": 1 }] }]),
