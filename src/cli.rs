@@ -100,6 +100,14 @@ pub struct ServeArgs {
     /// abandoned one then expires and its chunks are deleted [default: 86400]
     #[arg(long, env = "TB_UPLOAD_TTL", value_name = "SECONDS")]
     pub upload_ttl: Option<u32>,
+    /// Milliseconds between a runner's heartbeats; three missed and it is
+    /// offline [default: 5000]
+    #[arg(long, env = "TB_RUNNER_HEARTBEAT_MS", value_name = "MS")]
+    pub runner_heartbeat_ms: Option<u32>,
+    /// Milliseconds a runner's lease lasts without a heartbeat; then its
+    /// flows are leased again [default: 30000]
+    #[arg(long, env = "TB_LEASE_TTL_MS", value_name = "MS")]
+    pub lease_ttl_ms: Option<u32>,
     #[command(flatten)]
     pub verification: VerificationArgs,
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 use datasets::DataKey;
 use gateway::auth::rate_limit::LoginLimits;
 use gateway::client_addr::TrustedProxies;
+use gateway::runner_link::RunnerTerms;
 use gateway::verification::VerificationSettings;
 use gateway::verification::fetch::Ports;
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
@@ -45,6 +46,10 @@ pub struct FileSettings {
     pub data_key: Option<SecretString>,
     /// Seconds an upload stays open for its chunks and its finish.
     pub upload_ttl: Option<u32>,
+    /// Milliseconds between a runner's heartbeats; three missed and it is offline.
+    pub runner_heartbeat_ms: Option<u32>,
+    /// Milliseconds a lease lasts without a heartbeat renewing it.
+    pub lease_ttl_ms: Option<u32>,
     /// Lets domain verification reach non-public addresses (tests, private networks).
     pub verification_allow_private_addresses: Option<bool>,
     /// The DNS server (`IP:PORT`) domain verification asks.
@@ -183,6 +188,39 @@ impl Settings {
             ),
             Some(seconds) => Ok(time::Duration::seconds(i64::from(seconds))),
         }
+    }
+
+    /// The runners' heartbeat and lease times: the flags, then the file,
+    /// then 5 s and 30 s. A lease outlasts at least two heartbeats, so one
+    /// late heartbeat never costs a runner its flows.
+    pub fn runner_terms(
+        &self,
+        heartbeat_ms: Option<u32>,
+        lease_ttl_ms: Option<u32>,
+    ) -> anyhow::Result<RunnerTerms> {
+        let defaults = RunnerTerms::default();
+        let ms = |v: u32| std::time::Duration::from_millis(u64::from(v));
+        let heartbeat_every = heartbeat_ms
+            .or(self.file.runner_heartbeat_ms)
+            .map_or(defaults.heartbeat_every, ms);
+        let lease_ttl = lease_ttl_ms
+            .or(self.file.lease_ttl_ms)
+            .map_or(defaults.lease_ttl, ms);
+        if heartbeat_every < std::time::Duration::from_millis(100) {
+            bail!(
+                "the runner heartbeat (--runner-heartbeat-ms / TB_RUNNER_HEARTBEAT_MS) must be at least 100 ms"
+            );
+        }
+        if lease_ttl < heartbeat_every * 2 {
+            bail!(
+                "the lease time (--lease-ttl-ms / TB_LEASE_TTL_MS) must be at least two heartbeats ({} ms)",
+                (heartbeat_every * 2).as_millis()
+            );
+        }
+        Ok(RunnerTerms {
+            heartbeat_every,
+            lease_ttl,
+        })
     }
 
     /// Proxies trusted to name the client: `--trusted-proxy`/`TB_TRUSTED_PROXIES`,
@@ -436,6 +474,16 @@ mod tests {
         assert_eq!(s.upload_ttl(None).unwrap(), time::Duration::seconds(60));
         assert_eq!(s.upload_ttl(Some(5)).unwrap(), time::Duration::seconds(5));
         assert!(s.upload_ttl(Some(0)).is_err());
+        let terms = s.runner_terms(Some(200), Some(1000)).unwrap();
+        assert_eq!(terms.heartbeat_every, std::time::Duration::from_millis(200));
+        assert_eq!(terms.lease_ttl, std::time::Duration::from_secs(1));
+        assert_eq!(s.runner_terms(None, None).unwrap(), RunnerTerms::default());
+        assert!(s.runner_terms(Some(50), None).is_err());
+        let err = s
+            .runner_terms(Some(1000), Some(1500))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("at least two heartbeats (2000 ms)"), "{err}");
     }
 
     #[test]

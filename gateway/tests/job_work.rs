@@ -62,14 +62,20 @@ async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
     all
 }
 
-/// A lease, asked for again while the answer is `no_work` (the jobs view
-/// may not show a job just run yet), for up to 10 s.
+/// A lease, asked for again while the answer is `no_work` or RETRY (the
+/// jobs view may not show a job just run yet, or not exist yet), for up to
+/// 10 s.
 async fn granted(connection: &mut Connection, slots: u32, flows: u64) -> LeaseGrant {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         match connection.lease(slots, flows).await.unwrap() {
             Leased::Granted(grant) => return grant,
             Leased::NoWork { .. } if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Leased::Refused(e)
+                if e.code == ErrorCode::Retry && tokio::time::Instant::now() < deadline =>
+            {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => panic!("no lease: {other:?}"),
@@ -330,12 +336,20 @@ mod cases {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
         let runner = new_runner();
-        let _connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
         let job = live.running_job(1, 100, 0, 4).await;
-        live.lease(job, runner, 1, 10).await;
-        // A runner that leased and is gone (never connected here).
+        assert_eq!(
+            granted(&mut connection, 1, 10).await.work[0].flows,
+            range(0, 10)
+        );
+        // A runner that leased and is gone (never connected here), and a
+        // lease whose grant never reached a connected runner: neither is
+        // renewed.
         let gone = new_runner();
         live.lease(job, gone, 1, 10).await;
+        let unaware = new_runner();
+        let _unaware = Connection::open(&live.config(unaware, &key)).await.unwrap();
+        live.lease(job, unaware, 1, 10).await;
         tokio::time::sleep(TERMS.lease_ttl * 2).await;
         let state = live.job_state(job).await;
         assert!(
@@ -346,7 +360,11 @@ mod cases {
             !state.leases.contains_key(&gone),
             "the silent runner's lease expired"
         );
-        assert!(state.pool.contains(FlowId(10)) && state.pool.contains(FlowId(19)));
+        assert!(
+            !state.leases.contains_key(&unaware),
+            "a lease its runner never heard of expired"
+        );
+        assert!(state.pool.contains(FlowId(10)) && state.pool.contains(FlowId(29)));
         assert!(!state.pool.contains(FlowId(0)));
         live.stop().await;
     }

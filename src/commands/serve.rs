@@ -20,6 +20,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
         settings.login_limits(args.login_limit_per_address, args.login_limit_per_account)?;
     let trusted_proxies = settings.trusted_proxies(&args.trusted_proxies)?;
     let upload_ttl = settings.upload_ttl(args.upload_ttl)?;
+    let runner_terms = settings.runner_terms(args.runner_heartbeat_ms, args.lease_ttl_ms)?;
     let secret = |name: &str| std::env::var(name).ok().map(SecretString::from);
     let verification = settings.verification(&args.verification)?;
     let config = GatewayConfig {
@@ -37,7 +38,9 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     for name in &report.applied {
         tracing::info!(migration = name, "applied migration");
     }
-    let gateway = Gateway::start(addr, &backend, config).await?;
+    let gateway = Gateway::start(addr, &backend, config)
+        .await?
+        .with_runner_terms(runner_terms);
     let bound = gateway.local_addr()?;
     tracing::info!(store = %settings.store, "gateway listening on http://{bound}");
     gateway.serve(shutdown_signal()).await?;

@@ -84,6 +84,16 @@ impl TestStore {
         })
     }
 
+    /// Another handle on the same store, as a second gateway would use it.
+    /// It owns nothing: keep `self` alive while it is in use.
+    pub fn shared(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            _dir: None,
+            postgres: None,
+        }
+    }
+
     /// Opens the store, as the CLI does, applying migrations.
     pub async fn open(&self) -> Arc<dyn EventStore> {
         self.open_backend().await.event_store()

@@ -12,16 +12,16 @@ use crate::datasets::{File, published};
 use crate::graphql::{ws_connect, ws_next};
 use crate::helpers::{PASSWORD, TestApp, TestStore, code, spawn_app};
 
-const ISSUE: &str = "mutation($u: String!, $l: LicenceInput!) { issueLicence(username: $u, licence: $l) { licensed } }";
-const RUN: &str = "mutation($id: ID!) { runJob(id: $id) { status } }";
+pub const ISSUE: &str = "mutation($u: String!, $l: LicenceInput!) { issueLicence(username: $u, licence: $l) { licensed } }";
+pub const RUN: &str = "mutation($id: ID!) { runJob(id: $id) { status } }";
 
 pub fn licence(max_instances: u32) -> Value {
     json!({ "maxInstances": max_instances, "humanSurfing": true, "importProxy": false,
-        "scheduler": false, "externalClicks": false, "maxTargets": 10, "maxFlowsPerDay": 1000,
+        "scheduler": false, "externalClicks": false, "maxTargets": 100, "maxFlowsPerDay": 100000,
         "expiresAt": "2099-01-01T00:00:00Z" })
 }
 
-const CREATE: &str = "mutation($n: String!, $t: DatasetVersionInput!, $d: DatasetVersionInput!, \
+pub const CREATE: &str = "mutation($n: String!, $t: DatasetVersionInput!, $d: DatasetVersionInput!, \
     $s: DatasetVersionInput!) { createJob(name: $n, targets: $t, deviceProfiles: $d, settingsProfile: $s) \
     { id status flows targets platforms { os browser } settings { instances markerHeader } } }";
 
@@ -29,11 +29,18 @@ const CREATE: &str = "mutation($n: String!, $t: DatasetVersionInput!, $d: Datase
 /// blog.example.com, 5 visits each, 1 clicking; Linux Chromium profiles;
 /// 4 instances), uploaded over GraphQL: the createJob variables.
 pub async fn ada_datasets(app: &TestApp, ada: &str) -> Value {
+    let targets = "https://shop.example.com/a,5,1\nhttps://shop.example.com/b,5,1\n\
+                   https://blog.example.com/,5,1\n";
+    datasets_of(app, ada, targets, 4).await
+}
+
+/// Datasets of the token holder's: `targets` as csv rows (`url,flows,clicks`),
+/// Linux Chromium profiles, `instances` instances; the createJob variables.
+pub async fn datasets_of(app: &TestApp, token: &str, targets: &str, instances: u32) -> Value {
     let targets = File::new(
         "TARGETS",
         "CSV",
-        "url,flow_target,click_target\nhttps://shop.example.com/a,5,1\n\
-         https://shop.example.com/b,5,1\nhttps://blog.example.com/,5,1\n",
+        format!("url,flow_target,click_target\n{targets}"),
     );
     let profiles = File::new(
         "DEVICE_PROFILES",
@@ -44,14 +51,14 @@ pub async fn ada_datasets(app: &TestApp, ada: &str) -> Value {
     let settings = File::new(
         "SETTINGS_PROFILES",
         "CSV",
-        "name,instances,marker_header\nlaunch,4,yes\n",
+        format!("name,instances,marker_header\nlaunch,{instances},yes\n"),
     );
     let version = |id: String| json!({ "dataset": id, "version": 1 });
     json!({
         "n": "launch check",
-        "t": version(published(app, ada, &targets).await),
-        "d": version(published(app, ada, &profiles).await),
-        "s": version(published(app, ada, &settings).await),
+        "t": version(published(app, token, &targets).await),
+        "d": version(published(app, token, &profiles).await),
+        "s": version(published(app, token, &settings).await),
     })
 }
 

@@ -15,6 +15,7 @@ mod jobs;
 mod login_limits;
 mod process;
 mod projections;
+mod recovery;
 mod runners;
 mod safe_mode;
 mod secrets;

@@ -28,6 +28,11 @@ pub(crate) struct Session {
     pub capabilities: Capabilities,
     /// It asked to drain, or was told to: no new leases.
     pub draining: bool,
+    /// Jobs it showed it works on over this connection (a grant, a report,
+    /// a hand-back): only their leases are renewed. A lease whose grant
+    /// never reached it (its gateway died in between) is not, so it expires
+    /// and its flows are leased again, instead of being held for ever.
+    working: BTreeSet<JobId>,
 }
 
 impl Session {
@@ -36,6 +41,7 @@ impl Session {
             peer,
             capabilities,
             draining: false,
+            working: BTreeSet::new(),
         }
     }
 
@@ -83,9 +89,8 @@ fn job_refusal(e: &CommandError<JobError>) -> ErrorMessage {
     }
 }
 
-/// Renews the runner's leases on every job it holds flows of, whichever
-/// gateway leased them, and re-registers it if another gateway took it for
-/// gone.
+/// Renews the runner's leases on the jobs it works on, whichever gateway
+/// leased them, and re-registers it if another gateway took it for gone.
 pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
     let runner = session.runner();
     // Another gateway may have taken it for gone (its old connection fell
@@ -98,8 +103,22 @@ pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
         reregister(link, session).await;
     }
     let ttl = link.terms.lease_ttl();
-    for job in held_jobs(&link.app, runner).await {
+    let mut done = Vec::new();
+    for &job in &session.working {
         let Ok(stream) = job.stream() else { continue };
+        let holds = match link.app.handler.load::<JobAggregate>(&stream).await {
+            Ok((_, state)) => state
+                .job
+                .is_some_and(|j| !j.status.is_ended() && j.leases.contains_key(&runner)),
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "cannot read a job to renew its lease");
+                continue;
+            }
+        };
+        if !holds {
+            done.push(job);
+            continue;
+        }
         let renewed = link
             .app
             .handler
@@ -113,6 +132,9 @@ pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
         if let Err(e) = renewed {
             tracing::warn!(%job, %runner, error = %e, "lease not renewed");
         }
+    }
+    for job in done {
+        session.working.remove(&job);
     }
 }
 
@@ -164,6 +186,7 @@ pub(crate) async fn report(
     reports: Vec<FlowReport>,
 ) -> GatewayMessage {
     let runner = session.runner();
+    session.working.insert(job);
     let sent = reports.len() as u32;
     let refused = |mut m: ErrorMessage| {
         m.batch = Some(batch);
@@ -223,6 +246,7 @@ pub(crate) async fn hand_back(
     flows: Option<Vec<FlowRange>>,
 ) -> GatewayMessage {
     let runner = session.runner();
+    session.working.insert(job);
     let returned = match flows {
         None => Returned::All,
         Some(ranges) => Returned::Flows(ranges),
@@ -353,6 +377,7 @@ pub(crate) async fn lease(
             Err(e) => return GatewayMessage::Error(with_request(job_refusal(&e), request)),
         };
         let Some(leased) = leased else { continue };
+        session.working.insert(job);
         return match grant(link, job, &spec, leased).await {
             Ok(grant) => GatewayMessage::LeaseGranted { request, grant },
             Err(m) => {
