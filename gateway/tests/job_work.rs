@@ -136,6 +136,39 @@ mod cases {
         live.stop().await;
     }
 
+    pub async fn a_lease_request_sent_again_gets_its_first_grant(store: &TestStore) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let job = live.running_job(2, 50, 0, 4).await;
+        let runner = new_runner();
+        let mut first = Connection::open(&live.config(runner, &key)).await.unwrap();
+        let request = runner::client::fresh_request_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let grant = loop {
+            match first.lease_as(request, 1, 20).await.unwrap() {
+                Leased::Granted(grant) => break grant,
+                _ if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("no lease: {other:?}"),
+            }
+        };
+        // Its answer lost with the connection: asked again, on a new one.
+        drop(first);
+        let mut again = Connection::open(&live.config(runner, &key)).await.unwrap();
+        match again.lease_as(request, 1, 20).await.unwrap() {
+            Leased::Granted(replayed) => assert_eq!(replayed, grant),
+            other => panic!("the request sent again got {other:?}"),
+        }
+        assert_eq!(live.job_state(job).await.leases[&runner].held.len(), 20);
+        // A new request is a new lease.
+        let Leased::Granted(more) = again.lease(0, 20).await.unwrap() else {
+            panic!("no second lease");
+        };
+        assert_eq!(more.work[0].flows, range(20, 40));
+        live.stop().await;
+    }
+
     pub async fn a_fleet_of_zero_work_runners_finishes_a_job_exactly(store: &TestStore) {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
@@ -470,6 +503,7 @@ mod cases {
 store::each_backend!(
     a_lease_grant_says_what_to_do_and_only_matching_runners_get_one,
     a_fleet_of_zero_work_runners_finishes_a_job_exactly,
+    a_lease_request_sent_again_gets_its_first_grant,
     a_runner_killed_mid_lease_has_its_flows_leased_again_after_expiry,
     reports_count_once_and_flows_not_held_are_refused,
     pause_and_stop_reach_the_runner_within_a_second,

@@ -121,7 +121,6 @@ pub struct Connection {
     incoming: mpsc::Receiver<Incoming>,
     notices: VecDeque<Notice>,
     busy: Arc<AtomicU32>,
-    next_request: u64,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -198,7 +197,6 @@ impl Connection {
             incoming,
             notices: VecDeque::new(),
             busy: Arc::default(),
-            next_request: 1,
             tasks: vec![writer, reader],
         };
         connection.handshake(config).await?;
@@ -275,7 +273,19 @@ impl Connection {
 
     /// Asks for up to `flows` flows and `slots` more browser slots.
     pub async fn lease(&mut self, slots: u32, flows: u64) -> Result<Leased, ClientError> {
-        let request = self.request_id();
+        self.lease_as(fresh_request_id(), slots, flows).await
+    }
+
+    /// [`Connection::lease`] under a request id of the caller's: a request
+    /// whose answer was lost (the connection broke) is sent again under
+    /// the same id, on any connection to any gateway, and gets the grant
+    /// it got the first time instead of a second one.
+    pub async fn lease_as(
+        &mut self,
+        request: u64,
+        slots: u32,
+        flows: u64,
+    ) -> Result<Leased, ClientError> {
         self.send(&RunnerMessage::LeaseRequest {
             request,
             slots,
@@ -343,7 +353,7 @@ impl Connection {
         job: JobId,
         flows: Option<Vec<FlowRange>>,
     ) -> Result<Answer, ClientError> {
-        let request = self.request_id();
+        let request = fresh_request_id();
         self.send(&RunnerMessage::HandBack {
             request,
             job,
@@ -406,11 +416,6 @@ impl Connection {
         }
     }
 
-    fn request_id(&mut self) -> u64 {
-        self.next_request += 1;
-        self.next_request - 1
-    }
-
     /// The next message from the gateway, within [`ANSWER_TIMEOUT`].
     async fn answer(&mut self, expected: &'static str) -> Result<GatewayMessage, ClientError> {
         let next = tokio::time::timeout(ANSWER_TIMEOUT, self.incoming.recv())
@@ -460,6 +465,20 @@ impl Connection {
         self.notices.push_back(notice);
         Ok(())
     }
+}
+
+/// A request id no other request of this runner has used, across
+/// connections and restarts: microseconds since the epoch at the first
+/// call, counting up from there.
+pub fn fresh_request_id() -> u64 {
+    static NEXT: std::sync::OnceLock<std::sync::atomic::AtomicU64> = std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        std::sync::atomic::AtomicU64::new(micros)
+    })
+    .fetch_add(1, Ordering::Relaxed)
 }
 
 fn unexpected(expected: &'static str, got: &GatewayMessage) -> ClientError {

@@ -16,7 +16,9 @@ use domain::job::JobId;
 use domain::runner_protocol::ErrorCode;
 use uuid::Uuid;
 
-use crate::client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice};
+use crate::client::{
+    Answer, ClientConfig, ClientError, Connection, Leased, Notice, fresh_request_id,
+};
 
 /// How a zero-work runner behaves.
 #[derive(Debug, Clone)]
@@ -170,6 +172,7 @@ pub async fn run(
         pending: None,
         draining: false,
         hand_back: Vec::new(),
+        lease_request: None,
         gateway: 0,
     };
     tokio::select! {
@@ -188,6 +191,8 @@ struct Worker {
     draining: bool,
     /// Jobs whose flows it gives back before anything else.
     hand_back: Vec<JobId>,
+    /// A lease request sent and not answered yet.
+    lease_request: Option<u64>,
     /// The gateway it uses, an index into the options' list.
     gateway: usize,
 }
@@ -289,10 +294,14 @@ impl Worker {
                 continue;
             }
             let asked = Instant::now();
-            match connection
-                .lease(self.options.slots, self.options.flows_per_lease)
-                .await?
-            {
+            // Kept until answered: sent again after a reconnect, it gets
+            // the grant its lost answer carried.
+            let request = *self.lease_request.get_or_insert_with(fresh_request_id);
+            let answer = connection
+                .lease_as(request, self.options.slots, self.options.flows_per_lease)
+                .await?;
+            self.lease_request = None;
+            match answer {
                 Leased::Granted(grant) => {
                     self.totals.leases += 1;
                     self.totals.lease_round_trips.push(asked.elapsed());

@@ -204,11 +204,14 @@ async fn a_gateway_killed_mid_job_and_restarted_loses_and_doubles_nothing() {
     let store = std::mem::replace(&mut app.store, TestStore::sqlite());
     let app = spawn_app().store(store).flags(TERMS).await;
     *gateways.lock().unwrap() = vec![runner_url(&app)];
-    let (recorded, _, reconnects) = totals(runners).await;
+    let (recorded, duplicates, reconnects) = totals(runners).await;
     assert!(reconnects >= 4, "every runner reconnected: {reconnects}");
-    // Batches sent again after the kill may be answered as duplicates;
-    // what counts is that every flow is recorded exactly once.
-    assert_eq!(recorded, FLOWS);
+    // A batch recorded just before the kill, its answer lost, is answered
+    // as duplicates when sent again: the store below is the count.
+    assert!(
+        recorded <= FLOWS && recorded + duplicates >= FLOWS,
+        "{recorded} + {duplicates}"
+    );
     let ada = app.token("ada", PASSWORD).await;
     assert_eq!(
         standing(&app, &ada, &job).await,
@@ -252,12 +255,16 @@ async fn two_gateways_on_one_postgres_lease_each_flow_once_and_survive_one_dying
     let runners = fleet(&first, &key, 6, &[on_first, on_second]);
     finished_at_least(&first, &ada, &job, FLOWS / 4).await;
     second.process.kill().await;
-    let (recorded, _, reconnects) = totals(runners).await;
+    let (recorded, duplicates, reconnects) = totals(runners).await;
     assert!(
         reconnects >= 3,
         "the dead gateway's runners moved: {reconnects}"
     );
-    assert_eq!(recorded, FLOWS);
+    // As when a gateway restarts: the store below is the count.
+    assert!(
+        recorded <= FLOWS && recorded + duplicates >= FLOWS,
+        "{recorded} + {duplicates}"
+    );
     assert_eq!(
         standing(&first, &ada, &job).await,
         ("DONE".to_owned(), FLOWS, FLOWS)

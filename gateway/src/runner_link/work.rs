@@ -10,7 +10,7 @@ use std::sync::LazyLock;
 
 use domain::click_consent::{self, ClickConsent, ClickConsentState};
 use domain::flow::{Click, FlowRange, FlowReport};
-use domain::job::{JobAggregate, JobCommand, JobError, JobEvent, JobId, Returned};
+use domain::job::{FlowsLeased, JobAggregate, JobCommand, JobError, JobEvent, JobId, Returned};
 use domain::runner::{Capabilities, NoLeases, Runner, RunnerCommand, RunnerId};
 use domain::runner_protocol::{ErrorCode, ErrorMessage, FlowWork, GatewayMessage, LeaseGrant};
 use domain::{Actor, Context};
@@ -338,7 +338,7 @@ pub(crate) async fn lease(
             );
         }
     };
-    let ttl = link.terms.lease_ttl();
+    let mut candidates = Vec::new();
     for row in rows {
         let (Ok(id), Ok(spec)) = (row.get::<String>("job"), row.get::<String>("spec")) else {
             continue;
@@ -349,10 +349,21 @@ pub(crate) async fn lease(
         ) else {
             continue;
         };
-        if !spec.platforms.iter().any(|&p| platform.serves(p)) {
-            continue;
+        if spec.platforms.iter().any(|&p| platform.serves(p)) {
+            candidates.push((JobId(id), spec));
         }
-        let job = JobId(id);
+    }
+    // The request's events take ids derived from (runner, request): one
+    // sent again, its answer lost with a connection, finds its grant.
+    let key = format!("lease:{runner}:{request}");
+    for (job, spec) in &candidates {
+        if let Some(leased) = earlier_lease(link, *job, &key).await {
+            session.working.insert(*job);
+            return answer_lease(link, runner, request, *job, spec, leased).await;
+        }
+    }
+    let ttl = link.terms.lease_ttl();
+    for (job, spec) in &candidates {
         let Ok(stream) = job.stream() else { continue };
         let command = JobCommand::LeaseFlows {
             runner,
@@ -364,7 +375,12 @@ pub(crate) async fn lease(
         let handled = link
             .app
             .handler
-            .handle::<JobAggregate>(&stream, command, &system(), &runner_meta(runner, None))
+            .handle::<JobAggregate>(
+                &stream,
+                command,
+                &system(),
+                &runner_meta(runner, Some(key.clone())),
+            )
             .await;
         let leased = match handled {
             Ok(handled) => handled.events.into_iter().find_map(|e| match e {
@@ -377,19 +393,56 @@ pub(crate) async fn lease(
             Err(e) => return GatewayMessage::Error(with_request(job_refusal(&e), request)),
         };
         let Some(leased) = leased else { continue };
-        session.working.insert(job);
-        return match grant(link, job, &spec, leased).await {
-            Ok(grant) => GatewayMessage::LeaseGranted { request, grant },
-            Err(m) => {
-                // Leased but not describable: give the flows straight back.
-                let _ = give_back(link, runner, job, Returned::All).await;
-                GatewayMessage::Error(with_request(m, request))
-            }
-        };
+        session.working.insert(*job);
+        return answer_lease(link, runner, request, *job, spec, leased).await;
     }
     GatewayMessage::NoWork {
         request,
         retry_after_ms: NO_WORK_RETRY_MS,
+    }
+}
+
+/// The lease `key`'s request got on `job` before, if it did, cut to the
+/// flows its runner still holds.
+async fn earlier_lease(link: &Link, job: JobId, key: &str) -> Option<FlowsLeased> {
+    let stream = job.stream().ok()?;
+    let id = domain::EventId::derived(stream.as_str(), key, 0);
+    let recorded = link.app.store.read_event(id).await.ok()??;
+    let JobEvent::FlowsLeased(mut leased) = link
+        .app
+        .handler
+        .registry()
+        .decode::<JobEvent>(&recorded)
+        .ok()?
+    else {
+        return None;
+    };
+    let (_, state) = link.app.handler.load::<JobAggregate>(&stream).await.ok()?;
+    let held = state.job?.leases.get(&leased.runner)?.held.clone();
+    leased.flows = leased
+        .flows
+        .iter()
+        .flat_map(|&r| held.overlap(r).collect::<Vec<_>>())
+        .collect();
+    Some(leased)
+}
+
+/// The answer to a lease: the grant, or (when it cannot be described) the
+/// flows handed straight back and the refusal.
+async fn answer_lease(
+    link: &Link,
+    runner: RunnerId,
+    request: u64,
+    job: JobId,
+    spec: &domain::job::JobSpec,
+    leased: FlowsLeased,
+) -> GatewayMessage {
+    match grant(link, job, spec, leased).await {
+        Ok(grant) => GatewayMessage::LeaseGranted { request, grant },
+        Err(m) => {
+            let _ = give_back(link, runner, job, Returned::All).await;
+            GatewayMessage::Error(with_request(m, request))
+        }
     }
 }
 
@@ -450,7 +503,7 @@ async fn grant(
     link: &Link,
     job: JobId,
     spec: &domain::job::JobSpec,
-    leased: domain::job::FlowsLeased,
+    leased: FlowsLeased,
 ) -> Result<LeaseGrant, ErrorMessage> {
     let stream = job
         .stream()
