@@ -210,6 +210,27 @@ pub enum BenchCommand {
     /// csv of targets from start to published version, and raw chunk
     /// throughput through uploadChunk.
     Datasets(BenchDatasetsArgs),
+    /// Flows/s, events/s, lease round trip and memory for a fleet of
+    /// zero-work runners completing one job against an in-process gateway.
+    Orchestrator(BenchOrchestratorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchOrchestratorArgs {
+    /// Store(s) to measure (repeatable), each in scratch space as for
+    /// `bench store`. The goal (5,000 flows/s) is PostgreSQL's. Default: as
+    /// for `bench store`.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Zero-work protocol-client runners.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub runners: u32,
+    /// Browser slots each runner offers.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=512))]
+    pub slots: u32,
+    /// Flows of the job (rounded up to whole targets of 100).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub flows: u64,
 }
 
 #[derive(Debug, Args)]

@@ -56,6 +56,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Bench(BenchCommand::Store(args)) => bench::store::run(&settings, &args).await,
         Command::Bench(BenchCommand::Gateway(args)) => bench::gateway::run(&settings, &args).await,
+        Command::Bench(BenchCommand::Orchestrator(args)) => {
+            bench::orchestrator::run(&settings, &args).await
+        }
         Command::Bench(BenchCommand::Datasets(args)) => {
             bench::datasets::run(&settings, &args).await
         }

@@ -6,6 +6,7 @@
 pub mod datasets;
 pub mod gateway;
 pub mod live;
+pub mod orchestrator;
 pub mod store;
 
 use std::sync::Arc;

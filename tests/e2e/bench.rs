@@ -101,3 +101,33 @@ async fn bench_datasets_publishes_a_csv_and_sends_raw_chunks() {
         "{stdout}"
     );
 }
+
+/// A small fleet finishes a small job and every figure is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_orchestrator_prints_its_figures() {
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "orchestrator",
+        "--runners",
+        "3",
+        "--slots",
+        "2",
+        "--flows",
+        "500",
+    ])
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("3 zero-work runners × 2 slots, 500 flows over 5 targets"),
+        "{stdout}"
+    );
+    for figure in [
+        "flows/s",
+        "job stream events/s",
+        "lease round trip p99",
+        "peak memory, gateway and runners",
+    ] {
+        assert!(stdout.contains(figure), "{figure} missing from\n{stdout}");
+    }
+    assert!(!stdout.contains("note:"), "{stdout}");
+}

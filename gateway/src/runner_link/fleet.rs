@@ -8,10 +8,10 @@
 //! appended the event, the one holding the runner's connection passes it on.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use domain::job::JobEvent;
+use domain::job::{JobEvent, JobId};
 use domain::runner::{RunnerEvent, RunnerId};
 use domain::runner_key::{RunnerKeyEvent, RunnerKeyId};
 use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
@@ -49,6 +49,8 @@ pub struct Fleet {
     next_connection: AtomicU64,
     /// The URLs the lease grants of this gateway carry.
     pub targets: TargetUrls,
+    /// One turn-taking lock per job: see [`Fleet::job_turn`].
+    job_turns: Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A connection's place in the fleet; leaving it frees the place, unless a
@@ -126,6 +128,18 @@ impl Fleet {
     /// The runner's presence, if it is connected here.
     pub fn presence(&self, runner: RunnerId) -> Option<Presence> {
         self.lock().get(&runner).map(|l| l.presence)
+    }
+
+    /// The lock commands on `job` from this gateway's connections take
+    /// turns on, so that they queue instead of racing each other into
+    /// version conflicts on the job's stream. In memory and per gateway:
+    /// between gateways the store's optimistic concurrency decides.
+    pub fn job_turn(&self, job: JobId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.job_turns.lock().unwrap_or_else(|p| p.into_inner());
+        if turns.len() > 1024 {
+            turns.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
+        turns.entry(job).or_default().clone()
     }
 
     /// How many runners are connected here.
@@ -207,7 +221,7 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
             _ => None,
         };
     }
-    let job = domain::job::JobId(Uuid::parse_str(stream.strip_prefix("job-")?).ok()?);
+    let job = JobId(Uuid::parse_str(stream.strip_prefix("job-")?).ok()?);
     match registry.decode::<JobEvent>(event).ok()? {
         JobEvent::JobPaused(_) => Some(Relay::All(GatewayMessage::JobPaused { job })),
         JobEvent::JobStopped(_) | JobEvent::JobFailed(_) | JobEvent::JobCompleted(_) => {
@@ -226,10 +240,7 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
 
 /// Passes what runners must hear on to those connected here, as the log
 /// grows, until the feed ends.
-pub async fn relay(
-    fleet: std::sync::Arc<Fleet>,
-    mut events: broadcast::Receiver<std::sync::Arc<RecordedEvent>>,
-) {
+pub async fn relay(fleet: Arc<Fleet>, mut events: broadcast::Receiver<Arc<RecordedEvent>>) {
     let registry = domain::event_registry();
     loop {
         let event = match events.recv().await {

@@ -65,6 +65,29 @@ fn system() -> Context {
     Context::new(OffsetDateTime::now_utc(), Actor::System)
 }
 
+/// Runs a command on a job's stream for a runner, as the gateway, taking
+/// its turn with this gateway's other commands on the job.
+async fn on_job(
+    app: &AppState,
+    stream: &domain::StreamId,
+    command: JobCommand,
+    meta: &crate::command_handler::CommandMeta,
+) -> Result<crate::command_handler::Handled<JobEvent>, CommandError<JobError>> {
+    let job = stream
+        .as_str()
+        .strip_prefix("job-")
+        .and_then(|id| Uuid::parse_str(id).ok())
+        .map(JobId);
+    let turn = job.map(|job| app.fleet.job_turn(job));
+    let _turn = match &turn {
+        Some(lock) => Some(lock.lock().await),
+        None => None,
+    };
+    app.handler
+        .handle::<JobAggregate>(stream, command, &system(), meta)
+        .await
+}
+
 /// A job refusal as the runner reads it.
 fn job_refusal(e: &CommandError<JobError>) -> ErrorMessage {
     match e {
@@ -119,16 +142,13 @@ pub(crate) async fn heartbeat(link: &Link, session: &mut Session) {
             done.push(job);
             continue;
         }
-        let renewed = link
-            .app
-            .handler
-            .handle::<JobAggregate>(
-                &stream,
-                JobCommand::RenewLease { runner, ttl },
-                &system(),
-                &runner_meta(runner, None),
-            )
-            .await;
+        let renewed = on_job(
+            &link.app,
+            &stream,
+            JobCommand::RenewLease { runner, ttl },
+            &runner_meta(runner, None),
+        )
+        .await;
         if let Err(e) = renewed {
             tracing::warn!(%job, %runner, error = %e, "lease not renewed");
         }
@@ -201,20 +221,17 @@ pub(crate) async fn report(
         Ok(c) => c,
         Err(m) => return refused(m),
     };
-    let outcome = link
-        .app
-        .handler
-        .handle::<JobAggregate>(
-            &stream,
-            JobCommand::ReportFlows {
-                runner,
-                reports,
-                click_consent,
-            },
-            &system(),
-            &runner_meta(runner, Some(format!("report:{runner}:{batch}"))),
-        )
-        .await;
+    let outcome = on_job(
+        &link.app,
+        &stream,
+        JobCommand::ReportFlows {
+            runner,
+            reports,
+            click_consent,
+        },
+        &runner_meta(runner, Some(format!("report:{runner}:{batch}"))),
+    )
+    .await;
     match outcome {
         Ok(handled) => {
             let recorded = handled
@@ -270,17 +287,15 @@ async fn give_back(
     let stream = job
         .stream()
         .map_err(|e| refusal(ErrorCode::BadMessage, e.to_string()))?;
-    link.app
-        .handler
-        .handle::<JobAggregate>(
-            &stream,
-            JobCommand::HandBack { runner, flows },
-            &system(),
-            &runner_meta(runner, None),
-        )
-        .await
-        .map(|_| ())
-        .map_err(|e| job_refusal(&e))
+    on_job(
+        &link.app,
+        &stream,
+        JobCommand::HandBack { runner, flows },
+        &runner_meta(runner, None),
+    )
+    .await
+    .map(|_| ())
+    .map_err(|e| job_refusal(&e))
 }
 
 /// A runner leaving hands back everything it holds.
@@ -372,16 +387,13 @@ pub(crate) async fn lease(
             flows,
             ttl,
         };
-        let handled = link
-            .app
-            .handler
-            .handle::<JobAggregate>(
-                &stream,
-                command,
-                &system(),
-                &runner_meta(runner, Some(key.clone())),
-            )
-            .await;
+        let handled = on_job(
+            &link.app,
+            &stream,
+            command,
+            &runner_meta(runner, Some(key.clone())),
+        )
+        .await;
         let leased = match handled {
             Ok(handled) => handled.events.into_iter().find_map(|e| match e {
                 JobEvent::FlowsLeased(l) => Some(l),
@@ -633,11 +645,7 @@ pub async fn expire_leases(app: &AppState) -> usize {
             source: Some("gateway".into()),
             ..Default::default()
         };
-        match app
-            .handler
-            .handle::<JobAggregate>(&stream, JobCommand::ExpireLeases, &system(), &meta)
-            .await
-        {
+        match on_job(app, &stream, JobCommand::ExpireLeases, &meta).await {
             Ok(handled) => expired += handled.events.len(),
             Err(e) => tracing::warn!(%job, error = %e, "leases not expired"),
         }
@@ -648,7 +656,8 @@ pub async fn expire_leases(app: &AppState) -> usize {
 /// Sweeps expired leases every quarter of the lease time, forever.
 pub async fn sweep(app: AppState) {
     let every = (app.runner_terms.lease_ttl / 4).max(std::time::Duration::from_millis(100));
-    let mut tick = tokio::time::interval(every);
+    // The first sweep waits a period: the views are still being created.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
