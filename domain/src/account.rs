@@ -85,6 +85,16 @@ impl fmt::Debug for PasswordHash {
     }
 }
 
+/// 32 to 128 URL- and TXT-safe characters (A-Z, a-z, 0-9, '-', '_'): the
+/// shape of every random token the gateway hands out, so it can be pasted
+/// into a file, a DNS record or a header unchanged.
+pub(crate) fn is_token_text(raw: &str) -> bool {
+    (32..=128).contains(&raw.len())
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+}
+
 /// The SHA-256 (hex) of a bearer secret (a refresh token, a runner key); the
 /// secret itself is never stored.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -47,11 +47,7 @@ pub struct RunnerKeyFormatError;
 
 impl RunnerKey {
     pub fn parse(raw: &str) -> Result<Self, RunnerKeyFormatError> {
-        let ok = (32..=128).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if ok {
+        if crate::account::is_token_text(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(RunnerKeyFormatError)

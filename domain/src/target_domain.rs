@@ -43,11 +43,7 @@ impl VerificationToken {
     /// 32 to 128 URL- and TXT-safe characters, so the owner can publish it
     /// unchanged in a file or a DNS record.
     pub fn parse(raw: &str) -> Result<Self, VerificationTokenError> {
-        let ok = (32..=128).contains(&raw.len())
-            && raw
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
-        if ok {
+        if crate::account::is_token_text(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(VerificationTokenError)

@@ -445,6 +445,10 @@ impl EventStore for Metered {
         self.inner.delete_chunks(upload).await
     }
 
+    async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.inner.staged_uploads().await
+    }
+
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         self.inner.put_snapshot(stream, snapshot).await
     }

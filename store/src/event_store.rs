@@ -305,6 +305,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// returns how many there were.
     async fn delete_chunks(&self, upload: Uuid) -> Result<u64, StoreError>;
 
+    /// The uploads that have chunks staged, so a sweep can reclaim those of
+    /// uploads that ended (a chunk may land just after its upload ended).
+    async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError>;
+
     /// Saves `snapshot` as `stream`'s, replacing any earlier one.
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError>;
 

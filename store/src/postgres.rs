@@ -734,6 +734,15 @@ impl EventStore for PostgresStore {
             .map_err(pg_err)
     }
 
+    async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT DISTINCT upload_id FROM upload_chunks", &[])
+            .await
+            .map_err(pg_err)?;
+        Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+    }
+
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         let client = self.client().await?;
         let stmt = client.prepare_cached(SAVE_SNAPSHOT).await.map_err(pg_err)?;

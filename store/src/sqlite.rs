@@ -614,6 +614,20 @@ impl EventStore for SqliteStore {
         Ok(deleted as u64)
     }
 
+    async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT DISTINCT upload_id FROM upload_chunks")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| r.get::<_, [u8; 16]>(0))
+                .map_err(db_err)?;
+            rows.map(|r| r.map(Uuid::from_bytes).map_err(db_err))
+                .collect()
+        })
+        .await
+    }
+
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {
         let stream = stream.to_string();
         self.write(move |conn| {

@@ -751,6 +751,9 @@ mod cases {
         store.put_chunk(one, 0, chunk(9, 1 << 20)).await.unwrap();
         store.put_chunk(one, 0, chunk(0, 1 << 20)).await.unwrap();
         store.put_chunk(two, 0, chunk(7, 5)).await.unwrap();
+        let mut staged = store.staged_uploads().await.unwrap();
+        staged.sort();
+        assert_eq!(staged, [one, two]);
         assert_eq!(store.chunk_indexes(one).await.unwrap(), [0, 2]);
         assert_eq!(
             store.read_chunks(one).await.unwrap(),
@@ -767,6 +770,7 @@ mod cases {
         assert_eq!(store.delete_chunks(one).await.unwrap(), 0);
         assert!(store.read_chunks(one).await.unwrap().is_empty());
         assert_eq!(store.read_chunks(two).await.unwrap(), [(0, chunk(7, 5))]);
+        assert_eq!(store.staged_uploads().await.unwrap(), [two]);
     }
 
     pub async fn a_stream_keeps_its_last_saved_snapshot(b: &TestStore) {
