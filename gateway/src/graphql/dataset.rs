@@ -398,7 +398,7 @@ impl DatasetSubscription {
         let owner = p.username.clone();
         let filter = Filter::stream_prefix("dataset-");
         Ok(
-            under_session(app.clone(), p, Some(filter)).filter_map(move |seen| {
+            under_session(app.clone(), p, Some(filter), None).filter_map(move |seen| {
                 let (app, owner) = (app.clone(), owner.clone());
                 async move {
                     let Seen::Event(event) = seen else {

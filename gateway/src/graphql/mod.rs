@@ -12,6 +12,7 @@ pub mod error;
 pub mod licence;
 pub mod session;
 pub mod session_watch;
+pub mod stream_events;
 pub mod system_settings;
 pub mod target_domain;
 pub mod upload;
@@ -50,6 +51,7 @@ pub struct QueryRoot(
     click_consent::ClickConsentQuery,
     dataset::DatasetQuery,
     upload::UploadQuery,
+    stream_events::StreamEventsQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -72,6 +74,7 @@ pub struct SubscriptionRoot(
     audit::AuditSubscription,
     dataset::DatasetSubscription,
     target_domain::TargetDomainSubscription,
+    stream_events::StreamEventsSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.

@@ -392,6 +392,7 @@ impl TargetDomainSubscription {
             app.clone(),
             p.clone(),
             Some(Filter::stream_prefix(STREAM_PREFIX)),
+            None,
         );
         Ok(watch.filter_map(move |seen| {
             let app = app.clone();
