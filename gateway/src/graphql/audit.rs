@@ -129,19 +129,21 @@ impl AuditSubscription {
         let p = principal_with(ctx, AUDITORS, "watching the audit log")?.clone();
         let after = cursor("after", after.as_deref())?;
         Ok(
-            under_session(app(ctx).clone(), p, Some(Filter::all()), after).filter_map(|seen| async move {
-                match seen {
-                    Seen::Event(e) => Some(AuditEntry {
-                        position: e.position.to_string(),
-                        recorded_at: e.recorded_at,
-                        actor: e.metadata.actor.clone(),
-                        stream_id: e.stream_id.to_string(),
-                        event_type: e.event_type.clone(),
-                        summary: projections::audit_view::summarize(&e),
-                    }),
-                    Seen::Refreshed(_) | Seen::Ended(_) => None,
-                }
-            }),
+            under_session(app(ctx).clone(), p, Some(Filter::all()), after).filter_map(
+                |seen| async move {
+                    match seen {
+                        Seen::Event(e) => Some(AuditEntry {
+                            position: e.position.to_string(),
+                            recorded_at: e.recorded_at,
+                            actor: e.metadata.actor.clone(),
+                            stream_id: e.stream_id.to_string(),
+                            event_type: e.event_type.clone(),
+                            summary: projections::audit_view::summarize(&e),
+                        }),
+                        Seen::Refreshed(_) | Seen::Ended(_) => None,
+                    }
+                },
+            ),
         )
     }
 }

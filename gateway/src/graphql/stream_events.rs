@@ -95,7 +95,9 @@ pub fn cursor(field: &str, value: Option<&str>) -> async_graphql::Result<Option<
             c.parse().map_err(|_| {
                 error::invalid(
                     field,
-                    format!("{c:?} is not a cursor (an event's `position`, COMMIT or COMMIT:PREPARE)"),
+                    format!(
+                        "{c:?} is not a cursor (an event's `position`, COMMIT or COMMIT:PREPARE)"
+                    ),
                 )
             })
         })
@@ -275,8 +277,8 @@ mod tests {
                 user_agent: None,
             }),
         );
-        let shown = serde_json::to_string(&EventEnvelope::of(&registry, &started).payload)
-            .expect("JSON");
+        let shown =
+            serde_json::to_string(&EventEnvelope::of(&registry, &started).payload).expect("JSON");
         assert!(!shown.contains("refresh-secret-hash"), "{shown}");
         assert!(shown.contains("[redacted]"), "{shown}");
     }
@@ -305,7 +307,10 @@ mod tests {
     fn a_cursor_that_is_not_a_position_names_its_field() {
         let err = cursor("after", Some("yesterday")).unwrap_err();
         assert!(err.message.starts_with("after: "), "{}", err.message);
-        assert_eq!(cursor("after", Some("12:3")).unwrap(), Some(Position::new(12, 3)));
+        assert_eq!(
+            cursor("after", Some("12:3")).unwrap(),
+            Some(Position::new(12, 3))
+        );
         assert_eq!(cursor("after", None).unwrap(), None);
     }
 }
