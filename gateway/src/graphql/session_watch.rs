@@ -2,16 +2,17 @@
 //! (logout, a newer login, revocation, expiry, a disabled account) the
 //! subscription is told (`sessionEvents` gets a final `SessionEnded { reason }`)
 //! and completes, so a UI logs out at once. One live feed per gateway
-//! (`crate::live`) is fanned out to every watch; a watch resumed from a
-//! cursor reads its events from the store instead (catch-up, then live,
-//! each exactly once), and the feed only for its session's news.
+//! (`crate::live`) is fanned out to every watch. A watch resumed from a
+//! cursor first catches up from the store, then joins the feed; one that
+//! falls behind the feed catches up the same way: each event exactly once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::account::{Account, AccountEvent, SessionId};
 use domain::{Position, RecordedEvent, StreamId};
 use futures_util::Stream;
-use store::{Filter, StoreError, SubscribeFrom, Subscription};
+use store::Filter;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::auth::sessions::Principal;
@@ -43,22 +44,14 @@ pub fn under_session(
         let Ok(stream) = principal.username.stream() else {
             return;
         };
-        let resumed = match (&filter, after) {
-            (Some(filter), Some(after)) => Some(
-                app.store
-                    .subscribe_all(SubscribeFrom::After(after), filter.clone()),
-            ),
-            _ => None,
-        };
         let watch = Watch {
             app,
             stream,
             sid: principal.session_id,
             filter,
-            feed_shows_events: resumed.is_none(),
             tx,
         };
-        watch.run(resumed).await;
+        watch.run(after).await;
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -72,43 +65,59 @@ struct Watch {
     stream: StreamId,
     sid: SessionId,
     filter: Option<Filter>,
-    /// False when the events come from the watch's own store subscription.
-    feed_shows_events: bool,
     tx: mpsc::Sender<Seen>,
 }
 
-/// Where the next thing a watch looks at came from.
-enum Next {
-    Feed(Result<Arc<RecordedEvent>, broadcast::error::RecvError>),
-    Resumed(Option<Result<RecordedEvent, StoreError>>),
-}
+/// Events read per page while catching up.
+const CATCH_UP_PAGE: usize = 1000;
+/// While committed events wait behind an open transaction, look again
+/// after this long, doubling up to [`PENDING_MAX`].
+const PENDING_FIRST: Duration = Duration::from_millis(1);
+const PENDING_MAX: Duration = Duration::from_millis(20);
+/// Transient read failures a catch-up rides out before it ends the watch.
+const READ_RETRIES: u32 = 5;
 
 impl Watch {
-    async fn run(self, mut resumed: Option<Subscription>) {
-        // Listen first, then look: an end in between is seen either way.
+    /// `after`: where the client's view of the log ends, if it has one.
+    async fn run(self, after: Option<Position>) {
+        // Listen first, then look: an end, or an event, in between is seen
+        // either way.
         let mut feed = self.app.live.subscribe();
         if !self.still_live().await {
             return self.end().await;
         }
+        // Every event up to here has been shown (if admitted) or passed over.
+        let mut considered = after;
+        if let Some(from) = considered {
+            match self.catch_up(from).await {
+                Some(reached) => considered = Some(reached),
+                None => return,
+            }
+        }
         loop {
-            let next = tokio::select! {
+            let event = tokio::select! {
                 _ = self.tx.closed() => return,
-                event = feed.recv() => Next::Feed(event),
-                event = next_resumed(&mut resumed) => Next::Resumed(event),
+                event = feed.recv() => event,
             };
-            let carry_on = match next {
-                Next::Feed(Ok(event)) => self.pass_on(event).await,
-                Next::Feed(Err(broadcast::error::RecvError::Lagged(missed))) => {
-                    self.after_lag(missed).await
+            let carry_on = match event {
+                Ok(event) => {
+                    let new = considered.is_none_or(|c| event.position > c);
+                    if new {
+                        considered = Some(event.position);
+                    }
+                    self.pass_on(event, new).await
                 }
-                Next::Feed(Err(broadcast::error::RecvError::Closed)) => false,
-                Next::Resumed(Some(Ok(event))) => self.send(Seen::Event(Arc::new(event))).await,
-                Next::Resumed(Some(Err(e))) => {
-                    // The client resumes from the last position it saw.
-                    tracing::warn!(error = %e, "a resumed subscription lost the log; ending it");
-                    false
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    match self.after_lag(missed, considered).await {
+                        Lag::Over => false,
+                        Lag::Lost => true,
+                        Lag::CaughtUp(reached) => {
+                            considered = Some(reached);
+                            true
+                        }
+                    }
                 }
-                Next::Resumed(None) => false,
+                Err(broadcast::error::RecvError::Closed) => false,
             };
             if !carry_on {
                 return;
@@ -116,8 +125,51 @@ impl Watch {
         }
     }
 
-    /// Shows `event` for what it means here; false once the watch is over.
-    async fn pass_on(&self, event: Arc<RecordedEvent>) -> bool {
+    /// Shows the admitted events after `after` from the store, oldest
+    /// first, until a read finds nothing more that is committed: what
+    /// commits later reaches the feed, which the watch already listens to.
+    /// Where it got to; `None` once the watch is over.
+    async fn catch_up(&self, mut after: Position) -> Option<Position> {
+        let filter = self.filter.as_ref()?;
+        let mut pending_wait = PENDING_FIRST;
+        let mut retries = 0;
+        loop {
+            let page = match self.app.store.read_all(after, filter, CATCH_UP_PAGE).await {
+                Ok(page) => page,
+                Err(e) if e.is_transient() && retries < READ_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(error = %e, %after, "a subscription's catch-up read failed; retrying");
+                    tokio::time::sleep(PENDING_MAX * retries).await;
+                    continue;
+                }
+                Err(e) => {
+                    // The client resumes from the last position it saw.
+                    tracing::warn!(error = %e, %after, "a subscription cannot catch up; ending it");
+                    return None;
+                }
+            };
+            let full = page.events.len() == CATCH_UP_PAGE;
+            for event in page.events {
+                if !self.send(Seen::Event(Arc::new(event))).await {
+                    return None;
+                }
+            }
+            after = after.max(page.next);
+            if full {
+                continue;
+            }
+            if !page.pending {
+                return Some(after);
+            }
+            // Committed events wait behind an open transaction.
+            tokio::time::sleep(pending_wait).await;
+            pending_wait = (pending_wait * 2).min(PENDING_MAX);
+        }
+    }
+
+    /// Shows `event` for what it means here (`new`: not already shown by a
+    /// catch-up); false once the watch is over.
+    async fn pass_on(&self, event: Arc<RecordedEvent>, new: bool) -> bool {
         let news = (event.stream_id == self.stream)
             .then(|| {
                 self.app
@@ -127,7 +179,7 @@ impl Watch {
                     .ok()
             })
             .flatten();
-        let admitted = self.feed_shows_events
+        let admitted = new
             && self
                 .filter
                 .as_ref()
@@ -157,16 +209,20 @@ impl Watch {
     }
 
     /// Too slow for the feed: the session's end must not be missed, so ask
-    /// the store. Other events are lost, so a feed of them ends here (the
-    /// client resubscribes from its last cursor); a resumed watch has lost
-    /// nothing. False once the watch is over.
-    async fn after_lag(&self, missed: u64) -> bool {
+    /// the store. A watch that knows where it was catches up from there;
+    /// one that has seen nothing yet cannot say what it lost, so a feed of
+    /// events ends here (the client resubscribes).
+    async fn after_lag(&self, missed: u64, considered: Option<Position>) -> Lag {
         tracing::warn!(missed, "a subscriber fell behind the live feed");
         if !self.still_live().await {
             self.end().await;
-            return false;
+            return Lag::Over;
         }
-        self.filter.is_none() || !self.feed_shows_events
+        match (&self.filter, considered) {
+            (None, _) => Lag::Lost,
+            (Some(_), Some(from)) => self.catch_up(from).await.map_or(Lag::Over, Lag::CaughtUp),
+            (Some(_), None) => Lag::Over,
+        }
     }
 
     async fn still_live(&self) -> bool {
@@ -192,14 +248,14 @@ impl Watch {
     }
 }
 
-/// The next event of a resumed watch; never, for a watch on the feed.
-async fn next_resumed(
-    resumed: &mut Option<Subscription>,
-) -> Option<Result<RecordedEvent, StoreError>> {
-    match resumed {
-        Some(sub) => sub.next().await,
-        None => std::future::pending().await,
-    }
+/// What became of a watch that fell behind the feed.
+enum Lag {
+    /// The watch is over.
+    Over,
+    /// Events were lost, but the watch shows none (only session news).
+    Lost,
+    /// The store filled the gap up to here.
+    CaughtUp(Position),
 }
 
 /// Is `sid` the account's live session (and the account enabled)?
