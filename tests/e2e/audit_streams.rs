@@ -6,8 +6,10 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use domain::{NewEvent, Payload, StreamId};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
+use store::ExpectedVersion;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::graphql::{Ws, ws_connect, ws_next};
@@ -30,6 +32,10 @@ const WRITERS: usize = 4;
 const LOGINS_EACH: usize = 12;
 /// Sockets killed and resumed while the writers write.
 const RECONNECTS: usize = 5;
+/// Events appended before, so that each resumed subscription has a long
+/// way to catch up; and the events read between kills.
+const PREFILL: usize = 3000;
+const STEP: usize = PREFILL / RECONNECTS;
 
 async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
     let start = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
@@ -61,6 +67,24 @@ async fn refusal(ws: &mut Ws) -> (String, String) {
     )
 }
 
+/// Appends [`PREFILL`] events straight to the store, in batches.
+async fn prefill(app: &TestApp) {
+    let store = app.store.open().await;
+    let stream = StreamId::parse("filler-1").unwrap();
+    for batch in 0..PREFILL / 100 {
+        let events = (0..100)
+            .map(|n| {
+                let payload = Payload::to_json(&json!({ "n": batch * 100 + n })).unwrap();
+                NewEvent::new("Filled", 1, payload)
+            })
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+}
+
 /// Every event's position in the log, in global order, read from the store.
 async fn full_log(app: &TestApp) -> Vec<String> {
     let events = app.store.events().await;
@@ -83,6 +107,7 @@ async fn a_reconnect_with_the_last_cursor_loses_and_repeats_nothing(app: &TestAp
         assert_eq!(r["data"]["createAccount"], format!("writer{i}"), "{r}");
     }
     let auditor = app.token("audrey", PASSWORD).await;
+    prefill(app).await;
     let before = full_log(app).await.len();
 
     let mut first = ws_connect(&app.addr, PROTOCOL, &auditor).await;
@@ -110,14 +135,14 @@ async fn a_reconnect_with_the_last_cursor_loses_and_repeats_nothing(app: &TestAp
         })
     };
 
-    // Read past what was there before the writers began, then kill the
-    // socket and resume after the last position seen; again, while the
-    // writers are at it, so catch-ups overlap the live feed.
+    // Read part of the log, kill the socket and resume after the last
+    // position seen; again, while the writers are at it, so each catch-up
+    // from the store overlaps what the live feed brings.
     let mut seen = Vec::new();
     let mut ws = first;
     let mut reconnects = 0;
     while reconnects < RECONNECTS && (reconnects == 0 || writing.load(Ordering::SeqCst)) {
-        let target = seen.len().max(before) + WRITERS;
+        let target = seen.len() + STEP;
         while seen.len() < target {
             let item = next_item(&mut ws, "auditEvents").await;
             seen.push(item["position"].as_str().unwrap().to_owned());
