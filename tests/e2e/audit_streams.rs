@@ -32,10 +32,11 @@ const WRITERS: usize = 4;
 const LOGINS_EACH: usize = 12;
 /// Sockets killed and resumed while the writers write.
 const RECONNECTS: usize = 5;
-/// Events appended before, so that each resumed subscription has a long
-/// way to catch up; and the events read between kills.
+/// Events appended first, so that the last resumed subscription has a
+/// long way to catch up while the writers write; the events read between
+/// kills, all early in that.
 const PREFILL: usize = 3000;
-const STEP: usize = PREFILL / RECONNECTS;
+const STEP: usize = PREFILL / 10 / RECONNECTS;
 
 async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
     let start = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
