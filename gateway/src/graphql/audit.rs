@@ -9,9 +9,9 @@ use projections::{SqlValue, audit_view};
 use store::Filter;
 use time::OffsetDateTime;
 
+use crate::graphql::cursor;
 use crate::graphql::error;
 use crate::graphql::session_watch::{Seen, under_session};
-use crate::graphql::stream_events::cursor;
 use crate::graphql::{AUDITORS, app, check_first, from_micros, principal_with, row_err};
 
 #[derive(SimpleObject)]

@@ -4,7 +4,7 @@
 //! `"[redacted]"`, as the audit view's summaries leave them out.
 
 use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
-use domain::{EventRegistry, Position, RecordedEvent, StreamId};
+use domain::{EventRegistry, RecordedEvent, StreamId};
 use futures_util::{Stream, StreamExt};
 use store::{Direction, Filter, StreamFrom};
 use time::OffsetDateTime;
@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::graphql::error;
 use crate::graphql::session_watch::{Seen, under_session};
-use crate::graphql::{AUDITORS, app, check_first, principal_with};
+use crate::graphql::{AUDITORS, app, check_first, cursor, principal_with};
 
 /// One event with everything recorded about it.
 #[derive(SimpleObject)]
@@ -85,23 +85,6 @@ impl EventEnvelope {
             payload,
         }
     }
-}
-
-/// A cursor argument: a position some list or subscription returned, or
-/// VALIDATION naming `field`.
-pub fn cursor(field: &str, value: Option<&str>) -> async_graphql::Result<Option<Position>> {
-    value
-        .map(|c| {
-            c.parse().map_err(|_| {
-                error::invalid(
-                    field,
-                    format!(
-                        "{c:?} is not a cursor (an event's `position`, COMMIT or COMMIT:PREPARE)"
-                    ),
-                )
-            })
-        })
-        .transpose()
 }
 
 fn stream_id(field: &str, value: &str) -> async_graphql::Result<StreamId> {
@@ -225,7 +208,7 @@ mod tests {
         AccountCreated, AccountEvent, PasswordHash, SessionId, SessionStarted, SessionTokens,
         TokenHash, Username,
     };
-    use domain::{EventSet, Metadata, Role};
+    use domain::{EventSet, Metadata, Position, Role};
 
     use super::*;
 
@@ -301,16 +284,5 @@ mod tests {
                 "sha256": "blob",
             })
         );
-    }
-
-    #[test]
-    fn a_cursor_that_is_not_a_position_names_its_field() {
-        let err = cursor("after", Some("yesterday")).unwrap_err();
-        assert!(err.message.starts_with("after: "), "{}", err.message);
-        assert_eq!(
-            cursor("after", Some("12:3")).unwrap(),
-            Some(Position::new(12, 3))
-        );
-        assert_eq!(cursor("after", None).unwrap(), None);
     }
 }
