@@ -89,6 +89,7 @@ impl Watch {
         // Every event up to here has been shown (if admitted) or passed over.
         let mut considered = after;
         if let Some(from) = considered {
+            self.app.live.started().await;
             match self.catch_up(from).await {
                 Some(reached) => considered = Some(reached),
                 None => return,
