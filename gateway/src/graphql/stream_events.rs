@@ -208,6 +208,8 @@ mod tests {
         AccountCreated, AccountEvent, PasswordHash, SessionId, SessionStarted, SessionTokens,
         TokenHash, Username,
     };
+    use domain::runner_key::{RunnerKeyCreated, RunnerKeyEvent, RunnerKeyId};
+    use domain::target_domain::{DomainClaimed, TargetDomainEvent, VerificationToken};
     use domain::{EventSet, Metadata, Position, Role};
 
     use super::*;
@@ -258,6 +260,34 @@ mod tests {
             serde_json::to_string(&EventEnvelope::of(&registry, &started).payload).expect("JSON");
         assert!(!shown.contains("refresh-secret-hash"), "{shown}");
         assert!(shown.contains("[redacted]"), "{shown}");
+
+        let key = recorded(
+            "runnerkeys",
+            &RunnerKeyEvent::RunnerKeyCreated(RunnerKeyCreated {
+                key: RunnerKeyId(Uuid::from_u128(3)),
+                name: "fleet".into(),
+                hash: TokenHash("runner-key-hash".into()),
+                by: "root".into(),
+            }),
+        );
+        let token = "t".repeat(40);
+        let claim = recorded(
+            "domain-example.com",
+            &TargetDomainEvent::DomainClaimed(DomainClaimed {
+                account: Username::parse("ada").unwrap(),
+                token: VerificationToken::parse(&token).unwrap(),
+                by: "ada".into(),
+            }),
+        );
+        for (event, secret) in [(key, "runner-key-hash"), (claim, token.as_str())] {
+            let payload = EventEnvelope::of(&registry, &event)
+                .payload
+                .expect("decodes")
+                .0;
+            let shown = payload.to_string();
+            assert!(!shown.contains(secret), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
     }
 
     #[test]
