@@ -37,6 +37,12 @@ const RECONNECTS: usize = 5;
 /// kills, all early in that.
 const PREFILL: usize = 3000;
 const STEP: usize = PREFILL / 10 / RECONNECTS;
+/// Far more events than the gateway's live feed buffers (16,384) and the
+/// sockets' buffers hold besides.
+const BEYOND_THE_FEED: usize = 60_000;
+/// Every field of an entry, so that the sockets' buffers fill sooner.
+const AUDIT_EVENTS_IN_FULL: &str = "subscription($after: String) {
+  auditEvents(after: $after) { position recordedAt actor streamId eventType summary } }";
 
 async fn subscribe(ws: &mut Ws, id: &str, query: &str, variables: Value) {
     let start = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
@@ -70,12 +76,17 @@ async fn refusal(ws: &mut Ws) -> (String, String) {
 
 /// Appends [`PREFILL`] events straight to the store, in batches.
 async fn prefill(app: &TestApp) {
+    fill(app, PREFILL).await;
+}
+
+/// Appends `count` events straight to the store, in batches of 500.
+async fn fill(app: &TestApp, count: usize) {
     let store = app.store.open().await;
     let stream = StreamId::parse("filler-1").unwrap();
-    for batch in 0..PREFILL / 100 {
-        let events = (0..100)
+    for batch in 0..count.div_ceil(500) {
+        let events = (batch * 500..count.min((batch + 1) * 500))
             .map(|n| {
-                let payload = Payload::to_json(&json!({ "n": batch * 100 + n })).unwrap();
+                let payload = Payload::to_json(&json!({ "n": n })).unwrap();
                 NewEvent::new("Filled", 1, payload)
             })
             .collect();
@@ -169,6 +180,43 @@ async fn a_reconnect_with_the_last_cursor_loses_and_repeats_nothing(app: &TestAp
     assert_eq!(
         seen, log,
         "what the two subscriptions showed, against the log"
+    );
+}
+
+/// More events than the live feed holds land while the auditor's client
+/// reads nothing: its subscription falls behind the feed, catches up from
+/// the store, and still shows each event once, in order.
+async fn a_subscriber_that_falls_behind_the_feed_misses_nothing(app: &TestApp) {
+    app.with_accounts().await;
+    let auditor = app.token("audrey", PASSWORD).await;
+    let cursor = full_log(app).await.last().unwrap().clone();
+    let mut ws = ws_connect(&app.addr, PROTOCOL, &auditor).await;
+    subscribe(
+        &mut ws,
+        "a",
+        AUDIT_EVENTS_IN_FULL,
+        json!({ "after": cursor }),
+    )
+    .await;
+    // One event through the feed first, so the subscription is live.
+    fill(app, 1).await;
+    let first = next_item(&mut ws, "auditEvents").await;
+    fill(app, BEYOND_THE_FEED).await;
+
+    let log = full_log(app).await;
+    let expected = &log[log.iter().position(|p| *p == cursor).unwrap() + 1..];
+    let mut seen = vec![first["position"].as_str().unwrap().to_owned()];
+    while seen.len() < expected.len() {
+        let item = next_item(&mut ws, "auditEvents").await;
+        seen.push(item["position"].as_str().unwrap().to_owned());
+    }
+    assert!(
+        seen == expected,
+        "the subscription's events differ from the log's"
+    );
+    assert!(
+        app.process.log().contains("fell behind the live feed"),
+        "the subscriber never fell behind; the test proves nothing"
     );
 }
 
@@ -354,6 +402,13 @@ mod cases {
         app.store.cleanup().await;
     }
 
+    pub async fn lag(store: TestStore) {
+        let mut app = spawn_app().store(store).await;
+        a_subscriber_that_falls_behind_the_feed_misses_nothing(&app).await;
+        app.terminate().await;
+        app.store.cleanup().await;
+    }
+
     pub async fn envelopes(store: TestStore) {
         let mut app = spawn_app().store(store).await;
         stream_events_and_history_show_envelopes_without_hashes(&app).await;
@@ -391,6 +446,8 @@ macro_rules! on_both_backends {
 on_both_backends! {
     reconnect => a_reconnect_with_the_last_cursor_loses_and_repeats_nothing_on_sqlite,
         a_reconnect_with_the_last_cursor_loses_and_repeats_nothing_on_postgres;
+    lag => a_subscriber_that_falls_behind_the_feed_misses_nothing_on_sqlite,
+        a_subscriber_that_falls_behind_the_feed_misses_nothing_on_postgres;
     envelopes => stream_events_and_history_show_envelopes_without_hashes_on_sqlite,
         stream_events_and_history_show_envelopes_without_hashes_on_postgres;
     refusals => users_are_refused_and_bad_cursors_name_their_field_on_sqlite,
