@@ -97,6 +97,19 @@ async fn fill(app: &TestApp, count: usize) {
     }
 }
 
+/// Appends one more event and checks that it is the next `ws` shows:
+/// nothing shown twice is still queued behind what was expected.
+async fn next_is_a_new_event(app: &TestApp, ws: &mut Ws) {
+    fill(app, 1).await;
+    let newest = full_log(app).await.last().unwrap().clone();
+    let item = next_item(ws, "auditEvents").await;
+    assert_eq!(
+        item["position"],
+        newest.as_str(),
+        "a repeat after the log's end"
+    );
+}
+
 /// Every event's position in the log, in global order, read from the store.
 async fn full_log(app: &TestApp) -> Vec<String> {
     let events = app.store.events().await;
@@ -181,6 +194,7 @@ async fn a_reconnect_with_the_last_cursor_loses_and_repeats_nothing(app: &TestAp
         seen, log,
         "what the two subscriptions showed, against the log"
     );
+    next_is_a_new_event(app, &mut ws).await;
 }
 
 /// More events than the live feed holds land while the auditor's client
@@ -214,6 +228,7 @@ async fn a_subscriber_that_falls_behind_the_feed_misses_nothing(app: &TestApp) {
         seen == expected,
         "the subscription's events differ from the log's"
     );
+    next_is_a_new_event(app, &mut ws).await;
     assert!(
         app.process.log().contains("fell behind the live feed"),
         "the subscriber never fell behind; the test proves nothing"
