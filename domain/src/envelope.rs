@@ -268,6 +268,29 @@ impl NewEvent {
         self.id = id;
         self
     }
+
+    /// The event as a store would record it at `position`, as version
+    /// `stream_version` of `stream_id` (for tests and tools that need a
+    /// recorded event without a store).
+    pub fn recorded(
+        self,
+        stream_id: StreamId,
+        stream_version: u64,
+        position: Position,
+        recorded_at: OffsetDateTime,
+    ) -> RecordedEvent {
+        RecordedEvent {
+            id: self.id,
+            stream_id,
+            stream_version,
+            position,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            recorded_at,
+            metadata: self.metadata,
+            data: self.data.as_str().into(),
+        }
+    }
 }
 
 /// An event as stored: the full envelope.

@@ -92,6 +92,11 @@ pub type Upcaster = fn(serde_json::Value) -> Result<serde_json::Value, String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
+    #[error("event {event_type:?} decoded but does not encode back to JSON: {source}")]
+    Reencode {
+        event_type: String,
+        source: PayloadError,
+    },
     #[error("unknown event type {event_type:?}: no registered event set holds it")]
     UnknownType { event_type: String },
     #[error("event type {event_type:?} is not one of the {set} events")]
@@ -130,6 +135,8 @@ struct TypeEntry {
     upcasters: HashMap<u32, Upcaster>,
     /// Decodes into the type's set and summarizes.
     summarize: fn(&EventRegistry, &RecordedEvent) -> Result<String, DecodeError>,
+    /// Decodes into the type's set and writes it back as current-schema JSON.
+    to_json: fn(&EventRegistry, &RecordedEvent) -> Result<serde_json::Value, DecodeError>,
 }
 
 fn summarize_as<E: EventSet>(
@@ -137,6 +144,25 @@ fn summarize_as<E: EventSet>(
     event: &RecordedEvent,
 ) -> Result<String, DecodeError> {
     Ok(registry.decode::<E>(event)?.summary(&event.stream_id))
+}
+
+fn to_json_as<E: EventSet>(
+    registry: &EventRegistry,
+    event: &RecordedEvent,
+) -> Result<serde_json::Value, DecodeError> {
+    let payload_error = |source| DecodeError::Payload {
+        event_type: event.event_type.clone(),
+        schema_version: event.schema_version,
+        source,
+    };
+    let payload = registry
+        .decode::<E>(event)?
+        .to_payload()
+        .map_err(|source| DecodeError::Reencode {
+            event_type: event.event_type.clone(),
+            source,
+        })?;
+    serde_json::from_str(payload.as_str()).map_err(payload_error)
 }
 
 /// Every event type the system knows, with upcasters for old schemas.
@@ -164,6 +190,7 @@ impl EventRegistry {
                     current,
                     upcasters: HashMap::new(),
                     summarize: summarize_as::<E>,
+                    to_json: to_json_as::<E>,
                 },
             );
             assert!(previous.is_none(), "event type {name:?} registered twice");
@@ -193,6 +220,13 @@ impl EventRegistry {
     pub fn summarize(&self, event: &RecordedEvent) -> Result<String, DecodeError> {
         let entry = self.entry(&event.event_type)?;
         (entry.summarize)(self, event)
+    }
+
+    /// `event`'s payload as this build reads it: upcast to the current
+    /// schema, decoded by whichever registered set holds its type, as JSON.
+    pub fn to_json(&self, event: &RecordedEvent) -> Result<serde_json::Value, DecodeError> {
+        let entry = self.entry(&event.event_type)?;
+        (entry.to_json)(self, event)
     }
 
     fn entry(&self, event_type: &str) -> Result<&TypeEntry, DecodeError> {

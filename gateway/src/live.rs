@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use domain::{Position, RecordedEvent};
 use store::{EventStore, Filter, SubscribeFrom};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::state::AppState;
@@ -19,6 +19,9 @@ const CAPACITY: usize = 16_384;
 
 pub struct LiveFeed {
     tx: broadcast::Sender<Arc<RecordedEvent>>,
+    /// True once the feed has pinned where it starts: from then on, every
+    /// event committed is sent.
+    started: watch::Receiver<bool>,
     task: JoinHandle<()>,
 }
 
@@ -26,8 +29,18 @@ impl LiveFeed {
     /// Follows the log from its current end.
     pub fn start(store: Arc<dyn EventStore>) -> Self {
         let (tx, _) = broadcast::channel(CAPACITY);
-        let task = tokio::spawn(follow(store, tx.clone()));
-        Self { tx, task }
+        let (started_tx, started) = watch::channel(false);
+        let task = tokio::spawn(follow(store, tx.clone(), started_tx));
+        Self { tx, started, task }
+    }
+
+    /// Waits until every event committed from now on will be sent; a
+    /// reader that catches up from the store before relying on the feed
+    /// waits here first, so nothing falls between the two.
+    pub async fn started(&self) {
+        let mut started = self.started.clone();
+        // An error means the feed is gone; there is nothing to wait for.
+        let _ = started.wait_for(|s| *s).await;
     }
 
     /// Every event appended from now on.
@@ -42,13 +55,20 @@ impl Drop for LiveFeed {
     }
 }
 
-async fn follow(store: Arc<dyn EventStore>, tx: broadcast::Sender<Arc<RecordedEvent>>) {
+async fn follow(
+    store: Arc<dyn EventStore>,
+    tx: broadcast::Sender<Arc<RecordedEvent>>,
+    started: watch::Sender<bool>,
+) {
     let mut from = SubscribeFrom::End;
     loop {
         // Pin "now" once, so a restart before the first event misses nothing.
         if from == SubscribeFrom::End {
             match store.head().await {
-                Ok(head) => from = SubscribeFrom::Head(head),
+                Ok(head) => {
+                    from = SubscribeFrom::Head(head);
+                    started.send_replace(true);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "live feed cannot find the log's head; trying again");
                     tokio::time::sleep(Duration::from_millis(200)).await;

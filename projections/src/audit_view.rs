@@ -94,18 +94,12 @@ mod tests {
     use super::*;
 
     fn recorded(stream: &str, event: &impl EventSet) -> RecordedEvent {
-        let new = event.to_new_event(Metadata::default()).unwrap();
-        RecordedEvent {
-            id: new.id,
-            stream_id: StreamId::parse(stream).unwrap(),
-            stream_version: 0,
-            position: Position::new(1, 0),
-            event_type: new.event_type,
-            schema_version: new.schema_version,
-            recorded_at: OffsetDateTime::UNIX_EPOCH,
-            metadata: new.metadata,
-            data: new.data.as_str().into(),
-        }
+        event.to_new_event(Metadata::default()).unwrap().recorded(
+            StreamId::parse(stream).unwrap(),
+            0,
+            Position::new(1, 0),
+            OffsetDateTime::UNIX_EPOCH,
+        )
     }
 
     #[test]

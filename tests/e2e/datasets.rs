@@ -745,6 +745,32 @@ async fn the_device_catalogue_publishes_in_one_step_and_says_when_it_is_outdated
     assert_eq!(r["data"]["publishDeviceCatalogue"]["version"], 3, "{r}");
     let d = dataset_at(&app, &ada, &id, 3).await;
     assert_eq!(d["updateAvailable"], false, "{d}");
+
+    // Resumed from a cursor, the changes since come first, in order.
+    let mut ws = ws_connect(&app.addr, "graphql-transport-ws", &ada).await;
+    let resume = "subscription { datasetChanged(after: \"0\") { position change version } }";
+    let subscribe = json!({ "id": "2", "type": "subscribe", "payload": { "query": resume } });
+    ws.send(Message::text(subscribe.to_string())).await.unwrap();
+    let mut positions = Vec::new();
+    for (change, version) in [
+        ("CREATED", json!(null)),
+        ("PUBLISHED", json!(1)),
+        ("PUBLISHED", json!(2)),
+        ("PUBLISHED", json!(3)),
+    ] {
+        let next = ws_next(&mut ws).await;
+        let item = &next["payload"]["data"]["datasetChanged"];
+        assert_eq!(
+            (&item["change"], &item["version"]),
+            (&json!(change), &version),
+            "{next}"
+        );
+        positions.push(item["position"].as_str().unwrap().to_owned());
+    }
+    let mut ordered = positions.clone();
+    ordered.sort_by_key(|p| p.parse::<domain::Position>().unwrap());
+    ordered.dedup();
+    assert_eq!(ordered, positions);
 }
 
 /// Publishes version 1's rows again as if catalogue version 0 made them.

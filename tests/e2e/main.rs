@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod audit_streams;
 mod bench;
 mod consents;
 mod datasets;

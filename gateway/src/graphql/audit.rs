@@ -9,6 +9,7 @@ use projections::{SqlValue, audit_view};
 use store::Filter;
 use time::OffsetDateTime;
 
+use crate::graphql::cursor;
 use crate::graphql::error;
 use crate::graphql::session_watch::{Seen, under_session};
 use crate::graphql::{AUDITORS, app, check_first, from_micros, principal_with, row_err};
@@ -52,20 +53,12 @@ impl AuditQuery {
     ) -> async_graphql::Result<AuditPage> {
         principal_with(ctx, AUDITORS, "reading the audit log")?;
         check_first(first)?;
-        let (cursor_commit, cursor_prepare) = match &after {
+        let (cursor_commit, cursor_prepare) = match cursor("after", after.as_deref())? {
             None => (SqlValue::Null, SqlValue::Null),
-            Some(c) => {
-                let p: domain::Position = c.parse().map_err(|_| {
-                    error::invalid(
-                        "after",
-                        format!("{c:?} is not a cursor returned by auditLog"),
-                    )
-                })?;
-                (
-                    SqlValue::Int(p.commit as i64),
-                    SqlValue::Int(p.prepare as i64),
-                )
-            }
+            Some(p) => (
+                SqlValue::Int(p.commit as i64),
+                SqlValue::Int(p.prepare as i64),
+            ),
         };
         let text = |v: Option<String>| v.map_or(SqlValue::Null, SqlValue::from);
         let time = |v: Option<OffsetDateTime>| v.map_or(SqlValue::Null, SqlValue::micros);
@@ -125,26 +118,32 @@ pub struct AuditSubscription;
 
 #[Subscription]
 impl AuditSubscription {
-    /// New audit entries as they happen (auditors and admins).
+    /// New audit entries as they happen (auditors and admins); with
+    /// `after` (an entry's `position`), first every entry after it, oldest
+    /// first, so a client that reconnects misses none and sees none twice.
     async fn audit_events(
         &self,
         ctx: &Context<'_>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = AuditEntry>> {
         let p = principal_with(ctx, AUDITORS, "watching the audit log")?.clone();
+        let after = cursor("after", after.as_deref())?;
         Ok(
-            under_session(app(ctx).clone(), p, Some(Filter::all())).filter_map(|seen| async move {
-                match seen {
-                    Seen::Event(e) => Some(AuditEntry {
-                        position: e.position.to_string(),
-                        recorded_at: e.recorded_at,
-                        actor: e.metadata.actor.clone(),
-                        stream_id: e.stream_id.to_string(),
-                        event_type: e.event_type.clone(),
-                        summary: projections::audit_view::summarize(&e),
-                    }),
-                    Seen::Refreshed(_) | Seen::Ended(_) => None,
-                }
-            }),
+            under_session(app(ctx).clone(), p, Some(Filter::all()), after).filter_map(
+                |seen| async move {
+                    match seen {
+                        Seen::Event(e) => Some(AuditEntry {
+                            position: e.position.to_string(),
+                            recorded_at: e.recorded_at,
+                            actor: e.metadata.actor.clone(),
+                            stream_id: e.stream_id.to_string(),
+                            event_type: e.event_type.clone(),
+                            summary: projections::audit_view::summarize(&e),
+                        }),
+                        Seen::Refreshed(_) | Seen::Ended(_) => None,
+                    }
+                },
+            ),
         )
     }
 }

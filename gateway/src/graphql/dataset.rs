@@ -22,6 +22,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::dataset_references;
+use crate::graphql::cursor;
 use crate::graphql::dataset_rows::{self, DatasetRow};
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::licence::licensed_decision;
@@ -372,6 +373,8 @@ pub enum DatasetChangeKind {
 /// A change to one of the account's datasets; read `dataset(id)` for the rest.
 #[derive(SimpleObject, Clone)]
 pub struct DatasetChanged {
+    /// The position of the event; pass as `after` to resume.
+    pub position: String,
     pub dataset_id: Uuid,
     pub kind: DatasetKind,
     pub change: DatasetChangeKind,
@@ -387,18 +390,21 @@ pub struct DatasetSubscription;
 #[Subscription]
 impl DatasetSubscription {
     /// The logged-in account's datasets (of one kind, if given) as they
-    /// are created, published, renamed and deleted.
+    /// are created, published, renamed and deleted; with `after` (a
+    /// change's `position`), the changes since then first.
     async fn dataset_changed(
         &self,
         ctx: &Context<'_>,
         kind: Option<DatasetKind>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = DatasetChanged>> {
         let p = principal(ctx)?.clone();
+        let after = cursor("after", after.as_deref())?;
         let app = app(ctx).clone();
         let owner = p.username.clone();
         let filter = Filter::stream_prefix("dataset-");
         Ok(
-            under_session(app.clone(), p, Some(filter)).filter_map(move |seen| {
+            under_session(app.clone(), p, Some(filter), after).filter_map(move |seen| {
                 let (app, owner) = (app.clone(), owner.clone());
                 async move {
                     let Seen::Event(event) = seen else {
@@ -431,6 +437,7 @@ impl DatasetSubscription {
                         DatasetEvent::DatasetDeleted(_) => (DatasetChangeKind::Deleted, None, None),
                     };
                     Some(DatasetChanged {
+                        position: event.position.to_string(),
                         dataset_id: id.0,
                         kind: info.kind,
                         change,

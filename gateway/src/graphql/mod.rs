@@ -15,6 +15,7 @@ pub mod runner;
 pub mod runner_key;
 pub mod session;
 pub mod session_watch;
+pub mod stream_events;
 pub mod system_settings;
 pub mod target_domain;
 pub mod upload;
@@ -24,7 +25,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use async_graphql::{Context, MergedObject, MergedSubscription, Schema};
-use domain::{Context as DecisionContext, Decider, Role, StreamId};
+use domain::{Context as DecisionContext, Decider, Position, Role, StreamId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -54,6 +55,7 @@ pub struct QueryRoot(
     click_consent::ClickConsentQuery,
     dataset::DatasetQuery,
     upload::UploadQuery,
+    stream_events::StreamEventsQuery,
     runner_key::RunnerKeyQuery,
     runner::RunnerQuery,
     job::JobQuery,
@@ -84,6 +86,7 @@ pub struct SubscriptionRoot(
     runner::RunnerSubscription,
     job::JobSubscription,
     target_domain::TargetDomainSubscription,
+    stream_events::StreamEventsSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.
@@ -175,6 +178,23 @@ pub fn check_first(first: i32) -> async_graphql::Result<()> {
     }
 }
 
+/// A cursor argument: a position some list or subscription returned, or
+/// VALIDATION naming `field`.
+pub fn cursor(field: &str, value: Option<&str>) -> async_graphql::Result<Option<Position>> {
+    value
+        .map(|c| {
+            c.parse().map_err(|_| {
+                error::invalid(
+                    field,
+                    format!(
+                        "{c:?} is not a cursor (an event's `position`, COMMIT or COMMIT:PREPARE)"
+                    ),
+                )
+            })
+        })
+        .transpose()
+}
+
 /// Metadata for a command from this request.
 pub fn meta(idempotency_key: Option<String>) -> CommandMeta {
     CommandMeta {
@@ -224,4 +244,20 @@ pub fn now() -> OffsetDateTime {
 pub fn from_micros(micros: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_that_is_not_a_position_names_its_field() {
+        let err = cursor("after", Some("yesterday")).unwrap_err();
+        assert!(err.message.starts_with("after: "), "{}", err.message);
+        assert_eq!(
+            cursor("after", Some("12:3")).unwrap(),
+            Some(Position::new(12, 3))
+        );
+        assert_eq!(cursor("after", None).unwrap(), None);
+    }
 }

@@ -201,7 +201,7 @@ impl SessionSubscription {
     ) -> async_graphql::Result<impl Stream<Item = SessionEvent>> {
         let p = principal(ctx)?.clone();
         Ok(
-            under_session(app(ctx).clone(), p, None).filter_map(|seen| async move {
+            under_session(app(ctx).clone(), p, None, None).filter_map(|seen| async move {
                 match seen {
                     Seen::Refreshed(r) => Some(SessionEvent::SessionRefreshed(r)),
                     Seen::Ended(e) => Some(SessionEvent::SessionEnded(e)),

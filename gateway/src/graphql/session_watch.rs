@@ -2,12 +2,15 @@
 //! (logout, a newer login, revocation, expiry, a disabled account) the
 //! subscription is told (`sessionEvents` gets a final `SessionEnded { reason }`)
 //! and completes, so a UI logs out at once. One live feed per gateway
-//! (`crate::live`) is fanned out to every watch.
+//! (`crate::live`) is fanned out to every watch. A watch resumed from a
+//! cursor first catches up from the store, then joins the feed; one that
+//! falls behind the feed catches up the same way: each event exactly once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use domain::account::{Account, AccountEvent, SessionId};
-use domain::{RecordedEvent, StreamId};
+use domain::{Position, RecordedEvent, StreamId};
 use futures_util::Stream;
 use store::Filter;
 use tokio::sync::{broadcast, mpsc};
@@ -28,11 +31,13 @@ pub enum Seen {
 
 /// Follows the log under `principal`'s session: the events `filter` admits
 /// (none without one), the session's refreshes, and its end, which ends
-/// the stream.
+/// the stream. With `after`, the events start just after that position
+/// (older ones first), else from now.
 pub fn under_session(
     app: AppState,
     principal: Principal,
     filter: Option<Filter>,
+    after: Option<Position>,
 ) -> impl Stream<Item = Seen> {
     let (tx, rx) = mpsc::channel::<Seen>(256);
     tokio::spawn(async move {
@@ -46,7 +51,7 @@ pub fn under_session(
             filter,
             tx,
         };
-        watch.run().await;
+        watch.run(after).await;
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -63,12 +68,32 @@ struct Watch {
     tx: mpsc::Sender<Seen>,
 }
 
+/// Events read per page while catching up.
+const CATCH_UP_PAGE: usize = 1000;
+/// While committed events wait behind an open transaction, look again
+/// after this long, doubling up to [`PENDING_MAX`].
+const PENDING_FIRST: Duration = Duration::from_millis(1);
+const PENDING_MAX: Duration = Duration::from_millis(20);
+/// Transient read failures a catch-up rides out before it ends the watch.
+const READ_RETRIES: u32 = 5;
+
 impl Watch {
-    async fn run(self) {
-        // Listen first, then look: an end in between is seen either way.
+    /// `after`: where the client's view of the log ends, if it has one.
+    async fn run(self, after: Option<Position>) {
+        // Listen first, then look: an end, or an event, in between is seen
+        // either way.
         let mut feed = self.app.live.subscribe();
         if !self.still_live().await {
             return self.end().await;
+        }
+        // Every event up to here has been shown (if admitted) or passed over.
+        let mut considered = after;
+        if let Some(from) = considered {
+            self.app.live.started().await;
+            match self.catch_up(from).await {
+                Some(reached) => considered = Some(reached),
+                None => return,
+            }
         }
         loop {
             let event = tokio::select! {
@@ -76,8 +101,23 @@ impl Watch {
                 event = feed.recv() => event,
             };
             let carry_on = match event {
-                Ok(event) => self.pass_on(event).await,
-                Err(broadcast::error::RecvError::Lagged(missed)) => self.after_lag(missed).await,
+                Ok(event) => {
+                    let new = considered.is_none_or(|c| event.position > c);
+                    if new {
+                        considered = Some(event.position);
+                    }
+                    self.pass_on(event, new).await
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    match self.after_lag(missed, considered).await {
+                        Lag::Over => false,
+                        Lag::Lost => true,
+                        Lag::CaughtUp(reached) => {
+                            considered = Some(reached);
+                            true
+                        }
+                    }
+                }
                 Err(broadcast::error::RecvError::Closed) => false,
             };
             if !carry_on {
@@ -86,8 +126,51 @@ impl Watch {
         }
     }
 
-    /// Shows `event` for what it means here; false once the watch is over.
-    async fn pass_on(&self, event: Arc<RecordedEvent>) -> bool {
+    /// Shows the admitted events after `after` from the store, oldest
+    /// first, until a read finds nothing more that is committed: what
+    /// commits later reaches the feed, which the watch already listens to.
+    /// Where it got to; `None` once the watch is over.
+    async fn catch_up(&self, mut after: Position) -> Option<Position> {
+        let filter = self.filter.as_ref()?;
+        let mut pending_wait = PENDING_FIRST;
+        let mut retries = 0;
+        loop {
+            let page = match self.app.store.read_all(after, filter, CATCH_UP_PAGE).await {
+                Ok(page) => page,
+                Err(e) if e.is_transient() && retries < READ_RETRIES => {
+                    retries += 1;
+                    tracing::warn!(error = %e, %after, "a subscription's catch-up read failed; retrying");
+                    tokio::time::sleep(PENDING_MAX * retries).await;
+                    continue;
+                }
+                Err(e) => {
+                    // The client resumes from the last position it saw.
+                    tracing::warn!(error = %e, %after, "a subscription cannot catch up; ending it");
+                    return None;
+                }
+            };
+            let full = page.events.len() == CATCH_UP_PAGE;
+            for event in page.events {
+                if !self.send(Seen::Event(Arc::new(event))).await {
+                    return None;
+                }
+            }
+            after = after.max(page.next);
+            if full {
+                continue;
+            }
+            if !page.pending {
+                return Some(after);
+            }
+            // Committed events wait behind an open transaction.
+            tokio::time::sleep(pending_wait).await;
+            pending_wait = (pending_wait * 2).min(PENDING_MAX);
+        }
+    }
+
+    /// Shows `event` for what it means here (`new`: not already shown by a
+    /// catch-up); false once the watch is over.
+    async fn pass_on(&self, event: Arc<RecordedEvent>, new: bool) -> bool {
         let news = (event.stream_id == self.stream)
             .then(|| {
                 self.app
@@ -97,10 +180,11 @@ impl Watch {
                     .ok()
             })
             .flatten();
-        let admitted = self
-            .filter
-            .as_ref()
-            .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type));
+        let admitted = new
+            && self
+                .filter
+                .as_ref()
+                .is_some_and(|f| f.admits(event.stream_id.as_str(), &event.event_type));
         match news {
             Some(AccountEvent::SessionRefreshed(r)) if r.session_id == self.sid => {
                 let refreshed = SessionRefreshed {
@@ -126,15 +210,20 @@ impl Watch {
     }
 
     /// Too slow for the feed: the session's end must not be missed, so ask
-    /// the store. Other events are lost, so a feed of them ends here (the
-    /// client resubscribes); false once the watch is over.
-    async fn after_lag(&self, missed: u64) -> bool {
+    /// the store. A watch that knows where it was catches up from there;
+    /// one that has seen nothing yet cannot say what it lost, so a feed of
+    /// events ends here (the client resubscribes).
+    async fn after_lag(&self, missed: u64, considered: Option<Position>) -> Lag {
         tracing::warn!(missed, "a subscriber fell behind the live feed");
         if !self.still_live().await {
             self.end().await;
-            return false;
+            return Lag::Over;
         }
-        self.filter.is_none()
+        match (&self.filter, considered) {
+            (None, _) => Lag::Lost,
+            (Some(_), Some(from)) => self.catch_up(from).await.map_or(Lag::Over, Lag::CaughtUp),
+            (Some(_), None) => Lag::Over,
+        }
     }
 
     async fn still_live(&self) -> bool {
@@ -158,6 +247,16 @@ impl Watch {
     async fn send(&self, seen: Seen) -> bool {
         self.tx.send(seen).await.is_ok()
     }
+}
+
+/// What became of a watch that fell behind the feed.
+enum Lag {
+    /// The watch is over.
+    Over,
+    /// Events were lost, but the watch shows none (only session news).
+    Lost,
+    /// The store filled the gap up to here.
+    CaughtUp(Position),
 }
 
 /// Is `sid` the account's live session (and the account enabled)?

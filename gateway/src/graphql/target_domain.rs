@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 use crate::auth::sessions::Principal;
 use crate::auth::tokens::random_secret;
 use crate::graphql::account::parse_username;
+use crate::graphql::cursor;
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::session_watch::{Seen, under_session};
 use crate::graphql::system_settings::parse_reason;
@@ -140,6 +141,8 @@ pub struct DomainListing {
 /// A row of the `domains` view that changed.
 #[derive(SimpleObject)]
 pub struct DomainStatusChange {
+    /// The position of the event that changed it; pass as `after` to resume.
+    pub position: String,
     pub domain: String,
     /// The claiming account; null for an allow-listing.
     pub account: Option<String>,
@@ -382,16 +385,20 @@ impl TargetDomainSubscription {
     /// A `domains` row each time a claim, a check, an allow-listing or its
     /// removal lands: the logged-in account's claims and every
     /// allow-listing; admins get every account's.
+    /// With `after` (a change's `position`), the changes since then first.
     async fn domain_status_changed(
         &self,
         ctx: &Context<'_>,
+        after: Option<String>,
     ) -> async_graphql::Result<impl Stream<Item = DomainStatusChange>> {
         let p = principal(ctx)?.clone();
+        let after = cursor("after", after.as_deref())?;
         let app = app(ctx).clone();
         let watch = under_session(
             app.clone(),
             p.clone(),
             Some(Filter::stream_prefix(STREAM_PREFIX)),
+            after,
         );
         Ok(watch.filter_map(move |seen| {
             let app = app.clone();
@@ -446,6 +453,7 @@ async fn change(
         }
     };
     Some(DomainStatusChange {
+        position: event.position.to_string(),
         domain: domain.to_owned(),
         account: (account != ALL_ACCOUNTS).then_some(account),
         row,

@@ -32,7 +32,7 @@ where
 {
     let (tx, rx) = mpsc::channel::<async_graphql::Result<T>>(16);
     tokio::spawn(async move {
-        let mut seen = Box::pin(under_session(app.clone(), principal, Some(filter)));
+        let mut seen = Box::pin(under_session(app.clone(), principal, Some(filter), None));
         let mut last: Option<T> = None;
         let answer = |value: async_graphql::Result<T>, last: &mut Option<T>| {
             let fresh = match &value {
