@@ -277,11 +277,16 @@ async fn measure(scratch: &Scratch, args: &BenchOrchestratorArgs) -> anyhow::Res
     let (rss_before, _) = memory_kib();
     let bar = crate::bench::counter_bar("flows", flows);
     let started = Instant::now();
-    let fleet: Vec<_> = (0..args.runners)
-        .map(|i| {
+    let runners: Vec<RunnerId> = (0..args.runners)
+        .map(|_| RunnerId(Uuid::now_v7()))
+        .collect();
+    let fleet: Vec<_> = runners
+        .iter()
+        .enumerate()
+        .map(|(i, &runner)| {
             let config = ClientConfig {
                 url: format!("ws://{}/runner", live.addr),
-                runner: RunnerId(Uuid::now_v7()),
+                runner,
                 key: key.clone(),
                 name: format!("bench-runner-{i}"),
                 software: format!("trafficbuster {}", env!("CARGO_PKG_VERSION")),
@@ -336,6 +341,23 @@ async fn measure(scratch: &Scratch, args: &BenchOrchestratorArgs) -> anyhow::Res
         round_trips.extend(totals.lease_round_trips.iter().map(Duration::as_secs_f64));
     }
     round_trips.sort_by(f64::total_cmp);
+    // The gateway records each runner's going offline after its socket
+    // closes; let it, so stopping the gateway and dropping the scratch
+    // store do not cut those appends off.
+    for runner in runners {
+        let stream = runner.stream()?;
+        let patience = Instant::now();
+        while handler
+            .load::<domain::runner::Runner>(&stream)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .1
+            .online
+            && patience.elapsed() < PATIENCE
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let (_, peak) = memory_kib();
     let seconds = done_at.as_secs_f64();
     let events = version_after.unwrap_or(0) - version_before.unwrap_or(0);
