@@ -317,6 +317,12 @@ impl Gateway {
         self.listener.local_addr()
     }
 
+    /// What the gateway serves from, for callers in the same process
+    /// (tests and benches set up data through the gateway's own paths).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
     /// Serves until `shutdown` completes, then finishes in-flight requests
     /// and stops the projections.
     pub async fn serve(

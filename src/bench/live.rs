@@ -12,6 +12,7 @@ use domain::{Actor, Context, Role};
 use gateway::auth::rate_limit::LoginLimits;
 use gateway::auth::sessions::SessionPolicy;
 use gateway::client_addr::TrustedProxies;
+use gateway::state::AppState;
 use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
 use serde_json::{Value, json};
 use store::EventStore;
@@ -38,6 +39,8 @@ pub(crate) const LOGIN: &str =
 pub(crate) struct LiveGateway {
     pub(crate) addr: SocketAddr,
     pub(crate) handler: Arc<CommandHandler>,
+    /// The gateway's own state, to set data up through its paths.
+    pub(crate) app: AppState,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
 }
@@ -61,6 +64,7 @@ impl LiveGateway {
         .await
         .context("cannot start the gateway")?;
         let addr = gateway.local_addr()?;
+        let app = gateway.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(gateway.serve(async move {
             let _ = stopped.await;
@@ -68,6 +72,7 @@ impl LiveGateway {
         Ok(Self {
             addr,
             handler: Arc::new(new_handler(scratch.store())),
+            app,
             stop,
             serving,
         })

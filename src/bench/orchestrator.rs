@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use domain::account::Username;
-use domain::dataset::{
-    Dataset, DatasetCommand, DatasetId, DatasetName, NewDataset, NewVersion, VersionSource,
-};
+use domain::dataset::{DatasetId, DatasetName, NewDataset, VersionSource};
 use domain::job::{
     DatasetVersionRef, JobAggregate, JobCommand, JobId, JobSettings, JobSpec, JobStatus, RunChecks,
 };
@@ -24,8 +22,10 @@ use domain::system_settings::SystemSettingsState;
 use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
 use domain::upload::UploadId;
-use domain::{Actor, Context, DatasetKind, DomainName, ImportFormat, Reason, Role};
+use domain::{Actor, BlobHash, Context, DatasetKind, DomainName, ImportFormat, Reason, Role};
 use gateway::CommandHandler;
+use gateway::publishing;
+use gateway::state::AppState;
 use runner::ClientConfig;
 use runner::zero_work::{self, ZeroWorkOptions};
 use time::OffsetDateTime;
@@ -88,47 +88,40 @@ fn admin() -> Context {
     )
 }
 
-/// Publishes `csv` as a new dataset of the owner's: its first version.
+/// Publishes `csv` as a new dataset of the owner's, through the gateway's
+/// own publishing path: its first version.
 async fn publish(
-    handler: &CommandHandler,
-    scratch: &Scratch,
+    app: &AppState,
     kind: DatasetKind,
     csv: &str,
 ) -> anyhow::Result<DatasetVersionRef> {
     let rows = datasets::parse(kind, ImportFormat::Csv, csv.as_bytes(), &Default::default())
         .with_context(|| format!("the bench's {kind}"))?;
-    let blob = scratch.store().put_blob(&datasets::encode(&rows)?).await?;
-    let id = DatasetId::new();
-    let command = DatasetCommand::Publish {
+    let target = publishing::Target {
+        dataset: DatasetId::new(),
         create: Some(NewDataset {
             owner: Username::parse(OWNER)?,
             name: DatasetName::parse(&format!("bench {kind}"))?,
         }),
-        version: NewVersion {
-            kind,
-            summary: rows.summary(),
-            blob,
-            source: VersionSource::Upload {
-                upload: UploadId::new(),
-                format: ImportFormat::Csv,
-                sha256: blob,
-            },
-        },
     };
-    handler
-        .handle::<Dataset>(&id.stream(), command, &owner()?, &bench_meta())
+    let source = VersionSource::Upload {
+        upload: UploadId::new(),
+        format: ImportFormat::Csv,
+        sha256: BlobHash::of(csv.as_bytes()),
+    };
+    let published = publishing::publish_rows(app, rows, target, source, &owner()?, &bench_meta())
         .await
         .map_err(|e| anyhow::anyhow!("publishing the bench's {kind}: {e}"))?;
     Ok(DatasetVersionRef {
-        dataset: id.0,
-        version: 1,
+        dataset: published.dataset.0,
+        version: published.version,
     })
 }
 
 /// A RUNNING job of `targets` × [`FLOWS_PER_TARGET`] flows for `instances`.
 async fn running_job(
     handler: &CommandHandler,
-    scratch: &Scratch,
+    app: &AppState,
     targets: u32,
     instances: u32,
 ) -> anyhow::Result<JobId> {
@@ -136,18 +129,16 @@ async fn running_job(
     for t in 0..targets {
         csv.push_str(&format!("https://{DOMAIN}/p/{t},{FLOWS_PER_TARGET},0\n"));
     }
-    let targets_ref = publish(handler, scratch, DatasetKind::Targets, &csv).await?;
+    let targets_ref = publish(app, DatasetKind::Targets, &csv).await?;
     let profiles = publish(
-        handler,
-        scratch,
+        app,
         DatasetKind::DeviceProfiles,
         "name,os,browser,user_agent,viewport_width,viewport_height\n\
          desk,linux,chromium,Mozilla/5.0 (X11; Linux x86_64) Chrome/126,1920,1080\n",
     )
     .await?;
     let settings = publish(
-        handler,
-        scratch,
+        app,
         DatasetKind::SettingsProfiles,
         &format!("name,instances\nbench,{instances}\n"),
     )
@@ -267,7 +258,7 @@ async fn measure(scratch: &Scratch, args: &BenchOrchestratorArgs) -> anyhow::Res
     let instances = args.runners * args.slots;
     let setting_up = spinner("publishing the datasets and running the job");
     let key = runner_key(handler).await?;
-    let job = running_job(handler, scratch, u32::try_from(targets)?, instances).await?;
+    let job = running_job(handler, &live.app, u32::try_from(targets)?, instances).await?;
     let stream = job.stream()?;
     let (version_before, _) = handler
         .load::<JobAggregate>(&stream)

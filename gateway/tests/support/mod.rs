@@ -10,9 +10,7 @@ use std::time::Duration;
 
 use datasets::ImportOptions;
 use domain::account::Username;
-use domain::dataset::{
-    Dataset, DatasetCommand, DatasetId, DatasetName, NewDataset, NewVersion, VersionSource,
-};
+use domain::dataset::{DatasetId, DatasetName, NewDataset, VersionSource};
 use domain::flow::{FlowFinished, FlowId, FlowOutcome, FlowRange, FlowReport, PageLoad};
 use domain::job::{
     DatasetVersionRef, Job, JobAggregate, JobCommand, JobEvent, JobId, JobSettings, JobSpec,
@@ -27,7 +25,7 @@ use domain::system_settings::SystemSettingsState;
 use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
 use domain::upload::UploadId;
-use domain::{Actor, Context, RecordedEvent, Role};
+use domain::{Actor, BlobHash, Context, RecordedEvent, Role};
 use domain::{DatasetKind, ImportFormat};
 use domain::{DomainName, Reason};
 use futures_util::{SinkExt, StreamExt};
@@ -35,7 +33,8 @@ use gateway::auth::rate_limit::LoginLimits;
 use gateway::auth::sessions::SessionPolicy;
 use gateway::client_addr::TrustedProxies;
 use gateway::runner_link::RunnerTerms;
-use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
+use gateway::state::AppState;
+use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig, publishing};
 use projections::{SqlValue, ViewStore};
 use runner::{ClientConfig, ClientError, Connection};
 use serde_json::{Value, json};
@@ -58,6 +57,7 @@ pub struct Live {
     pub handler: CommandHandler,
     pub views: ViewStore,
     pub store: Arc<dyn store::EventStore>,
+    app: AppState,
     stop: oneshot::Sender<()>,
     serving: JoinHandle<std::io::Result<()>>,
 }
@@ -79,6 +79,7 @@ impl Live {
             .unwrap()
             .with_runner_terms(TERMS);
         let addr = gateway.local_addr().unwrap();
+        let app = gateway.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let serving = tokio::spawn(gateway.serve(async move {
             let _ = stopped.await;
@@ -90,6 +91,7 @@ impl Live {
             handler: CommandHandler::new(events.clone(), Arc::new(domain::event_registry())),
             views: ViewStore::open(&backend).await.unwrap(),
             store: events,
+            app,
             stop,
             serving,
         }
@@ -341,36 +343,31 @@ impl Live {
             &ImportOptions::default(),
         )
         .unwrap_or_else(|e| panic!("test rows of {kind}: {e}"));
-        let bytes = datasets::encode(&rows).unwrap();
-        let blob = self.store.put_blob(&bytes).await.unwrap();
-        let id = DatasetId::new();
-        self.handler
-            .handle::<Dataset>(
-                &id.stream(),
-                DatasetCommand::Publish {
-                    create: Some(NewDataset {
-                        owner: Username::parse(OWNER).unwrap(),
-                        name: DatasetName::parse(&format!("test {kind}")).unwrap(),
-                    }),
-                    version: NewVersion {
-                        kind,
-                        summary: rows.summary(),
-                        blob,
-                        source: VersionSource::Upload {
-                            upload: UploadId::new(),
-                            format: ImportFormat::Csv,
-                            sha256: blob,
-                        },
-                    },
-                },
-                &owner(),
-                &CommandMeta::default(),
-            )
-            .await
-            .unwrap();
+        let target = publishing::Target {
+            dataset: DatasetId::new(),
+            create: Some(NewDataset {
+                owner: Username::parse(OWNER).unwrap(),
+                name: DatasetName::parse(&format!("test {kind}")).unwrap(),
+            }),
+        };
+        let source = VersionSource::Upload {
+            upload: UploadId::new(),
+            format: ImportFormat::Csv,
+            sha256: BlobHash::of(csv.as_bytes()),
+        };
+        let published = publishing::publish_rows(
+            &self.app,
+            rows,
+            target,
+            source,
+            &owner(),
+            &CommandMeta::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("publishing test rows of {kind}: {e}"));
         DatasetVersionRef {
-            dataset: id.0,
-            version: 1,
+            dataset: published.dataset.0,
+            version: published.version,
         }
     }
 
