@@ -7,6 +7,7 @@
 //!   and benchmark.
 
 pub mod client;
+pub mod worker;
 pub mod zero_work;
 
 pub use client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice, Terms};

@@ -24,4 +24,5 @@ mod serve;
 mod setup_errors;
 mod tail;
 mod verification;
+mod worker;
 mod ws_limits;

@@ -29,7 +29,7 @@ use crate::jobs::{CREATE, ISSUE, RUN, datasets_of, licence};
 use crate::runners::{runner_config, runner_key};
 
 /// Short runner terms, so silence and expiry take seconds, not minutes.
-const TERMS: &[&str] = &["--runner-heartbeat-ms", "200", "--lease-ttl-ms", "2000"];
+pub const TERMS: &[&str] = &["--runner-heartbeat-ms", "200", "--lease-ttl-ms", "2000"];
 /// Targets × flows of the recovery jobs.
 const TARGETS: usize = 20;
 const FLOWS_PER_TARGET: u64 = 100;
@@ -37,19 +37,29 @@ const FLOWS: u64 = TARGETS as u64 * FLOWS_PER_TARGET;
 
 /// ada's job of [`FLOWS`] flows, RUNNING, and a runner key: (root, ada, job id, key).
 async fn running_job(app: &TestApp) -> (String, String, String, RunnerKey) {
-    let root = app.with_accounts().await;
-    let r = app
-        .gql(ISSUE, json!({ "u": "ada", "l": licence(8) }), Some(&root))
-        .await;
-    assert_eq!(r["data"]["issueLicence"]["licensed"], true, "{r}");
-    let ada = app.token("ada", PASSWORD).await;
     let mut rows = String::new();
     for t in 0..TARGETS {
         rows.push_str(&format!(
             "https://shop.example.com/p/{t},{FLOWS_PER_TARGET},10\n"
         ));
     }
-    let vars = datasets_of(app, &ada, &rows, 8).await;
+    running_job_of(app, &rows, 8).await
+}
+
+/// ada's job of `rows` (csv `url,flows,clicks` on shop.example.com) with
+/// `instances` instances, RUNNING, and a runner key: (root, ada, job id, key).
+pub async fn running_job_of(
+    app: &TestApp,
+    rows: &str,
+    instances: u32,
+) -> (String, String, String, RunnerKey) {
+    let root = app.with_accounts().await;
+    let r = app
+        .gql(ISSUE, json!({ "u": "ada", "l": licence(8) }), Some(&root))
+        .await;
+    assert_eq!(r["data"]["issueLicence"]["licensed"], true, "{r}");
+    let ada = app.token("ada", PASSWORD).await;
+    let vars = datasets_of(app, &ada, rows, instances).await;
     let r = app.gql(CREATE, vars, Some(&ada)).await;
     let job = r["data"]["createJob"]["id"]
         .as_str()
@@ -90,12 +100,12 @@ fn fleet(
         .collect()
 }
 
-fn runner_url(app: &TestApp) -> String {
+pub fn runner_url(app: &TestApp) -> String {
     format!("ws://{}/runner", app.addr)
 }
 
 /// The job's (status, finished, succeeded) as `job(id)` answers.
-async fn standing(app: &TestApp, token: &str, job: &str) -> (String, u64, u64) {
+pub async fn standing(app: &TestApp, token: &str, job: &str) -> (String, u64, u64) {
     let r = app
         .gql(
             "query($id: ID!) { job(id: $id) { status finished succeeded } }",
@@ -126,7 +136,7 @@ async fn finished_at_least(app: &TestApp, token: &str, job: &str, flows: u64) {
 /// Every flow of the job, from its stream: (flows leased while another
 /// lease held them, flows finished, flows finished twice or more). A flow
 /// goes back to the pool only when its lease expires or is handed back.
-async fn flow_accounting(store: &TestStore, job: &str) -> (u64, u64, u64) {
+pub async fn flow_accounting(store: &TestStore, job: &str) -> (u64, u64, u64) {
     let stream = format!("job-{job}");
     let registry = domain::event_registry();
     let (mut held, mut doubly_leased) = (FlowSet::new(), FlowSet::new());
