@@ -74,7 +74,7 @@ pub fn html(page: Page, view: &str, links: &Links<'_>) -> String {
     if with_links {
         nav(&mut h);
     }
-    let _ = write!(h, "<h1>{title}</h1>\n");
+    let _ = writeln!(h, "<h1>{title}</h1>");
     match page {
         Page::Short => {
             h.push_str(

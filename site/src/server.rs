@@ -126,7 +126,7 @@ async fn answer(site: &Shared, parts: &Parts, body: Body, seen: &SeenRequest) ->
     }
     match (&parts.method, path) {
         (&Method::POST, "/tb/beacon") => beacon(site, body, seen).await,
-        (&Method::GET | &Method::HEAD, "/tb/tracker.js") => (
+        (&Method::GET, "/tb/tracker.js") => (
             [
                 (CONTENT_TYPE, "text/javascript; charset=utf-8"),
                 (CACHE_CONTROL, "no-cache"),
@@ -134,7 +134,7 @@ async fn answer(site: &Shared, parts: &Parts, body: Body, seen: &SeenRequest) ->
             TRACKER,
         )
             .into_response(),
-        (&Method::GET | &Method::HEAD, _) => {
+        (&Method::GET, _) => {
             if let Some(n) = path
                 .strip_prefix("/img/")
                 .and_then(|f| f.strip_suffix(".bmp"))

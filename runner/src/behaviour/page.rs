@@ -16,7 +16,8 @@ use rand::{RngExt, SeedableRng};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// Follow a visible internal link to the session's next page. A way
-    /// between pages, not the flow's counted click.
+    /// between pages, not the flow's counted click (report it in `pages`,
+    /// not in `clicks`).
     NextPage,
     /// Make the flow's click, then wait for the landing page; the session
     /// ends there.
