@@ -2,10 +2,13 @@
 //! work, drives headless Chromium (chromiumoxide) and reports progress as
 //! events. Only ever sends traffic to consented domains.
 //!
+//! - [`behaviour`]: how a flow behaves (referrer, dwell, pages, scrolling,
+//!   clicks), planned from its settings; pure;
 //! - [`client`]: the runner protocol's client, one connection to a gateway;
 //! - [`zero_work`]: a runner that does no work, for the orchestrator's tests
 //!   and benchmark.
 
+pub mod behaviour;
 pub mod client;
 pub mod worker;
 pub mod zero_work;
