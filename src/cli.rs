@@ -213,6 +213,52 @@ pub enum BenchCommand {
     /// Flows/s, events/s, lease round trip and memory for a fleet of
     /// zero-work runners completing one job against an in-process gateway.
     Orchestrator(BenchOrchestratorArgs),
+    /// Our Chromium driver against plain Playwright on one standard flow,
+    /// side by side on a site on 127.0.0.1: flows/min and peak PSS at each
+    /// concurrency, and their ratios.
+    Runner(BenchRunnerArgs),
+    /// One side of `bench runner`, in a process of its own (run by it).
+    #[command(hide = true)]
+    RunnerFlows(BenchRunnerFlowsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRunnerArgs {
+    /// Seconds each side runs at each concurrency.
+    #[arg(long, default_value_t = 60.0, value_parser = seconds_parser)]
+    pub seconds: f64,
+    /// Flows at once (comma-separated or repeated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = [1, 2, 4],
+        value_parser = clap::value_parser!(u32).range(1..=32)
+    )]
+    pub concurrency: Vec<u32>,
+    /// The Chromium both sides drive [default: CHROME, else the usual install paths]
+    #[arg(long, value_name = "PATH")]
+    pub chrome: Option<PathBuf>,
+    /// Node.js for the Playwright side [default: `node` on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub node: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRunnerFlowsArgs {
+    /// The run, as JSON.
+    pub spec: String,
+}
+
+/// Seconds above zero and at most an hour.
+fn seconds_parser(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    if seconds > 0.0 && seconds <= 3600.0 {
+        Ok(seconds)
+    } else {
+        Err(format!("{text} s: give more than 0 and at most 3600"))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ pub mod datasets;
 pub mod gateway;
 pub mod live;
 pub mod orchestrator;
+pub mod runner;
 pub mod store;
 
 use std::sync::Arc;
