@@ -2,10 +2,13 @@
 //! work, drives headless Chromium (chromiumoxide) and reports progress as
 //! events. Only ever sends traffic to consented domains.
 //!
+//! - [`browser`]: the Chromium driver (contexts per flow, consent gate,
+//!   page operations, watchdog);
 //! - [`client`]: the runner protocol's client, one connection to a gateway;
 //! - [`zero_work`]: a runner that does no work, for the orchestrator's tests
 //!   and benchmark.
 
+pub mod browser;
 pub mod client;
 pub mod zero_work;
 
