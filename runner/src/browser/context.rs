@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use chromiumoxide::cdp::browser_protocol::log::EnableParams as LogEnable;
 use chromiumoxide::cdp::browser_protocol::network::EnableParams as NetworkEnable;
 use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
-use chromiumoxide::cdp::browser_protocol::page::AddScriptToEvaluateOnNewDocumentParams;
+use chromiumoxide::cdp::browser_protocol::page::{
+    AddScriptToEvaluateOnNewDocumentParams, SetLifecycleEventsEnabledParams,
+};
 use chromiumoxide::cdp::browser_protocol::target::{
     CreateBrowserContextParams, CreateTargetParams, DisposeBrowserContextParams,
 };
@@ -151,6 +153,14 @@ impl FlowContext {
             .await?;
         instance
             .guarded("Runtime.enable", timeouts.command, page.execute(RuntimeEnable::default()))
+            .await?;
+        // Loads are told apart by their loader id in lifecycle events.
+        instance
+            .guarded(
+                "Page.setLifecycleEventsEnabled",
+                timeouts.command,
+                page.execute(SetLifecycleEventsEnabledParams::new(true)),
+            )
             .await?;
         instance
             .guarded("Log.enable", timeouts.command, page.execute(LogEnable::default()))

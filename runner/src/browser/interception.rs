@@ -42,6 +42,8 @@ pub(crate) struct ContextPolicy {
     pub marker: Option<String>,
     pub proxy_auth: Option<ProxyAuth>,
     blocked: Mutex<BlockedLog>,
+    /// The proxy challenged again after being given the credentials.
+    proxy_rejected: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -65,7 +67,13 @@ impl ContextPolicy {
             marker,
             proxy_auth,
             blocked: Mutex::default(),
+            proxy_rejected: Default::default(),
         }
+    }
+
+    /// Did the flow's proxy refuse its credentials?
+    pub fn proxy_rejected(&self) -> bool {
+        self.proxy_rejected.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn record(&self, blocked: BlockedRequest) {
@@ -331,28 +339,42 @@ async fn on_auth(
     ev: Arc<EventAuthRequired>,
 ) {
     let challenge = &ev.auth_challenge;
+    let request = ev.request_id.as_ref();
+    let offered_before = guard
+        .auth_tried
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(request);
+    // A second challenge on a request that already carried the proxy's
+    // credentials is the proxy refusing them, whatever it calls itself
+    // (tinyproxy answers a wrong password with 401 and WWW-Authenticate).
+    if offered_before && let Some(policy) = guard.policy_of(ev.frame_id.as_ref()) {
+        policy
+            .proxy_rejected
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let credentials = match challenge.source {
-        Some(AuthChallengeSource::Proxy) => {
+        Some(AuthChallengeSource::Proxy) if !offered_before => {
             guard.proxy_credentials(ev.frame_id.as_ref(), &challenge.origin)
         }
-        // A site's own login is none of the runner's business.
+        // A site's own login is none of the runner's business, and refused
+        // credentials are not offered twice.
         _ => None,
     };
-    // Credentials are offered once per request: refused ones end in the 407.
-    let first_try = {
-        let mut tried = guard.auth_tried.lock().unwrap_or_else(|e| e.into_inner());
-        if tried.len() > 10_000 {
-            tried.clear();
-        }
-        tried.insert(ev.request_id.as_ref().to_owned())
-    };
     let response = match credentials {
-        Some((username, password)) if first_try => AuthChallengeResponse {
-            response: AuthChallengeResponseResponse::ProvideCredentials,
-            username: Some(username),
-            password: Some(password.expose_secret().to_owned()),
-        },
-        _ => AuthChallengeResponse::new(AuthChallengeResponseResponse::CancelAuth),
+        Some((username, password)) => {
+            let mut tried = guard.auth_tried.lock().unwrap_or_else(|e| e.into_inner());
+            if tried.len() > 10_000 {
+                tried.clear();
+            }
+            tried.insert(request.to_owned());
+            AuthChallengeResponse {
+                response: AuthChallengeResponseResponse::ProvideCredentials,
+                username: Some(username),
+                password: Some(password.expose_secret().to_owned()),
+            }
+        }
+        None => AuthChallengeResponse::new(AuthChallengeResponseResponse::CancelAuth),
     };
     let answer = ContinueWithAuthParams::new(ev.request_id.clone(), response);
     if !matches!(

@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use chromiumoxide::cdp::browser_protocol::input::{
     DispatchMouseEventParams, DispatchMouseEventType, MouseButton,
 };
-use chromiumoxide::cdp::browser_protocol::network::{EventResponseReceived, ResourceType};
+use chromiumoxide::cdp::browser_protocol::network::{EventResponseReceived, LoaderId, ResourceType};
 use chromiumoxide::cdp::browser_protocol::page::{
-    CaptureScreenshotFormat, EventFrameStartedLoading, EventLoadEventFired, NavigateParams,
+    CaptureScreenshotFormat, EventFrameStartedLoading, EventLifecycleEvent, NavigateParams,
 };
+use chromiumoxide::listeners::EventStream;
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
 use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
@@ -147,7 +148,7 @@ impl FlowPage {
             return Err(FlowError::Blocked(blocked));
         }
         // Listen before navigating, or a fast page's events are missed.
-        let mut loads = self.listen::<EventLoadEventFired>().await?;
+        let mut lifecycle = self.listen::<EventLifecycleEvent>().await?;
         let mut responses = self.listen::<EventResponseReceived>().await?;
         let started = Instant::now();
         let mut params = NavigateParams::new(url);
@@ -166,26 +167,15 @@ impl FlowPage {
                 load_ms: started.elapsed().as_secs_f64() * 1000.0,
             });
         };
-        let frame = answer.result.frame_id.clone();
-        let mut document: Option<Arc<EventResponseReceived>> = None;
+        let frame = answer.result.frame_id.as_ref().to_owned();
         let remaining = self.timeouts.navigation.saturating_sub(started.elapsed());
-        let wait = async {
-            loop {
-                tokio::select! {
-                    Some(ev) = responses.next() => {
-                        if ev.r#type == ResourceType::Document
-                            && ev.loader_id == loader
-                            && ev.frame_id.as_ref() == Some(&frame)
-                        {
-                            document = Some(ev);
-                        }
-                    }
-                    Some(_) = loads.next() => break Ok::<(), String>(()),
-                    else => break Err("the page's events ended".to_owned()),
-                }
-            }
-        };
-        self.call("load event", remaining, wait).await?;
+        let document = self
+            .call(
+                "load event",
+                remaining,
+                wait_for_load(&frame, Some(loader), &mut lifecycle, &mut responses),
+            )
+            .await?;
         self.finish_navigation(url, document, started)
     }
 
@@ -198,7 +188,10 @@ impl FlowPage {
         let status = document
             .as_ref()
             .and_then(|d| u16::try_from(d.response.status).ok());
-        if let (Some(proxy), Some(failure)) = (&self.proxy, proxy_error::classify(None, status)) {
+        // A 401 after the proxy was given credentials is the proxy's refusal.
+        let refused = status == Some(401) && self.policy.proxy_rejected();
+        let failure = proxy_error::classify(None, if refused { Some(407) } else { status });
+        if let (Some(proxy), Some(failure)) = (&self.proxy, failure) {
             return Err(FlowError::Proxy(ProxyError {
                 proxy: proxy.clone(),
                 failure,
@@ -325,7 +318,7 @@ impl FlowPage {
         );
         let _: bool = self.evaluate(&keep_in_tab).await?;
         let mut starts = self.listen::<EventFrameStartedLoading>().await?;
-        let mut loads = self.listen::<EventLoadEventFired>().await?;
+        let mut lifecycle = self.listen::<EventLifecycleEvent>().await?;
         let mut responses = self.listen::<EventResponseReceived>().await?;
         let main_frame = self.page.target_id().as_ref().to_owned();
         let started = Instant::now();
@@ -356,23 +349,13 @@ impl FlowPage {
             Ok(Ok(true)) => {}
             _ => return Ok(None),
         }
-        let mut document: Option<Arc<EventResponseReceived>> = None;
-        let wait = async {
-            loop {
-                tokio::select! {
-                    Some(ev) = responses.next() => {
-                        if ev.r#type == ResourceType::Document
-                            && ev.frame_id.as_ref().is_some_and(|f| f.as_ref() == main_frame)
-                        {
-                            document = Some(ev);
-                        }
-                    }
-                    Some(_) = loads.next() => break Ok::<(), String>(()),
-                    else => break Err("the page's events ended".to_owned()),
-                }
-            }
-        };
-        self.call("load event", self.timeouts.navigation, wait).await?;
+        let document = self
+            .call(
+                "load event",
+                self.timeouts.navigation,
+                wait_for_load(&main_frame, None, &mut lifecycle, &mut responses),
+            )
+            .await?;
         if document.is_none() {
             // The document never answered: the gate refused it, or the net did.
             if let Err(blocked) = self.policy.allowed.check(&link.href) {
@@ -418,6 +401,44 @@ impl FlowPage {
     /// The console errors so far.
     pub fn console_errors(&self) -> Vec<String> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).console_errors()
+    }
+}
+
+/// Waits for the load of the document `loader` in `frame` (the next
+/// document committed there when `None`), and returns its response if it
+/// had one (an error page has none).
+async fn wait_for_load(
+    frame: &str,
+    mut loader: Option<LoaderId>,
+    lifecycle: &mut EventStream<EventLifecycleEvent>,
+    responses: &mut EventStream<EventResponseReceived>,
+) -> Result<Option<Arc<EventResponseReceived>>, String> {
+    let mut documents: Vec<Arc<EventResponseReceived>> = Vec::new();
+    loop {
+        tokio::select! {
+            // Responses first: a document's response comes before its load,
+            // and both may be waiting by the time we look.
+            biased;
+            Some(ev) = responses.next() => {
+                if ev.r#type == ResourceType::Document
+                    && ev.frame_id.as_ref().is_some_and(|f| f.as_ref() == frame)
+                {
+                    documents.push(ev);
+                }
+            }
+            Some(ev) = lifecycle.next() => {
+                if ev.frame_id.as_ref() != frame {
+                    continue;
+                }
+                if ev.name == "init" && loader.is_none() {
+                    loader = Some(ev.loader_id.clone());
+                }
+                if ev.name == "load" && loader.as_ref() == Some(&ev.loader_id) {
+                    return Ok(documents.into_iter().rev().find(|d| d.loader_id == ev.loader_id));
+                }
+            }
+            else => return Err("the page's events ended".to_owned()),
+        }
     }
 }
 

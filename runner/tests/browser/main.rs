@@ -139,6 +139,8 @@ fn the_page_sees_the_emulated_device() {
     runtime().block_on(async {
         let browser = shared().await;
         let site = Site::start().await;
+        // A mobile page says how wide it is, or gets a 980 px layout, as on a real phone.
+        site.page("/device", "<meta name='viewport' content='width=device-width'><p>device</p>");
         let context = browser.new_context(spec(&["127.0.0.1"], phone())).await.unwrap();
         let page = context.page();
         let nav = page
@@ -341,7 +343,7 @@ fn a_flow_scrolls_finds_links_clicks_and_measures_its_pages() {
             .await
             .unwrap();
         let page = context.page();
-        page.navigate(&format!("{origin}/long"), Some("https://search.example/?q=shop"))
+        page.navigate(&format!("{origin}/long"), Some("http://search.example/?q=shop"))
             .await
             .unwrap();
         let top = page.metrics().await.unwrap();
@@ -376,7 +378,7 @@ fn a_flow_scrolls_finds_links_clicks_and_measures_its_pages() {
         assert_eq!(request.header("referer"), Some(format!("{origin}/long").as_str()));
         // The first page was sent with the search engine as its referrer
         // (origin only, as Chromium's default policy sends cross-site).
-        assert_eq!(site.seen_path("/long")[0].header("referer"), Some("https://search.example/"));
+        assert_eq!(site.seen_path("/long")[0].header("referer"), Some("http://search.example/"));
         context.close().await.unwrap();
         no_parse_errors();
     });
@@ -721,7 +723,11 @@ fn a_runner_killed_with_sigkill_leaves_no_chromium() {
     let pgid: u32 = stdout
         .lines()
         .map_while(Result::ok)
-        .find_map(|line| line.strip_prefix("CHROMIUM_PGID=").map(|p| p.parse().unwrap()))
+        .find_map(|line| {
+            // The harness prints "test … ... " before the child's own line.
+            let (_, pgid) = line.split_once("CHROMIUM_PGID=")?;
+            pgid.trim().parse().ok()
+        })
         .expect("the child started a browser");
     assert!(
         capacity::group_members(pgid).unwrap().len() >= 2,
