@@ -93,7 +93,8 @@ impl PageLog {
             bytes: None,
             error: None,
         });
-        self.open.insert(id, (self.requests.len() - 1, *ev.timestamp.inner()));
+        self.open
+            .insert(id, (self.requests.len() - 1, *ev.timestamp.inner()));
     }
 
     fn responded(&mut self, ev: &EventResponseReceived) {

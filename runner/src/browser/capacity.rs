@@ -20,7 +20,11 @@ pub fn group_pss(pgid: u32) -> io::Result<u64> {
     let mut total = 0;
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         // A process may exit between the listing and the read: skip it.
@@ -39,7 +43,10 @@ pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
-        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+        if let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
             && process_group(pid).ok() == Some(pgid)
         {
             members.push(pid);
@@ -115,10 +122,15 @@ impl CapacityModel {
     /// Learns from one sample of the browser.
     pub fn observe(&mut self, sample: MemorySample) {
         if sample.contexts == 0 {
-            self.baseline = Some(self.baseline.map_or(sample.pss_bytes, |b| b.min(sample.pss_bytes)));
+            self.baseline = Some(
+                self.baseline
+                    .map_or(sample.pss_bytes, |b| b.min(sample.pss_bytes)),
+            );
             return;
         }
-        let Some(baseline) = self.baseline else { return };
+        let Some(baseline) = self.baseline else {
+            return;
+        };
         let estimate = sample.pss_bytes.saturating_sub(baseline) as f64 / sample.contexts as f64;
         self.per_context += SMOOTHING * (estimate - self.per_context);
     }
@@ -153,11 +165,20 @@ mod tests {
     fn the_cost_per_context_is_learnt_from_samples_above_the_idle_baseline() {
         let mut model = CapacityModel::new(10 * MIB);
         // Contexts before any idle sample teach nothing: no baseline yet.
-        model.observe(MemorySample { pss_bytes: 900 * MIB, contexts: 3 });
+        model.observe(MemorySample {
+            pss_bytes: 900 * MIB,
+            contexts: 3,
+        });
         assert_eq!(model.per_context(), 10 * MIB);
-        model.observe(MemorySample { pss_bytes: 300 * MIB, contexts: 0 });
+        model.observe(MemorySample {
+            pss_bytes: 300 * MIB,
+            contexts: 0,
+        });
         for _ in 0..30 {
-            model.observe(MemorySample { pss_bytes: 500 * MIB, contexts: 2 });
+            model.observe(MemorySample {
+                pss_bytes: 500 * MIB,
+                contexts: 2,
+            });
         }
         let per = model.per_context() as f64 / MIB as f64;
         assert!((per - 100.0).abs() < 1.0, "{per}");

@@ -174,12 +174,19 @@ mod tests {
             a.check("ftp://shop.example/").unwrap_err().reason,
             BlockReason::NotHttp
         );
-        assert_eq!(a.check("not a url").unwrap_err().reason, BlockReason::NotHttp);
+        assert_eq!(
+            a.check("not a url").unwrap_err().reason,
+            BlockReason::NotHttp
+        );
     }
 
     #[test]
     fn nothing_is_allowed_by_an_empty_list() {
-        assert!(AllowedHosts::new(Vec::<String>::new()).check("http://a.test/").is_err());
+        assert!(
+            AllowedHosts::new(Vec::<String>::new())
+                .check("http://a.test/")
+                .is_err()
+        );
         assert!(AllowedHosts::new([""]).is_empty());
     }
 }

@@ -4,9 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::log::EnableParams as LogEnable;
 use chromiumoxide::cdp::browser_protocol::network::EnableParams as NetworkEnable;
-use chromiumoxide::cdp::browser_protocol::browser::BrowserContextId;
 use chromiumoxide::cdp::browser_protocol::page::{
     AddScriptToEvaluateOnNewDocumentParams, SetLifecycleEventsEnabledParams,
 };
@@ -82,7 +82,10 @@ impl ProxyEndpoint {
         Ok(Some(ProxyAuth {
             address: self.address(),
             username: username.clone(),
-            password: self.password.clone().unwrap_or_else(|| SecretString::from("")),
+            password: self
+                .password
+                .clone()
+                .unwrap_or_else(|| SecretString::from("")),
         }))
     }
 }
@@ -100,7 +103,12 @@ impl FlowContext {
         spec: FlowSpec,
         timeouts: Timeouts,
     ) -> Result<FlowContext, FlowError> {
-        let auth = spec.proxy.as_ref().map(ProxyEndpoint::auth).transpose()?.flatten();
+        let auth = spec
+            .proxy
+            .as_ref()
+            .map(ProxyEndpoint::auth)
+            .transpose()?
+            .flatten();
         let mut params = CreateBrowserContextParams::default();
         if let Some(proxy) = &spec.proxy {
             params.proxy_server = Some(proxy.server());
@@ -108,7 +116,11 @@ impl FlowContext {
             params.proxy_bypass_list = Some("<-loopback>".into());
         }
         let id = instance
-            .guarded("Target.createBrowserContext", timeouts.command, instance.cdp.execute(params))
+            .guarded(
+                "Target.createBrowserContext",
+                timeouts.command,
+                instance.cdp.execute(params),
+            )
             .await?
             .result
             .browser_context_id;
@@ -128,15 +140,26 @@ impl FlowContext {
             .build()
             .map_err(FlowError::Invalid)?;
         let page = instance
-            .guarded("Target.createTarget", timeouts.command, instance.cdp.new_page(target))
+            .guarded(
+                "Target.createTarget",
+                timeouts.command,
+                instance.cdp.new_page(target),
+            )
             .await?;
-        instance.guard.note_frame(page.target_id().as_ref(), id.as_ref());
+        instance
+            .guard
+            .note_frame(page.target_id().as_ref(), id.as_ref());
         let log = Arc::new(Mutex::new(PageLog::default()));
         let follower = instance
             .guarded(
                 "page event subscription",
                 timeouts.command,
-                artifacts::follow(&page, log.clone(), instance.guard.clone(), id.as_ref().to_owned()),
+                artifacts::follow(
+                    &page,
+                    log.clone(),
+                    instance.guard.clone(),
+                    id.as_ref().to_owned(),
+                ),
             )
             .await?;
         let flow_page = FlowPage {
@@ -149,10 +172,18 @@ impl FlowContext {
             timeouts,
         };
         instance
-            .guarded("Network.enable", timeouts.command, page.execute(NetworkEnable::default()))
+            .guarded(
+                "Network.enable",
+                timeouts.command,
+                page.execute(NetworkEnable::default()),
+            )
             .await?;
         instance
-            .guarded("Runtime.enable", timeouts.command, page.execute(RuntimeEnable::default()))
+            .guarded(
+                "Runtime.enable",
+                timeouts.command,
+                page.execute(RuntimeEnable::default()),
+            )
             .await?;
         // Loads are told apart by their loader id in lifecycle events.
         instance
@@ -163,10 +194,18 @@ impl FlowContext {
             )
             .await?;
         instance
-            .guarded("Log.enable", timeouts.command, page.execute(LogEnable::default()))
+            .guarded(
+                "Log.enable",
+                timeouts.command,
+                page.execute(LogEnable::default()),
+            )
             .await?;
         instance
-            .guarded("emulation", timeouts.command, emulation::apply(&page, &spec.device))
+            .guarded(
+                "emulation",
+                timeouts.command,
+                emulation::apply(&page, &spec.device),
+            )
             .await?;
         instance
             .guarded(

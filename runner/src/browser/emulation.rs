@@ -111,8 +111,18 @@ fn client_hints(profile: &DeviceProfile) -> Option<UserAgentMetadata> {
     }
     let (platform, platform_version, architecture, bitness) = match profile.os {
         Os::Windows => ("Windows", "10.0.0", "x86", "64"),
-        Os::Macos => ("macOS", "10.15.7", if ua.contains("ARM") { "arm" } else { "x86" }, "64"),
-        Os::Linux => ("Linux", "", if ua.contains("aarch64") { "arm" } else { "x86" }, "64"),
+        Os::Macos => (
+            "macOS",
+            "10.15.7",
+            if ua.contains("ARM") { "arm" } else { "x86" },
+            "64",
+        ),
+        Os::Linux => (
+            "Linux",
+            "",
+            if ua.contains("aarch64") { "arm" } else { "x86" },
+            "64",
+        ),
         Os::Chromeos => ("Chrome OS", "", "x86", "64"),
         Os::Android => ("Android", android_version(ua).unwrap_or(""), "", ""),
         Os::Ios => return None,
@@ -124,7 +134,11 @@ fn client_hints(profile: &DeviceProfile) -> Option<UserAgentMetadata> {
         platform: platform.to_owned(),
         platform_version: platform_version.to_owned(),
         architecture: architecture.to_owned(),
-        model: if mobile { android_model(ua).unwrap_or_default() } else { String::new() },
+        model: if mobile {
+            android_model(ua).unwrap_or_default()
+        } else {
+            String::new()
+        },
         mobile,
         bitness: Some(bitness.to_owned()),
         wow64: Some(false),
@@ -201,9 +215,16 @@ mod tests {
         assert_eq!(hints.platform_version, "14");
         assert_eq!(hints.model, "Pixel 8");
         let brands = hints.brands.unwrap();
-        assert!(brands.iter().any(|b| b.brand == "Google Chrome" && b.version == "124"));
+        assert!(
+            brands
+                .iter()
+                .any(|b| b.brand == "Google Chrome" && b.version == "124")
+        );
         let full = hints.full_version_list.unwrap();
-        assert!(full.iter().any(|b| b.brand == "Chromium" && b.version == "124.0.6367.91"));
+        assert!(
+            full.iter()
+                .any(|b| b.brand == "Chromium" && b.version == "124.0.6367.91")
+        );
     }
 
     #[test]
@@ -230,8 +251,16 @@ mod tests {
             Browser::Edge,
             "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.2478.80",
         );
-        let brands = user_agent(&edge).user_agent_metadata.unwrap().brands.unwrap();
-        assert!(brands.iter().any(|b| b.brand == "Microsoft Edge" && b.version == "124"));
+        let brands = user_agent(&edge)
+            .user_agent_metadata
+            .unwrap()
+            .brands
+            .unwrap();
+        assert!(
+            brands
+                .iter()
+                .any(|b| b.brand == "Microsoft Edge" && b.version == "124")
+        );
         assert!(brands.iter().all(|b| b.brand != "Google Chrome"));
     }
 

@@ -40,7 +40,10 @@ fn find_in(
             Ok(path.to_path_buf())
         } else {
             Err(LaunchError::NotFound {
-                searched: format!("{from} names {}, which is not an executable file", path.display()),
+                searched: format!(
+                    "{from} names {}, which is not an executable file",
+                    path.display()
+                ),
             })
         };
     }
@@ -84,9 +87,18 @@ mod tests {
         let a = fake_exe(dir.path(), "a");
         let b = fake_exe(dir.path(), "b");
         let c = fake_exe(dir.path(), "c");
-        assert_eq!(find_in(Some(&a), Some(&b), &[c.clone()]).unwrap(), a);
-        assert_eq!(find_in(None, Some(&b), &[c.clone()]).unwrap(), b);
-        assert_eq!(find_in(None, None, &[dir.path().join("missing"), c.clone()]).unwrap(), c);
+        assert_eq!(
+            find_in(Some(&a), Some(&b), std::slice::from_ref(&c)).unwrap(),
+            a
+        );
+        assert_eq!(
+            find_in(None, Some(&b), std::slice::from_ref(&c)).unwrap(),
+            b
+        );
+        assert_eq!(
+            find_in(None, None, &[dir.path().join("missing"), c.clone()]).unwrap(),
+            c
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
-    pub async fn launch(path: PathBuf, options: &LaunchOptions) -> Result<Arc<Instance>, LaunchError> {
+    pub async fn launch(
+        path: PathBuf,
+        options: &LaunchOptions,
+    ) -> Result<Arc<Instance>, LaunchError> {
         let (process, ws_url) = ChromeProcess::spawn(path, options).await?;
         let connect_error = |reason: String| LaunchError::Connect {
             url: ws_url.clone(),

@@ -61,7 +61,11 @@ pub(crate) struct ProxyAuth {
 }
 
 impl ContextPolicy {
-    pub fn new(allowed: AllowedHosts, marker: Option<String>, proxy_auth: Option<ProxyAuth>) -> Self {
+    pub fn new(
+        allowed: AllowedHosts,
+        marker: Option<String>,
+        proxy_auth: Option<ProxyAuth>,
+    ) -> Self {
         ContextPolicy {
             allowed,
             marker,
@@ -73,7 +77,8 @@ impl ContextPolicy {
 
     /// Did the flow's proxy refuse its credentials?
     pub fn proxy_rejected(&self) -> bool {
-        self.proxy_rejected.load(std::sync::atomic::Ordering::Relaxed)
+        self.proxy_rejected
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn record(&self, blocked: BlockedRequest) {
@@ -130,7 +135,9 @@ impl Guard {
 
     /// A frame (or target) seen in a context.
     pub fn note_frame(&self, frame: &str, context: &str) {
-        self.lock().frames.insert(frame.to_owned(), context.to_owned());
+        self.lock()
+            .frames
+            .insert(frame.to_owned(), context.to_owned());
     }
 
     fn forget_frame(&self, frame: &str) {
@@ -179,8 +186,10 @@ impl Guard {
         }
         // Not tied to a flow: allowed only when no live flow would object.
         let live: Vec<Arc<ContextPolicy>> = self.lock().contexts.values().cloned().collect();
-        let objecting: Vec<&Arc<ContextPolicy>> =
-            live.iter().filter(|p| p.allowed.check(url).is_err()).collect();
+        let objecting: Vec<&Arc<ContextPolicy>> = live
+            .iter()
+            .filter(|p| p.allowed.check(url).is_err())
+            .collect();
         if live.is_empty() || !objecting.is_empty() {
             let host = url::Url::parse(url)
                 .ok()
@@ -323,7 +332,9 @@ fn with_marker(headers: &serde_json::Value, job: &str) -> Vec<HeaderEntry> {
         .filter(|(name, _)| !name.eq_ignore_ascii_case(MARKER_HEADER))
         .map(|(name, value)| HeaderEntry {
             name: name.clone(),
-            value: value.as_str().map_or_else(|| value.to_string(), str::to_owned),
+            value: value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned),
         })
         .collect();
     entries.push(HeaderEntry {
@@ -400,8 +411,14 @@ mod tests {
         guard.register("ctx-a", a.clone());
         guard.register("ctx-b", policy(&["b.test"]));
         guard.note_frame("frame-a", "ctx-a");
-        assert!(matches!(guard.judge("frame-a", "http://a.test/").await, Verdict::Continue { .. }));
-        assert!(matches!(guard.judge("frame-a", "http://b.test/").await, Verdict::Fail));
+        assert!(matches!(
+            guard.judge("frame-a", "http://a.test/").await,
+            Verdict::Continue { .. }
+        ));
+        assert!(matches!(
+            guard.judge("frame-a", "http://b.test/").await,
+            Verdict::Fail
+        ));
         let (blocked, total) = a.blocked();
         assert_eq!(total, 1);
         assert_eq!(blocked[0].host, "b.test");
@@ -411,11 +428,20 @@ mod tests {
     #[tokio::test]
     async fn an_unattributed_request_goes_on_only_if_every_flow_allows_it() {
         let guard = Guard::default();
-        assert!(matches!(guard.judge("", "http://a.test/").await, Verdict::Fail));
+        assert!(matches!(
+            guard.judge("", "http://a.test/").await,
+            Verdict::Fail
+        ));
         guard.register("ctx-a", policy(&["a.test", "shared.test"]));
         guard.register("ctx-b", policy(&["shared.test"]));
-        assert!(matches!(guard.judge("", "http://shared.test/x").await, Verdict::Continue { marker: None }));
-        assert!(matches!(guard.judge("unknown-frame", "http://a.test/").await, Verdict::Fail));
+        assert!(matches!(
+            guard.judge("", "http://shared.test/x").await,
+            Verdict::Continue { marker: None }
+        ));
+        assert!(matches!(
+            guard.judge("unknown-frame", "http://a.test/").await,
+            Verdict::Fail
+        ));
     }
 
     #[test]
@@ -441,10 +467,20 @@ mod tests {
         };
         guard.register(
             "ctx",
-            Arc::new(ContextPolicy::new(AllowedHosts::default(), None, Some(auth))),
+            Arc::new(ContextPolicy::new(
+                AllowedHosts::default(),
+                None,
+                Some(auth),
+            )),
         );
-        let (user, _) = guard.proxy_credentials("", "http://127.0.0.1:8888").unwrap();
+        let (user, _) = guard
+            .proxy_credentials("", "http://127.0.0.1:8888")
+            .unwrap();
         assert_eq!(user, "u");
-        assert!(guard.proxy_credentials("", "http://127.0.0.1:9999").is_none());
+        assert!(
+            guard
+                .proxy_credentials("", "http://127.0.0.1:9999")
+                .is_none()
+        );
     }
 }

@@ -54,7 +54,11 @@ const DEFAULT_LAUNCH_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Chromium's flags as (name, value) pairs, rendered `--name` or
 /// `--name=value` in one place (no string is ever split or re-joined).
-pub fn server_flags(options: &LaunchOptions, profile: &str, root: bool) -> Vec<(String, Option<String>)> {
+pub fn server_flags(
+    options: &LaunchOptions,
+    profile: &str,
+    root: bool,
+) -> Vec<(String, Option<String>)> {
     let mut flags: Vec<(&str, Option<String>)> = vec![
         ("headless", None),
         ("remote-debugging-port", Some("0".into())),
@@ -114,10 +118,7 @@ pub fn server_flags(options: &LaunchOptions, profile: &str, root: bool) -> Vec<(
             .join(", ");
         flags.push(("host-resolver-rules", Some(rules)));
     }
-    flags
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    flags.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 fn render(flags: &[(String, Option<String>)]) -> Vec<String> {
@@ -355,9 +356,15 @@ mod tests {
             "--user-data-dir=/tmp/p",
             "--remote-debugging-port=0",
         ] {
-            assert!(flags.contains(&expected.to_owned()), "{expected} missing: {flags:?}");
+            assert!(
+                flags.contains(&expected.to_owned()),
+                "{expected} missing: {flags:?}"
+            );
         }
-        let features = flags.iter().find(|f| f.starts_with("--disable-features=")).unwrap();
+        let features = flags
+            .iter()
+            .find(|f| f.starts_with("--disable-features="))
+            .unwrap();
         assert!(features.contains("HttpsUpgrades,"), "{features}");
     }
 
@@ -372,7 +379,9 @@ mod tests {
         };
         let flags = rendered(&options, false);
         assert!(
-            flags.contains(&"--host-resolver-rules=MAP shop.test 127.0.0.1, MAP v6.test [::1]".to_owned()),
+            flags.contains(
+                &"--host-resolver-rules=MAP shop.test 127.0.0.1, MAP v6.test [::1]".to_owned()
+            ),
             "{flags:?}"
         );
     }

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use chromiumoxide::cdp::browser_protocol::input::{
     DispatchMouseEventParams, DispatchMouseEventType, MouseButton,
 };
-use chromiumoxide::cdp::browser_protocol::network::{EventResponseReceived, LoaderId, ResourceType};
+use chromiumoxide::cdp::browser_protocol::network::{
+    EventResponseReceived, LoaderId, ResourceType,
+};
 use chromiumoxide::cdp::browser_protocol::page::{
     CaptureScreenshotFormat, EventFrameStartedLoading, EventLifecycleEvent, NavigateParams,
 };
-use chromiumoxide::listeners::EventStream;
 use chromiumoxide::cdp::js_protocol::runtime::EvaluateParams;
+use chromiumoxide::listeners::EventStream;
 use chromiumoxide::page::ScreenshotParams;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -125,7 +127,11 @@ impl FlowPage {
             .build()
             .map_err(|e| FlowError::Invalid(e.to_string()))?;
         let answer = self
-            .call("Runtime.evaluate", self.timeouts.command, self.page.execute(params))
+            .call(
+                "Runtime.evaluate",
+                self.timeouts.command,
+                self.page.execute(params),
+            )
             .await?;
         if let Some(exception) = &answer.result.exception_details {
             let text = exception
@@ -135,14 +141,23 @@ impl FlowPage {
                 .unwrap_or_else(|| exception.text.clone());
             return Err(FlowError::page("page script", text));
         }
-        let value = answer.result.result.value.clone().unwrap_or(serde_json::Value::Null);
+        let value = answer
+            .result
+            .result
+            .value
+            .clone()
+            .unwrap_or(serde_json::Value::Null);
         serde_json::from_value(value).map_err(|e| FlowError::page("page script result", e))
     }
 
     /// Loads `url` as a top-level navigation sent with `referrer`, and waits
     /// for its load event. A URL the flow may not reach is refused here,
     /// before anything is sent.
-    pub async fn navigate(&self, url: &str, referrer: Option<&str>) -> Result<Navigation, FlowError> {
+    pub async fn navigate(
+        &self,
+        url: &str,
+        referrer: Option<&str>,
+    ) -> Result<Navigation, FlowError> {
         if let Err(blocked) = self.policy.allowed.check(url) {
             self.policy.record(blocked.clone());
             return Err(FlowError::Blocked(blocked));
@@ -154,9 +169,18 @@ impl FlowPage {
         let mut params = NavigateParams::new(url);
         params.referrer = referrer.map(str::to_owned);
         let answer = self
-            .call("Page.navigate", self.timeouts.navigation, self.page.execute(params))
+            .call(
+                "Page.navigate",
+                self.timeouts.navigation,
+                self.page.execute(params),
+            )
             .await?;
-        if let Some(error) = answer.result.error_text.as_deref().filter(|e| !e.is_empty()) {
+        if let Some(error) = answer
+            .result
+            .error_text
+            .as_deref()
+            .filter(|e| !e.is_empty())
+        {
             return Err(self.failed_navigation(url, error));
         }
         let Some(loader) = answer.result.loader_id.clone() else {
@@ -261,8 +285,12 @@ impl FlowPage {
             let mut wheel = DispatchMouseEventParams::new(DispatchMouseEventType::MouseWheel, x, y);
             wheel.delta_x = Some(0.0);
             wheel.delta_y = Some(step);
-            self.call("Input.dispatchMouseEvent", self.timeouts.command, self.page.execute(wheel))
-                .await?;
+            self.call(
+                "Input.dispatchMouseEvent",
+                self.timeouts.command,
+                self.page.execute(wheel),
+            )
+            .await?;
             if i + 1 < steps {
                 tokio::time::sleep(pause).await;
             }
@@ -333,13 +361,19 @@ impl FlowPage {
                 event.click_count = Some(1);
             }
             event.buttons = Some(buttons);
-            self.call("Input.dispatchMouseEvent", self.timeouts.command, self.page.execute(event))
-                .await?;
+            self.call(
+                "Input.dispatchMouseEvent",
+                self.timeouts.command,
+                self.page.execute(event),
+            )
+            .await?;
         }
         let began = async {
             loop {
                 match starts.next().await {
-                    Some(ev) if ev.frame_id.as_ref() == main_frame => return Ok::<bool, String>(true),
+                    Some(ev) if ev.frame_id.as_ref() == main_frame => {
+                        return Ok::<bool, String>(true);
+                    }
                     Some(_) => continue,
                     None => return Ok(false),
                 }
@@ -362,7 +396,8 @@ impl FlowPage {
                 return Err(FlowError::Blocked(blocked));
             }
         }
-        self.finish_navigation(&link.href, document, started).map(Some)
+        self.finish_navigation(&link.href, document, started)
+            .map(Some)
     }
 
     /// The current document's Web Vitals.
@@ -375,8 +410,12 @@ impl FlowPage {
         let params = ScreenshotParams::builder()
             .format(CaptureScreenshotFormat::Png)
             .build();
-        self.call("Page.captureScreenshot", self.timeouts.command, self.page.screenshot(params))
-            .await
+        self.call(
+            "Page.captureScreenshot",
+            self.timeouts.command,
+            self.page.screenshot(params),
+        )
+        .await
     }
 
     /// What to keep of a failed flow: a screenshot if the page can still
@@ -395,12 +434,18 @@ impl FlowPage {
 
     /// The requests made so far (a HAR-like log).
     pub fn request_log(&self) -> Vec<super::artifacts::RequestRecord> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).requests()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requests()
     }
 
     /// The console errors so far.
     pub fn console_errors(&self) -> Vec<String> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).console_errors()
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .console_errors()
     }
 }
 

@@ -76,12 +76,24 @@ mod tests {
     #[test]
     fn chromium_proxy_errors_map_to_their_kind() {
         let cases = [
-            ("net::ERR_PROXY_CONNECTION_FAILED", ProxyFailure::ConnectionRefused),
-            ("net::ERR_TUNNEL_CONNECTION_FAILED", ProxyFailure::TunnelFailed),
-            ("net::ERR_SOCKS_CONNECTION_FAILED", ProxyFailure::ConnectionRefused),
+            (
+                "net::ERR_PROXY_CONNECTION_FAILED",
+                ProxyFailure::ConnectionRefused,
+            ),
+            (
+                "net::ERR_TUNNEL_CONNECTION_FAILED",
+                ProxyFailure::TunnelFailed,
+            ),
+            (
+                "net::ERR_SOCKS_CONNECTION_FAILED",
+                ProxyFailure::ConnectionRefused,
+            ),
             ("net::ERR_TIMED_OUT", ProxyFailure::Timeout),
             ("net::ERR_CONNECTION_TIMED_OUT", ProxyFailure::Timeout),
-            ("net::ERR_PROXY_AUTH_UNSUPPORTED", ProxyFailure::AuthRejected),
+            (
+                "net::ERR_PROXY_AUTH_UNSUPPORTED",
+                ProxyFailure::AuthRejected,
+            ),
         ];
         for (text, kind) in cases {
             assert_eq!(classify(Some(text), None), Some(kind), "{text}");

@@ -23,7 +23,8 @@ use super::launch::LaunchOptions;
 const PING_EVERY: Duration = Duration::from_secs(2);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 const MISSED_PINGS: u32 = 2;
-const RELAUNCH_BACKOFF: (Duration, Duration) = (Duration::from_millis(250), Duration::from_secs(30));
+const RELAUNCH_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(250), Duration::from_secs(30));
 
 /// A handle on the runner's one browser; clones share it.
 #[derive(Clone)]
@@ -71,7 +72,12 @@ impl Browser {
 
     async fn instance(&self) -> Result<Arc<Instance>, FlowError> {
         let mut rx = self.shared.current.subscribe();
-        let wait = self.shared.options.launch_timeout.max(Duration::from_secs(20)) + PING_TIMEOUT;
+        let wait = self
+            .shared
+            .options
+            .launch_timeout
+            .max(Duration::from_secs(20))
+            + PING_TIMEOUT;
         let live = tokio::time::timeout(
             wait,
             rx.wait_for(|i| i.as_ref().is_some_and(|i| i.dead().is_none())),
@@ -81,7 +87,8 @@ impl Browser {
             Ok(Ok(instance)) => Ok(instance.clone().expect("waited for Some")),
             _ => Err(FlowError::Browser(format!(
                 "no live browser after {wait:?}; the last one {}",
-                self.last_death().unwrap_or_else(|| "is still starting".into())
+                self.last_death()
+                    .unwrap_or_else(|| "is still starting".into())
             ))),
         }
     }
@@ -93,7 +100,11 @@ impl Browser {
 
     /// `Chrome/156.0.…` as Chromium names itself.
     pub fn version(&self) -> Option<String> {
-        self.shared.current.borrow().as_ref().map(|i| i.version.clone())
+        self.shared
+            .current
+            .borrow()
+            .as_ref()
+            .map(|i| i.version.clone())
     }
 
     /// How many times the browser was relaunched after dying.
@@ -103,17 +114,27 @@ impl Browser {
 
     /// Why the last browser died, if one did.
     pub fn last_death(&self) -> Option<String> {
-        self.shared.last_death.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.shared
+            .last_death
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Errors the DevTools handler reported on the live connection.
     pub fn handler_errors(&self) -> u64 {
-        self.shared.current.borrow().as_ref().map_or(0, |i| i.handler_errors())
+        self.shared
+            .current
+            .borrow()
+            .as_ref()
+            .map_or(0, |i| i.handler_errors())
     }
 
     /// The browser's memory now: PSS of its whole process group.
     pub fn memory(&self) -> std::io::Result<MemorySample> {
-        let pid = self.pid().ok_or_else(|| std::io::Error::other("no live browser"))?;
+        let pid = self
+            .pid()
+            .ok_or_else(|| std::io::Error::other("no live browser"))?;
         Ok(MemorySample {
             pss_bytes: capacity::group_pss(pid)?,
             contexts: self
@@ -128,7 +149,12 @@ impl Browser {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        if let Some(task) = self.watchdog.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             task.abort();
         }
         // Contexts may still hold the instance: kill the group regardless.
@@ -150,7 +176,9 @@ async fn watchdog(shared: Weak<Shared>) {
                 reason
             }
         };
-        let Some(strong) = shared.upgrade() else { return };
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
         let tail = instance.stderr_tail();
         tracing::warn!(pid = instance.pid(), %reason, stderr = %tail, "Chromium died; relaunching");
         *strong.last_death.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
@@ -163,7 +191,9 @@ async fn watchdog(shared: Weak<Shared>) {
         loop {
             match Instance::launch(path.clone(), &options).await {
                 Ok(fresh) => {
-                    let Some(strong) = shared.upgrade() else { return };
+                    let Some(strong) = shared.upgrade() else {
+                        return;
+                    };
                     tracing::info!(pid = fresh.pid(), "Chromium relaunched");
                     strong.current.send_replace(Some(fresh));
                     break;

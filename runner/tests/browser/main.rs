@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use datasets::{Browser as BrowserKind, DeviceProfile, Os, Viewport};
 use datasets::ProxyScheme;
+use datasets::{Browser as BrowserKind, DeviceProfile, Os, Viewport};
 use runner::browser::capacity::{self, CapacityModel};
 use runner::browser::{
     AllowedHosts, BlockReason, Browser, FlowError, FlowSpec, LaunchError, LaunchOptions,
@@ -23,7 +23,12 @@ use site::Site;
 
 const PHONE_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.91 Mobile Safari/537.36";
 const DESKTOP_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
-const HOSTS: [&str; 4] = ["allowed.test", "sub.allowed.test", "forbidden.test", "other.test"];
+const HOSTS: [&str; 4] = [
+    "allowed.test",
+    "sub.allowed.test",
+    "forbidden.test",
+    "other.test",
+];
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
@@ -45,7 +50,9 @@ fn chromium(test: &str) -> bool {
     present(
         test,
         "Chromium",
-        executable::find_chrome(None).map(drop).map_err(|e| e.to_string()),
+        executable::find_chrome(None)
+            .map(drop)
+            .map_err(|e| e.to_string()),
     )
 }
 
@@ -128,7 +135,11 @@ fn spec(allowed: &[&str], device: DeviceProfile) -> FlowSpec {
 }
 
 fn no_parse_errors() {
-    assert_eq!(parse_errors(), 0, "DevTools messages were dropped unparsed (see stderr)");
+    assert_eq!(
+        parse_errors(),
+        0,
+        "DevTools messages were dropped unparsed (see stderr)"
+    );
 }
 
 #[test]
@@ -140,8 +151,14 @@ fn the_page_sees_the_emulated_device() {
         let browser = shared().await;
         let site = Site::start().await;
         // A mobile page says how wide it is, or gets a 980 px layout, as on a real phone.
-        site.page("/device", "<meta name='viewport' content='width=device-width'><p>device</p>");
-        let context = browser.new_context(spec(&["127.0.0.1"], phone())).await.unwrap();
+        site.page(
+            "/device",
+            "<meta name='viewport' content='width=device-width'><p>device</p>",
+        );
+        let context = browser
+            .new_context(spec(&["127.0.0.1"], phone()))
+            .await
+            .unwrap();
         let page = context.page();
         let nav = page
             .navigate(&format!("{}/device", site.origin("127.0.0.1")), None)
@@ -171,17 +188,29 @@ fn the_page_sees_the_emulated_device() {
         assert_eq!(seen["mobile"], true);
         let request = &site.seen_path("/device")[0];
         assert_eq!(request.header("user-agent"), Some(PHONE_UA));
-        assert!(request.header("accept-language").unwrap().starts_with("fr-FR"));
+        assert!(
+            request
+                .header("accept-language")
+                .unwrap()
+                .starts_with("fr-FR")
+        );
 
         // Another flow, another device, in the same browser.
-        let other = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
+        let other = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
         other
             .page()
             .navigate(&format!("{}/desktop", site.origin("127.0.0.1")), None)
             .await
             .unwrap();
         let width: u32 = other.page().evaluate("innerWidth").await.unwrap();
-        let touch: u32 = other.page().evaluate("navigator.maxTouchPoints").await.unwrap();
+        let touch: u32 = other
+            .page()
+            .evaluate("navigator.maxTouchPoints")
+            .await
+            .unwrap();
         assert_eq!((width, touch), (1280, 0));
         context.close().await.unwrap();
         other.close().await.unwrap();
@@ -198,16 +227,34 @@ fn two_contexts_do_not_share_cookies() {
         let browser = shared().await;
         let site = Site::start().await;
         let origin = site.origin("127.0.0.1");
-        let a = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
-        let b = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
-        a.page().navigate(&format!("{origin}/set-cookie"), None).await.unwrap();
-        a.page().navigate(&format!("{origin}/again-a"), None).await.unwrap();
-        b.page().navigate(&format!("{origin}/again-b"), None).await.unwrap();
+        let a = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
+        let b = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
+        a.page()
+            .navigate(&format!("{origin}/set-cookie"), None)
+            .await
+            .unwrap();
+        a.page()
+            .navigate(&format!("{origin}/again-a"), None)
+            .await
+            .unwrap();
+        b.page()
+            .navigate(&format!("{origin}/again-b"), None)
+            .await
+            .unwrap();
         let cookie_a: String = a.page().evaluate("document.cookie").await.unwrap();
         let cookie_b: String = b.page().evaluate("document.cookie").await.unwrap();
         assert_eq!(cookie_a, "flow=one");
         assert_eq!(cookie_b, "");
-        assert_eq!(site.seen_path("/again-a")[0].header("cookie"), Some("flow=one"));
+        assert_eq!(
+            site.seen_path("/again-a")[0].header("cookie"),
+            Some("flow=one")
+        );
         assert_eq!(site.seen_path("/again-b")[0].header("cookie"), None);
         a.close().await.unwrap();
         b.close().await.unwrap();
@@ -264,12 +311,23 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
             "{direct:?}"
         );
         let links = page.visible_links().await.unwrap();
-        let leave = links.iter().find(|l| l.href.ends_with("/leave")).expect("the link is in view");
+        let leave = links
+            .iter()
+            .find(|l| l.href.ends_with("/leave"))
+            .expect("the link is in view");
         assert!(!leave.internal);
-        assert!(matches!(page.click(leave).await, Err(FlowError::Blocked(_))));
+        assert!(matches!(
+            page.click(leave).await,
+            Err(FlowError::Blocked(_))
+        ));
 
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(bad.seen().len(), 0, "the forbidden host got {:?}", bad.seen());
+        assert_eq!(
+            bad.seen().len(),
+            0,
+            "the forbidden host got {:?}",
+            bad.seen()
+        );
         let (blocked, total) = context.blocked();
         assert!(total >= 4, "{blocked:?} ({total})");
         assert!(
@@ -302,16 +360,36 @@ fn the_marker_header_reaches_the_site_only_when_asked() {
         let mut marked = spec(&["127.0.0.1"], desktop());
         marked.marker = Some("job-42".into());
         let context = browser.new_context(marked).await.unwrap();
-        context.page().navigate(&format!("{origin}/marked"), None).await.unwrap();
-        let plain = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
-        plain.page().navigate(&format!("{origin}/plain"), None).await.unwrap();
+        context
+            .page()
+            .navigate(&format!("{origin}/marked"), None)
+            .await
+            .unwrap();
+        let plain = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
+        plain
+            .page()
+            .navigate(&format!("{origin}/plain"), None)
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while site.seen_path("/pixel.png").is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(site.seen_path("/marked")[0].header("x-trafficbuster-job"), Some("job-42"));
-        assert_eq!(site.seen_path("/pixel.png")[0].header("x-trafficbuster-job"), Some("job-42"));
-        assert_eq!(site.seen_path("/plain")[0].header("x-trafficbuster-job"), None);
+        assert_eq!(
+            site.seen_path("/marked")[0].header("x-trafficbuster-job"),
+            Some("job-42")
+        );
+        assert_eq!(
+            site.seen_path("/pixel.png")[0].header("x-trafficbuster-job"),
+            Some("job-42")
+        );
+        assert_eq!(
+            site.seen_path("/plain")[0].header("x-trafficbuster-job"),
+            None
+        );
         context.close().await.unwrap();
         plain.close().await.unwrap();
         no_parse_errors();
@@ -343,42 +421,77 @@ fn a_flow_scrolls_finds_links_clicks_and_measures_its_pages() {
             .await
             .unwrap();
         let page = context.page();
-        page.navigate(&format!("{origin}/long"), Some("http://search.example/?q=shop"))
-            .await
-            .unwrap();
+        page.navigate(
+            &format!("{origin}/long"),
+            Some("http://search.example/?q=shop"),
+        )
+        .await
+        .unwrap();
         let top = page.metrics().await.unwrap();
         assert!(top.scroll_height >= 4000.0, "{top:?}");
-        assert_eq!((top.viewport_width, top.viewport_height, top.scroll_y), (1280.0, 800.0, 0.0));
+        assert_eq!(
+            (top.viewport_width, top.viewport_height, top.scroll_y),
+            (1280.0, 800.0, 0.0)
+        );
 
         let links = page.visible_links().await.unwrap();
-        let next = links.iter().find(|l| l.href.ends_with("/next")).unwrap().clone();
+        let next = links
+            .iter()
+            .find(|l| l.href.ends_with("/next"))
+            .unwrap()
+            .clone();
         assert!(next.internal);
         assert!(links.iter().any(|l| l.host == "other.test" && !l.internal));
-        assert!(!links.iter().any(|l| l.href.ends_with("/deep")), "below the fold");
+        assert!(
+            !links.iter().any(|l| l.href.ends_with("/deep")),
+            "below the fold"
+        );
 
-        let down = page.scroll_by(2600.0, Duration::from_millis(400)).await.unwrap();
+        let down = page
+            .scroll_by(2600.0, Duration::from_millis(400))
+            .await
+            .unwrap();
         // Wheel scrolling animates: let it settle.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let settled = page.metrics().await.unwrap();
         assert!(settled.scroll_y > 1500.0, "{down:?} {settled:?}");
         let links = page.visible_links().await.unwrap();
         assert!(links.iter().any(|l| l.href.ends_with("/deep")), "{links:?}");
-        page.scroll_by(-100_000.0, Duration::from_millis(200)).await.unwrap();
+        page.scroll_by(-100_000.0, Duration::from_millis(200))
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(page.metrics().await.unwrap().scroll_y, 0.0, "bounded by the page");
+        assert_eq!(
+            page.metrics().await.unwrap().scroll_y,
+            0.0,
+            "bounded by the page"
+        );
 
         let vitals = page.vitals().await.unwrap();
-        assert!(vitals.ttfb_ms.is_some() && vitals.fcp_ms.is_some(), "{vitals:?}");
+        assert!(
+            vitals.ttfb_ms.is_some() && vitals.fcp_ms.is_some(),
+            "{vitals:?}"
+        );
         assert_eq!(vitals.cls, Some(0.0));
 
-        let clicked = page.click(&next).await.unwrap().expect("the click navigates");
+        let clicked = page
+            .click(&next)
+            .await
+            .unwrap()
+            .expect("the click navigates");
         assert_eq!(clicked.status, Some(200));
         assert!(clicked.url.ends_with("/next"));
         let request = &site.seen_path("/next")[0];
-        assert_eq!(request.header("referer"), Some(format!("{origin}/long").as_str()));
+        assert_eq!(
+            request.header("referer"),
+            Some(format!("{origin}/long").as_str())
+        );
         // The first page was sent with the search engine as its referrer
         // (origin only, as Chromium's default policy sends cross-site).
-        assert_eq!(site.seen_path("/long")[0].header("referer"), Some("http://search.example/"));
+        assert_eq!(
+            site.seen_path("/long")[0].header("referer"),
+            Some("http://search.example/")
+        );
         context.close().await.unwrap();
         no_parse_errors();
     });
@@ -396,7 +509,10 @@ fn a_failed_flow_keeps_a_screenshot_console_errors_and_the_request_log() {
             "/broken",
             "<p>broken</p><img src='/missing.png'><script>console.error('boom', 42)</script>",
         );
-        let context = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
+        let context = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
         let page = context.page();
         page.navigate(&format!("{}/broken", site.origin("127.0.0.1")), None)
             .await
@@ -414,9 +530,19 @@ fn a_failed_flow_keeps_a_screenshot_console_errors_and_the_request_log() {
             .find(|r| r.url.ends_with("/missing.png"))
             .expect("the image is in the log");
         assert_eq!(missing.status, Some(404));
-        assert!(missing.duration_ms.is_some() && missing.bytes.is_some(), "{missing:?}");
-        let document = artifacts.requests.iter().find(|r| r.url.ends_with("/broken")).unwrap();
-        assert_eq!((document.status, document.resource_type.as_str()), (Some(200), "Document"));
+        assert!(
+            missing.duration_ms.is_some() && missing.bytes.is_some(),
+            "{missing:?}"
+        );
+        let document = artifacts
+            .requests
+            .iter()
+            .find(|r| r.url.ends_with("/broken"))
+            .unwrap();
+        assert_eq!(
+            (document.status, document.resource_type.as_str()),
+            (Some(200), "Document")
+        );
         let png = artifacts.screenshot_png.expect("a screenshot");
         assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
         context.close().await.unwrap();
@@ -460,7 +586,10 @@ impl Tinyproxy {
             .expect("tinyproxy starts");
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tinyproxy did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "tinyproxy did not listen on {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Tinyproxy {
@@ -523,11 +652,17 @@ fn real_proxies_carry_flows_with_and_without_credentials() {
                 .await
                 .unwrap();
             assert_eq!(nav.status, Some(200), "{path}");
-            let via = site.seen_path(path)[0].header("via").unwrap_or_default().to_owned();
-            assert!(via.contains("tinyproxy"), "{path} came without the proxy: via {via:?}");
+            let via = site.seen_path(path)[0]
+                .header("via")
+                .unwrap_or_default()
+                .to_owned();
+            assert!(
+                via.contains("tinyproxy"),
+                "{path} came without the proxy: via {via:?}"
+            );
             let log = proxy.log();
             assert!(
-                log.contains(&format!("Established connection to host \"127.0.0.1\"")),
+                log.contains("Established connection to host \"127.0.0.1\""),
                 "{path}: {log}"
             );
             context.close().await.unwrap();
@@ -539,13 +674,19 @@ fn real_proxies_carry_flows_with_and_without_credentials() {
         let context = browser.new_context(flow).await.unwrap();
         let refused = context
             .page()
-            .navigate(&format!("{}/wrong-password", site.origin("127.0.0.1")), None)
+            .navigate(
+                &format!("{}/wrong-password", site.origin("127.0.0.1")),
+                None,
+            )
             .await;
         match refused {
             Err(FlowError::Proxy(e)) => {
                 assert_eq!(e.failure, ProxyFailure::AuthRejected);
                 assert_eq!(e.proxy, format!("127.0.0.1:{}", guarded.port));
-                assert!(!e.to_string().contains("wrong"), "no password in errors: {e}");
+                assert!(
+                    !e.to_string().contains("wrong"),
+                    "no password in errors: {e}"
+                );
             }
             other => panic!("expected a proxy authentication error, got {other:?}"),
         }
@@ -608,7 +749,9 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 
 #[test]
 fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser() {
-    if !chromium("a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser") {
+    if !chromium(
+        "a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser",
+    ) {
         return;
     }
     runtime().block_on(async {
@@ -624,8 +767,15 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
         model.observe(idle);
         let mut open = Vec::new();
         for i in 0..2 {
-            let context = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
-            context.page().navigate(&format!("{origin}/m{i}"), None).await.unwrap();
+            let context = browser
+                .new_context(spec(&["127.0.0.1"], desktop()))
+                .await
+                .unwrap();
+            context
+                .page()
+                .navigate(&format!("{origin}/m{i}"), None)
+                .await
+                .unwrap();
             open.push(context);
         }
         let busy = browser.memory().unwrap();
@@ -644,7 +794,10 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
 
         // SIGKILL Chromium in the middle of a navigation.
         let first = browser.pid().unwrap();
-        let context = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
+        let context = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
         let killer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(700)).await;
             std::process::Command::new("kill")
@@ -653,7 +806,10 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
                 .unwrap();
         });
         let started = Instant::now();
-        let result = context.page().navigate(&format!("{origin}/slow"), None).await;
+        let result = context
+            .page()
+            .navigate(&format!("{origin}/slow"), None)
+            .await;
         killer.await.unwrap();
         match &result {
             Err(FlowError::Browser(reason)) => assert!(
@@ -663,7 +819,10 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
             other => panic!("expected a browser failure, got {other:?}"),
         }
         assert!(started.elapsed() < Duration::from_secs(10), "failed fast");
-        assert!(matches!(context.page().metrics().await, Err(FlowError::Browser(_))));
+        assert!(matches!(
+            context.page().metrics().await,
+            Err(FlowError::Browser(_))
+        ));
         drop(context);
 
         let relaunched = tokio::task::spawn_blocking({
@@ -675,18 +834,29 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
             }
         });
         relaunched.await.unwrap();
-        wait_until("the old group gone", Duration::from_secs(10), || !group_alive(first));
+        wait_until("the old group gone", Duration::from_secs(10), || {
+            !group_alive(first)
+        });
         let second = browser.pid().unwrap();
-        let fresh = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
-        let nav = fresh.page().navigate(&format!("{origin}/after"), None).await.unwrap();
+        let fresh = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
+        let nav = fresh
+            .page()
+            .navigate(&format!("{origin}/after"), None)
+            .await
+            .unwrap();
         assert_eq!(nav.status, Some(200));
         fresh.close().await.unwrap();
 
         assert!(group_alive(second));
         drop(browser);
-        wait_until("no Chromium after the browser drops", Duration::from_secs(5), || {
-            !group_alive(second)
-        });
+        wait_until(
+            "no Chromium after the browser drops",
+            Duration::from_secs(5),
+            || !group_alive(second),
+        );
         no_parse_errors();
     });
 }
@@ -700,7 +870,10 @@ fn child_holds_a_browser() {
     }
     runtime().block_on(async {
         let browser = Browser::launch(options()).await.unwrap();
-        let context = browser.new_context(spec(&["127.0.0.1"], desktop())).await.unwrap();
+        let context = browser
+            .new_context(spec(&["127.0.0.1"], desktop()))
+            .await
+            .unwrap();
         println!("CHROMIUM_PGID={}", browser.pid().unwrap());
         tokio::time::sleep(Duration::from_secs(120)).await;
         drop(context);
@@ -713,7 +886,13 @@ fn a_runner_killed_with_sigkill_leaves_no_chromium() {
         return;
     }
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_holds_a_browser", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "child_holds_a_browser",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("TB_BROWSER_CHILD", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -735,9 +914,11 @@ fn a_runner_killed_with_sigkill_leaves_no_chromium() {
     );
     child.kill().unwrap(); // SIGKILL: no destructor runs in the child.
     child.wait().unwrap();
-    wait_until("no Chromium after the runner's SIGKILL", Duration::from_secs(10), || {
-        !group_alive(pgid)
-    });
+    wait_until(
+        "no Chromium after the runner's SIGKILL",
+        Duration::from_secs(10),
+        || !group_alive(pgid),
+    );
 }
 
 #[test]
