@@ -38,7 +38,7 @@ pub fn group_pss(pgid: u32) -> io::Result<u64> {
     Ok(total)
 }
 
-/// The process ids in process group `pgid`.
+/// The live (not zombie) process ids in process group `pgid`.
 pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
     let mut members = Vec::new();
     for entry in std::fs::read_dir("/proc")? {
@@ -55,12 +55,41 @@ pub fn group_members(pgid: u32) -> io::Result<Vec<u32>> {
     Ok(members)
 }
 
+/// The process group of a live process; an error for a zombie, which
+/// holds no memory and runs nothing (it only waits to be reaped).
+/// Live processes whose command line mentions `needle` (a browser's
+/// profile directory finds all its processes, in its group or not).
+pub fn processes_mentioning(needle: &str) -> io::Result<Vec<u32>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(entry) = entry else { continue };
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(needle) && process_group(pid).is_ok() {
+            found.push(pid);
+        }
+    }
+    Ok(found)
+}
+
 fn process_group(pid: u32) -> io::Result<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces and parentheses: fields start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    rest.split_whitespace()
-        .nth(2)
+    let mut fields = rest.split_whitespace();
+    if fields.next() == Some("Z") {
+        return Err(io::Error::other(format!("process {pid} is a zombie")));
+    }
+    fields
+        .nth(1)
         .and_then(|g| g.parse().ok())
         .ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no process group")))
 }

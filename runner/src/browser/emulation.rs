@@ -57,10 +57,11 @@ fn is_mobile(os: Os) -> bool {
     matches!(os, Os::Android | Os::Ios)
 }
 
-/// `en-US` → `en-US,en;q=0.9`, as Chromium sends it.
+/// `en-US` → `en-US,en`: Chromium adds the q-values itself
+/// (`en-US,en;q=0.9`).
 fn accept_language(locale: &str) -> String {
     match locale.split_once('-') {
-        Some((language, _)) => format!("{locale},{language};q=0.9"),
+        Some((language, _)) => format!("{locale},{language}"),
         None => locale.to_owned(),
     }
 }
@@ -208,7 +209,7 @@ mod tests {
     fn chrome_on_android_gets_matching_client_hints() {
         let p = profile(Os::Android, Browser::Chrome, ANDROID_CHROME);
         let ua = user_agent(&p);
-        assert_eq!(ua.accept_language.as_deref(), Some("fr-FR,fr;q=0.9"));
+        assert_eq!(ua.accept_language.as_deref(), Some("fr-FR,fr"));
         let hints = ua.user_agent_metadata.unwrap();
         assert!(hints.mobile);
         assert_eq!(hints.platform, "Android");

@@ -139,6 +139,10 @@ impl Instance {
         self.process.pid()
     }
 
+    pub fn profile(&self) -> std::path::PathBuf {
+        self.process.profile().to_path_buf()
+    }
+
     pub fn handler_errors(&self) -> u64 {
         self.handler_errors.load(Ordering::Relaxed)
     }

@@ -137,8 +137,9 @@ pub struct ChromeProcess {
     path: PathBuf,
     exited: watch::Receiver<Option<String>>,
     stderr_tail: Arc<Mutex<VecDeque<String>>>,
-    // Dropped after the kill, so the profile goes once Chromium is gone.
-    _profile: tempfile::TempDir,
+    // Dropped after the kill (fields drop after Drop::drop), so the
+    // profile goes once Chromium is gone.
+    profile: tempfile::TempDir,
 }
 
 const STDERR_TAIL: usize = 20;
@@ -171,11 +172,12 @@ impl ChromeProcess {
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let keeper_tail = tail.clone();
         let exe = path.clone();
+        let home = profile.path().to_path_buf();
         // The keeper thread starts Chromium and lives exactly as long as it:
         // PR_SET_PDEATHSIG fires when the *thread* that forked dies.
         std::thread::Builder::new()
             .name("chromium-keeper".into())
-            .spawn(move || keep(exe, args, started_tx, url_tx, exit_tx, keeper_tail))
+            .spawn(move || keep(exe, args, home, started_tx, url_tx, exit_tx, keeper_tail))
             .map_err(|e| start_error(e.to_string()))?;
 
         let pid = started_rx
@@ -187,7 +189,7 @@ impl ChromeProcess {
             path: path.clone(),
             exited: exit_rx,
             stderr_tail: tail,
-            _profile: profile,
+            profile,
         };
         let timeout = if options.launch_timeout.is_zero() {
             DEFAULT_LAUNCH_TIMEOUT
@@ -233,6 +235,12 @@ impl ChromeProcess {
     pub fn path(&self) -> &std::path::Path {
         &self.path
     }
+
+    /// The throwaway profile directory: every process of this Chromium,
+    /// including its crash handler, names it on its command line.
+    pub fn profile(&self) -> &std::path::Path {
+        self.profile.path()
+    }
 }
 
 impl Drop for ChromeProcess {
@@ -249,6 +257,7 @@ impl Drop for ChromeProcess {
 fn keep(
     exe: PathBuf,
     args: Vec<String>,
+    home: PathBuf,
     started: oneshot::Sender<std::io::Result<u32>>,
     url: oneshot::Sender<String>,
     exited: watch::Sender<Option<String>>,
@@ -260,6 +269,11 @@ fn keep(
     command
         .args(&args)
         .arg("about:blank")
+        // Chromium's config, cache and crash database (its crashpad handler
+        // runs outside the process group) stay in the throwaway profile,
+        // not in the runner's home.
+        .env("XDG_CONFIG_HOME", home.join("config"))
+        .env("XDG_CACHE_HOME", home.join("cache"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -98,6 +98,12 @@ impl Browser {
         self.shared.current.borrow().as_ref().map(|i| i.pid())
     }
 
+    /// The live Chromium's throwaway profile directory, which each of its
+    /// processes names on its command line.
+    pub fn profile_dir(&self) -> Option<PathBuf> {
+        self.shared.current.borrow().as_ref().map(|i| i.profile())
+    }
+
     /// `Chrome/156.0.…` as Chromium names itself.
     pub fn version(&self) -> Option<String> {
         self.shared

@@ -739,6 +739,14 @@ fn group_alive(pgid: u32) -> bool {
     !capacity::group_members(pgid).unwrap().is_empty()
 }
 
+/// Any process of the browser whose profile is `profile`, in its group or
+/// not (Chromium's crash handler leaves the group).
+fn any_process_of(profile: &std::path::Path) -> bool {
+    !capacity::processes_mentioning(&profile.display().to_string())
+        .unwrap()
+        .is_empty()
+}
+
 fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
@@ -838,6 +846,8 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
             !group_alive(first)
         });
         let second = browser.pid().unwrap();
+        let profile = browser.profile_dir().unwrap();
+        assert!(any_process_of(&profile));
         let fresh = browser
             .new_context(spec(&["127.0.0.1"], desktop()))
             .await
@@ -874,7 +884,11 @@ fn child_holds_a_browser() {
             .new_context(spec(&["127.0.0.1"], desktop()))
             .await
             .unwrap();
-        println!("CHROMIUM_PGID={}", browser.pid().unwrap());
+        println!(
+            "CHROMIUM_PGID={} {}",
+            browser.pid().unwrap(),
+            browser.profile_dir().unwrap().display()
+        );
         tokio::time::sleep(Duration::from_secs(120)).await;
         drop(context);
     });
@@ -899,25 +913,27 @@ fn a_runner_killed_with_sigkill_leaves_no_chromium() {
         .spawn()
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let pgid: u32 = stdout
+    let (pgid, profile): (u32, PathBuf) = stdout
         .lines()
         .map_while(Result::ok)
         .find_map(|line| {
             // The harness prints "test … ... " before the child's own line.
-            let (_, pgid) = line.split_once("CHROMIUM_PGID=")?;
-            pgid.trim().parse().ok()
+            let (_, rest) = line.split_once("CHROMIUM_PGID=")?;
+            let (pgid, profile) = rest.trim().split_once(' ')?;
+            Some((pgid.parse().ok()?, PathBuf::from(profile)))
         })
         .expect("the child started a browser");
     assert!(
         capacity::group_members(pgid).unwrap().len() >= 2,
         "Chromium and its helpers run in its group"
     );
+    assert!(any_process_of(&profile));
     child.kill().unwrap(); // SIGKILL: no destructor runs in the child.
     child.wait().unwrap();
     wait_until(
         "no Chromium after the runner's SIGKILL",
         Duration::from_secs(10),
-        || !group_alive(pgid),
+        || !group_alive(pgid) && !any_process_of(&profile),
     );
 }
 
