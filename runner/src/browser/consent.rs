@@ -66,6 +66,34 @@ impl AllowedHosts {
         }
     }
 
+    /// A script, run before any of a document's own, that refuses a
+    /// WebSocket to a host not allowed: the DevTools Fetch gate never sees
+    /// a WebSocket handshake. It covers the page's frames, not workers.
+    pub fn websocket_guard(&self) -> String {
+        let hosts = serde_json::to_string(&self.0).unwrap_or_else(|_| "[]".into());
+        format!(
+            r#"(() => {{
+  const allowed = {hosts};
+  const Native = window.WebSocket;
+  if (!Native || Native.__trafficbusterGuarded) return;
+  const ok = url => {{
+    let host;
+    try {{ host = new URL(url, location.href).hostname.toLowerCase().replace(/^\[|\]$/g, ''); }}
+    catch (e) {{ return false; }}
+    return allowed.some(a => host === a || (!/^[0-9.:]+$/.test(host) && host.endsWith('.' + a)));
+  }};
+  const Guarded = new Proxy(Native, {{
+    construct(target, args, newTarget) {{
+      if (!ok(args[0])) throw new DOMException("blocked: the host is not one of the job's consented domains", "SecurityError");
+      return Reflect.construct(target, args, newTarget);
+    }},
+    get(target, key) {{ return key === '__trafficbusterGuarded' ? true : Reflect.get(target, key); }},
+  }});
+  Object.defineProperty(window, 'WebSocket', {{ value: Guarded, writable: false, configurable: false }});
+}})();"#
+        )
+    }
+
     pub fn hosts(&self) -> &[String] {
         &self.0
     }

@@ -124,6 +124,7 @@ impl FlowContext {
             .await?
             .result
             .browser_context_id;
+        let websocket_guard = spec.allowed_hosts.websocket_guard();
         let policy = Arc::new(ContextPolicy::new(spec.allowed_hosts, spec.marker, auth));
         // The gate knows the context before anything in it can make a request.
         instance.guard.register(id.as_ref(), policy.clone());
@@ -198,6 +199,14 @@ impl FlowContext {
                 "Log.enable",
                 timeouts.command,
                 page.execute(LogEnable::default()),
+            )
+            .await?;
+        // Fetch never pauses a WebSocket handshake: a script refuses those.
+        instance
+            .guarded(
+                "Page.addScriptToEvaluateOnNewDocument",
+                timeouts.command,
+                page.execute(AddScriptToEvaluateOnNewDocumentParams::new(websocket_guard)),
             )
             .await?;
         instance

@@ -273,6 +273,8 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
         let bad = Site::start().await;
         let forbidden = bad.origin("forbidden.test");
         let sub = good.origin("sub.allowed.test");
+        let ws = forbidden.replace("http://", "ws://");
+        let good_ws = good.origin("allowed.test").replace("http://", "ws://");
         good.page(
             "/probe",
             format!(
@@ -280,7 +282,9 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
                  <img src='{forbidden}/pixel.png'><img src='{sub}/pixel.png'>
                  <iframe src='{forbidden}/frame'></iframe>
                  <script>fetch('{forbidden}/api', {{mode: 'no-cors'}}).catch(() => {{}});
-                         navigator.sendBeacon('{forbidden}/beacon', 'x');</script>
+                         navigator.sendBeacon('{forbidden}/beacon', 'x');
+                         try {{ new WebSocket('{ws}/socket'); }} catch (e) {{ console.error(e.message); }}
+                         new WebSocket('{good_ws}/socket');</script>
                  <a href='{forbidden}/leave' style='font-size:40px'>leave</a>"
             ),
         );
@@ -327,6 +331,15 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
             0,
             "the forbidden host got {:?}",
             bad.seen()
+        );
+        // WebSockets: the allowed one connects, the other is refused in the page.
+        assert_eq!(good.seen_path("/socket").len(), 1);
+        assert!(
+            page.console_errors()
+                .iter()
+                .any(|e| e.contains("consented domains")),
+            "{:?}",
+            page.console_errors()
         );
         let (blocked, total) = context.blocked();
         assert!(total >= 4, "{blocked:?} ({total})");
