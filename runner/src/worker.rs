@@ -506,7 +506,9 @@ impl<E: Executor> Worker<E> {
                     backoff = Duration::from_millis(100);
                     match self.session(&mut connection).await {
                         Ok(()) => return,
-                        Err(e) => tracing::warn!(error = %e, "runner lost its gateway; reconnecting"),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "runner lost its gateway; reconnecting")
+                        }
                     }
                 }
                 Err(ClientError::Refused(e)) if e.code != ErrorCode::Internal => {
@@ -534,7 +536,10 @@ impl<E: Executor> Worker<E> {
         match event {
             Event::Report(job, report) => {
                 // A flow let go of (stopped, expired) reports nothing more.
-                if report.flow().is_none_or(|f| self.hand.flows.contains_key(&(job, f))) {
+                if report
+                    .flow()
+                    .is_none_or(|f| self.hand.flows.contains_key(&(job, f)))
+                {
                     self.outbox
                         .push(job, report, self.options.outbox_limit, &mut self.totals);
                 }
@@ -569,10 +574,7 @@ impl<E: Executor> Worker<E> {
             connection.set_busy(self.hand.running() as u32);
 
             let force = self.draining && self.hand.running() == 0;
-            if let Some(batch) = self
-                .outbox
-                .due(max_batch, self.options.flush_every, force)
-            {
+            if let Some(batch) = self.outbox.due(max_batch, self.options.flush_every, force) {
                 let answer = connection
                     .report(batch.id, batch.job, batch.reports.clone())
                     .await?;
@@ -611,11 +613,7 @@ impl<E: Executor> Worker<E> {
                 if self.hand.flows.is_empty()
                     && self.outbox.len() == 0
                     && let Some(limit) = self.options.idle_exit
-                    && self
-                        .idle_since
-                        .get_or_insert_with(Instant::now)
-                        .elapsed()
-                        >= limit
+                    && self.idle_since.get_or_insert_with(Instant::now).elapsed() >= limit
                 {
                     return Ok(());
                 }

@@ -108,6 +108,7 @@ impl Outcome {
 struct Measured {
     outcome: Outcome,
     peak_pss: u64,
+    peak_processes: usize,
     cpu: BTreeMap<Kind, f64>,
 }
 
@@ -155,6 +156,9 @@ async fn compare(
         playwright.node_version,
         chrome.display()
     );
+    if cfg!(debug_assertions) {
+        println!("  note: a debug build drives our side; measure with `cargo run --release`");
+    }
     let load_before = load_average();
     let mut rows = Vec::new();
     for (i, &concurrency) in args.concurrency.iter().enumerate() {
@@ -242,7 +246,9 @@ async fn measure(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("{label}: cannot start"))?;
-    let pid = child.id().context("the child exited before it could be watched")?;
+    let pid = child
+        .id()
+        .context("the child exited before it could be watched")?;
     let stdout = read_all(child.stdout.take());
     let stderr = read_all(child.stderr.take());
     let mut watch = TreeWatch::new(pid);
@@ -273,7 +279,10 @@ async fn measure(
         bail!("{label}: {status}: {}", last_line(&stderr));
     }
     let outcome: Outcome = serde_json::from_str(&last_line(&stdout)).with_context(|| {
-        format!("{label}: no outcome line on its output: {stdout}{}", last_line(&stderr))
+        format!(
+            "{label}: no outcome line on its output: {stdout}{}",
+            last_line(&stderr)
+        )
     })?;
     if outcome.flows == 0 {
         bail!(
@@ -292,6 +301,7 @@ async fn measure(
     Ok(Measured {
         outcome,
         peak_pss: watch.peak_pss(),
+        peak_processes: watch.peak_processes(),
         cpu: watch.cpu_by_kind(),
     })
 }
@@ -356,14 +366,19 @@ fn print_cpu(rows: &[(u32, Measured, Measured)]) {
             let total: f64 = m.cpu.values().sum();
             let parts: Vec<String> = Kind::ALL
                 .iter()
-                .filter_map(|k| m.cpu.get(k).map(|s| format!("{} {:.3}", k.name(), s / flows)))
+                .filter_map(|k| {
+                    m.cpu
+                        .get(k)
+                        .map(|s| format!("{} {:.3}", k.name(), s / flows))
+                })
                 .collect();
             println!(
-                "  {:>7} {:<10} total {:.3}: {}",
+                "  {:>7} {:<10} total {:.3}: {} ({} processes at most)",
                 concurrency,
                 side.name(),
                 total / flows,
-                parts.join(", ")
+                parts.join(", "),
+                m.peak_processes
             );
         }
     }
@@ -379,7 +394,8 @@ fn load_average() -> String {
 
 /// The hidden `bench runner-flows`: our side of one run.
 pub async fn run_flows(args: &BenchRunnerFlowsArgs) -> anyhow::Result<()> {
-    let spec: Spec = serde_json::from_str(&args.spec).context("the run's spec is not valid JSON")?;
+    let spec: Spec =
+        serde_json::from_str(&args.spec).context("the run's spec is not valid JSON")?;
     let outcome = standard_flow::run(&spec).await?;
     println!("{}", serde_json::to_string(&outcome)?);
     Ok(())

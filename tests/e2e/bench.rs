@@ -137,7 +137,8 @@ async fn bench_orchestrator_prints_its_figures() {
 /// figure (ratios consistent with them), with the goal beside it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runner_prints_flows_and_memory_beside_playwright() {
-    let Some(chrome) = runner_bench_components("bench_runner_prints_flows_and_memory_beside_playwright")
+    let Some(chrome) =
+        runner_bench_components("bench_runner_prints_flows_and_memory_beside_playwright")
     else {
         return;
     };
@@ -153,7 +154,10 @@ async fn bench_runner_prints_flows_and_memory_beside_playwright() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}\n{stdout}");
-    assert!(stdout.contains("goal: ≥ 1.1× Playwright's flows/min and ≤ 1.0× its peak PSS"), "{stdout}");
+    assert!(
+        stdout.contains("goal: ≥ 1.1× Playwright's flows/min and ≤ 1.0× its peak PSS"),
+        "{stdout}"
+    );
     for concurrency in ["1", "2", "4"] {
         let row = stdout
             .lines()
@@ -165,7 +169,9 @@ async fn bench_runner_prints_flows_and_memory_beside_playwright() {
             let words: Vec<&str> = cell.split_whitespace().collect();
             assert_eq!(words.len(), 4, "ours, Playwright, ratio, mark: {row}");
             let number = |w: &str| -> f64 {
-                w.trim_end_matches('×').parse().unwrap_or_else(|_| panic!("{w:?} in {row}"))
+                w.trim_end_matches('×')
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{w:?} in {row}"))
             };
             let (ours, theirs, ratio) = (number(words[0]), number(words[1]), number(words[2]));
             assert!(ours > 0.0 && theirs > 0.0, "{row}");
@@ -175,7 +181,9 @@ async fn bench_runner_prints_flows_and_memory_beside_playwright() {
     }
     for kind in ["ours ", "Playwright "] {
         assert!(
-            stdout.lines().any(|l| l.contains(kind) && l.contains("renderer")),
+            stdout
+                .lines()
+                .any(|l| l.contains(kind) && l.contains("renderer")),
             "no CPU breakdown for {kind}in\n{stdout}"
         );
     }
@@ -184,8 +192,15 @@ async fn bench_runner_prints_flows_and_memory_beside_playwright() {
 /// A missing browser is one line that says how to install it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_runner_without_chromium_says_how_to_install_it() {
-    let (ok, stdout, stderr) =
-        run(&["bench", "runner", "--seconds", "1", "--chrome", "/nonexistent/chromium"]).await;
+    let (ok, stdout, stderr) = run(&[
+        "bench",
+        "runner",
+        "--seconds",
+        "1",
+        "--chrome",
+        "/nonexistent/chromium",
+    ])
+    .await;
     assert!(!ok, "{stdout}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     assert!(stderr.contains("apt-get install chromium"), "{stderr}");
@@ -220,7 +235,9 @@ fn runner_bench_components(test: &str) -> Option<String> {
         .filter(|c| !c.is_empty())
         .unwrap_or_else(|| "/usr/bin/chromium".to_owned());
     let node = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths).map(|d| d.join("node")).find(|p| p.is_file())
+        std::env::split_paths(&paths)
+            .map(|d| d.join("node"))
+            .find(|p| p.is_file())
     });
     let missing = match (std::path::Path::new(&chrome).is_file(), node) {
         (false, _) => format!("no Chromium at {chrome} (apt-get install chromium, or set CHROME)"),

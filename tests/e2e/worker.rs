@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::helpers::{PASSWORD, TestApp, TestStore, spawn_app};
-use crate::recovery::{TERMS, flow_accounting, running_job_of, runner_url, standing};
+use crate::recovery::{TERMS, flow_accounting, runner_url, running_job_of, standing};
 use crate::runners::runner_config;
 
 /// Flows that take `work` each, counted as they run.
@@ -60,7 +60,11 @@ impl Executor for Timed {
         self.capacity
     }
 
-    fn run(&self, order: Order, progress: Progress) -> impl Future<Output = FlowFinished> + Send + 'static {
+    fn run(
+        &self,
+        order: Order,
+        progress: Progress,
+    ) -> impl Future<Output = FlowFinished> + Send + 'static {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         self.started.lock().unwrap().push((order.job, order.flow));
@@ -113,7 +117,10 @@ fn start(
 async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) -> Duration {
     let began = Instant::now();
     while !done().await {
-        assert!(began.elapsed() < Duration::from_secs(60), "{what}: timed out");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "{what}: timed out"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     began.elapsed()

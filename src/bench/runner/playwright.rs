@@ -75,7 +75,9 @@ fn cache_dir() -> anyhow::Result<PathBuf> {
                 .filter(|v| !v.is_empty())
                 .map(|h| PathBuf::from(h).join(".cache"))
         })
-        .context("neither XDG_CACHE_HOME nor HOME is set: no cache directory for playwright-core")?;
+        .context(
+            "neither XDG_CACHE_HOME nor HOME is set: no cache directory for playwright-core",
+        )?;
     Ok(base.join("trafficbuster").join("playwright"))
 }
 
@@ -96,9 +98,15 @@ async fn install(node: &Path, dir: &Path) -> anyhow::Result<()> {
         .map(|d| d.join("npm"))
         .filter(|p| is_executable(p))
         .or_else(|| on_path("npm"))
-        .with_context(|| format!("no npm beside {} or on PATH; {INSTALL_HINT}", node.display()))?;
+        .with_context(|| {
+            format!(
+                "no npm beside {} or on PATH; {INSTALL_HINT}",
+                node.display()
+            )
+        })?;
     let parent = dir.parent().context("the cache directory has no parent")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(".installing-")
         .tempdir_in(parent)
@@ -114,7 +122,13 @@ async fn install(node: &Path, dir: &Path) -> anyhow::Result<()> {
         dir.display()
     );
     let run = Command::new(&npm)
-        .args(["install", "--no-audit", "--no-fund", "--ignore-scripts", "--omit=dev"])
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--omit=dev",
+        ])
         .current_dir(staging.path())
         // playwright-core downloads nothing itself; this keeps it so.
         .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
@@ -123,12 +137,21 @@ async fn install(node: &Path, dir: &Path) -> anyhow::Result<()> {
         .output();
     let output = tokio::time::timeout(INSTALL_TIMEOUT, run)
         .await
-        .map_err(|_| anyhow::anyhow!("npm install playwright-core@{VERSION} took over {INSTALL_TIMEOUT:?}"))?
+        .map_err(|_| {
+            anyhow::anyhow!("npm install playwright-core@{VERSION} took over {INSTALL_TIMEOUT:?}")
+        })?
         .with_context(|| format!("cannot run {}", npm.display()))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
-        bail!("npm install playwright-core@{VERSION} failed ({}): {last}", output.status);
+        let last = stderr
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or_default();
+        bail!(
+            "npm install playwright-core@{VERSION} failed ({}): {last}",
+            output.status
+        );
     }
     if !installed(staging.path()) {
         bail!("npm install finished but playwright-core {VERSION} is not in its node_modules");

@@ -53,12 +53,13 @@ impl Kind {
         }
     }
 
-    /// From a process's command line (NUL-separated, as in /proc).
+    /// From a process's command line as /proc shows it: NUL-separated, or
+    /// one space-separated string once Chromium has retitled the process.
     fn of(cmdline: &str, is_root: bool) -> Kind {
         if is_root {
             return Kind::Driver;
         }
-        let args: Vec<&str> = cmdline.split('\0').collect();
+        let args: Vec<&str> = cmdline.split(['\0', ' ']).collect();
         let value = |name: &str| {
             args.iter()
                 .find_map(|a| a.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
@@ -69,7 +70,9 @@ impl Kind {
             Some("renderer") => Kind::Renderer,
             Some("gpu-process") => Kind::Gpu,
             Some("zygote") => Kind::Zygote,
-            Some("utility") if value("--utility-sub-type").is_some_and(|s| s.starts_with("network.")) => {
+            Some("utility")
+                if value("--utility-sub-type").is_some_and(|s| s.starts_with("network.")) =>
+            {
                 Kind::Network
             }
             Some(_) => Kind::Utility,
@@ -95,7 +98,6 @@ pub struct TreeWatch {
     root: u32,
     peak_pss: u64,
     peak_processes: usize,
-    samples: u64,
     /// pid → (kind, CPU ticks at its last reading).
     seen: HashMap<u32, (Kind, u64)>,
 }
@@ -106,7 +108,6 @@ impl TreeWatch {
             root,
             peak_pss: 0,
             peak_processes: 0,
-            samples: 0,
             seen: HashMap::new(),
         }
     }
@@ -120,16 +121,16 @@ impl TreeWatch {
             let Ok(pss) = pss_of(pid) else { continue };
             snapshot.pss_bytes += pss;
             snapshot.processes += 1;
-            let ticks = stat.cpu_ticks;
-            match self.seen.get_mut(&pid) {
-                Some(entry) => entry.1 = entry.1.max(ticks),
-                None => {
-                    let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    self.seen.insert(pid, (Kind::of(&cmdline, pid == self.root), ticks));
-                }
+            // Read every time: a process forked by the zygote shows the
+            // zygote's command line until it retitles itself; a zombie
+            // shows none, and keeps what it was.
+            let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let entry = self.seen.entry(pid).or_insert((Kind::Other, 0));
+            if !cmdline.is_empty() {
+                entry.0 = Kind::of(&cmdline, pid == self.root);
             }
+            entry.1 = entry.1.max(stat.cpu_ticks);
         }
-        self.samples += 1;
         self.peak_pss = self.peak_pss.max(snapshot.pss_bytes);
         self.peak_processes = self.peak_processes.max(snapshot.processes);
         snapshot
@@ -141,10 +142,6 @@ impl TreeWatch {
 
     pub fn peak_processes(&self) -> usize {
         self.peak_processes
-    }
-
-    pub fn samples(&self) -> u64 {
-        self.samples
     }
 
     /// CPU seconds (user + system) by kind of process, so far.
@@ -236,25 +233,55 @@ mod tests {
     #[test]
     fn processes_are_told_apart_by_their_command_line() {
         let of = |args: &[&str]| Kind::of(&args.join("\0"), false);
-        assert_eq!(of(&["/usr/lib/chromium/chromium", "--headless"]), Kind::Browser);
-        assert_eq!(of(&["/usr/lib/chromium/chromium", "--type=renderer"]), Kind::Renderer);
-        assert_eq!(of(&["/usr/lib/chromium/chromium", "--type=gpu-process"]), Kind::Gpu);
         assert_eq!(
-            of(&["chromium", "--type=utility", "--utility-sub-type=network.mojom.NetworkService"]),
+            of(&["/usr/lib/chromium/chromium", "--headless"]),
+            Kind::Browser
+        );
+        assert_eq!(
+            of(&["/usr/lib/chromium/chromium", "--type=renderer"]),
+            Kind::Renderer
+        );
+        assert_eq!(
+            of(&["/usr/lib/chromium/chromium", "--type=gpu-process"]),
+            Kind::Gpu
+        );
+        assert_eq!(
+            of(&[
+                "chromium",
+                "--type=utility",
+                "--utility-sub-type=network.mojom.NetworkService"
+            ]),
             Kind::Network
         );
         assert_eq!(
-            of(&["chromium", "--type=utility", "--utility-sub-type=storage.mojom.StorageService"]),
+            of(&[
+                "chromium",
+                "--type=utility",
+                "--utility-sub-type=storage.mojom.StorageService"
+            ]),
             Kind::Utility
         );
-        assert_eq!(of(&["/usr/lib/chromium/chromium", "--type=zygote"]), Kind::Zygote);
+        assert_eq!(
+            of(&["/usr/lib/chromium/chromium", "--type=zygote"]),
+            Kind::Zygote
+        );
+        assert_eq!(
+            Kind::of(
+                "/usr/lib/chromium/chromium --type=renderer --crashpad-handler-pid=0",
+                false
+            ),
+            Kind::Renderer
+        );
         assert_eq!(of(&["/bin/sh", "-c", "true"]), Kind::Other);
         assert_eq!(Kind::of("node\0flow.mjs", true), Kind::Driver);
     }
 
     #[test]
     fn this_process_and_a_child_are_one_tree_with_memory_and_cpu() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let mut watch = TreeWatch::new(std::process::id());
         let snapshot = watch.sample();
         let _ = child.kill();

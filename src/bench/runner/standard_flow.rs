@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use datasets::device_profile::{Browser as BrowserKind, DeviceProfile, Os, Viewport};
+use datasets::{Browser as BrowserKind, DeviceProfile, Os, Viewport};
 use runner::browser::{AllowedHosts, Browser, FlowError, FlowPage, FlowSpec, LaunchOptions};
 use tokio::sync::Mutex;
 
@@ -38,7 +38,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     let tally = Arc::new(Mutex::new((Outcome::default(), BTreeSet::new())));
     let mut workers = Vec::new();
     for _ in 0..spec.concurrency {
-        let (browser, flow, tally, url) = (browser.clone(), flow.clone(), tally.clone(), spec.url.clone());
+        let (browser, flow, tally, url) = (
+            browser.clone(),
+            flow.clone(),
+            tally.clone(),
+            spec.url.clone(),
+        );
         workers.push(tokio::spawn(async move {
             while Instant::now() < deadline {
                 let result = one_flow(&browser, &flow, &url).await;
