@@ -9,7 +9,8 @@
 //
 // `trafficbuster bench runner` copies this file next to its pinned
 // playwright-core and runs it as `node playwright-flow.mjs SPEC_JSON`; it
-// prints one JSON line: {"flows","failed","seconds","errors"}.
+// prints one JSON line: {"flows","failed","seconds","errors","step_ms"}
+// (step_ms: milliseconds per step, summed over the flows counted).
 import { chromium } from "playwright-core";
 
 const spec = JSON.parse(process.argv[2] ?? "{}");
@@ -52,27 +53,44 @@ const contextOptions = {
   timezoneId: device.timezone,
 };
 
-async function flow(browser) {
-  const context = await browser.newContext(contextOptions);
+// Runs `work` as the step `name`, adding its milliseconds to `steps`.
+async function timed(steps, name, work) {
+  const started = performance.now();
   try {
-    const page = await context.newPage();
-    await page.goto(spec.url, { waitUntil: "load" });
-    await page.mouse.move(device.width / 2, device.height / 2);
+    return await work();
+  } finally {
+    steps[name] = (steps[name] ?? 0) + performance.now() - started;
+  }
+}
+
+async function flow(browser) {
+  const steps = {};
+  // "open" is the context and its page, as on the Rust side.
+  const context = await timed(steps, "open", () => browser.newContext(contextOptions));
+  try {
+    const page = await timed(steps, "open", () => context.newPage());
+    await timed(steps, "load", () => page.goto(spec.url, { waitUntil: "load" }));
     // Each scroll is followed by its pause, so the page has settled
     // (wheel scrolling is animated) before a link is chosen by position.
-    for (let i = 0; i < 3; i++) {
-      await page.mouse.wheel(0, 200);
-      await page.waitForTimeout(200);
-    }
-    const link = await page.evaluate(VISIBLE_INTERNAL_LINK);
+    await timed(steps, "scrolls", async () => {
+      await page.mouse.move(device.width / 2, device.height / 2);
+      for (let i = 0; i < 3; i++) {
+        await page.mouse.wheel(0, 200);
+        await page.waitForTimeout(200);
+      }
+    });
+    const link = await timed(steps, "find link", () => page.evaluate(VISIBLE_INTERNAL_LINK));
     if (!link) throw new Error("no internal link in view");
-    await Promise.all([
-      page.waitForURL(link.href, { waitUntil: "load" }),
-      page.mouse.click(link.x, link.y),
-    ]);
+    await timed(steps, "click and load", () =>
+      Promise.all([
+        page.waitForURL(link.href, { waitUntil: "load" }),
+        page.mouse.click(link.x, link.y),
+      ]),
+    );
   } finally {
-    await context.close();
+    await timed(steps, "close", () => context.close());
   }
+  return steps;
 }
 
 const browser = await chromium.launch({
@@ -85,11 +103,13 @@ const deadline = started + spec.seconds * 1000;
 let flows = 0;
 let failed = 0;
 const errors = new Set();
+const stepMs = {};
 async function worker() {
   while (performance.now() < deadline) {
     try {
-      await flow(browser);
+      const steps = await flow(browser);
       flows += 1;
+      for (const [name, ms] of Object.entries(steps)) stepMs[name] = (stepMs[name] ?? 0) + ms;
     } catch (e) {
       failed += 1;
       if (errors.size < 5) errors.add(String(e?.message ?? e).split("\n")[0]);
@@ -99,4 +119,4 @@ async function worker() {
 await Promise.all(Array.from({ length: spec.concurrency }, worker));
 const seconds = (performance.now() - started) / 1000;
 await browser.close();
-console.log(JSON.stringify({ flows, failed, seconds, errors: [...errors] }));
+console.log(JSON.stringify({ flows, failed, seconds, errors: [...errors], step_ms: stepMs }));

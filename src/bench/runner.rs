@@ -43,6 +43,8 @@ const GRACE: Duration = Duration::from_secs(90);
 const MIB: f64 = 1024.0 * 1024.0;
 const FLOWS_GOAL: f64 = 1.1;
 const PSS_GOAL: f64 = 1.0;
+/// The flow's steps, as both sides name them in their timings.
+const STEPS: [&str; 6] = ["open", "load", "scrolls", "find link", "click and load", "close"];
 
 /// What each side runs: the same for both, handed over as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,6 +98,9 @@ pub struct Outcome {
     pub seconds: f64,
     /// The first few distinct errors.
     pub errors: Vec<String>,
+    /// Milliseconds spent in each step, summed over the flows counted.
+    #[serde(default)]
+    pub step_ms: BTreeMap<String, f64>,
 }
 
 impl Outcome {
@@ -199,6 +204,7 @@ async fn compare(
     }
     print_table(&rows);
     print_cpu(&rows);
+    print_steps(&rows);
     for (concurrency, ours, theirs) in &rows {
         for (side, m) in [(Side::Ours, ours), (Side::Playwright, theirs)] {
             if m.outcome.failed > 0 {
@@ -379,6 +385,30 @@ fn print_cpu(rows: &[(u32, Measured, Measured)]) {
                 total / flows,
                 parts.join(", "),
                 m.peak_processes
+            );
+        }
+    }
+}
+
+/// Where a flow's time went, in mean milliseconds per step.
+fn print_steps(rows: &[(u32, Measured, Measured)]) {
+    println!();
+    println!("  milliseconds per flow by step (mean):");
+    for (concurrency, ours, theirs) in rows {
+        for (side, m) in [(Side::Ours, ours), (Side::Playwright, theirs)] {
+            let flows = m.outcome.flows.max(1) as f64;
+            let parts: Vec<String> = STEPS
+                .iter()
+                .map(|step| {
+                    let ms = m.outcome.step_ms.get(*step).copied().unwrap_or(f64::NAN);
+                    format!("{step} {:.0}", ms / flows)
+                })
+                .collect();
+            println!(
+                "  {:>7} {:<10} {}",
+                concurrency,
+                side.name(),
+                parts.join(", ")
             );
         }
     }

@@ -3,7 +3,8 @@
 //! new flows starting until its seconds are up. The same steps as
 //! `bench/playwright-flow.mjs`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,7 +50,12 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
                 let result = one_flow(&browser, &flow, &url).await;
                 let mut tally = tally.lock().await;
                 match result {
-                    Ok(()) => tally.0.flows += 1,
+                    Ok(steps) => {
+                        tally.0.flows += 1;
+                        for (step, ms) in steps.0 {
+                            *tally.0.step_ms.entry(step).or_default() += ms;
+                        }
+                    }
                     Err(e) => {
                         tally.0.failed += 1;
                         if tally.1.len() < KEPT_ERRORS {
@@ -72,33 +78,52 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
     Ok(outcome)
 }
 
-/// One standard flow in a context of its own, closed whatever happened.
-async fn one_flow(browser: &Browser, flow: &FlowSpec, url: &str) -> Result<(), FlowError> {
-    let context = browser.new_context(flow.clone()).await?;
-    let steps = steps(context.page(), url).await;
-    let closed = context.close().await;
-    steps.and(closed)
+/// One standard flow in a context of its own, closed whatever happened;
+/// the milliseconds each step took.
+async fn one_flow(browser: &Browser, flow: &FlowSpec, url: &str) -> Result<Steps, FlowError> {
+    let mut steps = Steps::default();
+    let context = steps.time("open", browser.new_context(flow.clone())).await?;
+    let done = run_steps(context.page(), url, &mut steps).await;
+    let closed = steps.time("close", context.close()).await;
+    done.and(closed).map(|()| steps)
 }
 
-async fn steps(page: &FlowPage, url: &str) -> Result<(), FlowError> {
-    page.navigate(url, None).await?;
+async fn run_steps(page: &FlowPage, url: &str, steps: &mut Steps) -> Result<(), FlowError> {
+    steps.time("load", page.navigate(url, None)).await?;
     // Each scroll is followed by its pause, so the page has settled
     // (wheel scrolling is animated) before a link is chosen by position.
-    for _ in 0..SCROLLS {
-        page.scroll_by(SCROLL_BY, Duration::ZERO).await?;
-        tokio::time::sleep(AFTER_SCROLL).await;
-    }
-    let links = page.visible_links().await?;
+    let scrolls = async {
+        for _ in 0..SCROLLS {
+            page.scroll_by(SCROLL_BY, Duration::ZERO).await?;
+            tokio::time::sleep(AFTER_SCROLL).await;
+        }
+        Ok::<(), FlowError>(())
+    };
+    steps.time("scrolls", scrolls).await?;
+    let links = steps.time("find link", page.visible_links()).await?;
     let link = links
         .iter()
         .find(|l| l.internal)
         .ok_or_else(|| FlowError::Invalid("no internal link in view".into()))?;
-    match page.click(link).await? {
+    match steps.time("click and load", page.click(link)).await? {
         Some(_) => Ok(()),
         None => Err(FlowError::Invalid(format!(
             "the click on {} started no navigation",
             link.href
         ))),
+    }
+}
+
+/// Milliseconds per step of one flow, by the names the Playwright script uses.
+#[derive(Default)]
+struct Steps(BTreeMap<String, f64>);
+
+impl Steps {
+    async fn time<T>(&mut self, step: &str, work: impl Future<Output = T>) -> T {
+        let started = Instant::now();
+        let out = work.await;
+        *self.0.entry(step.to_owned()).or_default() += started.elapsed().as_secs_f64() * 1000.0;
+        out
     }
 }
 
