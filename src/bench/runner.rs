@@ -44,7 +44,14 @@ const MIB: f64 = 1024.0 * 1024.0;
 const FLOWS_GOAL: f64 = 1.1;
 const PSS_GOAL: f64 = 1.0;
 /// The flow's steps, as both sides name them in their timings.
-const STEPS: [&str; 6] = ["open", "load", "scrolls", "find link", "click and load", "close"];
+const STEPS: [&str; 6] = [
+    "open",
+    "load",
+    "scrolls",
+    "find link",
+    "click and load",
+    "close",
+];
 
 /// What each side runs: the same for both, handed over as JSON.
 #[derive(Debug, Clone, Serialize, Deserialize)]

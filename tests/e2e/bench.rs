@@ -186,6 +186,12 @@ async fn bench_runner_prints_flows_and_memory_beside_playwright() {
                 .any(|l| l.contains(kind) && l.contains("renderer")),
             "no CPU breakdown for {kind}in\n{stdout}"
         );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains(kind) && l.contains("click and load")),
+            "no step timings for {kind}in\n{stdout}"
+        );
     }
 }
 

@@ -82,7 +82,9 @@ pub async fn run(spec: &Spec) -> anyhow::Result<Outcome> {
 /// the milliseconds each step took.
 async fn one_flow(browser: &Browser, flow: &FlowSpec, url: &str) -> Result<Steps, FlowError> {
     let mut steps = Steps::default();
-    let context = steps.time("open", browser.new_context(flow.clone())).await?;
+    let context = steps
+        .time("open", browser.new_context(flow.clone()))
+        .await?;
     let done = run_steps(context.page(), url, &mut steps).await;
     let closed = steps.time("close", context.close()).await;
     done.and(closed).map(|()| steps)
