@@ -148,6 +148,8 @@ async fn flow_accounting(store: &TestStore, job: &str) -> (u64, u64, u64) {
                     held.remove(r);
                 }
             }
+            // Every lease taken back at once.
+            JobEvent::JobHalted(_) => held = FlowSet::new(),
             JobEvent::FlowsReported(batch) => {
                 for report in batch.reports {
                     if let FlowReport::Finished(f) = report {

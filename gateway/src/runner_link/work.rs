@@ -65,9 +65,10 @@ fn system() -> Context {
     Context::new(OffsetDateTime::now_utc(), Actor::System)
 }
 
-/// Runs a command on a job's stream for a runner, as the gateway, taking
-/// its turn with this gateway's other commands on the job.
-async fn on_job(
+/// Runs a command on a job's stream as the gateway (for a runner, or of
+/// its own accord), taking its turn with this gateway's other commands on
+/// the job.
+pub(crate) async fn on_job(
     app: &AppState,
     stream: &domain::StreamId,
     command: JobCommand,
