@@ -700,6 +700,13 @@ impl Job {
         self.leases.values().map(|l| l.slots).sum()
     }
 
+    /// Running, or paused with leases still held: runners may be sending
+    /// its traffic now, so its consent is what a halt guards.
+    pub fn sends_traffic(&self) -> bool {
+        self.status == JobStatus::Running
+            || (self.status == JobStatus::Paused && !self.leases.is_empty())
+    }
+
     fn remaining(&self) -> u64 {
         self.plan.flows() - self.tally.finished
     }
@@ -1084,11 +1091,10 @@ fn check_consent(
     ctx: &Context,
 ) -> Result<Vec<JobEvent>, JobError> {
     require_system(ctx)?;
-    let running = job.status == JobStatus::Running;
-    let holding = job.status == JobStatus::Paused && !job.leases.is_empty();
-    if !running && !holding {
+    if !job.sends_traffic() {
         return Ok(vec![]);
     }
+    let running = job.status == JobStatus::Running;
     let halt = |why: String| {
         // Made from our own bounded texts: never empty, one line.
         let reason = Reason::parse(&one_line(&why, MAX_REASON - 1))

@@ -80,10 +80,10 @@ pub async fn check(app: &AppState, job: JobId) -> Option<OffsetDateTime> {
             return Some(OffsetDateTime::now_utc() + RETRY);
         }
     };
-    let running = state.status == JobStatus::Running;
-    if !running && !(state.status == JobStatus::Paused && !state.leases.is_empty()) {
+    if !state.sends_traffic() {
         return None;
     }
+    let running = state.status == JobStatus::Running;
     let checks = match consent_checks(app, &state).await {
         Ok(checks) => checks,
         Err(why) => {

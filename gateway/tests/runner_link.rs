@@ -269,6 +269,53 @@ mod cases {
         live.stop().await;
     }
 
+    pub async fn a_runner_taken_for_gone_while_connected_comes_back_online_still_draining(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        connection.drain().await.unwrap();
+        eventually("the runner draining", || async {
+            live.standing(runner).await == Some((true, true, None))
+        })
+        .await;
+        // Another gateway's sweep, in the instant nobody had heard from it.
+        live.handler
+            .handle::<Runner>(
+                &runner.stream().unwrap(),
+                RunnerCommand::GoOffline {
+                    reason: domain::runner::OfflineReason::Silent,
+                },
+                &system(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+        // Its next heartbeat here puts it back: online, and still draining.
+        eventually("the runner back online, draining", || async {
+            live.runner_events(runner).await
+                == [
+                    "RunnerRegistered",
+                    "DrainRequested",
+                    "RunnerWentOffline",
+                    "RunnerRegistered",
+                    "DrainRequested",
+                ]
+        })
+        .await;
+        eventually("the view showing it draining", || async {
+            live.standing(runner).await == Some((true, true, None))
+        })
+        .await;
+        match connection.lease(1, 10).await.unwrap() {
+            runner::Leased::Refused(e) => assert_eq!(e.code, ErrorCode::Draining),
+            other => panic!("a draining runner got {other:?}"),
+        }
+        live.stop().await;
+    }
+
     pub async fn a_drain_reaches_the_runner_and_stops_its_leases(store: &TestStore) {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
@@ -319,5 +366,6 @@ store::each_backend!(
     an_oversized_frame_and_a_flood_are_refused_and_the_connection_closed,
     a_silent_runner_goes_offline,
     a_runner_whose_gateway_died_goes_offline_through_another_but_one_that_moved_does_not,
+    a_runner_taken_for_gone_while_connected_comes_back_online_still_draining,
     a_drain_reaches_the_runner_and_stops_its_leases
 );

@@ -52,8 +52,8 @@ pub struct RunnerInfo {
     pub offline_reason: Option<String>,
     pub registered_at: OffsetDateTime,
     pub changed_at: OffsetDateTime,
-    /// Browsers busy, by its last heartbeat, while a gateway holds its
-    /// connection (on whichever gateway answers).
+    /// Browsers busy, by its last heartbeat, while it is online (on
+    /// whichever gateway holds its connection).
     pub busy: Option<u32>,
     /// When a gateway last heard from it.
     pub last_heartbeat_at: Option<OffsetDateTime>,

@@ -98,6 +98,7 @@ pub async fn serve(app: AppState, socket: WebSocket) {
     }
     tracing::info!(runner = %peer.runner, name = %peer.name, "runner connected");
     let mut session = work::Session::new(peer, capabilities);
+    session.draining = draining;
     let end = link.run(&mut session, notices, &mut heard).await;
     let peer = session.peer();
     // Still its connection, here and on every gateway? Then its going is
