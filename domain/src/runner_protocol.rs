@@ -319,6 +319,7 @@ impl ErrorCode {
             JobError::WrongStatus { .. }
             | JobError::AlreadyRunning
             | JobError::InstancesInUse { .. }
+            | JobError::ConsentLapsed { .. }
             | JobError::NotFound => ErrorCode::JobNotRunning,
             JobError::PlatformMismatch { .. } => ErrorCode::PlatformMismatch,
             JobError::Forbidden(_)

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
+pub mod consent_guard;
 pub mod dataset_references;
 pub mod expiry;
 pub mod graphiql;

@@ -1,6 +1,6 @@
-//! The runners connected to this gateway: how to reach each connection,
-//! and what its heartbeats say (busy browsers, last seen). Heartbeats are
-//! folded here, in memory, never into events.
+//! The runners connected to this gateway: how to reach each connection.
+//! What their heartbeats say (busy browsers, last heard) is kept in the
+//! store for every gateway to see: see [`super::presence`].
 //!
 //! What other parts decide for a runner (an admin's drain, a job paused or
 //! stopped, a lease expired by any gateway's sweep, its key revoked)
@@ -16,7 +16,6 @@ use domain::runner::{RunnerEvent, RunnerId};
 use domain::runner_key::{RunnerKeyEvent, RunnerKeyId};
 use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
 use domain::{EventRegistry, RecordedEvent};
-use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::runner_link::targets::TargetUrls;
@@ -25,21 +24,11 @@ use uuid::Uuid;
 /// Messages queued for one connection before it counts as stuck.
 pub const NOTICE_QUEUE: usize = 256;
 
-/// What this gateway knows of a connected runner between events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Presence {
-    pub connected_at: OffsetDateTime,
-    pub last_heartbeat: Option<OffsetDateTime>,
-    /// Browsers busy, as its last heartbeat said.
-    pub busy: u32,
-}
-
 struct Linked {
     connection: u64,
     /// The key it authenticated with.
     key: RunnerKeyId,
     notices: mpsc::Sender<GatewayMessage>,
-    presence: Presence,
 }
 
 /// The runners connected here.
@@ -95,7 +84,6 @@ impl Fleet {
         runner: RunnerId,
         key: RunnerKeyId,
         notices: mpsc::Sender<GatewayMessage>,
-        now: OffsetDateTime,
     ) -> Attachment<'_> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
@@ -104,11 +92,6 @@ impl Fleet {
                 connection,
                 key,
                 notices,
-                presence: Presence {
-                    connected_at: now,
-                    last_heartbeat: None,
-                    busy: 0,
-                },
             },
         );
         Attachment {
@@ -116,18 +99,6 @@ impl Fleet {
             runner,
             connection,
         }
-    }
-
-    pub fn heartbeat(&self, runner: RunnerId, busy: u32, now: OffsetDateTime) {
-        if let Some(l) = self.lock().get_mut(&runner) {
-            l.presence.busy = busy;
-            l.presence.last_heartbeat = Some(now);
-        }
-    }
-
-    /// The runner's presence, if it is connected here.
-    pub fn presence(&self, runner: RunnerId) -> Option<Presence> {
-        self.lock().get(&runner).map(|l| l.presence)
     }
 
     /// The lock commands on `job` from this gateway's connections take
@@ -189,6 +160,7 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
     const RELAYED: &[&str] = &[
         "DrainRequested",
         "JobPaused",
+        "JobHalted",
         "JobStopped",
         "JobFailed",
         "JobCompleted",
@@ -224,9 +196,12 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
     let job = JobId(Uuid::parse_str(stream.strip_prefix("job-")?).ok()?);
     match registry.decode::<JobEvent>(event).ok()? {
         JobEvent::JobPaused(_) => Some(Relay::All(GatewayMessage::JobPaused { job })),
-        JobEvent::JobStopped(_) | JobEvent::JobFailed(_) | JobEvent::JobCompleted(_) => {
-            Some(Relay::All(GatewayMessage::JobStopped { job }))
-        }
+        // Halted (safe mode, consent lost): its leases are gone and its
+        // flows must stop now, as for a stop; it may be resumed later.
+        JobEvent::JobStopped(_)
+        | JobEvent::JobFailed(_)
+        | JobEvent::JobCompleted(_)
+        | JobEvent::JobHalted(_) => Some(Relay::All(GatewayMessage::JobStopped { job })),
         JobEvent::LeaseExpired(e) => Some(Relay::One(
             e.runner,
             GatewayMessage::LeaseExpired {

@@ -5,10 +5,13 @@
 //! - [`work`]: its leases, reports and hand-backs on jobs;
 //! - [`fleet`]: the runners connected to this gateway, and the notices
 //!   passed on to them;
+//! - [`presence`]: when each runner was last heard from, on any gateway,
+//!   and the sweep that marks the silent ones offline;
 //! - [`targets`]: the target URLs lease grants carry.
 
 pub mod connection;
 pub mod fleet;
+pub mod presence;
 pub mod targets;
 pub mod work;
 
@@ -59,10 +62,12 @@ pub async fn endpoint(State(state): State<AppState>, upgrade: WebSocketUpgrade) 
 }
 
 /// The gateway's background work for runners: notices passed on to the
-/// runners connected here, and the sweep of expired leases.
+/// runners connected here, and the sweeps of expired leases and of
+/// runners silent on every gateway.
 pub fn background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(fleet::relay(state.fleet.clone(), state.live.subscribe())),
         tokio::spawn(work::sweep(state.clone())),
+        tokio::spawn(presence::sweep(state.clone())),
     ]
 }

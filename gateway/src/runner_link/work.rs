@@ -65,9 +65,10 @@ fn system() -> Context {
     Context::new(OffsetDateTime::now_utc(), Actor::System)
 }
 
-/// Runs a command on a job's stream for a runner, as the gateway, taking
-/// its turn with this gateway's other commands on the job.
-async fn on_job(
+/// Runs a command on a job's stream as the gateway (for a runner, or of
+/// its own accord), taking its turn with this gateway's other commands on
+/// the job.
+pub(crate) async fn on_job(
     app: &AppState,
     stream: &domain::StreamId,
     command: JobCommand,
@@ -495,19 +496,26 @@ async fn may_lease(link: &Link, session: &mut Session) -> Result<(), NoLeases> {
 }
 
 /// Records the runner's registration again (it is connected here, whatever
-/// another gateway concluded from its old connection's silence).
+/// another gateway concluded from its old connection's silence, or a sweep
+/// from a moment when no gateway had heard from it). A registration after
+/// going offline reads as a fresh process, so a drain this connection is
+/// under is recorded again: the same process is still draining.
 pub(crate) async fn reregister(link: &Link, session: &Session) {
     let peer = session.peer();
-    link.record(
-        peer,
-        RunnerCommand::Register {
-            key: peer.key,
-            name: peer.name.clone(),
-            capabilities: session.capabilities.clone(),
-            protocol: peer.protocol,
-        },
-    )
-    .await;
+    let registered = link
+        .record(
+            peer,
+            RunnerCommand::Register {
+                key: peer.key,
+                name: peer.name.clone(),
+                capabilities: session.capabilities.clone(),
+                protocol: peer.protocol,
+            },
+        )
+        .await;
+    if registered && session.draining {
+        link.record(peer, RunnerCommand::RequestDrain).await;
+    }
 }
 
 /// What the runner is told to do with flows just leased to it.
