@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
 pub mod dataset_references;
+pub mod domain_consents;
 pub mod expiry;
 pub mod graphiql;
 pub mod graphql;

@@ -5,7 +5,6 @@
 //! `runJob`, `pauseJob`, `resumeJob`, `stopJob` for the job's owner and
 //! admins. A job is read by its owner, admins and auditors.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -22,7 +21,6 @@ use domain::job::{
 use domain::job_plan::TargetPlan;
 use domain::runner::{Browser, Os, Platform};
 use domain::system_settings::{self, SystemSettings};
-use domain::target_domain::{self, TargetDomain};
 use domain::thresholds::{AutoAbort, Check, Figures, PerMille, Thresholds};
 use domain::{DatasetKind, DomainName, Reason};
 use futures_util::Stream;
@@ -648,23 +646,9 @@ async fn run_checks(app: &AppState, job: &Job) -> async_graphql::Result<RunCheck
         .load::<SystemSettings>(&settings_stream)
         .await
         .map_err(|e| internal(&e))?;
-    let mut domains = BTreeMap::new();
-    for domain in job.plan.domains() {
-        for name in std::iter::once(domain.clone()).chain(domain.parents()) {
-            if domains.contains_key(&name) {
-                continue;
-            }
-            let stream = target_domain::stream(&name).map_err(|e| internal(&e))?;
-            let (version, state) = app
-                .handler
-                .load::<TargetDomain>(&stream)
-                .await
-                .map_err(|e| internal(&e))?;
-            if version.is_some() {
-                domains.insert(name, state);
-            }
-        }
-    }
+    let domains = crate::domain_consents::states(app, job.plan.domains())
+        .await
+        .map_err(|e| internal(&e))?;
     let today = OffsetDateTime::now_utc().date().to_string();
     let rows = app
         .views

@@ -94,7 +94,12 @@ pub async fn serve(app: AppState, socket: WebSocket) {
         return;
     }
     tracing::info!(runner = %peer.runner, name = %peer.name, "runner connected");
-    let mut session = work::Session::new(peer, capabilities);
+    let mut session = work::Session::new(peer, attachment.connection(), capabilities);
+    for brief in work::briefs_of_held_jobs(&link, &session).await {
+        if link.send(&brief).await.is_err() {
+            return;
+        }
+    }
     let end = link.run(&mut session, notices).await;
     let peer = session.peer();
     let still_current = attachment.is_current();
@@ -520,8 +525,14 @@ impl Link {
                     slots,
                     flows,
                 } => {
-                    let answer = work::lease(self, session, request, slots, flows).await;
-                    self.send(&answer).await
+                    let mut sent = Ok(());
+                    for answer in work::lease(self, session, request, slots, flows).await {
+                        sent = self.send(&answer).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    sent
                 }
                 RunnerMessage::Report {
                     batch,
