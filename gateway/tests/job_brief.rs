@@ -12,6 +12,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use domain::DomainName;
 use domain::flow::{FlowRange, ProxyIndex};
 use domain::job::{JobId, JobSettings};
 use domain::job_brief::{BriefAssembly, HostMapping, JobBrief, ProxySwitching, Span};
@@ -20,7 +21,6 @@ use domain::runner_protocol::{
     ErrorCode, GatewayMessage, LeaseGrant, MAX_FRAME_BYTES, Traffic, VersionRange,
     decode_gateway_message,
 };
-use domain::DomainName;
 use runner::{Connection, Leased, Notice};
 use serde_json::json;
 use store::testing::TestStore;
@@ -171,17 +171,17 @@ mod cases {
         // The proxies, the first with its password opened for the runner.
         let first = brief.proxy(ProxyIndex(0)).unwrap();
         assert_eq!(first.username.as_deref(), Some("alice"));
-        assert_eq!(
-            first.password.as_ref().map(|p| p.expose()),
-            Some(PASSWORD)
-        );
+        assert_eq!(first.password.as_ref().map(|p| p.expose()), Some(PASSWORD));
         assert!(!first.disabled);
         let second = brief.proxy(ProxyIndex(1)).unwrap();
         assert_eq!((second.host.as_str(), second.port), ("192.0.2.10", 1080));
         assert!(second.password.is_none() && second.username.is_none());
         assert!(!format!("{brief:?}").contains(PASSWORD));
         // Behaviour, DNS, and the domains traffic may go to.
-        assert_eq!(brief.behaviour.session_duration_s, Span { min: 30, max: 90 });
+        assert_eq!(
+            brief.behaviour.session_duration_s,
+            Span { min: 30, max: 90 }
+        );
         assert_eq!(brief.behaviour.proxy_switching, ProxySwitching::OnFailure);
         assert!(brief.behaviour.random_scrolling && brief.behaviour.clicks);
         assert!(brief.behaviour.marker_header);
@@ -234,8 +234,12 @@ mod cases {
             .map(|p| p.row)
             .collect();
         assert_eq!(rows, [1]);
-        assert!(windows_grant.work.iter().all(|w| w.profiles
-            == vec![1; w.flows.len() as usize]));
+        assert!(
+            windows_grant
+                .work
+                .iter()
+                .all(|w| w.profiles == vec![1; w.flows.len() as usize])
+        );
         // Its next grant comes without a brief: the connection has it.
         let _ = granted(&mut linux, 0, 2).await;
         assert!(briefs_in(&linux.notices()).is_empty());
@@ -369,9 +373,12 @@ mod cases {
         )
         .await;
         loop {
-            let frame = tokio::time::timeout(Duration::from_secs(10), futures_util::StreamExt::next(&mut raw))
-                .await
-                .unwrap();
+            let frame = tokio::time::timeout(
+                Duration::from_secs(10),
+                futures_util::StreamExt::next(&mut raw),
+            )
+            .await
+            .unwrap();
             let Some(Ok(Message::Text(text))) = frame else {
                 continue;
             };

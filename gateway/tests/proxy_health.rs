@@ -152,8 +152,12 @@ mod cases {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
         let job = proxied_job(&live).await;
-        let mut a = Connection::open(&live.config(new_runner(), &key)).await.unwrap();
-        let mut b = Connection::open(&live.config(new_runner(), &key)).await.unwrap();
+        let mut a = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
+        let mut b = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
         let a_flows = granted(&mut a, 5).await.work[0].flows;
         let b_flows = granted(&mut b, 5).await.work[0].flows;
         assert!(!a.brief(job).unwrap().proxy(ProxyIndex(1)).unwrap().disabled);
@@ -168,7 +172,13 @@ mod cases {
         accepted(&mut a, batch, job, two).await;
         assert_eq!(pool_events(&live, job).await.len(), 1);
         // A third, on runner b, within the window: disabled.
-        accepted(&mut b, Uuid::now_v7(), job, vec![failed_over(b_flows.start(), 1)]).await;
+        accepted(
+            &mut b,
+            Uuid::now_v7(),
+            job,
+            vec![failed_over(b_flows.start(), 1)],
+        )
+        .await;
         for runner in [&mut a, &mut b] {
             match proxy_notice(runner).await {
                 Notice::ProxyDisabled {
@@ -202,11 +212,19 @@ mod cases {
         .await;
         assert_eq!(health(&live, job, 0).await, None, "never failed: no row");
         // A runner briefed now learns it from its brief.
-        let mut c = Connection::open(&live.config(new_runner(), &key)).await.unwrap();
+        let mut c = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
         let _ = granted(&mut c, 2).await;
         assert!(c.brief(job).unwrap().proxy(ProxyIndex(1)).unwrap().disabled);
         // Failures of a disabled proxy (flows that picked it before) do not count.
-        accepted(&mut b, Uuid::now_v7(), job, vec![failed_over(b_flows.start() + 1, 1)]).await;
+        accepted(
+            &mut b,
+            Uuid::now_v7(),
+            job,
+            vec![failed_over(b_flows.start() + 1, 1)],
+        )
+        .await;
         assert_eq!(pool_events(&live, job).await.len(), 3);
         // Before its cool-down ends nothing changes; after it, on trial.
         let now = OffsetDateTime::now_utc();
@@ -226,7 +244,14 @@ mod cases {
                     proxy: ProxyIndex(1)
                 }
             );
-            assert!(!runner.brief(job).unwrap().proxy(ProxyIndex(1)).unwrap().disabled);
+            assert!(
+                !runner
+                    .brief(job)
+                    .unwrap()
+                    .proxy(ProxyIndex(1))
+                    .unwrap()
+                    .disabled
+            );
         }
         eventually("the view shows proxy 1 on trial", || async {
             health(&live, job, 1).await == Some(("trial".into(), 3))
@@ -248,7 +273,28 @@ mod cases {
             health(&live, job, 1).await == Some(("healthy".into(), 3))
         })
         .await;
+        // The view rebuilt from the first event equals the live one.
+        const ALL: &str = "SELECT dataset, version, proxy, status, failures, last_error, \
+             disabled_until, strikes, changed_at FROM view_proxy_health ORDER BY dataset, version, proxy";
+        let table = |views: projections::ViewStore| async move {
+            let rows = views.query(ALL, vec![]).await.unwrap();
+            rows.into_iter()
+                .map(|r| r.values().to_vec())
+                .collect::<Vec<_>>()
+        };
+        let before = table(live.views.clone()).await;
+        assert_eq!(before.len(), 1);
+        let (events, views) = (live.store.clone(), live.views.clone());
+        drop((a, b, c));
         live.stop().await;
+        let engine =
+            projections::ProjectionEngine::start(events, views.clone(), projections::all_views())
+                .unwrap();
+        engine.wait_until_live().await.unwrap();
+        engine.rebuild("proxy_pools").await.unwrap();
+        engine.wait_until_live().await.unwrap();
+        engine.shutdown().await;
+        assert_eq!(table(views).await, before);
     }
 }
 
