@@ -479,6 +479,13 @@ impl Connection {
         }
     }
 
+    /// Marks a proxy of a job's brief disabled or usable.
+    fn set_proxy_disabled(&mut self, job: JobId, proxy: ProxyIndex, disabled: bool) {
+        if let Some(brief) = self.briefs.get_mut(&job) {
+            Arc::make_mut(brief).set_proxy_disabled(proxy, disabled);
+        }
+    }
+
     /// A message that is not the answer awaited: kept as a notice, or an
     /// error when it can be nothing but a misunderstanding.
     fn stray(
@@ -521,14 +528,6 @@ impl Connection {
         };
         self.notices.push_back(notice);
         Ok(())
-    }
-}
-
-impl Connection {
-    fn set_proxy_disabled(&mut self, job: JobId, proxy: ProxyIndex, disabled: bool) {
-        if let Some(brief) = self.briefs.get_mut(&job) {
-            Arc::make_mut(brief).set_proxy_disabled(proxy, disabled);
-        }
     }
 }
 

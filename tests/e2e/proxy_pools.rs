@@ -132,11 +132,7 @@ async fn proxy_health_is_watched_live(app: TestApp) {
         "query($d: UUID!, $v: Int!) {{ proxyPool(dataset: $d, version: $v) {{ {POOL_FIELDS} }} }}"
     );
     let r = app
-        .gql(
-            &by_version,
-            json!({ "d": proxies_id, "v": 1 }),
-            Some(&bob),
-        )
+        .gql(&by_version, json!({ "d": proxies_id, "v": 1 }), Some(&bob))
         .await;
     assert_eq!(code(&r), "NOT_FOUND", "another account's dataset: {r}");
 
@@ -189,8 +185,14 @@ async fn proxy_health_is_watched_live(app: TestApp) {
             error: "net::ERR_TUNNEL_CONNECTION_FAILED".into(),
         })
         .collect();
-    let answer = runner.report(Uuid::now_v7(), job_id, failovers).await.unwrap();
-    assert!(matches!(answer, Answer::Accepted { recorded: 3, .. }), "{answer:?}");
+    let answer = runner
+        .report(Uuid::now_v7(), job_id, failovers)
+        .await
+        .unwrap();
+    assert!(
+        matches!(answer, Answer::Accepted { recorded: 3, .. }),
+        "{answer:?}"
+    );
 
     // The subscription sees it disabled, with why and until when.
     let pool = loop {
