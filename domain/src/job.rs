@@ -127,6 +127,19 @@ pub struct JobSpec {
     pub thresholds: Thresholds,
 }
 
+impl JobSpec {
+    /// The rows of the job's device profiles that a runner on `platform`
+    /// serves, in row order: the profiles its flows take in turn
+    /// ([`crate::job_brief::profile_for`]).
+    pub fn served_profiles(&self, platform: Platform) -> Vec<u32> {
+        (0u32..)
+            .zip(&self.platforms)
+            .filter(|&(_, &wanted)| platform.serves(wanted))
+            .map(|(row, _)| row)
+            .collect()
+    }
+}
+
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -107,9 +107,10 @@ mod cases {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
         let mut config = live.config(new_runner(), &key);
+        // Only versions newer than this gateway's.
         config.protocol = VersionRange {
-            oldest: 2,
-            newest: 3,
+            oldest: domain::runner_protocol::PROTOCOL_VERSION + 1,
+            newest: domain::runner_protocol::PROTOCOL_VERSION + 2,
         };
         let (code, message) = refusal(Connection::open(&config).await);
         assert_eq!(code, ErrorCode::UnsupportedProtocol);

@@ -16,6 +16,7 @@ mod jobs;
 mod login_limits;
 mod process;
 mod projections;
+mod proxy_pools;
 mod recovery;
 mod runners;
 mod safe_mode;

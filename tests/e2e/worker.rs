@@ -15,13 +15,13 @@ use domain::flow::{Click, FlowFinished, FlowId, FlowOutcome, PageLoad};
 use domain::job::JobId;
 use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
-use runner::worker::{self, Executor, Order, Progress, Totals, WorkerOptions};
+use runner::worker::{self, Executor, Finished, Order, Progress, Totals, WorkerOptions};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::helpers::{PASSWORD, TestApp, TestStore, spawn_app};
-use crate::recovery::{TERMS, flow_accounting, running_job_of, runner_url, standing};
+use crate::recovery::{TERMS, flow_accounting, runner_url, running_job_of, standing};
 use crate::runners::runner_config;
 
 /// Flows that take `work` each, counted as they run.
@@ -60,7 +60,11 @@ impl Executor for Timed {
         self.capacity
     }
 
-    fn run(&self, order: Order, progress: Progress) -> impl Future<Output = FlowFinished> + Send + 'static {
+    fn run(
+        &self,
+        order: Order,
+        progress: Progress,
+    ) -> impl Future<Output = Finished> + Send + 'static {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         self.started.lock().unwrap().push((order.job, order.flow));
@@ -70,7 +74,7 @@ impl Executor for Timed {
             let _running = running;
             progress.started(None);
             tokio::time::sleep(work).await;
-            FlowFinished {
+            let report = FlowFinished {
                 flow: order.flow,
                 outcome: FlowOutcome::Succeeded,
                 duration_ms: work.as_millis() as u64,
@@ -84,6 +88,10 @@ impl Executor for Timed {
                 } else {
                     Vec::new()
                 },
+            };
+            Finished {
+                report,
+                rest: Duration::ZERO,
             }
         }
     }
@@ -113,7 +121,10 @@ fn start(
 async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) -> Duration {
     let began = Instant::now();
     while !done().await {
-        assert!(began.elapsed() < Duration::from_secs(60), "{what}: timed out");
+        assert!(
+            began.elapsed() < Duration::from_secs(60),
+            "{what}: timed out"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     began.elapsed()

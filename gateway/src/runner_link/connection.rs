@@ -97,8 +97,13 @@ pub async fn serve(app: AppState, socket: WebSocket) {
         return;
     }
     tracing::info!(runner = %peer.runner, name = %peer.name, "runner connected");
-    let mut session = work::Session::new(peer, capabilities);
+    let mut session = work::Session::new(peer, attachment.connection(), capabilities);
     session.draining = draining;
+    for brief in work::briefs_of_held_jobs(&link, &session).await {
+        if link.send(&brief).await.is_err() {
+            return;
+        }
+    }
     let end = link.run(&mut session, notices, &mut heard).await;
     let peer = session.peer();
     // Still its connection, here and on every gateway? Then its going is
@@ -536,8 +541,14 @@ impl Link {
                     slots,
                     flows,
                 } => {
-                    let answer = work::lease(self, session, request, slots, flows).await;
-                    self.send(&answer).await
+                    let mut sent = Ok(());
+                    for answer in work::lease(self, session, request, slots, flows).await {
+                        sent = self.send(&answer).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    sent
                 }
                 RunnerMessage::Report {
                     batch,

@@ -3,22 +3,24 @@
 //! store for every gateway to see: see [`super::presence`].
 //!
 //! What other parts decide for a runner (an admin's drain, a job paused or
-//! stopped, a lease expired by any gateway's sweep, its key revoked)
-//! reaches it through [`relay`], which follows the log: whichever gateway
-//! appended the event, the one holding the runner's connection passes it on.
+//! stopped, a lease expired by any gateway's sweep, its key revoked, a
+//! proxy of a job it was briefed on disabled or enabled again) reaches it
+//! through [`relay`], which follows the log: whichever gateway appended the
+//! event, the one holding the runner's connection passes it on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use domain::job::{JobEvent, JobId};
+use domain::job::{DatasetVersionRef, JobEvent, JobId};
+use domain::proxy_pool::{self, ProxyPoolEvent};
 use domain::runner::{RunnerEvent, RunnerId};
 use domain::runner_key::{RunnerKeyEvent, RunnerKeyId};
 use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
 use domain::{EventRegistry, RecordedEvent};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::runner_link::targets::TargetUrls;
+use crate::runner_link::targets::Targets;
 use uuid::Uuid;
 
 /// Messages queued for one connection before it counts as stuck.
@@ -29,6 +31,9 @@ struct Linked {
     /// The key it authenticated with.
     key: RunnerKeyId,
     notices: mpsc::Sender<GatewayMessage>,
+    /// The jobs this connection was sent the brief of, with their proxy
+    /// pools: it hears of those pools' proxies being disabled or enabled.
+    briefed: HashMap<JobId, Option<DatasetVersionRef>>,
 }
 
 /// The runners connected here.
@@ -36,10 +41,10 @@ struct Linked {
 pub struct Fleet {
     linked: Mutex<HashMap<RunnerId, Linked>>,
     next_connection: AtomicU64,
-    /// The URLs the lease grants of this gateway carry.
-    pub targets: TargetUrls,
-    /// One turn-taking lock per job: see [`Fleet::job_turn`].
-    job_turns: Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The targets the lease grants of this gateway carry.
+    pub targets: Targets,
+    /// One turn-taking lock per stream: see [`Fleet::turn`].
+    turns: Mutex<HashMap<domain::StreamId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A connection's place in the fleet; leaving it frees the place, unless a
@@ -57,6 +62,11 @@ impl Attachment<'_> {
             .lock()
             .get(&self.runner)
             .is_some_and(|l| l.connection == self.connection)
+    }
+
+    /// The connection's number in the fleet.
+    pub fn connection(&self) -> u64 {
+        self.connection
     }
 }
 
@@ -92,6 +102,7 @@ impl Fleet {
                 connection,
                 key,
                 notices,
+                briefed: HashMap::new(),
             },
         );
         Attachment {
@@ -101,16 +112,17 @@ impl Fleet {
         }
     }
 
-    /// The lock commands on `job` from this gateway's connections take
-    /// turns on, so that they queue instead of racing each other into
-    /// version conflicts on the job's stream. In memory and per gateway:
-    /// between gateways the store's optimistic concurrency decides.
-    pub fn job_turn(&self, job: JobId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.job_turns.lock().unwrap_or_else(|p| p.into_inner());
+    /// The lock commands on `stream` (a job's, a proxy pool's) from this
+    /// gateway's connections take turns on, so that they queue instead of
+    /// racing each other into version conflicts on the stream. In memory
+    /// and per gateway: between gateways the store's optimistic
+    /// concurrency decides.
+    pub fn turn(&self, stream: &domain::StreamId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         if turns.len() > 1024 {
             turns.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
-        turns.entry(job).or_default().clone()
+        turns.entry(stream.clone()).or_default().clone()
     }
 
     /// How many runners are connected here.
@@ -120,6 +132,50 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Records that connection `connection` of `runner` has the brief of
+    /// `job`, whose proxies are `pool`: from now on it hears of them.
+    /// Recorded before the brief is read, so that no change after the read
+    /// goes unheard.
+    pub fn briefed(
+        &self,
+        runner: RunnerId,
+        connection: u64,
+        job: JobId,
+        pool: Option<DatasetVersionRef>,
+    ) {
+        if let Some(l) = self.lock().get_mut(&runner)
+            && l.connection == connection
+        {
+            l.briefed.insert(job, pool);
+        }
+    }
+
+    /// Has connection `connection` of `runner` been sent the brief of `job`?
+    pub fn has_brief(&self, runner: RunnerId, connection: u64, job: JobId) -> bool {
+        self.lock()
+            .get(&runner)
+            .is_some_and(|l| l.connection == connection && l.briefed.contains_key(&job))
+    }
+
+    /// Forgets a brief that could not be sent.
+    pub fn unbriefed(&self, runner: RunnerId, connection: u64, job: JobId) {
+        if let Some(l) = self.lock().get_mut(&runner)
+            && l.connection == connection
+        {
+            l.briefed.remove(&job);
+        }
+    }
+
+    /// Queues, for every connection here briefed on a job whose proxies
+    /// are `pool`, the message `about` makes for that job.
+    pub fn notify_pool(&self, pool: DatasetVersionRef, about: impl Fn(JobId) -> GatewayMessage) {
+        for l in self.lock().values() {
+            for (&job, _) in l.briefed.iter().filter(|(_, p)| **p == Some(pool)) {
+                let _ = l.notices.try_send(about(job));
+            }
+        }
     }
 
     /// Queues a message for one runner, if it is connected here. A runner
@@ -146,11 +202,15 @@ impl Fleet {
     }
 }
 
+/// A message for each job a connection was briefed on, by job.
+type PerJob = Box<dyn Fn(JobId) -> GatewayMessage + Send>;
+
 /// Whom an event concerns, and what to tell them.
 enum Relay {
     One(RunnerId, GatewayMessage),
     Key(RunnerKeyId, GatewayMessage),
     All(GatewayMessage),
+    Pool(DatasetVersionRef, PerJob),
 }
 
 /// What a runner must hear of `event`, if anything.
@@ -166,6 +226,8 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
         "JobCompleted",
         "LeaseExpired",
         "RunnerKeyRevoked",
+        "ProxyDisabled",
+        "ProxyReEnabled",
     ];
     if !RELAYED.contains(&event.event_type.as_str()) {
         return None;
@@ -183,6 +245,36 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
             r.key,
             GatewayMessage::Error(refused.into_message()),
         ));
+    }
+    if let Some(pool) = proxy_pool::pool_of(stream) {
+        return match registry.decode::<ProxyPoolEvent>(event).ok()? {
+            ProxyPoolEvent::ProxyDisabled(d) => {
+                let reason = if d.on_trial {
+                    format!("it failed again on trial (last: {})", d.last_error)
+                } else {
+                    format!(
+                        "{} failures within {} s (last: {})",
+                        d.failures, d.within_s, d.last_error
+                    )
+                };
+                Some(Relay::Pool(
+                    pool,
+                    Box::new(move |job| GatewayMessage::ProxyDisabled {
+                        job,
+                        proxy: d.proxy,
+                        reason: reason.clone(),
+                    }),
+                ))
+            }
+            ProxyPoolEvent::ProxyReEnabled(e) => Some(Relay::Pool(
+                pool,
+                Box::new(move |job| GatewayMessage::ProxyEnabled {
+                    job,
+                    proxy: e.proxy,
+                }),
+            )),
+            _ => None,
+        };
     }
     if let Some(id) = stream.strip_prefix("runner-") {
         let runner = RunnerId(Uuid::parse_str(id).ok()?);
@@ -236,6 +328,7 @@ pub async fn relay(fleet: Arc<Fleet>, mut events: broadcast::Receiver<Arc<Record
             Some(Relay::One(runner, message)) => fleet.notify(runner, message),
             Some(Relay::Key(key, message)) => fleet.notify_key(key, &message),
             Some(Relay::All(message)) => fleet.notify_all(&message),
+            Some(Relay::Pool(pool, about)) => fleet.notify_pool(pool, about),
             None => {}
         }
     }

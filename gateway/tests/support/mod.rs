@@ -69,7 +69,8 @@ fn gateway_config() -> GatewayConfig {
         session_policy: SessionPolicy::default(),
         login_limits: LoginLimits::default(),
         trusted_proxies: TrustedProxies::default(),
-        data_key: None,
+        // Proxy passwords are sealed with it, and opened for briefs.
+        data_key: Some(Arc::new(datasets::DataKey::generate().unwrap())),
         upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
         verification: gateway::verification::VerificationSettings::default(),
     }
@@ -146,6 +147,11 @@ impl Live {
             stop,
             serving,
         }
+    }
+
+    /// The gateway's own state.
+    pub fn app(&self) -> &AppState {
+        &self.app
     }
 
     /// A plain HTTP GET on the gateway: (status, body).
@@ -354,6 +360,7 @@ pub fn owner() -> Context {
             max_instances: 64,
             human_surfing: true,
             external_clicks: true,
+            import_proxy: true,
             max_flows_per_day: 10_000_000,
             max_targets: 1_000_000,
             ..Allowances::default()
@@ -517,8 +524,70 @@ impl Live {
         job
     }
 
-    /// Runs (or resumes) `job` with shop.example.com allow-listed and safe
-    /// mode off.
+    /// A RUNNING job of ada's over the first versions of datasets made of
+    /// these csv texts (its targets on shop.example.com), with the given
+    /// settings; `platforms` are the device profiles' rows' platforms.
+    pub async fn running_job_of(
+        &self,
+        targets: &str,
+        profiles: (&str, Vec<Platform>),
+        settings_profile: &str,
+        proxies: Option<&str>,
+        settings: JobSettings,
+    ) -> JobId {
+        let Ok(datasets::Rows::Targets(rows)) = datasets::parse(
+            DatasetKind::Targets,
+            ImportFormat::Csv,
+            targets.as_bytes(),
+            &ImportOptions::default(),
+        ) else {
+            panic!("test targets do not parse")
+        };
+        let plan = rows
+            .iter()
+            .map(|t| TargetPlan {
+                domain: DomainName::parse(t.url.host_str().unwrap()).unwrap(),
+                flows: t.flow_target,
+                clicks: t.click_target,
+            })
+            .collect();
+        let proxies = match proxies {
+            Some(csv) => Some(domain::job::ProxiesRef {
+                version: self.publish(DatasetKind::Proxies, csv).await,
+                proxies: csv.lines().count() as u32 - 1,
+            }),
+            None => None,
+        };
+        let spec = JobSpec {
+            owner: Username::parse(OWNER).unwrap(),
+            name: "brief test".into(),
+            targets: self.publish(DatasetKind::Targets, targets).await,
+            proxies,
+            device_profiles: self.publish(DatasetKind::DeviceProfiles, profiles.0).await,
+            platforms: profiles.1,
+            settings_profile: self
+                .publish(DatasetKind::SettingsProfiles, settings_profile)
+                .await,
+            settings,
+            thresholds: Thresholds::default(),
+        };
+        let job = JobId(Uuid::now_v7());
+        self.job(
+            job,
+            JobCommand::Create {
+                id: job,
+                spec,
+                targets: plan,
+            },
+            &owner(),
+        )
+        .await
+        .unwrap();
+        self.run(job).await;
+        job
+    }
+
+    /// Runs (or resumes) `job` with its domain allow-listed and safe mode off.
     pub async fn run(&self, job: JobId) {
         let domain = DomainName::parse("shop.example.com").unwrap();
         let domain_stream = target_domain::stream(&domain).unwrap();
