@@ -769,9 +769,9 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser() {
+fn a_killed_or_hung_chromium_fails_its_flows_is_relaunched_and_none_outlives_the_browser() {
     if !chromium(
-        "a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser",
+        "a_killed_or_hung_chromium_fails_its_flows_is_relaunched_and_none_outlives_the_browser",
     ) {
         return;
     }
@@ -859,6 +859,27 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
             !group_alive(first)
         });
         let second = browser.pid().unwrap();
+        // A hung Chromium (stopped, so it answers nothing) is found by the
+        // watchdog's pings, killed and replaced too.
+        std::process::Command::new("kill")
+            .args(["-STOP", &second.to_string()])
+            .status()
+            .unwrap();
+        let hung = tokio::task::spawn_blocking({
+            let browser = browser.clone();
+            move || {
+                wait_until("a relaunch after a hang", Duration::from_secs(40), || {
+                    browser.relaunches() == 2 && browser.pid().is_some_and(|p| p != second)
+                });
+                browser.last_death().unwrap_or_default()
+            }
+        });
+        let reason = hung.await.unwrap();
+        assert!(reason.contains("stopped answering"), "{reason}");
+        wait_until("the hung group gone", Duration::from_secs(10), || {
+            !group_alive(second)
+        });
+        let third = browser.pid().unwrap();
         let profile = browser.profile_dir().unwrap();
         assert!(any_process_of(&profile));
         let fresh = browser
@@ -873,12 +894,12 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
         assert_eq!(nav.status, Some(200));
         fresh.close().await.unwrap();
 
-        assert!(group_alive(second));
+        assert!(group_alive(third));
         drop(browser);
         wait_until(
             "no Chromium after the browser drops",
-            Duration::from_secs(5),
-            || !group_alive(second),
+            Duration::from_secs(10),
+            || !group_alive(third) && !any_process_of(&profile),
         );
         no_parse_errors();
     });
