@@ -2,14 +2,18 @@
 //! work, drives headless Chromium (chromiumoxide) and reports progress as
 //! events. Only ever sends traffic to consented domains.
 //!
+//! - [`behaviour`]: how a flow behaves (referrer, dwell, pages, scrolling,
+//!   clicks), planned from its settings; pure;
 //! - [`browser`]: the Chromium driver (contexts per flow, consent gate,
 //!   page operations, watchdog);
 //! - [`client`]: the runner protocol's client, one connection to a gateway;
 //! - [`zero_work`]: a runner that does no work, for the orchestrator's tests
 //!   and benchmark.
 
+pub mod behaviour;
 pub mod browser;
 pub mod client;
+pub mod worker;
 pub mod zero_work;
 
 pub use client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice, Terms};
