@@ -325,7 +325,19 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
             Err(FlowError::Blocked(_))
         ));
 
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Everything the page tried has had its chance: the allowed socket
+        // arrived and the refused one was reported.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (good.seen_path("/socket").is_empty()
+            || !page
+                .console_errors()
+                .iter()
+                .any(|e| e.contains("consented domains")))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             bad.seen().len(),
             0,
@@ -530,7 +542,16 @@ fn a_failed_flow_keeps_a_screenshot_console_errors_and_the_request_log() {
         page.navigate(&format!("{}/broken", site.origin("127.0.0.1")), None)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The log follows the page's events as they come: wait for the image's end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !page
+            .request_log()
+            .iter()
+            .any(|r| r.url.ends_with("/missing.png") && r.bytes.is_some())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let artifacts = page.failure_artifacts().await;
         assert!(
             artifacts.console_errors.iter().any(|e| e == "boom 42"),
