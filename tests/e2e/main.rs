@@ -5,6 +5,7 @@ mod admin;
 mod app;
 mod audit_streams;
 mod bench;
+mod browser_runs;
 mod consents;
 mod datasets;
 mod dns_server;

@@ -15,6 +15,7 @@
 pub mod brief;
 pub mod connection;
 pub mod fleet;
+pub mod local_key;
 pub mod presence;
 pub mod proxy_health;
 pub mod targets;
