@@ -237,7 +237,7 @@ impl Session {
             brief
                 .domains
                 .iter()
-                .chain(&brief.external_click_domains)
+                .chain(&self.order.terms.external_click_domains)
                 .map(|d| d.to_string()),
         );
         let marker = brief
@@ -297,7 +297,7 @@ impl Session {
         if let Some(p) = self.proxy {
             self.keep(brief, p);
         }
-        let result = self.pages_of(&context, brief, plan, first).await;
+        let result = self.pages_of(&context, plan, first).await;
         if let Err(e) = &result {
             self.log_failure_text(&context, e).await;
         }
@@ -309,7 +309,6 @@ impl Session {
     async fn pages_of(
         &mut self,
         context: &FlowContext,
-        brief: &JobBrief,
         plan: behaviour::SessionPlan,
         first: Navigation,
     ) -> Result<(), FlowFailure> {
@@ -352,7 +351,7 @@ impl Session {
                         break;
                     }
                     Step::Exit(Exit::Click(kind)) => {
-                        self.click(page, brief, kind).await?;
+                        self.click(page, kind).await?;
                         return Ok(());
                     }
                 }
@@ -363,16 +362,14 @@ impl Session {
 
     /// The flow's click: a visible link of `kind`, external ones only to
     /// consented domains; what could not be clicked is recorded as skipped.
-    async fn click(
-        &mut self,
-        page: &FlowPage,
-        brief: &JobBrief,
-        kind: LinkKind,
-    ) -> Result<(), FlowFailure> {
+    async fn click(&mut self, page: &FlowPage, kind: LinkKind) -> Result<(), FlowFailure> {
+        // The consented domains as of the flow's grant, not the brief's:
+        // every grant carries the owner's consents afresh, so a consent
+        // revoked mid-run stops clicks from the next grant on.
+        let external = &self.order.terms.external_click_domains;
         let consented = |l: &Link| {
             !l.internal
-                && DomainName::parse(&l.host)
-                    .is_ok_and(|d| brief.external_click_domains.iter().any(|c| c.covers(&d)))
+                && DomainName::parse(&l.host).is_ok_and(|d| external.iter().any(|c| c.covers(&d)))
         };
         let (link, others) = match kind {
             LinkKind::Internal => find_link(page, |l| l.internal, &self.order).await?,
@@ -385,7 +382,7 @@ impl Session {
             // External links there are, but none to a consented domain.
             self.clicks.push(Click::Skipped {
                 domain: DomainName::parse(&other.host).ok(),
-                reason: if brief.external_click_domains.is_empty() {
+                reason: if external.is_empty() {
                     SkipReason::ExternalClicksOff
                 } else {
                     SkipReason::NotConsented
