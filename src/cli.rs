@@ -50,8 +50,12 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway: open the store, apply migrations, serve HTTP.
+    /// Run the gateway: open the store, apply migrations, serve HTTP, and
+    /// (unless --no-runner) a browser runner in the same process.
     Serve(ServeArgs),
+    /// Run a browser runner: connect out to a gateway, lease flows and
+    /// perform them in headless Chromium.
+    Runner(RunnerArgs),
     /// Apply pending schema migrations to the store and exit.
     Migrate,
     /// Inspect the event log.
@@ -110,6 +114,44 @@ pub struct ServeArgs {
     pub lease_ttl_ms: Option<u32>,
     #[command(flatten)]
     pub verification: VerificationArgs,
+    /// Start no browser runner in this process [default: one is started]
+    #[arg(long, env = "TB_NO_RUNNER")]
+    pub no_runner: bool,
+    #[command(flatten)]
+    pub browser: BrowserArgs,
+}
+
+/// The browser a runner drives.
+#[derive(Debug, Clone, Args)]
+pub struct BrowserArgs {
+    /// Chromium or Chrome to run [default: $CHROME, else the usual install
+    /// paths]
+    #[arg(long, value_name = "PATH")]
+    pub chrome: Option<PathBuf>,
+    /// Most flows a runner runs at once; free memory may allow fewer
+    /// [default: 4]
+    #[arg(long, env = "TB_RUNNER_INSTANCES", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub max_instances: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunnerArgs {
+    /// The gateway's runner socket, e.g. ws://10.0.0.5:8080/runner
+    #[arg(long, env = "TB_GATEWAY", value_name = "URL")]
+    pub gateway: String,
+    /// A file holding the runner key (from createRunnerKey); or set
+    /// TB_RUNNER_KEY. Never a flag, so the key stays out of `ps`.
+    #[arg(long, env = "TB_RUNNER_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// A name for people [default: the host name]
+    #[arg(long, env = "TB_RUNNER_NAME")]
+    pub name: Option<String>,
+    /// A placement label, e.g. region=eu-west (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub browser: BrowserArgs,
 }
 
 /// How domains are verified.

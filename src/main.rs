@@ -46,6 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     telemetry::init(settings.log_format, default_level);
     match cli.command {
         Command::Serve(args) => commands::serve::run(&settings, &args).await,
+        Command::Runner(args) => commands::runner::run(&args).await,
         Command::Migrate => commands::migrate::run(&settings).await,
         Command::Events(EventsCommand::Tail(args)) => commands::tail::run(&settings, &args).await,
         Command::Projections(ProjectionsCommand::Rebuild { view }) => {

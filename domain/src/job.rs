@@ -5,6 +5,13 @@
 //! READY → RUNNING ⇄ PAUSED → DONE | FAILED | STOPPED. A run starts only by
 //! an explicit, guarded command; running a running job is a conflict.
 //!
+//! A run stays within its consent: it records when its domains' consent
+//! ends and leases nothing from then on, and the gateway's consent guard
+//! halts it (paused, the reason recorded, every lease taken back) when safe
+//! mode goes on or a domain loses its consent. Paused rather than failed,
+//! as the reason is usually put right; its owner resumes it, checked as a
+//! run is.
+//!
 //! Built for jobs of 100,000+ flows: a lease hands a runner ranges of flows
 //! and a report carries a batch of outcomes, each one event; the state keeps
 //! sets of flows as ranges (pool, done, held per runner), counters per job
@@ -34,10 +41,10 @@ use crate::flow::{
 };
 use crate::job_plan::{self, JobPlan, PlanError, RUNS_PER_EVENT, TargetPlan, TargetRun};
 use crate::licence::{Feature, Limit, NotLicensed};
-use crate::reason::{Reason, one_line};
+use crate::reason::{MAX_REASON, Reason, one_line};
 use crate::runner::{Platform, RunnerId};
 use crate::system_settings::{self, SafeModeOn, SystemSettingsState};
-use crate::target_domain::{self, NoConsent, TargetDomainState};
+use crate::target_domain::{self, Consent, NoConsent, TargetDomainState};
 use crate::thresholds::{PerMille, ThresholdError, Thresholds};
 
 /// Most flows one lease grants at once.
@@ -120,6 +127,19 @@ pub struct JobSpec {
     pub thresholds: Thresholds,
 }
 
+impl JobSpec {
+    /// The rows of the job's device profiles that a runner on `platform`
+    /// serves, in row order: the profiles its flows take in turn
+    /// ([`crate::job_brief::profile_for`]).
+    pub fn served_profiles(&self, platform: Platform) -> Vec<u32> {
+        (0u32..)
+            .zip(&self.platforms)
+            .filter(|&(_, &wanted)| platform.serves(wanted))
+            .map(|(row, _)| row)
+            .collect()
+    }
+}
+
 /// Why a job failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -173,6 +193,15 @@ pub struct JobPlanContinued {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStarted {
     pub by: String,
+    /// When the first of its domains' consents ends (a verification
+    /// expires); `None`: not before someone withdraws it (allow-listed, or
+    /// a job started before this was recorded).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub consented_until: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -183,6 +212,36 @@ pub struct JobPaused {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobResumed {
     pub by: String,
+    /// As [`JobStarted::consented_until`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub consented_until: Option<OffsetDateTime>,
+}
+
+/// The system paused the job because it may not send traffic now (safe
+/// mode, or a domain's consent lapsed or was withdrawn), and took back
+/// every lease at once: its runners stop its flows now, and unfinished
+/// flows return to the pool. The owner resumes it once the reason is gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobHalted {
+    pub reason: Reason,
+}
+
+/// The job's consent was checked again and now ends at another time (a
+/// domain verified again, allow-listed, or a listing removed while a
+/// verification still holds).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConsentRechecked {
+    /// As [`JobStarted::consented_until`].
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub consented_until: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,6 +316,8 @@ crate::event_set! {
         FlowsReported(FlowsReported) = 1,
         FlowsHandedBack(FlowsHandedBack) = 1,
         LeaseExpired(LeaseExpired) = 1,
+        JobHalted(JobHalted) = 1,
+        ConsentRechecked(ConsentRechecked) = 1,
     }
 }
 
@@ -348,6 +409,14 @@ impl crate::registry::Summary for JobEvent {
                 e.runner,
                 ranges_len(&e.flows)
             ),
+            Self::JobHalted(e) => format!(
+                "{stream} halted (paused, its leases taken back): {}",
+                e.reason
+            ),
+            Self::ConsentRechecked(e) => match e.consented_until {
+                Some(until) => format!("consent of {stream} checked again: it holds until {until}"),
+                None => format!("consent of {stream} checked again: it holds until withdrawn"),
+            },
         }
     }
 }
@@ -362,6 +431,15 @@ pub struct RunChecks {
     pub domains: BTreeMap<DomainName, TargetDomainState>,
     /// Flows the owner's jobs finished today.
     pub flows_today: u64,
+}
+
+/// What keeping a run going needs from other streams, as the gateway read
+/// them: safe mode, and the consent of each of the job's domains and their
+/// parents (as in [`RunChecks`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsentChecks {
+    pub system: SystemSettingsState,
+    pub domains: BTreeMap<DomainName, TargetDomainState>,
 }
 
 /// Which flows a runner hands back.
@@ -418,6 +496,11 @@ pub enum JobCommand {
     },
     /// Returns the flows of every lease whose time is up to the pool.
     ExpireLeases,
+    /// The gateway checks a run's consent again (safe mode switched, a
+    /// domain's consent changed or its verification is due to expire): a
+    /// run that may not go on is halted; one whose consent now ends at
+    /// another time records it.
+    CheckConsent(ConsentChecks),
 }
 
 /// A job's lifecycle status.
@@ -524,6 +607,11 @@ pub enum JobError {
     ReportTooLarge { bytes: usize },
     #[error("a lease must last a positive time")]
     BadTtl,
+    /// Checked at every lease; the gateway halts the job at once.
+    #[error(
+        "the consent of the job's domains lapsed at {at}: no flow of it is leased until it is checked again"
+    )]
+    ConsentLapsed { at: OffsetDateTime },
 }
 
 fn list<T: fmt::Display>(items: &[T]) -> String {
@@ -608,6 +696,10 @@ pub struct Job {
     pub tally: Tally,
     /// Per domain, in the order of [`JobPlan::domains`].
     pub domain_pages: Vec<PageTally>,
+    /// While running: when its consent ends, as last checked (see
+    /// [`JobStarted::consented_until`]); no lease is granted from then on.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub consented_until: Option<OffsetDateTime>,
 }
 
 impl Job {
@@ -619,6 +711,13 @@ impl Job {
     /// Slots of the job's instances that leases hold.
     pub fn slots_in_use(&self) -> u32 {
         self.leases.values().map(|l| l.slots).sum()
+    }
+
+    /// Running, or paused with leases still held: runners may be sending
+    /// its traffic now, so its consent is what a halt guards.
+    pub fn sends_traffic(&self) -> bool {
+        self.status == JobStatus::Running
+            || (self.status == JobStatus::Paused && !self.leases.is_empty())
     }
 
     fn remaining(&self) -> u64 {
@@ -682,6 +781,7 @@ impl Decider for JobAggregate {
             } => report(existing()?, runner, reports, &click_consent, ctx),
             C::HandBack { runner, flows } => hand_back(existing()?, runner, flows, ctx),
             C::ExpireLeases => expire(existing()?, ctx),
+            C::CheckConsent(checks) => check_consent(existing()?, &checks, ctx),
         }
     }
 }
@@ -703,6 +803,7 @@ fn created(e: &JobCreated) -> Job {
         done: FlowSet::new(),
         leases: BTreeMap::new(),
         tally: Tally::default(),
+        consented_until: None,
     }
 }
 
@@ -720,8 +821,23 @@ fn apply(job: &mut Job, event: &JobEvent) {
             job.domain_pages
                 .resize(job.plan.domains().len(), PageTally::default());
         }
-        E::JobStarted(_) | E::JobResumed(_) => job.status = JobStatus::Running,
+        E::JobStarted(JobStarted {
+            consented_until, ..
+        })
+        | E::JobResumed(JobResumed {
+            consented_until, ..
+        }) => {
+            job.status = JobStatus::Running;
+            job.consented_until = *consented_until;
+        }
+        E::ConsentRechecked(e) => job.consented_until = e.consented_until,
         E::JobPaused(_) => job.status = JobStatus::Paused,
+        E::JobHalted(_) => {
+            job.status = JobStatus::Paused;
+            for lease in std::mem::take(&mut job.leases).into_values() {
+                job.pool.extend(lease.held.ranges().iter().copied());
+            }
+        }
         E::JobStopped(_) => end(job, JobStatus::Stopped),
         E::JobCompleted(_) => end(job, JobStatus::Done),
         E::JobFailed(e) => {
@@ -932,26 +1048,84 @@ fn run(
         Limit::MaxFlowsPerDay,
         checks.flows_today.saturating_add(job.remaining()),
     )?;
-    let refusals: Vec<NoConsent> = job
-        .plan
-        .domains()
-        .iter()
-        .filter_map(|domain| {
-            target_domain::consent_covering(domain, &job.spec.owner, ctx.now, |name| {
-                checks.domains.get(name)
-            })
-            .err()
-        })
-        .collect();
-    if !refusals.is_empty() {
-        return Err(JobError::NoConsent(refusals));
-    }
+    let consented_until =
+        consent_horizon(job, &checks.domains, ctx.now).map_err(JobError::NoConsent)?;
     let by = ctx.actor.name();
     Ok(vec![if job.status == JobStatus::Paused {
-        JobEvent::JobResumed(JobResumed { by })
+        JobEvent::JobResumed(JobResumed {
+            by,
+            consented_until,
+        })
     } else {
-        JobEvent::JobStarted(JobStarted { by })
+        JobEvent::JobStarted(JobStarted {
+            by,
+            consented_until,
+        })
     }])
+}
+
+/// How long traffic may go to every domain of the job for its owner, by
+/// `domains` at `now`: until the earliest verification among the consents
+/// expires (`None`: until withdrawn, every domain allow-listed), or every
+/// domain without consent. The one rule for starting and keeping a run.
+fn consent_horizon(
+    job: &Job,
+    domains: &BTreeMap<DomainName, TargetDomainState>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, Vec<NoConsent>> {
+    let mut until: Option<OffsetDateTime> = None;
+    let mut refusals = Vec::new();
+    for domain in job.plan.domains() {
+        match target_domain::consent_covering(domain, &job.spec.owner, now, |name| {
+            domains.get(name)
+        }) {
+            Ok(Consent::Verified { verification, .. }) => {
+                let ends = verification.valid_until;
+                until = Some(until.map_or(ends, |u| u.min(ends)));
+            }
+            Ok(Consent::AllowListed { .. }) => {}
+            Err(refusal) => refusals.push(refusal),
+        }
+    }
+    if refusals.is_empty() {
+        Ok(until)
+    } else {
+        Err(refusals)
+    }
+}
+
+/// Halts a run that may not go on (safe mode, a domain without consent),
+/// and a paused job's leases with it; records a consent that now ends at
+/// another time. Nothing else is touched: a run stopped for good or not
+/// started is not the system's to change.
+fn check_consent(
+    job: &Job,
+    checks: &ConsentChecks,
+    ctx: &Context,
+) -> Result<Vec<JobEvent>, JobError> {
+    require_system(ctx)?;
+    if !job.sends_traffic() {
+        return Ok(vec![]);
+    }
+    let running = job.status == JobStatus::Running;
+    let halt = |why: String| {
+        // Made from our own bounded texts: never empty, one line.
+        let reason = Reason::parse(&one_line(&why, MAX_REASON - 1))
+            .unwrap_or_else(|_| Reason::parse("the run may not go on").expect("a valid reason"));
+        Ok(vec![JobEvent::JobHalted(JobHalted { reason })])
+    };
+    if let Err(safe_mode) = system_settings::require_runs_allowed(&checks.system) {
+        return halt(safe_mode.to_string());
+    }
+    match consent_horizon(job, &checks.domains, ctx.now) {
+        Err(refusals) => halt(no_consent(&refusals)),
+        Ok(until) if running && until != job.consented_until => {
+            Ok(vec![JobEvent::ConsentRechecked(ConsentRechecked {
+                consented_until: until,
+            })])
+        }
+        Ok(_) => Ok(vec![]),
+    }
 }
 
 fn pause(job: &Job, ctx: &Context) -> Result<Vec<JobEvent>, JobError> {
@@ -998,6 +1172,11 @@ fn lease(
             status: job.status,
             action: "leased",
         });
+    }
+    if let Some(at) = job.consented_until
+        && ctx.now >= at
+    {
+        return Err(JobError::ConsentLapsed { at });
     }
     if !ttl.is_positive() {
         return Err(JobError::BadTtl);
@@ -1485,7 +1664,10 @@ mod tests {
     }
 
     fn started() -> JobEvent {
-        JobEvent::JobStarted(JobStarted { by: "ada".into() })
+        JobEvent::JobStarted(JobStarted {
+            by: "ada".into(),
+            consented_until: Some(consent_ends()),
+        })
     }
 
     fn paused() -> JobEvent {
@@ -1563,10 +1745,15 @@ mod tests {
             TargetDomainEvent::DomainVerified(DomainVerified {
                 account: user(account),
                 method: VerificationMethod::WellKnown,
-                valid_until: now() + Duration::days(7),
+                valid_until: consent_ends(),
                 by: account.into(),
             }),
         ])
+    }
+
+    /// When the tests' verifications expire.
+    fn consent_ends() -> OffsetDateTime {
+        now() + Duration::days(7)
     }
 
     fn checks() -> RunChecks {
@@ -1767,7 +1954,10 @@ mod tests {
 
     #[test]
     fn a_paused_job_runs_again_as_resumed_and_a_ready_one_is_not_resumed() {
-        let resumed = JobEvent::JobResumed(JobResumed { by: "ada".into() });
+        let resumed = JobEvent::JobResumed(JobResumed {
+            by: "ada".into(),
+            consented_until: Some(consent_ends()),
+        });
         Spec::<JobAggregate>::given(history([paused()]))
             .in_context(ada())
             .when(JobCommand::Resume(checks()))
@@ -1888,7 +2078,11 @@ mod tests {
                 domains: BTreeMap::from([(name("example.com"), allow_listed)]),
                 ..checks()
             }))
-            .then([started()]);
+            // Allow-listed: consented until someone withdraws it.
+            .then([JobEvent::JobStarted(JobStarted {
+                by: "ada".into(),
+                consented_until: None,
+            })]);
         // An expired verification does not consent.
         let mut later = ada();
         later.now = now() + Duration::days(8);
@@ -1919,7 +2113,10 @@ mod tests {
         Spec::<JobAggregate>::given([created()])
             .in_context(as_account("root", Role::SuperAdmin))
             .when(JobCommand::Run(checks()))
-            .then([JobEvent::JobStarted(JobStarted { by: "root".into() })]);
+            .then([JobEvent::JobStarted(JobStarted {
+                by: "root".into(),
+                consented_until: Some(consent_ends()),
+            })]);
     }
 
     #[test]
@@ -1962,6 +2159,235 @@ mod tests {
             .in_context(ada())
             .when(JobCommand::Stop { reason })
             .then_err(|e| e.to_string() == "a done job cannot be stopped");
+    }
+
+    // ---- consent during a run
+
+    fn consent(domains: &[(&str, TargetDomainState)]) -> ConsentChecks {
+        ConsentChecks {
+            system: safe_mode_off(),
+            domains: domains
+                .iter()
+                .map(|(domain, state)| (name(domain), state.clone()))
+                .collect(),
+        }
+    }
+
+    fn allow_listed() -> TargetDomainState {
+        TargetDomain::fold(&[TargetDomainEvent::DomainAllowListed(DomainAllowListed {
+            by: "root".into(),
+            reason: Reason::parse("staging").unwrap(),
+        })])
+    }
+
+    fn halted(reason: &str) -> JobEvent {
+        JobEvent::JobHalted(JobHalted {
+            reason: Reason::parse(reason).unwrap(),
+        })
+    }
+
+    #[test]
+    fn a_run_leases_nothing_once_its_consent_has_lapsed() {
+        Spec::<JobAggregate>::given(running())
+            .in_context(gateway(3600))
+            .when(lease_cmd(r1(), 1, 4))
+            .then([leased(r1(), 1, &[(0, 4)], 3600)]);
+        let lapsed = (consent_ends() - now()).whole_seconds();
+        Spec::<JobAggregate>::given(running())
+            .in_context(gateway(lapsed))
+            .when(lease_cmd(r1(), 1, 4))
+            .then_err(|e| *e == JobError::ConsentLapsed { at: consent_ends() });
+        // Reports on flows already leased are still taken.
+        Spec::<JobAggregate>::given(history([leased(r1(), 1, &[(0, 4)], 0)]))
+            .in_context(gateway(lapsed + 1))
+            .when(report_cmd(r1(), vec![ok(0)]))
+            .then([reported(r1(), vec![ok(0)])]);
+    }
+
+    #[test]
+    fn safe_mode_halts_a_run_and_takes_back_every_lease() {
+        let given = history([
+            leased(r1(), 1, &[(0, 4)], 0),
+            leased(r2(), 1, &[(4, 8)], 0),
+            reported(r1(), vec![ok(0)]),
+        ]);
+        let on = ConsentChecks {
+            system: SystemSettingsState::default(),
+            ..consent(&[
+                ("shop.example.com", verified_for("ada")),
+                ("blog.example.com", verified_for("ada")),
+            ])
+        };
+        let state = Spec::<JobAggregate>::given(given.clone())
+            .in_context(gateway(1))
+            .when(JobCommand::CheckConsent(on.clone()))
+            .then([halted(
+                "safe mode is on (a fresh install starts in safe mode): no job may start until a super-admin turns it off with a reason",
+            )]);
+        let halted_job = job(&state);
+        assert_eq!(halted_job.status, JobStatus::Paused);
+        assert!(halted_job.leases.is_empty(), "every lease taken back");
+        assert_eq!(
+            halted_job.pool.ranges(),
+            [range(1, 16)],
+            "unfinished flows back in the pool, the finished one counted"
+        );
+        assert_eq!(halted_job.tally.finished, 1);
+        let mut after = given.clone();
+        after.push(halted("safe mode is on"));
+        // Its runners' reports on those flows are refused, nothing more is
+        // leased, and it stays halted however often it is checked.
+        Spec::<JobAggregate>::given(after.clone())
+            .in_context(gateway(2))
+            .when(report_cmd(r1(), vec![ok(1)]))
+            .then_err(|e| matches!(e, JobError::NotHeld { .. }));
+        Spec::<JobAggregate>::given(after.clone())
+            .in_context(gateway(2))
+            .when(lease_cmd(r1(), 1, 4))
+            .then_err(|e| matches!(e, JobError::WrongStatus { .. }));
+        Spec::<JobAggregate>::given(after.clone())
+            .in_context(gateway(2))
+            .when(JobCommand::CheckConsent(on.clone()))
+            .then([]);
+        // Resumed by its owner only once safe mode is off again.
+        Spec::<JobAggregate>::given(after.clone())
+            .in_context(ada())
+            .when(JobCommand::Resume(RunChecks {
+                system: on.system,
+                ..checks()
+            }))
+            .then_err(|e| matches!(e, JobError::SafeMode(_)));
+        let state = Spec::<JobAggregate>::given(after)
+            .in_context(ada())
+            .when(JobCommand::Resume(checks()))
+            .then([JobEvent::JobResumed(JobResumed {
+                by: "ada".into(),
+                consented_until: Some(consent_ends()),
+            })]);
+        assert_eq!(job(&state).status, JobStatus::Running);
+    }
+
+    #[test]
+    fn a_domain_that_lost_its_consent_halts_the_run_naming_it() {
+        // blog.example.com's listing was removed; nothing else consents.
+        Spec::<JobAggregate>::given(history([leased(r1(), 1, &[(0, 4)], 0)]))
+            .in_context(gateway(1))
+            .when(JobCommand::CheckConsent(consent(&[(
+                "shop.example.com",
+                verified_for("ada"),
+            )])))
+            .then([halted(
+                "traffic may not go to blog.example.com: blog.example.com: the account has not claimed it; claim it and publish the verification token",
+            )]);
+        // Its verification expired: the same, from when leasing stops.
+        let lapsed = (consent_ends() - now()).whole_seconds();
+        let state = JobAggregate::fold(&running());
+        let events = JobAggregate::decide(
+            &state,
+            JobCommand::CheckConsent(consent(&[
+                ("shop.example.com", verified_for("ada")),
+                ("blog.example.com", verified_for("ada")),
+            ])),
+            &gateway(lapsed),
+        )
+        .unwrap();
+        let [JobEvent::JobHalted(JobHalted { reason })] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert!(
+            reason.as_str().starts_with(
+                "traffic may not go to shop.example.com, blog.example.com: shop.example.com: its verification expired at "
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_consent_that_now_ends_at_another_time_is_recorded_once() {
+        let checks = consent(&[
+            ("shop.example.com", allow_listed()),
+            ("blog.example.com", allow_listed()),
+        ]);
+        let rechecked = JobEvent::ConsentRechecked(ConsentRechecked {
+            consented_until: None,
+        });
+        let state = Spec::<JobAggregate>::given(running())
+            .in_context(gateway(1))
+            .when(JobCommand::CheckConsent(checks.clone()))
+            .then([rechecked.clone()]);
+        assert_eq!(job(&state).consented_until, None);
+        // Allow-listed now: leases go on past the old verification's end.
+        let lapsed = (consent_ends() - now()).whole_seconds();
+        Spec::<JobAggregate>::given(history([rechecked.clone()]))
+            .in_context(gateway(lapsed + 1))
+            .when(lease_cmd(r1(), 1, 2))
+            .then([leased(r1(), 1, &[(0, 2)], lapsed + 1)]);
+        Spec::<JobAggregate>::given(history([rechecked]))
+            .in_context(gateway(2))
+            .when(JobCommand::CheckConsent(checks))
+            .then([]);
+        Spec::<JobAggregate>::given(running())
+            .in_context(gateway(2))
+            .when(JobCommand::CheckConsent(consent(&[
+                ("shop.example.com", verified_for("ada")),
+                ("blog.example.com", verified_for("ada")),
+            ])))
+            .then([]);
+    }
+
+    #[test]
+    fn only_the_gateway_checks_and_only_runs_and_paused_jobs_holding_leases_are_halted() {
+        let safe_mode = ConsentChecks {
+            system: SystemSettingsState::default(),
+            ..consent(&[])
+        };
+        Spec::<JobAggregate>::given(running())
+            .in_context(ada())
+            .when(JobCommand::CheckConsent(safe_mode.clone()))
+            .then_err(|e| matches!(e, JobError::Forbidden(_)));
+        let stopped = JobEvent::JobStopped(JobStopped {
+            by: "ada".into(),
+            reason: None,
+        });
+        for given in [vec![created()], history([paused()]), history([stopped])] {
+            Spec::<JobAggregate>::given(given)
+                .in_context(gateway(1))
+                .when(JobCommand::CheckConsent(safe_mode.clone()))
+                .then([]);
+        }
+        // Paused by its owner while runners still finish flows: those stop.
+        let state = Spec::<JobAggregate>::given(history([leased(r1(), 1, &[(0, 4)], 0), paused()]))
+            .in_context(gateway(1))
+            .when(JobCommand::CheckConsent(safe_mode))
+            .then([halted(
+                "safe mode is on (a fresh install starts in safe mode): no job may start until a super-admin turns it off with a reason",
+            )]);
+        assert!(job(&state).leases.is_empty());
+        assert_eq!(job(&state).pool.len(), 16);
+    }
+
+    #[test]
+    fn a_start_recorded_before_consent_ends_were_kept_reads_as_unbounded() {
+        for ty in ["JobStarted", "JobResumed"] {
+            let recorded = crate::RecordedEvent {
+                position: crate::Position::new(1, 0),
+                id: crate::EventId::new(),
+                stream_id: id().stream().unwrap(),
+                stream_version: 1,
+                event_type: ty.into(),
+                schema_version: 1,
+                recorded_at: now(),
+                data: r#"{"by":"ada"}"#.into(),
+                metadata: crate::Metadata::default(),
+            };
+            let decoded: JobEvent = crate::event_registry().decode(&recorded).unwrap();
+            let until = match decoded {
+                JobEvent::JobStarted(e) => e.consented_until,
+                JobEvent::JobResumed(e) => e.consented_until,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(until, None);
+        }
     }
 
     // ---- leasing
@@ -2653,6 +3079,16 @@ mod tests {
                 "lease of runner {} on {stream} expired: 6 flows back in the pool",
                 r1()
             )
+        );
+        assert_eq!(
+            line(halted("safe mode is on")),
+            format!("{stream} halted (paused, its leases taken back): safe mode is on")
+        );
+        assert_eq!(
+            line(JobEvent::ConsentRechecked(ConsentRechecked {
+                consented_until: None
+            })),
+            format!("consent of {stream} checked again: it holds until withdrawn")
         );
     }
 

@@ -16,13 +16,19 @@ use uuid::Uuid;
 use crate::domain_name::DomainName;
 use crate::flow::{
     FlowId, FlowRange, FlowReport, MAX_CLICKS_PER_FLOW, MAX_LOG_CHARS, MAX_PAGES_PER_FLOW,
+    ProxyIndex,
 };
 use crate::job::{JobError, JobId, MAX_FLOWS_PER_LEASE, MAX_REPORTS_PER_BATCH};
+use crate::job_brief::{BriefTooLarge, JobBrief};
 use crate::runner::{Capabilities, RunnerId};
 use crate::runner_key::RunnerKey;
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The first version with job briefs (`job_brief`) and proxy notices
+/// (`proxy_disabled`, `proxy_enabled`): a gateway sends them only to
+/// runners that agreed on it or a later one.
+pub const BRIEFS_SINCE: u16 = 2;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// Largest text frame either side accepts, in bytes.
@@ -158,6 +164,25 @@ impl Limits {
     };
 }
 
+/// How a visit arrives at its target: what its referrer is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Traffic {
+    /// Typed in or bookmarked: no referrer.
+    #[default]
+    Direct,
+    /// From a link on another site: `source` is the referring page's URL.
+    Referral { source: String },
+    /// From a search engine's results for `keyword`.
+    Organic { engine: String, keyword: String },
+}
+
+impl Traffic {
+    pub fn is_direct(&self) -> bool {
+        matches!(self, Traffic::Direct)
+    }
+}
+
 /// What to do with some of a grant's flows: all of one target, all
 /// clicking or all not.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,6 +192,26 @@ pub struct FlowWork {
     pub url: String,
     /// These flows should click a link.
     pub click: bool,
+    /// How the visits arrive; absent: direct. Added in version 2 (optional,
+    /// so version 1 runners ignore it).
+    #[serde(default, skip_serializing_if = "Traffic::is_direct")]
+    pub traffic: Traffic,
+    /// The device profile of each of `flows`, in order, by its row in the
+    /// job's device profiles version (the brief's `profiles`). Added in
+    /// version 2, optional.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<u32>,
+}
+
+impl FlowWork {
+    /// The device profile row `flow` of this work uses, if it was given.
+    pub fn profile_of(&self, flow: FlowId) -> Option<u32> {
+        let offset = flow.0.checked_sub(self.flows.start())?;
+        if offset >= self.flows.len() {
+            return None;
+        }
+        self.profiles.get(usize::try_from(offset).ok()?).copied()
+    }
 }
 
 /// Flows leased to the runner, and what to do with them.
@@ -239,7 +284,86 @@ pub enum GatewayMessage {
     Drain {
         by: String,
     },
+    /// Part `part` (from 0) of `parts` of a job's brief (version 2): sent
+    /// before the first grant of the job on a connection, and for the jobs
+    /// a runner holds when it connects again. Parts come in order, one
+    /// after the other; put together, they are the brief.
+    JobBrief {
+        part: u32,
+        parts: u32,
+        brief: JobBrief,
+    },
+    /// The gateway disabled the job's proxy `proxy` (version 2): pick it
+    /// for no new flow.
+    ProxyDisabled {
+        job: JobId,
+        proxy: ProxyIndex,
+        reason: String,
+    },
+    /// The job's proxy `proxy` may be picked again (version 2).
+    ProxyEnabled {
+        job: JobId,
+        proxy: ProxyIndex,
+    },
     Error(ErrorMessage),
+}
+
+impl GatewayMessage {
+    /// The message's `type`, as on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            GatewayMessage::Welcome { .. } => "welcome",
+            GatewayMessage::Registered { .. } => "registered",
+            GatewayMessage::HeartbeatAck { .. } => "heartbeat_ack",
+            GatewayMessage::LeaseGranted { .. } => "lease_granted",
+            GatewayMessage::NoWork { .. } => "no_work",
+            GatewayMessage::ReportAccepted { .. } => "report_accepted",
+            GatewayMessage::HandedBack { .. } => "handed_back",
+            GatewayMessage::LeaseExpired { .. } => "lease_expired",
+            GatewayMessage::JobPaused { .. } => "job_paused",
+            GatewayMessage::JobStopped { .. } => "job_stopped",
+            GatewayMessage::Drain { .. } => "drain",
+            GatewayMessage::JobBrief { .. } => "job_brief",
+            GatewayMessage::ProxyDisabled { .. } => "proxy_disabled",
+            GatewayMessage::ProxyEnabled { .. } => "proxy_enabled",
+            GatewayMessage::Error(_) => "error",
+        }
+    }
+
+    /// A brief as the `job_brief` messages that carry it, each within the
+    /// frame limit.
+    pub fn brief_parts(brief: JobBrief) -> Result<Vec<GatewayMessage>, BriefTooLarge> {
+        let frame = |part, parts, brief: &JobBrief| {
+            serde_json::to_string(&JobBriefFrame {
+                kind: "job_brief",
+                part,
+                parts,
+                brief,
+            })
+            .map_or(usize::MAX / 2, |s| s.len())
+        };
+        let parts = brief.split(MAX_FRAME_BYTES, frame)?;
+        let n = parts.len() as u32;
+        Ok(parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, brief)| GatewayMessage::JobBrief {
+                part: i as u32,
+                parts: n,
+                brief,
+            })
+            .collect())
+    }
+}
+
+/// A `job_brief` frame as it is encoded, without cloning the brief to measure it.
+#[derive(Serialize)]
+struct JobBriefFrame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    part: u32,
+    parts: u32,
+    brief: &'a JobBrief,
 }
 
 /// A refusal, with what it refers to.
@@ -319,6 +443,7 @@ impl ErrorCode {
             JobError::WrongStatus { .. }
             | JobError::AlreadyRunning
             | JobError::InstancesInUse { .. }
+            | JobError::ConsentLapsed { .. }
             | JobError::NotFound => ErrorCode::JobNotRunning,
             JobError::PlatformMismatch { .. } => ErrorCode::PlatformMismatch,
             JobError::Forbidden(_)
@@ -568,6 +693,11 @@ mod tests {
                     target: 0,
                     url: "https://shop.example.com/".into(),
                     click: true,
+                    traffic: Traffic::Organic {
+                        engine: "google".into(),
+                        keyword: "blue shoes".into(),
+                    },
+                    profiles: vec![1, 4, 1],
                 }],
                 marker_header: true,
                 external_click_domains: vec![],
@@ -584,6 +714,76 @@ mod tests {
             "{json}"
         );
         assert_eq!(decode_gateway_message(&json), Ok(error));
+    }
+
+    #[test]
+    fn a_version_1_runner_is_answered_in_version_1_and_a_version_2_one_in_2() {
+        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(1, 1)), Ok(1));
+        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(1, 2)), Ok(2));
+        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(2, 7)), Ok(2));
+        // A version 1 gateway and this runner agree on 1: no briefs.
+        assert_eq!(negotiate(range(1, 1), VersionRange::THIS_BUILD), Ok(1));
+        const { assert!(BRIEFS_SINCE > 1 && BRIEFS_SINCE <= PROTOCOL_VERSION) };
+    }
+
+    #[test]
+    fn briefs_and_proxy_notices_read_back_and_a_work_names_each_flows_profile() {
+        let brief = crate::job_brief::tests::brief(3, 2);
+        let job = brief.job;
+        let messages = GatewayMessage::brief_parts(brief.clone())
+            .unwrap()
+            .into_iter()
+            .chain([
+                GatewayMessage::ProxyDisabled {
+                    job,
+                    proxy: ProxyIndex(2),
+                    reason: "3 failures within 120 s; last: connect timeout".into(),
+                },
+                GatewayMessage::ProxyEnabled {
+                    job,
+                    proxy: ProxyIndex(2),
+                },
+            ]);
+        for m in messages {
+            let json = encode(&m);
+            assert!(
+                json.starts_with(&format!(r#"{{"type":"{}","#, m.kind())),
+                "{json}"
+            );
+            assert_eq!(decode_gateway_message(&json), Ok(m));
+        }
+        let work = FlowWork {
+            flows: FlowRange::new(10, 13).unwrap(),
+            target: 0,
+            url: "https://shop.example.com/".into(),
+            click: false,
+            traffic: Traffic::Direct,
+            profiles: vec![4, 1, 4],
+        };
+        let json = serde_json::to_string(&work).unwrap();
+        assert!(!json.contains("traffic"), "direct is left out: {json}");
+        assert_eq!(work.profile_of(FlowId(11)), Some(1));
+        assert_eq!(work.profile_of(FlowId(13)), None);
+        assert_eq!(work.profile_of(FlowId(9)), None);
+    }
+
+    #[test]
+    fn a_brief_too_large_for_a_frame_goes_in_parts_that_each_fit() {
+        let brief = crate::job_brief::tests::brief(6000, 3000);
+        let parts = GatewayMessage::brief_parts(brief.clone()).unwrap();
+        assert!(parts.len() >= 4, "{} parts", parts.len());
+        let mut assembly = crate::job_brief::BriefAssembly::default();
+        let mut whole = None;
+        for m in parts {
+            let json = encode(&m);
+            assert!(json.len() <= MAX_FRAME_BYTES, "{} bytes", json.len());
+            let Ok(GatewayMessage::JobBrief { part, parts, brief }) = decode_gateway_message(&json)
+            else {
+                panic!("not a brief part")
+            };
+            whole = assembly.take(part, parts, brief).unwrap();
+        }
+        assert_eq!(whole, Some(brief));
     }
 
     #[test]

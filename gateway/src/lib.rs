@@ -5,7 +5,9 @@
 pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
+pub mod consent_guard;
 pub mod dataset_references;
+pub mod domain_consents;
 pub mod expiry;
 pub mod graphiql;
 pub mod graphql;

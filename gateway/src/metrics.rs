@@ -21,8 +21,8 @@ use prometheus::{
     Registry, TextEncoder,
 };
 use store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StoreError,
-    StreamFrom, SubscribeFrom, Subscription,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Presence, Snapshot,
+    StoreError, StreamFrom, SubscribeFrom, Subscription,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -447,6 +447,18 @@ impl EventStore for Metered {
 
     async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError> {
         self.inner.staged_uploads().await
+    }
+
+    async fn touch_presence(&self, presence: Presence) -> Result<(), StoreError> {
+        self.inner.touch_presence(presence).await
+    }
+
+    async fn release_presence(&self, runner: Uuid, holder: Uuid) -> Result<bool, StoreError> {
+        self.inner.release_presence(runner, holder).await
+    }
+
+    async fn presences(&self) -> Result<Vec<Presence>, StoreError> {
+        self.inner.presences().await
     }
 
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {

@@ -1,5 +1,6 @@
 //! Wiring: the state, the router, and the server loop with its background
-//! work (projections, session expiry) and graceful shutdown.
+//! work (projections, session expiry, the consent guard, runners) and
+//! graceful shutdown.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -33,7 +34,7 @@ use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
-use crate::{expiry, graphiql, health, job_log, metrics};
+use crate::{consent_guard, expiry, graphiql, health, job_log, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -330,6 +331,7 @@ impl Gateway {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(expiry::run(self.state.clone()));
+        let guard = tokio::spawn(consent_guard::run(self.state.clone()));
         let runner_work = runner_link::background(&self.state);
         let served = axum::serve(
             self.listener,
@@ -338,6 +340,7 @@ impl Gateway {
         .with_graceful_shutdown(shutdown)
         .await;
         sweeper.abort();
+        guard.abort();
         for task in runner_work {
             task.abort();
         }

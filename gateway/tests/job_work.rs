@@ -7,13 +7,19 @@ mod support;
 
 use std::time::Duration;
 
+use domain::Reason;
+use domain::account::Username;
 use domain::flow::{FlowId, FlowRange};
-use domain::job::{JobCommand, JobStatus};
+use domain::job::{JobCommand, JobEvent, JobStatus};
 use domain::runner_protocol::{ErrorCode, LeaseGrant};
+use domain::target_domain::{
+    TargetDomainCommand, VerificationMethod, VerificationOutcome, VerificationToken,
+};
 use projections::{ProjectionEngine, SqlValue};
 use runner::zero_work::{self, ZeroWorkOptions};
 use runner::{Answer, Connection, Leased, Notice};
 use store::testing::{TestStore, eventually};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use support::*;
@@ -83,8 +89,182 @@ async fn granted(connection: &mut Connection, slots: u32, flows: u64) -> LeaseGr
     }
 }
 
+/// The reasons the job was halted for, oldest first.
+async fn halts(live: &Live, job: domain::job::JobId) -> Vec<String> {
+    let stream = job.stream().unwrap();
+    let registry = domain::event_registry();
+    live.store_events()
+        .await
+        .iter()
+        .filter(|e| e.stream_id == stream && e.event_type == "JobHalted")
+        .map(|e| match registry.decode::<JobEvent>(e).unwrap() {
+            JobEvent::JobHalted(h) => h.reason.to_string(),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// The next notice within a second, briefs (which precede grants) passed over.
+async fn notice_within_a_second(connection: &mut Connection) -> Option<Notice> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match connection.next_notice(left).await.unwrap() {
+            Some(Notice::Briefed(_)) => continue,
+            other => return other,
+        }
+    }
+}
+
 mod cases {
     use super::*;
+
+    pub async fn safe_mode_or_a_withdrawn_listing_halts_a_run_and_its_runners_stop_at_once(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let mut connection = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
+        let job = live.running_job(2, 50, 0, 2).await;
+        let grant = granted(&mut connection, 1, 10).await;
+        assert_eq!(grant.job, job);
+
+        live.safe_mode(true).await;
+        assert_eq!(
+            notice_within_a_second(&mut connection).await,
+            Some(Notice::JobStopped(job))
+        );
+        let state = live.job_state(job).await;
+        assert_eq!(state.status, JobStatus::Paused);
+        assert!(state.leases.is_empty(), "every lease taken back");
+        assert_eq!(state.pool.len(), 100, "every unfinished flow in the pool");
+        let reasons = halts(&live, job).await;
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with("safe mode is on since ")
+                && reasons[0].contains("turned on by root: the orchestrator tests"),
+            "{reasons:?}"
+        );
+        // Nothing more is leased, and reports on what it held are refused.
+        assert!(matches!(
+            connection.lease(1, 10).await.unwrap(),
+            Leased::NoWork { .. }
+        ));
+        let held = grant.work[0].flows.start();
+        match connection
+            .report(Uuid::now_v7(), job, vec![succeeded(held)])
+            .await
+            .unwrap()
+        {
+            Answer::Refused(e) => assert_eq!(e.code, ErrorCode::FlowsNotHeld),
+            other => panic!("a report after the halt got {other:?}"),
+        }
+        // Safe mode off again: the job waits for its owner to resume it.
+        live.safe_mode(false).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(live.job_state(job).await.status, JobStatus::Paused);
+        live.run(job).await;
+        granted(&mut connection, 1, 10).await;
+
+        // The staging host's allow-listing is withdrawn mid-run.
+        live.domain(
+            "shop.example.com",
+            TargetDomainCommand::RemoveFromAllowList {
+                reason: Reason::parse("staging is over").unwrap(),
+            },
+            &root(),
+        )
+        .await;
+        assert_eq!(
+            notice_within_a_second(&mut connection).await,
+            Some(Notice::JobStopped(job))
+        );
+        let reasons = halts(&live, job).await;
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert!(
+            reasons[1].starts_with("traffic may not go to shop.example.com: "),
+            "{reasons:?}"
+        );
+        assert!(live.job_state(job).await.leases.is_empty());
+        // It is not run again while the domain has no consent.
+        assert!(live.run_on(job, "shop.example.com").await.is_err());
+        eventually("the view showing the job paused", || async {
+            job_row(&live, job)
+                .await
+                .is_some_and(|(.., status)| status == "paused")
+        })
+        .await;
+        live.stop().await;
+    }
+
+    pub async fn a_run_is_halted_when_its_verification_expires_unless_verified_again(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let mut connection = Connection::open(&live.config(new_runner(), &key))
+            .await
+            .unwrap();
+        let domain = "verified.example.com";
+        live.domain(
+            domain,
+            TargetDomainCommand::Claim {
+                account: Username::parse(OWNER).unwrap(),
+                token: VerificationToken::parse(&"t".repeat(40)).unwrap(),
+            },
+            &owner(),
+        )
+        .await;
+        let verify = |seconds: i64| TargetDomainCommand::RecordVerification {
+            account: Username::parse(OWNER).unwrap(),
+            method: VerificationMethod::WellKnown,
+            outcome: VerificationOutcome::Verified {
+                valid_until: OffsetDateTime::now_utc() + time::Duration::seconds(seconds),
+            },
+        };
+        live.domain(domain, verify(2), &owner()).await;
+        let job = live.ready_job(domain, 1, 200, 0, 2).await;
+        live.run_on(job, domain).await.unwrap();
+        granted(&mut connection, 1, 10).await;
+        // Verified again before it expires: the run goes on past the first
+        // expiry, and ends at the second.
+        live.domain(domain, verify(4), &owner()).await;
+        let second_expiry = OffsetDateTime::now_utc() + time::Duration::seconds(4);
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(live.job_state(job).await.status, JobStatus::Running);
+        assert!(matches!(
+            connection.lease(0, 10).await.unwrap(),
+            Leased::Granted(_)
+        ));
+        let until_second = second_expiry - OffsetDateTime::now_utc();
+        tokio::time::sleep(until_second.try_into().unwrap_or_default()).await;
+        assert_eq!(
+            notice_within_a_second(&mut connection).await,
+            Some(Notice::JobStopped(job))
+        );
+        let reasons = halts(&live, job).await;
+        assert_eq!(reasons.len(), 1, "{reasons:?}");
+        assert!(
+            reasons[0].starts_with(&format!(
+                "traffic may not go to {domain}: {domain}: its verification expired at "
+            )),
+            "{reasons:?}"
+        );
+        let rechecked = live
+            .store_events()
+            .await
+            .iter()
+            .filter(|e| e.stream_id == job.stream().unwrap() && e.event_type == "ConsentRechecked")
+            .count();
+        assert_eq!(rechecked, 1, "the second verification recorded once");
+        assert!(matches!(
+            connection.lease(1, 10).await.unwrap(),
+            Leased::NoWork { .. }
+        ));
+        live.stop().await;
+    }
 
     pub async fn a_lease_grant_says_what_to_do_and_only_matching_runners_get_one(
         store: &TestStore,
@@ -501,6 +681,8 @@ mod cases {
 }
 
 store::each_backend!(
+    safe_mode_or_a_withdrawn_listing_halts_a_run_and_its_runners_stop_at_once,
+    a_run_is_halted_when_its_verification_expires_unless_verified_again,
     a_lease_grant_says_what_to_do_and_only_matching_runners_get_one,
     a_fleet_of_zero_work_runners_finishes_a_job_exactly,
     a_lease_request_sent_again_gets_its_first_grant,

@@ -107,9 +107,10 @@ mod cases {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
         let mut config = live.config(new_runner(), &key);
+        // Only versions newer than this gateway's.
         config.protocol = VersionRange {
-            oldest: 2,
-            newest: 3,
+            oldest: domain::runner_protocol::PROTOCOL_VERSION + 1,
+            newest: domain::runner_protocol::PROTOCOL_VERSION + 2,
         };
         let (code, message) = refusal(Connection::open(&config).await);
         assert_eq!(code, ErrorCode::UnsupportedProtocol);
@@ -212,6 +213,110 @@ mod cases {
         live.stop().await;
     }
 
+    pub async fn a_runner_whose_gateway_died_goes_offline_through_another_but_one_that_moved_does_not(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let doomed = Doomed::start(store).await;
+        let (stranded, moved) = (new_runner(), new_runner());
+        let on_doomed = |runner| {
+            let mut config = live.config(runner, &key);
+            config.url = doomed.url.clone();
+            config
+        };
+        let stranded_link = Connection::open(&on_doomed(stranded)).await.unwrap();
+        let first_link = Connection::open(&on_doomed(moved)).await.unwrap();
+        for runner in [stranded, moved] {
+            eventually("the runners online", || async {
+                live.standing(runner).await == Some((true, false, None))
+            })
+            .await;
+        }
+        // Heard on the doomed gateway: the other's sweep leaves them be.
+        tokio::time::sleep(TERMS.silence() * 3).await;
+        for runner in [stranded, moved] {
+            assert_eq!(live.runner_events(runner).await, ["RunnerRegistered"]);
+        }
+
+        let killed = std::time::Instant::now();
+        doomed.kill();
+        // One runner comes back through the other gateway; one never does.
+        let back = Connection::open(&live.config(moved, &key)).await.unwrap();
+        eventually("the stranded runner recorded offline", || async {
+            live.runner_events(stranded).await == ["RunnerRegistered", "RunnerWentOffline"]
+        })
+        .await;
+        let took = killed.elapsed();
+        // Silent for the limit, then found by the next sweep (every
+        // heartbeat period), with time to append on a busy machine.
+        let limit = TERMS.silence() + TERMS.heartbeat_every + Duration::from_secs(1);
+        assert!(
+            took <= limit,
+            "offline after {took:?}; the limit is {limit:?}"
+        );
+        eventually("the stranded runner offline in the view", || async {
+            live.standing(stranded).await == Some((false, false, Some("silent".into())))
+        })
+        .await;
+        tokio::time::sleep(TERMS.silence() * 3).await;
+        assert_eq!(
+            live.runner_events(moved).await,
+            ["RunnerRegistered"],
+            "the runner that moved was never taken for gone"
+        );
+        assert_eq!(live.standing(moved).await, Some((true, false, None)));
+        drop((stranded_link, first_link, back));
+        live.stop().await;
+    }
+
+    pub async fn a_runner_taken_for_gone_while_connected_comes_back_online_still_draining(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
+        connection.drain().await.unwrap();
+        eventually("the runner draining", || async {
+            live.standing(runner).await == Some((true, true, None))
+        })
+        .await;
+        // Another gateway's sweep, in the instant nobody had heard from it.
+        live.handler
+            .handle::<Runner>(
+                &runner.stream().unwrap(),
+                RunnerCommand::GoOffline {
+                    reason: domain::runner::OfflineReason::Silent,
+                },
+                &system(),
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+        // Its next heartbeat here puts it back: online, and still draining.
+        eventually("the runner back online, draining", || async {
+            live.runner_events(runner).await
+                == [
+                    "RunnerRegistered",
+                    "DrainRequested",
+                    "RunnerWentOffline",
+                    "RunnerRegistered",
+                    "DrainRequested",
+                ]
+        })
+        .await;
+        eventually("the view showing it draining", || async {
+            live.standing(runner).await == Some((true, true, None))
+        })
+        .await;
+        match connection.lease(1, 10).await.unwrap() {
+            runner::Leased::Refused(e) => assert_eq!(e.code, ErrorCode::Draining),
+            other => panic!("a draining runner got {other:?}"),
+        }
+        live.stop().await;
+    }
+
     pub async fn a_drain_reaches_the_runner_and_stops_its_leases(store: &TestStore) {
         let live = Live::start(store).await;
         let (_, key) = live.key().await;
@@ -261,5 +366,7 @@ store::each_backend!(
     messages_out_of_turn_and_unknown_ones_are_refused,
     an_oversized_frame_and_a_flood_are_refused_and_the_connection_closed,
     a_silent_runner_goes_offline,
+    a_runner_whose_gateway_died_goes_offline_through_another_but_one_that_moved_does_not,
+    a_runner_taken_for_gone_while_connected_comes_back_online_still_draining,
     a_drain_reaches_the_runner_and_stops_its_leases
 );

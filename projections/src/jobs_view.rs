@@ -321,7 +321,9 @@ impl Projection for JobsView {
                 );
                 lifecycle(&mut log, out)?;
             }
-            JobEvent::JobPaused(_) => {
+            // Halted by the system (safe mode, consent lost): paused, its
+            // log line saying why.
+            JobEvent::JobPaused(_) | JobEvent::JobHalted(_) => {
                 out.push(status(job, JobStatus::Paused, at));
                 lifecycle(&mut log, out)?;
             }
@@ -463,7 +465,9 @@ impl Projection for JobsView {
                 );
             }
             JobEvent::FlowsLeased(_) | JobEvent::LeaseRenewed(_) => {}
-            JobEvent::FlowsHandedBack(_) | JobEvent::LeaseExpired(_) => {
+            JobEvent::FlowsHandedBack(_)
+            | JobEvent::LeaseExpired(_)
+            | JobEvent::ConsentRechecked(_) => {
                 lifecycle(&mut log, out)?;
             }
         }

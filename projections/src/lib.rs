@@ -9,7 +9,7 @@
 //!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
 //!   the consent views [`DomainsView`] and [`ConsentsView`], the dataset
 //!   views [`DatasetsView`] and [`UploadsView`], and the fleet's
-//!   [`RunnersView`] and [`JobsView`].
+//!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`].
 
 pub mod accounts_view;
 pub mod audit_view;
@@ -24,6 +24,7 @@ pub mod jobs_view;
 pub mod metrics_view;
 pub mod projection;
 mod projector;
+pub mod proxy_pools_view;
 pub mod row;
 pub mod runners_view;
 pub mod sessions_view;
@@ -43,6 +44,7 @@ pub use event_counts::EventCounts;
 pub use jobs_view::JobsView;
 pub use metrics_view::MetricsView;
 pub use projection::Projection;
+pub use proxy_pools_view::ProxyPoolsView;
 pub use row::{Column, FromSqlValue, Row};
 pub use runners_view::RunnersView;
 pub use sessions_view::SessionsView;
@@ -69,6 +71,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(UploadsView),
         Arc::new(RunnersView),
         Arc::new(JobsView),
+        Arc::new(ProxyPoolsView),
     ]
 }
 

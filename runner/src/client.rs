@@ -2,18 +2,22 @@
 //! to a gateway's `GET /runner`, from hello to deregister. It authenticates,
 //! registers, heartbeats on its own, and asks and answers one request at a
 //! time; what the gateway pushes meanwhile (pause, stop, drain, expired
-//! leases) waits in [`Connection::notices`]. The browser runner drives it,
-//! and so do the orchestrator's tests and benchmark as zero-work runners.
+//! leases, briefs, proxies disabled or enabled) waits in
+//! [`Connection::notices`]. Job briefs (protocol 2) are put together from
+//! their parts and kept, with proxy notices applied, for
+//! [`Connection::brief`]. The browser runner drives it, and so do the
+//! orchestrator's tests and benchmark as zero-work runners.
 //!
-//! Never logs the runner key.
+//! Never logs the runner key, nor a brief (it holds proxy passwords).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use domain::flow::{FlowRange, FlowReport};
+use domain::flow::{FlowRange, FlowReport, ProxyIndex};
 use domain::job::JobId;
+use domain::job_brief::{BriefAssembly, JobBrief};
 use domain::runner::{Capabilities, RunnerId};
 use domain::runner_key::RunnerKey;
 use domain::runner_protocol::{
@@ -108,6 +112,23 @@ pub enum Notice {
     Drain {
         by: String,
     },
+    /// A job's brief came whole (protocol 2): before the first grant of the
+    /// job on this connection, or, on connecting, for a job the runner
+    /// holds flows of. [`Connection::brief`] has it.
+    Briefed(JobId),
+    /// The gateway disabled a proxy of the job: pick it for no new flow.
+    /// The brief already says so.
+    ProxyDisabled {
+        job: JobId,
+        proxy: ProxyIndex,
+        reason: String,
+    },
+    /// A proxy of the job may be picked again (on trial). The brief
+    /// already says so.
+    ProxyEnabled {
+        job: JobId,
+        proxy: ProxyIndex,
+    },
     /// A refusal not tied to a request of this client (e.g. a frame it
     /// could not read).
     Error(ErrorMessage),
@@ -120,6 +141,10 @@ pub struct Connection {
     out: mpsc::Sender<Message>,
     incoming: mpsc::Receiver<Incoming>,
     notices: VecDeque<Notice>,
+    /// The briefs heard on this connection, by job.
+    briefs: HashMap<JobId, Arc<JobBrief>>,
+    /// A brief whose parts are still coming.
+    assembly: BriefAssembly,
     busy: Arc<AtomicU32>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -196,6 +221,8 @@ impl Connection {
             out,
             incoming,
             notices: VecDeque::new(),
+            briefs: HashMap::new(),
+            assembly: BriefAssembly::default(),
             busy: Arc::default(),
             tasks: vec![writer, reader],
         };
@@ -256,6 +283,15 @@ impl Connection {
                 .notices
                 .iter()
                 .any(|n| matches!(n, Notice::Drain { .. }))
+    }
+
+    /// The brief of `job` as this connection heard it, with the proxy
+    /// notices since applied. A gateway speaking protocol 2 sends it before
+    /// the first grant of the job on a connection, so once
+    /// [`Connection::lease`] answers [`Leased::Granted`], the grant's job
+    /// has one; a version 1 gateway sends none. Forgotten when the job stops.
+    pub fn brief(&self, job: JobId) -> Option<Arc<JobBrief>> {
+        self.briefs.get(&job).cloned()
     }
 
     /// How many browsers are busy, for the next heartbeats.
@@ -443,6 +479,13 @@ impl Connection {
         }
     }
 
+    /// Marks a proxy of a job's brief disabled or usable.
+    fn set_proxy_disabled(&mut self, job: JobId, proxy: ProxyIndex, disabled: bool) {
+        if let Some(brief) = self.briefs.get_mut(&job) {
+            Arc::make_mut(brief).set_proxy_disabled(proxy, disabled);
+        }
+    }
+
     /// A message that is not the answer awaited: kept as a notice, or an
     /// error when it can be nothing but a misunderstanding.
     fn stray(
@@ -452,7 +495,28 @@ impl Connection {
     ) -> Result<(), ClientError> {
         let notice = match message {
             GatewayMessage::JobPaused { job } => Notice::JobPaused(job),
-            GatewayMessage::JobStopped { job } => Notice::JobStopped(job),
+            GatewayMessage::JobStopped { job } => {
+                self.briefs.remove(&job);
+                Notice::JobStopped(job)
+            }
+            GatewayMessage::JobBrief { part, parts, brief } => {
+                let whole = self
+                    .assembly
+                    .take(part, parts, brief)
+                    .map_err(|e| ClientError::Garbled(format!("job_brief: {e}")))?;
+                let Some(whole) = whole else { return Ok(()) };
+                let job = whole.job;
+                self.briefs.insert(job, Arc::new(whole));
+                Notice::Briefed(job)
+            }
+            GatewayMessage::ProxyDisabled { job, proxy, reason } => {
+                self.set_proxy_disabled(job, proxy, true);
+                Notice::ProxyDisabled { job, proxy, reason }
+            }
+            GatewayMessage::ProxyEnabled { job, proxy } => {
+                self.set_proxy_disabled(job, proxy, false);
+                Notice::ProxyEnabled { job, proxy }
+            }
             GatewayMessage::LeaseExpired { job, flows } => Notice::LeaseExpired { job, flows },
             GatewayMessage::Drain { by } => {
                 self.draining = true;
@@ -482,10 +546,12 @@ pub fn fresh_request_id() -> u64 {
 }
 
 fn unexpected(expected: &'static str, got: &GatewayMessage) -> ClientError {
-    ClientError::Unexpected {
-        expected,
-        got: encode(got).chars().take(200).collect(),
-    }
+    let got = match got {
+        // It holds proxy passwords: named, never quoted.
+        GatewayMessage::JobBrief { .. } => got.kind().to_owned(),
+        other => encode(other).chars().take(200).collect(),
+    };
+    ClientError::Unexpected { expected, got }
 }
 
 /// Sends a heartbeat every `every` until the connection ends.

@@ -12,6 +12,7 @@
 
 pub mod behaviour;
 pub mod browser;
+pub mod browser_executor;
 pub mod client;
 pub mod worker;
 pub mod zero_work;

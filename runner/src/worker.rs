@@ -14,13 +14,14 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use domain::domain_name::DomainName;
 use domain::flow::{FlowFinished, FlowId, FlowRange, FlowReport, LogLevel, ProxyIndex};
 use domain::job::JobId;
-use domain::runner_protocol::{ErrorCode, ErrorMessage, LeaseGrant};
+use domain::job_brief::JobBrief;
+use domain::runner_protocol::{ErrorCode, ErrorMessage, LeaseGrant, Traffic};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -30,12 +31,28 @@ use crate::client::{
     Answer, ClientConfig, ClientError, Connection, Leased, Notice, fresh_request_id,
 };
 
-/// What a job's grants say about all of its flows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a job's grants and brief say about all of its flows.
+#[derive(Debug)]
 pub struct JobTerms {
     pub marker_header: bool,
     /// Domains its flows may follow external links to.
     pub external_click_domains: Vec<DomainName>,
+    /// The job's brief (protocol 2), with the proxy notices since applied:
+    /// replaced as they come, so running flows see proxies disabled.
+    brief: RwLock<Option<Arc<JobBrief>>>,
+}
+
+impl JobTerms {
+    /// The job's brief as last heard; `None` from a protocol 1 gateway.
+    pub fn brief(&self) -> Option<Arc<JobBrief>> {
+        self.brief.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_brief(&self, brief: Option<Arc<JobBrief>>) {
+        if brief.is_some() {
+            *self.brief.write().unwrap_or_else(|p| p.into_inner()) = brief;
+        }
+    }
 }
 
 /// One flow to run.
@@ -48,7 +65,19 @@ pub struct Order {
     pub url: String,
     /// The flow should click a link.
     pub click: bool,
+    /// How the visit arrives (its referrer).
+    pub traffic: Traffic,
+    /// Its device profile's row, in the brief's profiles.
+    pub profile: Option<u32>,
     pub terms: Arc<JobTerms>,
+}
+
+/// A flow's end: its report, and how long its slot rests before the next
+/// flow (the settings' delay between flows).
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub report: FlowFinished,
+    pub rest: Duration,
 }
 
 /// What runs flows: a browser, or nothing at all in the orchestrator's
@@ -64,7 +93,7 @@ pub trait Executor: Send + Sync + 'static {
         &self,
         order: Order,
         progress: Progress,
-    ) -> impl Future<Output = FlowFinished> + Send + 'static;
+    ) -> impl Future<Output = Finished> + Send + 'static;
 }
 
 /// How a running flow reports on its way (started, failover, log lines).
@@ -160,7 +189,7 @@ pub struct Totals {
 
 enum Event {
     Report(JobId, FlowReport),
-    Done(JobId, FlowId, FlowFinished),
+    Done(JobId, FlowId, Finished),
 }
 
 /// A batch formed and sent (maybe) but not yet answered.
@@ -302,10 +331,11 @@ impl Hand {
         self.slots.values().sum()
     }
 
-    fn granted(&mut self, grant: LeaseGrant) {
+    fn granted(&mut self, grant: LeaseGrant, brief: Option<Arc<JobBrief>>) {
         let terms = Arc::new(JobTerms {
             marker_header: grant.marker_header,
             external_click_domains: grant.external_click_domains,
+            brief: RwLock::new(brief),
         });
         self.terms.insert(grant.job, terms.clone());
         *self.slots.entry(grant.job).or_default() += grant.slots;
@@ -324,6 +354,8 @@ impl Hand {
                             target: work.target,
                             url: work.url.clone(),
                             click: work.click,
+                            traffic: work.traffic.clone(),
+                            profile: work.profile_of(FlowId(flow)),
                             terms: terms.clone(),
                         },
                         running: None,
@@ -446,6 +478,7 @@ pub async fn run<E: Executor>(
         draining: false,
         gateway: 0,
         idle_since: None,
+        resting: Vec::new(),
     };
     tokio::select! {
         () = worker.work() => return worker.totals,
@@ -474,9 +507,18 @@ struct Worker<E> {
     draining: bool,
     gateway: usize,
     idle_since: Option<Instant>,
+    /// Slots resting after a flow, until these times.
+    resting: Vec<Instant>,
 }
 
 impl<E: Executor> Worker<E> {
+    /// Slots in use: flows running and slots resting after one.
+    fn busy(&mut self) -> u32 {
+        let now = Instant::now();
+        self.resting.retain(|until| *until > now);
+        (self.hand.running() + self.resting.len()) as u32
+    }
+
     /// Connects and works, reconnecting with backoff, until done.
     async fn work(&mut self) {
         let mut backoff = Duration::from_millis(100);
@@ -545,11 +587,14 @@ impl<E: Executor> Worker<E> {
                 }
             }
             Event::Done(job, flow, finished) => {
+                if !finished.rest.is_zero() {
+                    self.resting.push(Instant::now() + finished.rest);
+                }
                 if self.hand.finished(job, flow) {
                     self.totals.flows_run += 1;
                     self.outbox.push(
                         job,
-                        FlowReport::Finished(finished),
+                        FlowReport::Finished(finished.report),
                         usize::MAX,
                         &mut self.totals,
                     );
@@ -566,7 +611,7 @@ impl<E: Executor> Worker<E> {
                 self.absorb(event);
             }
             for notice in connection.notices() {
-                self.noticed(notice);
+                self.noticed(notice, connection);
             }
             if connection.draining() {
                 self.draining = true;
@@ -626,6 +671,9 @@ impl<E: Executor> Worker<E> {
             if !self.draining && self.wants_lease() {
                 wake = wake.min(self.lease_after);
             }
+            if let Some(rested) = self.resting.iter().min() {
+                wake = wake.min(*rested);
+            }
             let wait = wake.saturating_duration_since(Instant::now());
             tokio::select! {
                 event = self.events.recv() => {
@@ -635,7 +683,7 @@ impl<E: Executor> Worker<E> {
                 }
                 notice = connection.next_notice(wait) => {
                     if let Some(notice) = notice? {
-                        self.noticed(notice);
+                        self.noticed(notice, connection);
                     }
                 }
             }
@@ -644,7 +692,7 @@ impl<E: Executor> Worker<E> {
 
     /// Starts queued flows while the executor has room.
     fn start_flows(&mut self) {
-        while (self.hand.running() as u32) < self.executor.capacity() {
+        while self.busy() < self.executor.capacity() {
             let Some(order) = self.hand.next_to_start() else {
                 return;
             };
@@ -686,7 +734,8 @@ impl<E: Executor> Worker<E> {
             Leased::Granted(grant) => {
                 self.totals.leases += 1;
                 self.idle_since = None;
-                self.hand.granted(grant);
+                let brief = connection.brief(grant.job);
+                self.hand.granted(grant, brief);
             }
             Leased::NoWork { retry_after } => {
                 self.lease_after = Instant::now() + retry_after.min(Duration::from_secs(2));
@@ -746,8 +795,15 @@ impl<E: Executor> Worker<E> {
         }
     }
 
-    fn noticed(&mut self, notice: Notice) {
+    fn noticed(&mut self, notice: Notice, connection: &Connection) {
         match notice {
+            Notice::Briefed(job)
+            | Notice::ProxyDisabled { job, .. }
+            | Notice::ProxyEnabled { job, .. } => {
+                if let Some(terms) = self.hand.terms.get(&job) {
+                    terms.set_brief(connection.brief(job));
+                }
+            }
             Notice::JobStopped(job) => {
                 self.totals.cancelled += self.hand.release(job, None);
                 self.totals.dropped += self.outbox.forget(job, None);

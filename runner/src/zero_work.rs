@@ -349,6 +349,8 @@ impl Worker {
                 self.totals.dropped += self.queue.forget(job, Some(&flows));
             }
             Notice::Drain { .. } => self.draining = true,
+            // It does no work: briefs and proxies are nothing to it.
+            Notice::Briefed(_) | Notice::ProxyDisabled { .. } | Notice::ProxyEnabled { .. } => {}
             Notice::Error(e) => {
                 tracing::debug!(code = %e.code, message = %e.message, "gateway error")
             }

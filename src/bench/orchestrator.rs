@@ -18,7 +18,7 @@ use domain::licence::{Allowances, LicenceTerms};
 use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
 use domain::runner_key::{self, RunnerKey, RunnerKeyCommand, RunnerKeyId, RunnerKeys};
 use domain::runner_protocol::VersionRange;
-use domain::system_settings::SystemSettingsState;
+use domain::system_settings::{self, SystemSettings, SystemSettingsCommand};
 use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
 use domain::upload::UploadId;
@@ -197,11 +197,26 @@ async fn running_job(
         targets: plan,
     })
     .await?;
+    // Safe mode off for real, as a super-admin turns it off: the gateway
+    // halts any run it finds on while safe mode is on.
+    let settings_stream = system_settings::stream()?;
+    handler
+        .handle::<SystemSettings>(
+            &settings_stream,
+            SystemSettingsCommand::TurnSafeModeOff {
+                reason: Reason::parse("the orchestrator bench")?,
+            },
+            &admin(),
+            &bench_meta(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("turning safe mode off: {e}"))?;
+    let (_, system) = handler
+        .load::<SystemSettings>(&settings_stream)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     run(JobCommand::Run(RunChecks {
-        system: SystemSettingsState {
-            safe_mode: false,
-            safe_mode_switch: None,
-        },
+        system,
         domains: [(domain, listed)].into(),
         flows_today: 0,
     }))

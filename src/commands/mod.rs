@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod migrate;
 pub mod projections;
+pub mod runner;
 pub mod serve;
 pub mod tail;
 

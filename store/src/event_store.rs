@@ -4,6 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use domain::{BlobHash, EventId, NewEvent, Position, RecordedEvent, StreamId};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::StoreError;
@@ -239,6 +240,30 @@ pub struct Page {
 /// Largest event payload accepted. Bigger contents belong in the blob store.
 pub const MAX_EVENT_DATA_BYTES: usize = 1024 * 1024;
 
+/// When a runner was last heard from, and by which connection: liveness
+/// kept beside the log, never in it (see [`EventStore::touch_presence`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Presence {
+    pub runner: Uuid,
+    /// The connection that heard it; unique across gateways and restarts.
+    pub holder: Uuid,
+    /// Kept to the microsecond.
+    pub seen_at: OffsetDateTime,
+    /// Browsers busy, as it last said.
+    pub busy: u32,
+}
+
+/// A time as presence rows keep it: microseconds since the epoch.
+pub(crate) fn micros(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+/// A time kept as [`micros`].
+pub(crate) fn from_micros(micros: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
 /// An append-only, totally ordered log of streams of events.
 ///
 /// Guarantees every backend keeps (the conformance suite checks them):
@@ -308,6 +333,19 @@ pub trait EventStore: Send + Sync + 'static {
     /// The uploads that have chunks staged, so a sweep can reclaim those of
     /// uploads that ended (a chunk may land just after its upload ended).
     async fn staged_uploads(&self) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Records `presence` as its runner's, replacing the row of whichever
+    /// connection held it before: the connection that last heard from a
+    /// runner holds it. Presence is liveness, not a record.
+    async fn touch_presence(&self, presence: Presence) -> Result<(), StoreError>;
+
+    /// Forgets `runner`'s presence if `holder` still holds it; true if it
+    /// did, false if a newer connection took the runner over meanwhile (or
+    /// there was nothing to forget).
+    async fn release_presence(&self, runner: Uuid, holder: Uuid) -> Result<bool, StoreError>;
+
+    /// Every runner's presence.
+    async fn presences(&self) -> Result<Vec<Presence>, StoreError>;
 
     /// Saves `snapshot` as `stream`'s, replacing any earlier one.
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError>;

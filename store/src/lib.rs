@@ -18,7 +18,7 @@ use std::sync::Arc;
 pub use error::StoreError;
 pub use event_store::{
     AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, MAX_EVENT_DATA_BYTES, Page,
-    Snapshot, StreamFrom, SubscribeFrom,
+    Presence, Snapshot, StreamFrom, SubscribeFrom,
 };
 pub use identifier::valid_identifier;
 pub use migrate::MigrationReport;

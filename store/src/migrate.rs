@@ -25,6 +25,11 @@ pub const SQLITE: &[Migration] = &[
         name: "0003_upload_chunks",
         sql: include_str!("../../migrations/sqlite/0003_upload_chunks.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_runner_presence",
+        sql: include_str!("../../migrations/sqlite/0004_runner_presence.sql"),
+    },
 ];
 
 pub const POSTGRES: &[Migration] = &[
@@ -52,6 +57,11 @@ pub const POSTGRES: &[Migration] = &[
         version: 5,
         name: "0005_upload_chunks",
         sql: include_str!("../../migrations/postgres/0005_upload_chunks.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_runner_presence",
+        sql: include_str!("../../migrations/postgres/0006_runner_presence.sql"),
     },
 ];
 

@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StreamFrom,
-    StreamRange, SubscribeFrom, validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Presence, Snapshot,
+    StreamFrom, StreamRange, SubscribeFrom, from_micros, micros, validate_append,
 };
 use crate::identifier::valid_identifier;
 use crate::migrate::{self, MigrationReport};
@@ -741,6 +741,57 @@ impl EventStore for PostgresStore {
             .await
             .map_err(pg_err)?;
         Ok(rows.iter().map(|r| r.get::<_, Uuid>(0)).collect())
+    }
+
+    async fn touch_presence(&self, presence: Presence) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO runner_presence (runner, holder, seen_at, busy) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (runner) DO UPDATE SET holder = excluded.holder, \
+                 seen_at = excluded.seen_at, busy = excluded.busy",
+                &[
+                    &presence.runner,
+                    &presence.holder,
+                    &micros(presence.seen_at),
+                    &i64::from(presence.busy),
+                ],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(())
+    }
+
+    async fn release_presence(&self, runner: Uuid, holder: Uuid) -> Result<bool, StoreError> {
+        let client = self.client().await?;
+        let released = client
+            .execute(
+                "DELETE FROM runner_presence WHERE runner = $1 AND holder = $2",
+                &[&runner, &holder],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(released > 0)
+    }
+
+    async fn presences(&self) -> Result<Vec<Presence>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT runner, holder, seen_at, busy FROM runner_presence",
+                &[],
+            )
+            .await
+            .map_err(pg_err)?;
+        Ok(rows
+            .iter()
+            .map(|r| Presence {
+                runner: r.get(0),
+                holder: r.get(1),
+                seen_at: from_micros(r.get(2)),
+                busy: u32::try_from(r.get::<_, i64>(3)).unwrap_or(u32::MAX),
+            })
+            .collect())
     }
 
     async fn put_snapshot(&self, stream: &StreamId, snapshot: Snapshot) -> Result<(), StoreError> {

@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::event_store::{
-    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Snapshot, StreamFrom,
-    StreamRange, SubscribeFrom, validate_append,
+    AppendResult, Direction, EventStore, ExpectedVersion, Filter, Head, Page, Presence, Snapshot,
+    StreamFrom, StreamRange, SubscribeFrom, from_micros, micros, validate_append,
 };
 use crate::migrate::{self, MigrationReport};
 use crate::subscription::{Changes, Subscription};
@@ -624,6 +624,58 @@ impl EventStore for SqliteStore {
                 .map_err(db_err)?;
             rows.map(|r| r.map(Uuid::from_bytes).map_err(db_err))
                 .collect()
+        })
+        .await
+    }
+
+    async fn touch_presence(&self, presence: Presence) -> Result<(), StoreError> {
+        self.write(move |conn| {
+            conn.prepare_cached(
+                "INSERT INTO runner_presence (runner, holder, seen_at, busy) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (runner) DO UPDATE SET holder = excluded.holder, \
+                 seen_at = excluded.seen_at, busy = excluded.busy",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    presence.runner.as_bytes(),
+                    presence.holder.as_bytes(),
+                    micros(presence.seen_at),
+                    presence.busy
+                ])
+            })
+            .map_err(db_err)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn release_presence(&self, runner: Uuid, holder: Uuid) -> Result<bool, StoreError> {
+        let released = self
+            .write(move |conn| {
+                conn.prepare_cached("DELETE FROM runner_presence WHERE runner = ?1 AND holder = ?2")
+                    .and_then(|mut s| s.execute([runner.as_bytes(), holder.as_bytes()]))
+                    .map_err(db_err)
+            })
+            .await?;
+        Ok(released > 0)
+    }
+
+    async fn presences(&self) -> Result<Vec<Presence>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT runner, holder, seen_at, busy FROM runner_presence")
+                .map_err(db_err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Presence {
+                        runner: Uuid::from_bytes(r.get(0)?),
+                        holder: Uuid::from_bytes(r.get(1)?),
+                        seen_at: from_micros(r.get(2)?),
+                        busy: r.get(3)?,
+                    })
+                })
+                .map_err(db_err)?;
+            rows.collect::<Result<_, _>>().map_err(db_err)
         })
         .await
     }

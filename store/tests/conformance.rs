@@ -7,7 +7,7 @@ use std::time::Duration;
 use domain::{EventId, Metadata, NewEvent, Payload, Position, RecordedEvent, StreamId};
 use store::testing::{TestStore, read_everything};
 use store::{
-    Direction, ExpectedVersion, Filter, Snapshot, StoreError, StreamFrom, SubscribeFrom,
+    Direction, ExpectedVersion, Filter, Presence, Snapshot, StoreError, StreamFrom, SubscribeFrom,
     Subscription,
 };
 use uuid::Uuid;
@@ -773,6 +773,60 @@ mod cases {
         assert_eq!(store.staged_uploads().await.unwrap(), [two]);
     }
 
+    pub async fn a_runners_presence_belongs_to_the_connection_that_last_heard_it(b: &TestStore) {
+        let store = b.open().await;
+        let (runner, other) = (Uuid::now_v7(), Uuid::now_v7());
+        let (first, second) = (Uuid::now_v7(), Uuid::now_v7());
+        let at = |micros: i64| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(
+                1_700_000_000_000_000_000 + i128::from(micros) * 1000,
+            )
+            .unwrap()
+        };
+        let seen = |runner, holder, micros, busy| Presence {
+            runner,
+            holder,
+            seen_at: at(micros),
+            busy,
+        };
+        let all = || async {
+            let mut rows = store.presences().await.unwrap();
+            rows.sort_by_key(|p| p.runner);
+            rows
+        };
+        assert!(store.presences().await.unwrap().is_empty());
+        store
+            .touch_presence(seen(runner, first, 1, 0))
+            .await
+            .unwrap();
+        store
+            .touch_presence(seen(runner, first, 7, 3))
+            .await
+            .unwrap();
+        store
+            .touch_presence(seen(other, first, 2, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            all().await,
+            [seen(runner, first, 7, 3), seen(other, first, 2, 1)]
+        );
+        // Another connection takes the runner over: the first no longer
+        // holds it, so its leaving forgets nothing.
+        store
+            .touch_presence(seen(runner, second, 9, 0))
+            .await
+            .unwrap();
+        assert!(!store.release_presence(runner, first).await.unwrap());
+        assert_eq!(all().await[0], seen(runner, second, 9, 0));
+        // Kept across reopening, until its holder lets it go.
+        drop(store);
+        let store = b.open().await;
+        assert!(store.release_presence(runner, second).await.unwrap());
+        assert!(!store.release_presence(runner, second).await.unwrap());
+        assert_eq!(store.presences().await.unwrap(), [seen(other, first, 2, 1)]);
+    }
+
     pub async fn a_stream_keeps_its_last_saved_snapshot(b: &TestStore) {
         let store = b.open().await;
         let (one, two) = (stream("licence-one"), stream("licence-two"));
@@ -938,6 +992,7 @@ store::each_backend!(
     blobs_are_stored_once_under_their_sha256,
     chunks_are_staged_per_upload_replaced_on_retry_and_deleted_together,
     a_stream_keeps_its_last_saved_snapshot,
+    a_runners_presence_belongs_to_the_connection_that_last_heard_it,
     events_survive_reopening_the_store,
     a_killed_writer_leaves_only_whole_batches,
 );

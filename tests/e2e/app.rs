@@ -26,6 +26,7 @@ pub fn spawn_app() -> AppBuilder {
         env: Vec::new(),
         jwt_secret: Some(SECRET.to_owned()),
         wait_ready: true,
+        runner: false,
     }
 }
 
@@ -36,6 +37,8 @@ pub struct AppBuilder {
     env: Vec<(String, String)>,
     jwt_secret: Option<String>,
     wait_ready: bool,
+    /// Start the in-process browser runner (off unless a test drives Chromium).
+    runner: bool,
 }
 
 impl AppBuilder {
@@ -64,6 +67,12 @@ impl AppBuilder {
         self
     }
 
+    /// Starts `serve`'s in-process browser runner too.
+    pub fn with_runner(mut self) -> Self {
+        self.runner = true;
+        self
+    }
+
     /// Returns once the gateway listens, before its views are ready.
     pub fn before_ready(mut self) -> Self {
         self.wait_ready = false;
@@ -79,6 +88,9 @@ impl AppBuilder {
         cmd.envs(self.env);
         cmd.args(["--store", &store.url, "--log-format", "json", "serve"]);
         cmd.args(["--listen", "127.0.0.1:0"]);
+        if !self.runner {
+            cmd.arg("--no-runner");
+        }
         cmd.args(self.flags);
         let process = Process::spawn(cmd);
         let line = process

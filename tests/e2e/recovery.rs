@@ -9,6 +9,10 @@
 //!   expires first), every flow counts once, and when one gateway dies its
 //!   runners carry on through the other.
 //!
+//! - a gateway SIGKILLed while runners are connected: the one that never
+//!   comes back is recorded offline by the restarted gateway, however it
+//!   left its presence; the one that reconnects is online.
+//!
 //! (A runner killed mid-lease is `gateway/tests/job_work.rs`.)
 
 use std::sync::{Arc, Mutex};
@@ -19,12 +23,13 @@ use domain::job::{FlowsHandedBack, JobEvent, LeaseExpired as JobLeaseExpired};
 use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
 use projections::{SqlValue, ViewStore};
+use runner::Connection;
 use runner::zero_work::{self, Totals, ZeroWorkOptions};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, TestApp, TestStore, run, spawn_app};
+use crate::helpers::{PASSWORD, ROOT_PASSWORD, TestApp, TestStore, run, spawn_app};
 use crate::jobs::{CREATE, ISSUE, RUN, datasets_of, licence};
 use crate::runners::{runner_config, runner_key};
 
@@ -158,6 +163,8 @@ pub async fn flow_accounting(store: &TestStore, job: &str) -> (u64, u64, u64) {
                     held.remove(r);
                 }
             }
+            // Every lease taken back at once.
+            JobEvent::JobHalted(_) => held = FlowSet::new(),
             JobEvent::FlowsReported(batch) => {
                 for report in batch.reports {
                     if let FlowReport::Finished(f) = report {
@@ -285,4 +292,69 @@ async fn two_gateways_on_one_postgres_lease_each_flow_once_and_survive_one_dying
         (0, FLOWS, 0),
         "(flows leased while held, finished, finished twice): every flow leased once at a time and counted once"
     );
+}
+
+/// (online, offlineReason) of each runner, as `runners` answers.
+async fn runner_standing(app: &TestApp, root: &str) -> Vec<(String, bool, Option<String>)> {
+    let r = app
+        .gql(
+            "{ runners { id online offlineReason } }",
+            json!({}),
+            Some(root),
+        )
+        .await;
+    r["data"]["runners"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"))
+        .iter()
+        .map(|runner| {
+            (
+                runner["id"].as_str().unwrap().to_owned(),
+                runner["online"].as_bool().unwrap(),
+                runner["offlineReason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_stranded_by_a_killed_gateway_goes_offline_and_one_that_came_back_is_online() {
+    let mut app = spawn_app().flags(TERMS).await;
+    let root = app.with_accounts().await;
+    let (_, key) = runner_key(&app, &root).await;
+    let (stranded, returning) = (RunnerId(Uuid::now_v7()), RunnerId(Uuid::now_v7()));
+    let _stranded = Connection::open(&runner_config(&app, stranded, &key))
+        .await
+        .unwrap();
+    let _first = Connection::open(&runner_config(&app, returning, &key))
+        .await
+        .unwrap();
+    app.process.kill().await;
+    let store = std::mem::replace(&mut app.store, TestStore::sqlite());
+    let app = spawn_app().store(store).flags(TERMS).await;
+    let _back = Connection::open(&runner_config(&app, returning, &key))
+        .await
+        .unwrap();
+    let root = app.token("root", ROOT_PASSWORD).await;
+    let expected = {
+        let mut both = vec![
+            (stranded.to_string(), false, Some("silent".to_owned())),
+            (returning.to_string(), true, None),
+        ];
+        both.sort();
+        both
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut now = runner_standing(&app, &root).await;
+        now.sort();
+        if now == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fleet never showed the stranded runner offline: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -15,7 +15,7 @@ use domain::flow::{Click, FlowFinished, FlowId, FlowOutcome, PageLoad};
 use domain::job::JobId;
 use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
-use runner::worker::{self, Executor, Order, Progress, Totals, WorkerOptions};
+use runner::worker::{self, Executor, Finished, Order, Progress, Totals, WorkerOptions};
 use serde_json::json;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -64,7 +64,7 @@ impl Executor for Timed {
         &self,
         order: Order,
         progress: Progress,
-    ) -> impl Future<Output = FlowFinished> + Send + 'static {
+    ) -> impl Future<Output = Finished> + Send + 'static {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.most.fetch_max(now, Ordering::SeqCst);
         self.started.lock().unwrap().push((order.job, order.flow));
@@ -74,7 +74,7 @@ impl Executor for Timed {
             let _running = running;
             progress.started(None);
             tokio::time::sleep(work).await;
-            FlowFinished {
+            let report = FlowFinished {
                 flow: order.flow,
                 outcome: FlowOutcome::Succeeded,
                 duration_ms: work.as_millis() as u64,
@@ -88,6 +88,10 @@ impl Executor for Timed {
                 } else {
                     Vec::new()
                 },
+            };
+            Finished {
+                report,
+                rest: Duration::ZERO,
             }
         }
     }

@@ -5,7 +5,6 @@
 //! `runJob`, `pauseJob`, `resumeJob`, `stopJob` for the job's owner and
 //! admins. A job is read by its owner, admins and auditors.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -16,13 +15,11 @@ use async_graphql::{
 use datasets::Rows;
 use domain::account::Username;
 use domain::job::{
-    DatasetVersionRef, Job, JobAggregate, JobCommand, JobError, JobId, JobSettings, JobSpec,
-    JobStatus, ProxiesRef, RunChecks,
+    ConsentChecks, DatasetVersionRef, Job, JobAggregate, JobCommand, JobError, JobId, JobSettings,
+    JobSpec, JobStatus, ProxiesRef, RunChecks,
 };
 use domain::job_plan::TargetPlan;
 use domain::runner::{Browser, Os, Platform};
-use domain::system_settings::{self, SystemSettings};
-use domain::target_domain::{self, TargetDomain};
 use domain::thresholds::{AutoAbort, Check, Figures, PerMille, Thresholds};
 use domain::{DatasetKind, DomainName, Reason};
 use futures_util::Stream;
@@ -642,29 +639,9 @@ impl JobQuery {
 /// of each domain and its parents, and the owner's flows today.
 async fn run_checks(app: &AppState, job: &Job) -> async_graphql::Result<RunChecks> {
     let internal = |e: &dyn std::fmt::Display| error::internal("cannot check the run", e);
-    let settings_stream = system_settings::stream().map_err(|e| internal(&e))?;
-    let (_, system) = app
-        .handler
-        .load::<SystemSettings>(&settings_stream)
+    let ConsentChecks { system, domains } = crate::consent_guard::consent_checks(app, job)
         .await
         .map_err(|e| internal(&e))?;
-    let mut domains = BTreeMap::new();
-    for domain in job.plan.domains() {
-        for name in std::iter::once(domain.clone()).chain(domain.parents()) {
-            if domains.contains_key(&name) {
-                continue;
-            }
-            let stream = target_domain::stream(&name).map_err(|e| internal(&e))?;
-            let (version, state) = app
-                .handler
-                .load::<TargetDomain>(&stream)
-                .await
-                .map_err(|e| internal(&e))?;
-            if version.is_some() {
-                domains.insert(name, state);
-            }
-        }
-    }
     let today = OffsetDateTime::now_utc().date().to_string();
     let rows = app
         .views
@@ -1105,6 +1082,7 @@ impl Coded for JobError {
             | JobError::BadReport { .. }
             | JobError::TooManyReports { .. }
             | JobError::ReportTooLarge { .. }
+            | JobError::ConsentLapsed { .. }
             | JobError::BadTtl => Code::Conflict,
         }
     }

@@ -11,6 +11,7 @@ pub mod depth;
 pub mod error;
 pub mod job;
 pub mod licence;
+pub mod proxy_pool;
 pub mod runner;
 pub mod runner_key;
 pub mod session;
@@ -59,6 +60,7 @@ pub struct QueryRoot(
     runner_key::RunnerKeyQuery,
     runner::RunnerQuery,
     job::JobQuery,
+    proxy_pool::ProxyPoolQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -85,6 +87,7 @@ pub struct SubscriptionRoot(
     dataset::DatasetSubscription,
     runner::RunnerSubscription,
     job::JobSubscription,
+    proxy_pool::ProxyPoolSubscription,
     target_domain::TargetDomainSubscription,
     stream_events::StreamEventsSubscription,
 );

@@ -1,8 +1,9 @@
 //! The runner fleet over GraphQL: `runners` (admins) from the runners view,
-//! with how busy each is when its connection is on this gateway;
+//! with how busy each is and when a gateway last heard from it;
 //! `availablePlatforms`, the OS/browser pairs online runners serve, for
 //! every logged-in account; both as subscriptions; `drainRunner` (admins).
 
+use std::collections::HashMap;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -10,13 +11,14 @@ use async_graphql::{Context, ID, Object, SimpleObject, Subscription};
 use domain::runner::{Platform, Runner as RunnerDecider, RunnerCommand, RunnerError, RunnerId};
 use futures_util::Stream;
 use projections::{Row, runners_view};
-use store::Filter;
+use store::{Filter, Presence};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::view_watch::view_changes;
 use crate::graphql::{ADMINS, app, decision, from_micros, principal, principal_with, row_err};
+use crate::runner_link::presence;
 use crate::state::AppState;
 
 /// Answers a subscription at most this often.
@@ -50,9 +52,10 @@ pub struct RunnerInfo {
     pub offline_reason: Option<String>,
     pub registered_at: OffsetDateTime,
     pub changed_at: OffsetDateTime,
-    /// Browsers busy, by its last heartbeat; known only on the gateway it
-    /// is connected to.
+    /// Browsers busy, by its last heartbeat, while it is online (on
+    /// whichever gateway holds its connection).
     pub busy: Option<u32>,
+    /// When a gateway last heard from it.
     pub last_heartbeat_at: Option<OffsetDateTime>,
 }
 
@@ -76,16 +79,20 @@ fn platform_from(row: &Row) -> async_graphql::Result<Platform> {
     })
 }
 
-fn runner_from(app: &AppState, row: &Row) -> async_graphql::Result<RunnerInfo> {
+fn runner_from(
+    presences: &HashMap<RunnerId, Presence>,
+    row: &Row,
+) -> async_graphql::Result<RunnerInfo> {
     let id: String = row.get("runner").map_err(row_err)?;
     let presence = Uuid::parse_str(&id)
         .ok()
-        .and_then(|u| app.fleet.presence(RunnerId(u)));
+        .and_then(|u| presences.get(&RunnerId(u)));
     let labels: String = row.get("labels").map_err(row_err)?;
     let labels: std::collections::BTreeMap<String, String> =
         serde_json::from_str(&labels).map_err(row_err)?;
     let max_instances: i64 = row.get("max_instances").map_err(row_err)?;
     let protocol: i64 = row.get("protocol").map_err(row_err)?;
+    let online: bool = row.get("online").map_err(row_err)?;
     Ok(RunnerInfo {
         id: ID(id),
         name: row.get("name").map_err(row_err)?,
@@ -98,14 +105,14 @@ fn runner_from(app: &AppState, row: &Row) -> async_graphql::Result<RunnerInfo> {
             .map(|(key, value)| Label { key, value })
             .collect(),
         protocol: u32::try_from(protocol).map_err(row_err)?,
-        online: row.get("online").map_err(row_err)?,
+        online,
         draining: row.get("draining").map_err(row_err)?,
         deregistered: row.get("deregistered").map_err(row_err)?,
         offline_reason: row.get("offline_reason").map_err(row_err)?,
         registered_at: from_micros(row.get("registered_at").map_err(row_err)?),
         changed_at: from_micros(row.get("changed_at").map_err(row_err)?),
-        busy: presence.map(|p| p.busy),
-        last_heartbeat_at: presence.and_then(|p| p.last_heartbeat),
+        busy: presence.filter(|_| online).map(|p| p.busy),
+        last_heartbeat_at: presence.map(|p| p.seen_at),
     })
 }
 
@@ -115,7 +122,10 @@ async fn all_runners(app: AppState) -> async_graphql::Result<Vec<RunnerInfo>> {
         .query(&ALL, vec![])
         .await
         .map_err(|e| error::internal("cannot read the runners", &e))?;
-    rows.iter().map(|row| runner_from(&app, row)).collect()
+    let presences = presence::all(&app).await;
+    rows.iter()
+        .map(|row| runner_from(&presences, row))
+        .collect()
 }
 
 /// What online runners serve: their own platforms and those they emulate

@@ -31,7 +31,7 @@ pub struct NewRunnerKey {
 }
 
 /// A fresh key: `tbr_` and 256 random bits, URL-safe.
-fn make_key() -> RunnerKey {
+pub(crate) fn make_key() -> RunnerKey {
     let bytes: [u8; 32] = rand::random();
     let raw = format!(
         "tbr_{}",

@@ -21,6 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::command_handler::CommandMeta;
 use crate::runner_link::fleet::NOTICE_QUEUE;
+use crate::runner_link::presence::Heard;
 use crate::runner_link::{RunnerTerms, work};
 use crate::state::AppState;
 
@@ -82,7 +83,9 @@ pub async fn serve(app: AppState, socket: WebSocket) {
     };
     let (notices_tx, notices) = mpsc::channel(NOTICE_QUEUE);
     let fleet = link.app.fleet.clone();
-    let attachment = fleet.attach(peer.runner, peer.key, notices_tx, now());
+    // Heard here first, so no gateway's sweep takes it for gone.
+    let mut heard = Heard::first(&link.app, peer.runner).await;
+    let attachment = fleet.attach(peer.runner, peer.key, notices_tx);
     let Some(draining) = link.register(&peer, &capabilities).await else {
         return;
     };
@@ -94,14 +97,26 @@ pub async fn serve(app: AppState, socket: WebSocket) {
         return;
     }
     tracing::info!(runner = %peer.runner, name = %peer.name, "runner connected");
-    let mut session = work::Session::new(peer, capabilities);
-    let end = link.run(&mut session, notices).await;
+    let mut session = work::Session::new(peer, attachment.connection(), capabilities);
+    session.draining = draining;
+    for brief in work::briefs_of_held_jobs(&link, &session).await {
+        if link.send(&brief).await.is_err() {
+            return;
+        }
+    }
+    let end = link.run(&mut session, notices, &mut heard).await;
     let peer = session.peer();
+    // Still its connection, here and on every gateway? Then its going is
+    // news; if another connection took it over meanwhile, it is not gone.
     let still_current = attachment.is_current();
+    let held = heard
+        .release(&link.app, peer.runner)
+        .await
+        .unwrap_or(still_current);
     drop(attachment);
     match end {
         End::Left | End::Replaced => {}
-        End::Gone | End::Refused | End::Silent if still_current => {
+        End::Gone | End::Refused | End::Silent if still_current && held => {
             let reason = if matches!(end, End::Silent) {
                 OfflineReason::Silent
             } else {
@@ -420,6 +435,7 @@ impl Link {
         &mut self,
         session: &mut work::Session,
         mut notices: mpsc::Receiver<GatewayMessage>,
+        heard: &mut Heard,
     ) -> End {
         loop {
             let frame = tokio::select! {
@@ -469,7 +485,13 @@ impl Link {
             if !self.within_rate().await {
                 return End::Refused;
             }
-            let message = match decode_runner_message(&text) {
+            let message = decode_runner_message(&text);
+            let busy = match &message {
+                Ok(RunnerMessage::Heartbeat { busy, .. }) => Some(*busy),
+                _ => None,
+            };
+            heard.again(&self.app, session.runner(), busy).await;
+            let message = match message {
                 Ok(m) => m,
                 Err(e) => {
                     let fatal = e.code.is_fatal();
@@ -494,8 +516,7 @@ impl Link {
                     ))
                     .await
                 }
-                RunnerMessage::Heartbeat { seq, busy } => {
-                    self.app.fleet.heartbeat(session.runner(), busy, now());
+                RunnerMessage::Heartbeat { seq, busy: _ } => {
                     work::heartbeat(self, session).await;
                     self.send(&GatewayMessage::HeartbeatAck { seq }).await
                 }
@@ -520,8 +541,14 @@ impl Link {
                     slots,
                     flows,
                 } => {
-                    let answer = work::lease(self, session, request, slots, flows).await;
-                    self.send(&answer).await
+                    let mut sent = Ok(());
+                    for answer in work::lease(self, session, request, slots, flows).await {
+                        sent = self.send(&answer).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    sent
                 }
                 RunnerMessage::Report {
                     batch,

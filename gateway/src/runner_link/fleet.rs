@@ -1,45 +1,39 @@
-//! The runners connected to this gateway: how to reach each connection,
-//! and what its heartbeats say (busy browsers, last seen). Heartbeats are
-//! folded here, in memory, never into events.
+//! The runners connected to this gateway: how to reach each connection.
+//! What their heartbeats say (busy browsers, last heard) is kept in the
+//! store for every gateway to see: see [`super::presence`].
 //!
 //! What other parts decide for a runner (an admin's drain, a job paused or
-//! stopped, a lease expired by any gateway's sweep, its key revoked)
-//! reaches it through [`relay`], which follows the log: whichever gateway
-//! appended the event, the one holding the runner's connection passes it on.
+//! stopped, a lease expired by any gateway's sweep, its key revoked, a
+//! proxy of a job it was briefed on disabled or enabled again) reaches it
+//! through [`relay`], which follows the log: whichever gateway appended the
+//! event, the one holding the runner's connection passes it on.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use domain::job::{JobEvent, JobId};
+use domain::job::{DatasetVersionRef, JobEvent, JobId};
+use domain::proxy_pool::{self, ProxyPoolEvent};
 use domain::runner::{RunnerEvent, RunnerId};
 use domain::runner_key::{RunnerKeyEvent, RunnerKeyId};
 use domain::runner_protocol::{ErrorCode, GatewayMessage, ProtocolError};
 use domain::{EventRegistry, RecordedEvent};
-use time::OffsetDateTime;
 use tokio::sync::{broadcast, mpsc};
 
-use crate::runner_link::targets::TargetUrls;
+use crate::runner_link::targets::Targets;
 use uuid::Uuid;
 
 /// Messages queued for one connection before it counts as stuck.
 pub const NOTICE_QUEUE: usize = 256;
-
-/// What this gateway knows of a connected runner between events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Presence {
-    pub connected_at: OffsetDateTime,
-    pub last_heartbeat: Option<OffsetDateTime>,
-    /// Browsers busy, as its last heartbeat said.
-    pub busy: u32,
-}
 
 struct Linked {
     connection: u64,
     /// The key it authenticated with.
     key: RunnerKeyId,
     notices: mpsc::Sender<GatewayMessage>,
-    presence: Presence,
+    /// The jobs this connection was sent the brief of, with their proxy
+    /// pools: it hears of those pools' proxies being disabled or enabled.
+    briefed: HashMap<JobId, Option<DatasetVersionRef>>,
 }
 
 /// The runners connected here.
@@ -47,10 +41,10 @@ struct Linked {
 pub struct Fleet {
     linked: Mutex<HashMap<RunnerId, Linked>>,
     next_connection: AtomicU64,
-    /// The URLs the lease grants of this gateway carry.
-    pub targets: TargetUrls,
-    /// One turn-taking lock per job: see [`Fleet::job_turn`].
-    job_turns: Mutex<HashMap<JobId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The targets the lease grants of this gateway carry.
+    pub targets: Targets,
+    /// One turn-taking lock per stream: see [`Fleet::turn`].
+    turns: Mutex<HashMap<domain::StreamId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// A connection's place in the fleet; leaving it frees the place, unless a
@@ -68,6 +62,11 @@ impl Attachment<'_> {
             .lock()
             .get(&self.runner)
             .is_some_and(|l| l.connection == self.connection)
+    }
+
+    /// The connection's number in the fleet.
+    pub fn connection(&self) -> u64 {
+        self.connection
     }
 }
 
@@ -95,7 +94,6 @@ impl Fleet {
         runner: RunnerId,
         key: RunnerKeyId,
         notices: mpsc::Sender<GatewayMessage>,
-        now: OffsetDateTime,
     ) -> Attachment<'_> {
         let connection = self.next_connection.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(
@@ -104,11 +102,7 @@ impl Fleet {
                 connection,
                 key,
                 notices,
-                presence: Presence {
-                    connected_at: now,
-                    last_heartbeat: None,
-                    busy: 0,
-                },
+                briefed: HashMap::new(),
             },
         );
         Attachment {
@@ -118,28 +112,17 @@ impl Fleet {
         }
     }
 
-    pub fn heartbeat(&self, runner: RunnerId, busy: u32, now: OffsetDateTime) {
-        if let Some(l) = self.lock().get_mut(&runner) {
-            l.presence.busy = busy;
-            l.presence.last_heartbeat = Some(now);
-        }
-    }
-
-    /// The runner's presence, if it is connected here.
-    pub fn presence(&self, runner: RunnerId) -> Option<Presence> {
-        self.lock().get(&runner).map(|l| l.presence)
-    }
-
-    /// The lock commands on `job` from this gateway's connections take
-    /// turns on, so that they queue instead of racing each other into
-    /// version conflicts on the job's stream. In memory and per gateway:
-    /// between gateways the store's optimistic concurrency decides.
-    pub fn job_turn(&self, job: JobId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut turns = self.job_turns.lock().unwrap_or_else(|p| p.into_inner());
+    /// The lock commands on `stream` (a job's, a proxy pool's) from this
+    /// gateway's connections take turns on, so that they queue instead of
+    /// racing each other into version conflicts on the stream. In memory
+    /// and per gateway: between gateways the store's optimistic
+    /// concurrency decides.
+    pub fn turn(&self, stream: &domain::StreamId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
         if turns.len() > 1024 {
             turns.retain(|_, lock| Arc::strong_count(lock) > 1);
         }
-        turns.entry(job).or_default().clone()
+        turns.entry(stream.clone()).or_default().clone()
     }
 
     /// How many runners are connected here.
@@ -149,6 +132,50 @@ impl Fleet {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Records that connection `connection` of `runner` has the brief of
+    /// `job`, whose proxies are `pool`: from now on it hears of them.
+    /// Recorded before the brief is read, so that no change after the read
+    /// goes unheard.
+    pub fn briefed(
+        &self,
+        runner: RunnerId,
+        connection: u64,
+        job: JobId,
+        pool: Option<DatasetVersionRef>,
+    ) {
+        if let Some(l) = self.lock().get_mut(&runner)
+            && l.connection == connection
+        {
+            l.briefed.insert(job, pool);
+        }
+    }
+
+    /// Has connection `connection` of `runner` been sent the brief of `job`?
+    pub fn has_brief(&self, runner: RunnerId, connection: u64, job: JobId) -> bool {
+        self.lock()
+            .get(&runner)
+            .is_some_and(|l| l.connection == connection && l.briefed.contains_key(&job))
+    }
+
+    /// Forgets a brief that could not be sent.
+    pub fn unbriefed(&self, runner: RunnerId, connection: u64, job: JobId) {
+        if let Some(l) = self.lock().get_mut(&runner)
+            && l.connection == connection
+        {
+            l.briefed.remove(&job);
+        }
+    }
+
+    /// Queues, for every connection here briefed on a job whose proxies
+    /// are `pool`, the message `about` makes for that job.
+    pub fn notify_pool(&self, pool: DatasetVersionRef, about: impl Fn(JobId) -> GatewayMessage) {
+        for l in self.lock().values() {
+            for (&job, _) in l.briefed.iter().filter(|(_, p)| **p == Some(pool)) {
+                let _ = l.notices.try_send(about(job));
+            }
+        }
     }
 
     /// Queues a message for one runner, if it is connected here. A runner
@@ -175,11 +202,15 @@ impl Fleet {
     }
 }
 
+/// A message for each job a connection was briefed on, by job.
+type PerJob = Box<dyn Fn(JobId) -> GatewayMessage + Send>;
+
 /// Whom an event concerns, and what to tell them.
 enum Relay {
     One(RunnerId, GatewayMessage),
     Key(RunnerKeyId, GatewayMessage),
     All(GatewayMessage),
+    Pool(DatasetVersionRef, PerJob),
 }
 
 /// What a runner must hear of `event`, if anything.
@@ -189,11 +220,14 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
     const RELAYED: &[&str] = &[
         "DrainRequested",
         "JobPaused",
+        "JobHalted",
         "JobStopped",
         "JobFailed",
         "JobCompleted",
         "LeaseExpired",
         "RunnerKeyRevoked",
+        "ProxyDisabled",
+        "ProxyReEnabled",
     ];
     if !RELAYED.contains(&event.event_type.as_str()) {
         return None;
@@ -212,6 +246,36 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
             GatewayMessage::Error(refused.into_message()),
         ));
     }
+    if let Some(pool) = proxy_pool::pool_of(stream) {
+        return match registry.decode::<ProxyPoolEvent>(event).ok()? {
+            ProxyPoolEvent::ProxyDisabled(d) => {
+                let reason = if d.on_trial {
+                    format!("it failed again on trial (last: {})", d.last_error)
+                } else {
+                    format!(
+                        "{} failures within {} s (last: {})",
+                        d.failures, d.within_s, d.last_error
+                    )
+                };
+                Some(Relay::Pool(
+                    pool,
+                    Box::new(move |job| GatewayMessage::ProxyDisabled {
+                        job,
+                        proxy: d.proxy,
+                        reason: reason.clone(),
+                    }),
+                ))
+            }
+            ProxyPoolEvent::ProxyReEnabled(e) => Some(Relay::Pool(
+                pool,
+                Box::new(move |job| GatewayMessage::ProxyEnabled {
+                    job,
+                    proxy: e.proxy,
+                }),
+            )),
+            _ => None,
+        };
+    }
     if let Some(id) = stream.strip_prefix("runner-") {
         let runner = RunnerId(Uuid::parse_str(id).ok()?);
         return match registry.decode::<RunnerEvent>(event).ok()? {
@@ -224,9 +288,12 @@ fn relayed(registry: &EventRegistry, event: &RecordedEvent) -> Option<Relay> {
     let job = JobId(Uuid::parse_str(stream.strip_prefix("job-")?).ok()?);
     match registry.decode::<JobEvent>(event).ok()? {
         JobEvent::JobPaused(_) => Some(Relay::All(GatewayMessage::JobPaused { job })),
-        JobEvent::JobStopped(_) | JobEvent::JobFailed(_) | JobEvent::JobCompleted(_) => {
-            Some(Relay::All(GatewayMessage::JobStopped { job }))
-        }
+        // Halted (safe mode, consent lost): its leases are gone and its
+        // flows must stop now, as for a stop; it may be resumed later.
+        JobEvent::JobStopped(_)
+        | JobEvent::JobFailed(_)
+        | JobEvent::JobCompleted(_)
+        | JobEvent::JobHalted(_) => Some(Relay::All(GatewayMessage::JobStopped { job })),
         JobEvent::LeaseExpired(e) => Some(Relay::One(
             e.runner,
             GatewayMessage::LeaseExpired {
@@ -261,6 +328,7 @@ pub async fn relay(fleet: Arc<Fleet>, mut events: broadcast::Receiver<Arc<Record
             Some(Relay::One(runner, message)) => fleet.notify(runner, message),
             Some(Relay::Key(key, message)) => fleet.notify_key(key, &message),
             Some(Relay::All(message)) => fleet.notify_all(&message),
+            Some(Relay::Pool(pool, about)) => fleet.notify_pool(pool, about),
             None => {}
         }
     }

@@ -5,10 +5,19 @@
 //! - [`work`]: its leases, reports and hand-backs on jobs;
 //! - [`fleet`]: the runners connected to this gateway, and the notices
 //!   passed on to them;
-//! - [`targets`]: the target URLs lease grants carry.
+//! - [`presence`]: when each runner was last heard from, on any gateway,
+//!   and the sweep that marks the silent ones offline;
+//! - [`targets`]: the targets lease grants carry;
+//! - [`brief`]: a job's brief, what a runner needs once per job;
+//! - [`proxy_health`]: proxies disabled as they keep failing, and
+//!   re-enabled on trial.
 
+pub mod brief;
 pub mod connection;
 pub mod fleet;
+pub mod local_key;
+pub mod presence;
+pub mod proxy_health;
 pub mod targets;
 pub mod work;
 
@@ -59,10 +68,13 @@ pub async fn endpoint(State(state): State<AppState>, upgrade: WebSocketUpgrade) 
 }
 
 /// The gateway's background work for runners: notices passed on to the
-/// runners connected here, and the sweep of expired leases.
+/// runners connected here, and the sweeps of expired leases, of runners
+/// silent on every gateway, and of proxies to re-enable on trial.
 pub fn background(state: &AppState) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
         tokio::spawn(fleet::relay(state.fleet.clone(), state.live.subscribe())),
         tokio::spawn(work::sweep(state.clone())),
+        tokio::spawn(presence::sweep(state.clone())),
+        tokio::spawn(proxy_health::sweep(state.clone())),
     ]
 }

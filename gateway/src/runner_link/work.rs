@@ -5,14 +5,19 @@
 //! events take ids derived from (runner, batch), so a batch sent again
 //! appends nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::LazyLock;
 
 use domain::click_consent::{self, ClickConsent, ClickConsentState};
 use domain::flow::{Click, FlowRange, FlowReport};
-use domain::job::{FlowsLeased, JobAggregate, JobCommand, JobError, JobEvent, JobId, Returned};
+use domain::job::{
+    FlowsLeased, Job, JobAggregate, JobCommand, JobError, JobEvent, JobId, ProxiesRef, Returned,
+};
+use domain::job_brief::profile_for;
 use domain::runner::{Capabilities, NoLeases, Runner, RunnerCommand, RunnerId};
-use domain::runner_protocol::{ErrorCode, ErrorMessage, FlowWork, GatewayMessage, LeaseGrant};
+use domain::runner_protocol::{
+    BRIEFS_SINCE, ErrorCode, ErrorMessage, FlowWork, GatewayMessage, LeaseGrant,
+};
 use domain::{Actor, Context};
 use projections::jobs_view;
 use time::OffsetDateTime;
@@ -20,11 +25,14 @@ use uuid::Uuid;
 
 use crate::command_handler::CommandError;
 use crate::runner_link::connection::{Link, Peer, refusal, runner_meta};
+use crate::runner_link::{brief, proxy_health};
 use crate::state::AppState;
 
 /// What one connection knows of its runner's work.
 pub(crate) struct Session {
     peer: Peer,
+    /// The connection's number in the fleet.
+    connection: u64,
     pub capabilities: Capabilities,
     /// It asked to drain, or was told to: no new leases.
     pub draining: bool,
@@ -33,15 +41,20 @@ pub(crate) struct Session {
     /// never reached it (its gateway died in between) is not, so it expires
     /// and its flows are leased again, instead of being held for ever.
     working: BTreeSet<JobId>,
+    /// The proxies of the jobs it reported on, read once (a job's spec
+    /// never changes).
+    proxies: HashMap<JobId, Option<ProxiesRef>>,
 }
 
 impl Session {
-    pub fn new(peer: Peer, capabilities: Capabilities) -> Self {
+    pub fn new(peer: Peer, connection: u64, capabilities: Capabilities) -> Self {
         Self {
             peer,
+            connection,
             capabilities,
             draining: false,
             working: BTreeSet::new(),
+            proxies: HashMap::new(),
         }
     }
 
@@ -65,26 +78,33 @@ fn system() -> Context {
     Context::new(OffsetDateTime::now_utc(), Actor::System)
 }
 
-/// Runs a command on a job's stream for a runner, as the gateway, taking
-/// its turn with this gateway's other commands on the job.
-async fn on_job(
+/// Runs a command on a job's stream as the gateway (for a runner, or of
+/// its own accord), taking its turn with this gateway's other commands on
+/// the job.
+pub(crate) async fn on_job(
     app: &AppState,
     stream: &domain::StreamId,
     command: JobCommand,
     meta: &crate::command_handler::CommandMeta,
 ) -> Result<crate::command_handler::Handled<JobEvent>, CommandError<JobError>> {
-    let job = stream
-        .as_str()
-        .strip_prefix("job-")
-        .and_then(|id| Uuid::parse_str(id).ok())
-        .map(JobId);
-    let turn = job.map(|job| app.fleet.job_turn(job));
-    let _turn = match &turn {
-        Some(lock) => Some(lock.lock().await),
-        None => None,
-    };
+    in_turn::<JobAggregate>(app, stream, command, meta).await
+}
+
+/// Runs a command on `stream` as the gateway (the system), taking its turn
+/// with this gateway's other commands on the stream.
+pub(crate) async fn in_turn<D: domain::Decider>(
+    app: &AppState,
+    stream: &domain::StreamId,
+    command: D::Command,
+    meta: &crate::command_handler::CommandMeta,
+) -> Result<crate::command_handler::Handled<D::Event>, CommandError<D::Error>>
+where
+    D::Command: Clone,
+{
+    let turn = app.fleet.turn(stream);
+    let _turn = turn.lock().await;
     app.handler
-        .handle::<JobAggregate>(stream, command, &system(), meta)
+        .handle::<D>(stream, command, &system(), meta)
         .await
 }
 
@@ -234,6 +254,16 @@ pub(crate) async fn report(
     .await;
     match outcome {
         Ok(handled) => {
+            let reported = handled.events.iter().flat_map(|e| match e {
+                JobEvent::FlowsReported(r) => r.reports.as_slice(),
+                _ => &[],
+            });
+            let reported: Vec<FlowReport> = reported.cloned().collect();
+            if names_proxies(&reported)
+                && let Some(pool) = proxies_of(link, session, job).await
+            {
+                proxy_health::record(&link.app, job, pool, runner, batch, &reported).await;
+            }
             let recorded = handled
                 .events
                 .iter()
@@ -252,6 +282,27 @@ pub(crate) async fn report(
         }
         Err(e) => refused(job_refusal(&e)),
     }
+}
+
+/// Do any of these reports say anything of a proxy?
+fn names_proxies(reports: &[FlowReport]) -> bool {
+    reports.iter().any(|r| match r {
+        FlowReport::ProxyFailedOver { .. } => true,
+        FlowReport::Finished(f) => f.proxy.is_some(),
+        _ => false,
+    })
+}
+
+/// The proxies of `job`, read once per connection.
+async fn proxies_of(link: &Link, session: &mut Session, job: JobId) -> Option<ProxiesRef> {
+    if let Some(&known) = session.proxies.get(&job) {
+        return known;
+    }
+    let stream = job.stream().ok()?;
+    let (_, state) = link.app.handler.load::<JobAggregate>(&stream).await.ok()?;
+    let proxies = state.job?.spec.proxies;
+    session.proxies.insert(job, proxies);
+    proxies
 }
 
 /// Takes flows back into the job's pool at once.
@@ -309,7 +360,7 @@ pub(crate) async fn hand_back_everything(link: &Link, session: &Session) {
 }
 
 /// Running jobs, oldest run first, with their specs: what a lease request
-/// picks from.
+/// picks from (those whose device profiles the runner's platform serves).
 static RUNNING: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT job, spec FROM {} WHERE status = 'running' ORDER BY started_at, job",
@@ -322,18 +373,19 @@ const NO_WORK_RETRY_MS: u64 = 1000;
 
 /// Answers a lease request: flows of the first running job the runner's
 /// platform serves that has flows and instances to spare, or `no_work`.
+/// A grant of a job this connection has no brief of follows the brief.
 pub(crate) async fn lease(
     link: &Link,
     session: &mut Session,
     request: u64,
     slots: u32,
     flows: u64,
-) -> GatewayMessage {
+) -> Vec<GatewayMessage> {
     let runner = session.runner();
     let refuse = |code, message: String| {
         let mut m = refusal(code, message);
         m.request = Some(request);
-        GatewayMessage::Error(m)
+        vec![GatewayMessage::Error(m)]
     };
     if let Err(why) = may_lease(link, session).await {
         let code = match why {
@@ -365,20 +417,20 @@ pub(crate) async fn lease(
             continue;
         };
         if spec.platforms.iter().any(|&p| platform.serves(p)) {
-            candidates.push((JobId(id), spec));
+            candidates.push(JobId(id));
         }
     }
     // The request's events take ids derived from (runner, request): one
     // sent again, its answer lost with a connection, finds its grant.
     let key = format!("lease:{runner}:{request}");
-    for (job, spec) in &candidates {
+    for job in &candidates {
         if let Some(leased) = earlier_lease(link, *job, &key).await {
             session.working.insert(*job);
-            return answer_lease(link, runner, request, *job, spec, leased).await;
+            return answer_lease(link, session, request, *job, leased).await;
         }
     }
     let ttl = link.terms.lease_ttl();
-    for (job, spec) in &candidates {
+    for job in &candidates {
         let Ok(stream) = job.stream() else { continue };
         let command = JobCommand::LeaseFlows {
             runner,
@@ -402,16 +454,21 @@ pub(crate) async fn lease(
             // Full, ended or paused meanwhile, or not for this platform:
             // the next job may fit.
             Err(CommandError::Rejected(_)) => None,
-            Err(e) => return GatewayMessage::Error(with_request(job_refusal(&e), request)),
+            Err(e) => {
+                return vec![GatewayMessage::Error(with_request(
+                    job_refusal(&e),
+                    request,
+                ))];
+            }
         };
         let Some(leased) = leased else { continue };
         session.working.insert(*job);
-        return answer_lease(link, runner, request, *job, spec, leased).await;
+        return answer_lease(link, session, request, *job, leased).await;
     }
-    GatewayMessage::NoWork {
+    vec![GatewayMessage::NoWork {
         request,
         retry_after_ms: NO_WORK_RETRY_MS,
-    }
+    }]
 }
 
 /// The lease `key`'s request got on `job` before, if it did, cut to the
@@ -439,23 +496,99 @@ async fn earlier_lease(link: &Link, job: JobId, key: &str) -> Option<FlowsLeased
     Some(leased)
 }
 
-/// The answer to a lease: the grant, or (when it cannot be described) the
-/// flows handed straight back and the refusal.
+/// The answer to a lease: the job's brief when this connection has none
+/// yet, and the grant; or (when either cannot be made) the flows handed
+/// straight back and the refusal.
 async fn answer_lease(
     link: &Link,
-    runner: RunnerId,
+    session: &Session,
     request: u64,
     job: JobId,
-    spec: &domain::job::JobSpec,
     leased: FlowsLeased,
-) -> GatewayMessage {
-    match grant(link, job, spec, leased).await {
-        Ok(grant) => GatewayMessage::LeaseGranted { request, grant },
+) -> Vec<GatewayMessage> {
+    let runner = session.runner();
+    let answer = async {
+        let job = load_job(link, job).await?;
+        let grant = grant(link, &job, session.capabilities.platform, leased).await?;
+        let mut messages = brief_for(link, session, &job).await?;
+        messages.push(GatewayMessage::LeaseGranted { request, grant });
+        Ok::<_, ErrorMessage>(messages)
+    };
+    match answer.await {
+        Ok(messages) => messages,
         Err(m) => {
             let _ = give_back(link, runner, job, Returned::All).await;
-            GatewayMessage::Error(with_request(m, request))
+            vec![GatewayMessage::Error(with_request(m, request))]
         }
     }
+}
+
+/// The job as its stream has it now.
+async fn load_job(link: &Link, job: JobId) -> Result<Job, ErrorMessage> {
+    let stream = job
+        .stream()
+        .map_err(|e| refusal(ErrorCode::Internal, e.to_string()))?;
+    let (_, state) = link
+        .app
+        .handler
+        .load::<JobAggregate>(&stream)
+        .await
+        .map_err(|e| job_refusal(&e))?;
+    state
+        .job
+        .ok_or_else(|| refusal(ErrorCode::Internal, "the job vanished"))
+}
+
+/// The `job_brief` messages of `job` for this connection, unless it has
+/// the brief already or speaks a version without briefs.
+pub(crate) async fn brief_for(
+    link: &Link,
+    session: &Session,
+    job: &Job,
+) -> Result<Vec<GatewayMessage>, ErrorMessage> {
+    let (runner, connection) = (session.runner(), session.connection);
+    let fleet = &link.app.fleet;
+    if session.peer().protocol < BRIEFS_SINCE || fleet.has_brief(runner, connection, job.id) {
+        return Ok(Vec::new());
+    }
+    // Before the read: a proxy disabled after it is relayed to this runner.
+    fleet.briefed(
+        runner,
+        connection,
+        job.id,
+        job.spec.proxies.map(|p| p.version),
+    );
+    let parts = match brief::build(&link.app, job, session.capabilities.platform).await {
+        Ok(brief) => GatewayMessage::brief_parts(brief).map_err(|e| e.to_string()),
+        Err(why) => Err(why),
+    };
+    parts.map_err(|why| {
+        fleet.unbriefed(runner, connection, job.id);
+        tracing::error!(job = %job.id, %runner, %why, "no brief for a runner");
+        refusal(
+            ErrorCode::Internal,
+            format!("the job's brief cannot be made: {why}"),
+        )
+    })
+}
+
+/// The briefs of the jobs the runner holds flows of, for a connection
+/// just registered: a runner that reconnects hears again of their
+/// proxies' health, whether or not it leases them again.
+pub(crate) async fn briefs_of_held_jobs(link: &Link, session: &Session) -> Vec<GatewayMessage> {
+    if session.peer().protocol < BRIEFS_SINCE {
+        return Vec::new();
+    }
+    let mut messages = Vec::new();
+    for job in held_jobs(&link.app, session.runner()).await {
+        let Ok(job) = load_job(link, job).await else {
+            continue;
+        };
+        if let Ok(parts) = brief_for(link, session, &job).await {
+            messages.extend(parts);
+        }
+    }
+    messages
 }
 
 fn with_request(mut m: ErrorMessage, request: u64) -> ErrorMessage {
@@ -495,58 +628,54 @@ async fn may_lease(link: &Link, session: &mut Session) -> Result<(), NoLeases> {
 }
 
 /// Records the runner's registration again (it is connected here, whatever
-/// another gateway concluded from its old connection's silence).
+/// another gateway concluded from its old connection's silence, or a sweep
+/// from a moment when no gateway had heard from it). A registration after
+/// going offline reads as a fresh process, so a drain this connection is
+/// under is recorded again: the same process is still draining.
 pub(crate) async fn reregister(link: &Link, session: &Session) {
     let peer = session.peer();
-    link.record(
-        peer,
-        RunnerCommand::Register {
-            key: peer.key,
-            name: peer.name.clone(),
-            capabilities: session.capabilities.clone(),
-            protocol: peer.protocol,
-        },
-    )
-    .await;
+    let registered = link
+        .record(
+            peer,
+            RunnerCommand::Register {
+                key: peer.key,
+                name: peer.name.clone(),
+                capabilities: session.capabilities.clone(),
+                protocol: peer.protocol,
+            },
+        )
+        .await;
+    if registered && session.draining {
+        link.record(peer, RunnerCommand::RequestDrain).await;
+    }
 }
 
-/// What the runner is told to do with flows just leased to it.
+/// What a runner on `platform` is told to do with flows just leased to it.
 async fn grant(
     link: &Link,
-    job: JobId,
-    spec: &domain::job::JobSpec,
+    job: &Job,
+    platform: domain::runner::Platform,
     leased: FlowsLeased,
 ) -> Result<LeaseGrant, ErrorMessage> {
-    let stream = job
-        .stream()
-        .map_err(|e| refusal(ErrorCode::Internal, e.to_string()))?;
-    let (_, state) = link
-        .app
-        .handler
-        .load::<JobAggregate>(&stream)
-        .await
-        .map_err(|e| job_refusal(&e))?;
-    let plan = state
-        .job
-        .map(|j| j.plan)
-        .ok_or_else(|| refusal(ErrorCode::Internal, "the job vanished"))?;
-    let urls = link
+    let spec = &job.spec;
+    let targets = link
         .app
         .fleet
         .targets
-        .urls(&link.app, job, spec.targets)
+        .of(&link.app, job.id, spec.targets)
         .await
         .map_err(|why| {
-            tracing::error!(%job, %why, "cannot read a job's target URLs");
+            tracing::error!(job = %job.id, %why, "cannot read a job's targets");
             refusal(
                 ErrorCode::Internal,
                 format!("the job's targets cannot be read: {why}"),
             )
         })?;
+    let served = spec.served_profiles(platform);
     let mut work = Vec::new();
     for range in &leased.flows {
-        for piece in plan.pieces(*range) {
-            let url = urls.get(piece.target as usize).cloned().ok_or_else(|| {
+        for piece in job.plan.pieces(*range) {
+            let target = targets.get(piece.target as usize).ok_or_else(|| {
                 refusal(
                     ErrorCode::Internal,
                     format!("the targets version has no row {}", piece.target),
@@ -555,8 +684,14 @@ async fn grant(
             work.push(FlowWork {
                 flows: piece.flows,
                 target: piece.target,
-                url,
+                url: target.url.clone(),
                 click: piece.clicks,
+                traffic: target.traffic.clone(),
+                profiles: piece
+                    .flows
+                    .flows()
+                    .filter_map(|flow| profile_for(flow, &served))
+                    .collect(),
             });
         }
     }
@@ -574,7 +709,7 @@ async fn grant(
         Vec::new()
     };
     Ok(LeaseGrant {
-        job,
+        job: job.id,
         slots: leased.slots,
         expires_in_ms: link.terms.lease_ttl.as_millis() as u64,
         work,

@@ -21,7 +21,7 @@ use domain::licence::{Allowances, LicenceTerms};
 use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
 use domain::runner_key::{self, RunnerKey, RunnerKeyCommand, RunnerKeyId, RunnerKeys};
 use domain::runner_protocol::{ErrorCode, VersionRange};
-use domain::system_settings::SystemSettingsState;
+use domain::system_settings::{self, SystemSettings, SystemSettingsCommand, SystemSettingsState};
 use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
 use domain::upload::UploadId;
@@ -62,22 +62,74 @@ pub struct Live {
     serving: JoinHandle<std::io::Result<()>>,
 }
 
-impl Live {
+/// The tests' gateway settings.
+fn gateway_config() -> GatewayConfig {
+    GatewayConfig {
+        jwt_secret: b"a runner-link test secret of 32+ bytes".to_vec().into(),
+        session_policy: SessionPolicy::default(),
+        login_limits: LoginLimits::default(),
+        trusted_proxies: TrustedProxies::default(),
+        // Proxy passwords are sealed with it, and opened for briefs.
+        data_key: Some(Arc::new(datasets::DataKey::generate().unwrap())),
+        upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
+        verification: gateway::verification::VerificationSettings::default(),
+    }
+}
+
+/// A gateway in a runtime of its own, so that it can die as a killed
+/// process does: every task dropped where it stands, its sockets closed,
+/// nothing said and nothing recorded on the way out.
+pub struct Doomed {
+    pub url: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Doomed {
     pub async fn start(store: &TestStore) -> Self {
-        let backend = store.open_backend().await;
-        let config = GatewayConfig {
-            jwt_secret: b"a runner-link test secret of 32+ bytes".to_vec().into(),
-            session_policy: SessionPolicy::default(),
-            login_limits: LoginLimits::default(),
-            trusted_proxies: TrustedProxies::default(),
-            data_key: None,
-            upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
-            verification: gateway::verification::VerificationSettings::default(),
-        };
-        let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let shared = store.shared();
+        let (bound, addr) = oneshot::channel();
+        runtime.spawn(async move {
+            let backend = shared.open_backend().await;
+            let gateway = Gateway::start(
+                SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                &backend,
+                gateway_config(),
+            )
             .await
             .unwrap()
             .with_runner_terms(TERMS);
+            let _ = bound.send(gateway.local_addr().unwrap());
+            gateway.serve(std::future::pending()).await
+        });
+        let addr = addr.await.unwrap();
+        Self {
+            url: format!("ws://{addr}/runner"),
+            runtime,
+        }
+    }
+
+    /// Dies at once.
+    pub fn kill(self) {
+        self.runtime.shutdown_background();
+    }
+}
+
+impl Live {
+    pub async fn start(store: &TestStore) -> Self {
+        let backend = store.open_backend().await;
+        let gateway = Gateway::start(
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            &backend,
+            gateway_config(),
+        )
+        .await
+        .unwrap()
+        .with_runner_terms(TERMS);
         let addr = gateway.local_addr().unwrap();
         let app = gateway.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -95,6 +147,11 @@ impl Live {
             stop,
             serving,
         }
+    }
+
+    /// The gateway's own state.
+    pub fn app(&self) -> &AppState {
+        &self.app
     }
 
     /// A plain HTTP GET on the gateway: (status, body).
@@ -303,12 +360,25 @@ pub fn owner() -> Context {
             max_instances: 64,
             human_surfing: true,
             external_clicks: true,
+            import_proxy: true,
             max_flows_per_day: 10_000_000,
             max_targets: 1_000_000,
             ..Allowances::default()
         },
         expires_at: OffsetDateTime::now_utc() + time::Duration::days(30),
     })
+}
+
+/// A super-admin.
+pub fn root() -> Context {
+    Context::new(
+        OffsetDateTime::now_utc(),
+        Actor::Account {
+            account_id: Uuid::now_v7(),
+            username: "root".into(),
+            roles: [Role::SuperAdmin].into(),
+        },
+    )
 }
 
 pub fn system() -> Context {
@@ -382,11 +452,25 @@ impl Live {
         clicks: u32,
         instances: u32,
     ) -> JobId {
+        let job = self
+            .ready_job("shop.example.com", targets, flows, clicks, instances)
+            .await;
+        self.run(job).await;
+        job
+    }
+
+    /// A READY job of ada's, as [`Live::running_job`] makes it, on `domain`.
+    pub async fn ready_job(
+        &self,
+        domain: &str,
+        targets: u32,
+        flows: u32,
+        clicks: u32,
+        instances: u32,
+    ) -> JobId {
         let mut csv = String::from("url,flow_target,click_target\n");
         for t in 0..targets {
-            csv.push_str(&format!(
-                "https://shop.example.com/p/{t},{flows},{clicks}\n"
-            ));
+            csv.push_str(&format!("https://{domain}/p/{t},{flows},{clicks}\n"));
         }
         let targets_ref = self.publish(DatasetKind::Targets, &csv).await;
         let profiles = self
@@ -404,7 +488,7 @@ impl Live {
             .await;
         let plan = (0..targets)
             .map(|_| TargetPlan {
-                domain: DomainName::parse("shop.example.com").unwrap(),
+                domain: DomainName::parse(domain).unwrap(),
                 flows,
                 clicks,
             })
@@ -437,6 +521,68 @@ impl Live {
         )
         .await
         .unwrap();
+        job
+    }
+
+    /// A RUNNING job of ada's over the first versions of datasets made of
+    /// these csv texts (its targets on shop.example.com), with the given
+    /// settings; `platforms` are the device profiles' rows' platforms.
+    pub async fn running_job_of(
+        &self,
+        targets: &str,
+        profiles: (&str, Vec<Platform>),
+        settings_profile: &str,
+        proxies: Option<&str>,
+        settings: JobSettings,
+    ) -> JobId {
+        let Ok(datasets::Rows::Targets(rows)) = datasets::parse(
+            DatasetKind::Targets,
+            ImportFormat::Csv,
+            targets.as_bytes(),
+            &ImportOptions::default(),
+        ) else {
+            panic!("test targets do not parse")
+        };
+        let plan = rows
+            .iter()
+            .map(|t| TargetPlan {
+                domain: DomainName::parse(t.url.host_str().unwrap()).unwrap(),
+                flows: t.flow_target,
+                clicks: t.click_target,
+            })
+            .collect();
+        let proxies = match proxies {
+            Some(csv) => Some(domain::job::ProxiesRef {
+                version: self.publish(DatasetKind::Proxies, csv).await,
+                proxies: csv.lines().count() as u32 - 1,
+            }),
+            None => None,
+        };
+        let spec = JobSpec {
+            owner: Username::parse(OWNER).unwrap(),
+            name: "brief test".into(),
+            targets: self.publish(DatasetKind::Targets, targets).await,
+            proxies,
+            device_profiles: self.publish(DatasetKind::DeviceProfiles, profiles.0).await,
+            platforms: profiles.1,
+            settings_profile: self
+                .publish(DatasetKind::SettingsProfiles, settings_profile)
+                .await,
+            settings,
+            thresholds: Thresholds::default(),
+        };
+        let job = JobId(Uuid::now_v7());
+        self.job(
+            job,
+            JobCommand::Create {
+                id: job,
+                spec,
+                targets: plan,
+            },
+            &owner(),
+        )
+        .await
+        .unwrap();
         self.run(job).await;
         job
     }
@@ -444,14 +590,6 @@ impl Live {
     /// Runs (or resumes) `job` with its domain allow-listed and safe mode off.
     pub async fn run(&self, job: JobId) {
         let domain = DomainName::parse("shop.example.com").unwrap();
-        let root = Context::new(
-            OffsetDateTime::now_utc(),
-            Actor::Account {
-                account_id: Uuid::now_v7(),
-                username: "root".into(),
-                roles: [Role::SuperAdmin].into(),
-            },
-        );
         let domain_stream = target_domain::stream(&domain).unwrap();
         let (_, listed) = self
             .handler
@@ -459,34 +597,70 @@ impl Live {
             .await
             .unwrap();
         if listed.allow_listing.is_none() {
-            self.handler
-                .handle::<TargetDomain>(
-                    &domain_stream,
-                    TargetDomainCommand::AllowList {
-                        reason: Reason::parse("the tests' staging host").unwrap(),
-                    },
-                    &root,
-                    &CommandMeta::default(),
-                )
-                .await
-                .unwrap();
+            self.domain(
+                "shop.example.com",
+                TargetDomainCommand::AllowList {
+                    reason: Reason::parse("the tests' staging host").unwrap(),
+                },
+                &root(),
+            )
+            .await;
         }
+        self.run_on(job, "shop.example.com").await.unwrap();
+    }
+
+    /// Runs (or resumes) `job`, whose targets are on `domain`, with safe
+    /// mode off and the domain as its stream has it.
+    pub async fn run_on(
+        &self,
+        job: JobId,
+        domain: &str,
+    ) -> Result<Vec<JobEvent>, gateway::CommandError<domain::job::JobError>> {
+        let domain = DomainName::parse(domain).unwrap();
         let (_, state) = self
             .handler
-            .load::<TargetDomain>(&domain_stream)
+            .load::<TargetDomain>(&target_domain::stream(&domain).unwrap())
             .await
             .unwrap();
         let checks = RunChecks {
-            system: SystemSettingsState {
-                safe_mode: false,
-                safe_mode_switch: None,
-            },
+            system: self.safe_mode(false).await,
             domains: [(domain, state)].into(),
             flows_today: 0,
         };
-        self.job(job, JobCommand::Run(checks), &owner())
+        self.job(job, JobCommand::Run(checks), &owner()).await
+    }
+
+    /// A command on `domain`'s consent, by `as_who`.
+    pub async fn domain(&self, domain: &str, command: TargetDomainCommand, as_who: &Context) {
+        let stream = target_domain::stream(&DomainName::parse(domain).unwrap()).unwrap();
+        self.handler
+            .handle::<TargetDomain>(&stream, command, as_who, &CommandMeta::default())
             .await
             .unwrap();
+    }
+
+    /// Turns safe mode on or off as a super-admin (if it is not already);
+    /// the settings then.
+    pub async fn safe_mode(&self, on: bool) -> SystemSettingsState {
+        let stream = system_settings::stream().unwrap();
+        let (_, now) = self.handler.load::<SystemSettings>(&stream).await.unwrap();
+        if now.safe_mode != on {
+            let reason = Reason::parse("the orchestrator tests").unwrap();
+            let command = if on {
+                SystemSettingsCommand::TurnSafeModeOn { reason }
+            } else {
+                SystemSettingsCommand::TurnSafeModeOff { reason }
+            };
+            self.handler
+                .handle::<SystemSettings>(&stream, command, &root(), &CommandMeta::default())
+                .await
+                .unwrap();
+        }
+        self.handler
+            .load::<SystemSettings>(&stream)
+            .await
+            .unwrap()
+            .1
     }
 
     /// Leases flows of `job` to `runner` as a gateway would; the ranges.

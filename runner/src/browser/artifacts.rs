@@ -147,8 +147,19 @@ pub(crate) async fn follow(
     }
     Ok(tokio::spawn(async move {
         loop {
+            // In the order Chromium sends them: a request's start before its
+            // response before its end, whichever stream is polled first.
             tokio::select! {
+                biased;
                 Some(ev) = frames.next() => guard.note_frame(ev.frame_id.as_ref(), &context),
+                Some(ev) = sent.next() => lock(&log).started(&ev),
+                Some(ev) = responses.next() => lock(&log).responded(&ev),
+                Some(ev) = finished.next() => {
+                    lock(&log).finished(ev.request_id.as_ref(), *ev.timestamp.inner(), Some(ev.encoded_data_length), None);
+                }
+                Some(ev) = failed.next() => {
+                    lock(&log).finished(ev.request_id.as_ref(), *ev.timestamp.inner(), None, Some(ev.error_text.clone()));
+                }
                 Some(ev) = console.next() => {
                     if matches!(ev.r#type, ConsoleApiCalledType::Error | ConsoleApiCalledType::Assert) {
                         let text = ev
@@ -178,14 +189,6 @@ pub(crate) async fn follow(
                         let url = ev.entry.url.as_deref().map(|u| format!(" ({u})")).unwrap_or_default();
                         lock(&log).console(format!("{}{url}", ev.entry.text));
                     }
-                }
-                Some(ev) = sent.next() => lock(&log).started(&ev),
-                Some(ev) = responses.next() => lock(&log).responded(&ev),
-                Some(ev) = finished.next() => {
-                    lock(&log).finished(ev.request_id.as_ref(), *ev.timestamp.inner(), Some(ev.encoded_data_length), None);
-                }
-                Some(ev) = failed.next() => {
-                    lock(&log).finished(ev.request_id.as_ref(), *ev.timestamp.inner(), None, Some(ev.error_text.clone()));
                 }
                 else => break,
             }

@@ -105,6 +105,9 @@ const METRICS: &str = r#"({
 
 /// Grace for a click to start a navigation before it counts as none.
 const CLICK_NAVIGATION_GRACE: Duration = Duration::from_secs(3);
+/// How often, and how many times at most, a scroll is checked for rest.
+const SETTLE_POLL: Duration = Duration::from_millis(60);
+const SETTLE_POLLS: usize = 25;
 /// One wheel step every this often while scrolling.
 const WHEEL_STEP: Duration = Duration::from_millis(40);
 
@@ -295,7 +298,22 @@ impl FlowPage {
                 tokio::time::sleep(pause).await;
             }
         }
-        self.metrics().await
+        self.at_rest().await
+    }
+
+    /// Waits for smooth scrolling to end (the position unchanged over one
+    /// poll), so what is measured next (links' positions) holds.
+    async fn at_rest(&self) -> Result<PageMetrics, FlowError> {
+        let mut last = self.metrics().await?;
+        for _ in 0..SETTLE_POLLS {
+            tokio::time::sleep(SETTLE_POLL).await;
+            let now = self.metrics().await?;
+            if now.scroll_y == last.scroll_y {
+                return Ok(now);
+            }
+            last = now;
+        }
+        Ok(last)
     }
 
     /// The links a visitor could click now: http(s) links inside the
@@ -345,6 +363,15 @@ impl FlowPage {
             y = link.y
         );
         let _: bool = self.evaluate(&keep_in_tab).await?;
+        // Input lands in the visual viewport: on a phone the layout is
+        // zoomed out to fit the screen, so layout pixels are scaled.
+        let (scale, left, top): (f64, f64, f64) = self
+            .evaluate(
+                "(() => { const v = window.visualViewport; \
+                 return v ? [v.scale, v.offsetLeft, v.offsetTop] : [1, 0, 0]; })()",
+            )
+            .await?;
+        let (x, y) = ((link.x - left) * scale, (link.y - top) * scale);
         let mut starts = self.listen::<EventFrameStartedLoading>().await?;
         let mut lifecycle = self.listen::<EventLifecycleEvent>().await?;
         let mut responses = self.listen::<EventResponseReceived>().await?;
@@ -355,7 +382,7 @@ impl FlowPage {
             (DispatchMouseEventType::MousePressed, 1),
             (DispatchMouseEventType::MouseReleased, 0),
         ] {
-            let mut event = DispatchMouseEventParams::new(kind.clone(), link.x, link.y);
+            let mut event = DispatchMouseEventParams::new(kind.clone(), x, y);
             if kind != DispatchMouseEventType::MouseMoved {
                 event.button = Some(MouseButton::Left);
                 event.click_count = Some(1);

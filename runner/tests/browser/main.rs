@@ -325,7 +325,19 @@ fn a_host_not_allowed_never_sees_a_request_and_the_block_is_reported() {
             Err(FlowError::Blocked(_))
         ));
 
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Everything the page tried has had its chance: the allowed socket
+        // arrived and the refused one was reported.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (good.seen_path("/socket").is_empty()
+            || !page
+                .console_errors()
+                .iter()
+                .any(|e| e.contains("consented domains")))
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert_eq!(
             bad.seen().len(),
             0,
@@ -530,7 +542,16 @@ fn a_failed_flow_keeps_a_screenshot_console_errors_and_the_request_log() {
         page.navigate(&format!("{}/broken", site.origin("127.0.0.1")), None)
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The log follows the page's events as they come: wait for the image's end.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !page
+            .request_log()
+            .iter()
+            .any(|r| r.url.ends_with("/missing.png") && r.bytes.is_some())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let artifacts = page.failure_artifacts().await;
         assert!(
             artifacts.console_errors.iter().any(|e| e == "boom 42"),
@@ -769,9 +790,9 @@ fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 }
 
 #[test]
-fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser() {
+fn a_killed_or_hung_chromium_fails_its_flows_is_relaunched_and_none_outlives_the_browser() {
     if !chromium(
-        "a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_browser",
+        "a_killed_or_hung_chromium_fails_its_flows_is_relaunched_and_none_outlives_the_browser",
     ) {
         return;
     }
@@ -859,6 +880,27 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
             !group_alive(first)
         });
         let second = browser.pid().unwrap();
+        // A hung Chromium (stopped, so it answers nothing) is found by the
+        // watchdog's pings, killed and replaced too.
+        std::process::Command::new("kill")
+            .args(["-STOP", &second.to_string()])
+            .status()
+            .unwrap();
+        let hung = tokio::task::spawn_blocking({
+            let browser = browser.clone();
+            move || {
+                wait_until("a relaunch after a hang", Duration::from_secs(40), || {
+                    browser.relaunches() == 2 && browser.pid().is_some_and(|p| p != second)
+                });
+                browser.last_death().unwrap_or_default()
+            }
+        });
+        let reason = hung.await.unwrap();
+        assert!(reason.contains("stopped answering"), "{reason}");
+        wait_until("the hung group gone", Duration::from_secs(10), || {
+            !group_alive(second)
+        });
+        let third = browser.pid().unwrap();
         let profile = browser.profile_dir().unwrap();
         assert!(any_process_of(&profile));
         let fresh = browser
@@ -873,12 +915,12 @@ fn a_killed_chromium_fails_its_flows_and_is_relaunched_and_none_outlives_the_bro
         assert_eq!(nav.status, Some(200));
         fresh.close().await.unwrap();
 
-        assert!(group_alive(second));
+        assert!(group_alive(third));
         drop(browser);
         wait_until(
             "no Chromium after the browser drops",
-            Duration::from_secs(5),
-            || !group_alive(second),
+            Duration::from_secs(10),
+            || !group_alive(third) && !any_process_of(&profile),
         );
         no_parse_errors();
     });

@@ -1,0 +1,143 @@
+//! `trafficbuster runner`: a browser runner that connects out to a gateway,
+//! and the same runner started inside `trafficbuster serve`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
+use domain::runner_key::RunnerKey;
+use domain::runner_protocol::VersionRange;
+use runner::ClientConfig;
+use runner::browser::{LaunchError, LaunchOptions};
+use runner::browser_executor::BrowserExecutor;
+use runner::worker::{self, Totals, WorkerOptions};
+use uuid::Uuid;
+
+use crate::cli::{BrowserArgs, RunnerArgs};
+use crate::commands::shutdown_signal;
+
+/// Flows at once when not configured.
+const DEFAULT_INSTANCES: u32 = 4;
+/// How long a stopping runner lets its running flows finish.
+const GRACE: Duration = Duration::from_secs(30);
+
+pub async fn run(args: &RunnerArgs) -> anyhow::Result<()> {
+    let key = read_key(args)?;
+    let labels = args
+        .labels
+        .iter()
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .with_context(|| format!("--label {l:?}: write it as KEY=VALUE"))
+        })
+        .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let executor = start_browser(&args.browser).await?;
+    let name = args.name.clone().unwrap_or_else(host_name);
+    tracing::info!(gateway = %args.gateway, %name, "runner starting");
+    let totals = work(
+        &args.gateway,
+        key,
+        executor,
+        &args.browser,
+        name,
+        labels,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!(
+        flows = totals.flows_run,
+        recorded = totals.recorded,
+        cancelled = totals.cancelled,
+        "runner stopped"
+    );
+    Ok(())
+}
+
+/// The key from TB_RUNNER_KEY or the key file, never from a flag.
+fn read_key(args: &RunnerArgs) -> anyhow::Result<RunnerKey> {
+    let raw = match (&args.key_file, std::env::var("TB_RUNNER_KEY")) {
+        (Some(path), _) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the runner key file {}", path.display()))?,
+        (None, Ok(key)) => key,
+        (None, Err(_)) => bail!(
+            "no runner key: set TB_RUNNER_KEY or --key-file (an admin makes one with createRunnerKey)"
+        ),
+    };
+    RunnerKey::parse(raw.trim()).map_err(|e| anyhow::anyhow!("the runner key is not valid: {e}"))
+}
+
+/// Launches the runner's browser, proving it runs before the runner
+/// registers a platform it could not serve.
+pub async fn start_browser(args: &BrowserArgs) -> Result<Arc<BrowserExecutor>, LaunchError> {
+    let launch = LaunchOptions {
+        chrome: args.chrome.clone(),
+        ..LaunchOptions::default()
+    };
+    let executor =
+        BrowserExecutor::start(launch, args.max_instances.unwrap_or(DEFAULT_INSTANCES)).await?;
+    Ok(Arc::new(executor))
+}
+
+/// Works for the gateway at `url` until `stop`, then drains.
+pub async fn work(
+    url: &str,
+    key: RunnerKey,
+    executor: Arc<BrowserExecutor>,
+    browser: &BrowserArgs,
+    name: String,
+    labels: BTreeMap<String, String>,
+    stop: impl Future<Output = ()>,
+) -> Totals {
+    let version = executor.version().await.unwrap_or_default();
+    let config = ClientConfig {
+        url: url.to_owned(),
+        runner: RunnerId(Uuid::now_v7()),
+        key,
+        name,
+        software: format!("trafficbuster {}", env!("CARGO_PKG_VERSION")),
+        capabilities: Capabilities {
+            platform: Platform {
+                os: this_os(),
+                browser: browser_kind(browser, &version),
+            },
+            browser_version: version,
+            max_instances: browser.max_instances.unwrap_or(DEFAULT_INSTANCES),
+            labels,
+        },
+        protocol: VersionRange::THIS_BUILD,
+    };
+    worker::run(config, WorkerOptions::default(), executor, stop, GRACE).await
+}
+
+fn this_os() -> Os {
+    match std::env::consts::OS {
+        "macos" => Os::Macos,
+        "windows" => Os::Windows,
+        _ => Os::Linux,
+    }
+}
+
+/// Chrome when the browser says so, else Chromium.
+fn browser_kind(args: &BrowserArgs, version: &str) -> Browser {
+    let path = args
+        .chrome
+        .as_ref()
+        .map(|p| p.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if version.contains("HeadlessChrome") && path.contains("chrome") && !path.contains("chromium") {
+        Browser::Chrome
+    } else {
+        Browser::Chromium
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "runner".into())
+}
