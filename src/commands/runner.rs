@@ -51,6 +51,7 @@ pub async fn run(args: &RunnerArgs) -> anyhow::Result<()> {
         flows = totals.flows_run,
         recorded = totals.recorded,
         cancelled = totals.cancelled,
+        devtools_parse_errors = runner::browser::parse_errors(),
         "runner stopped"
     );
     Ok(())
