@@ -298,11 +298,13 @@ impl FlowPage {
                 tokio::time::sleep(pause).await;
             }
         }
-        self.at_rest().await
+        self.metrics().await
     }
 
     /// Waits for smooth scrolling to end (the position unchanged over one
-    /// poll), so what is measured next (links' positions) holds.
+    /// poll), so links' positions measured next hold when clicked. Only
+    /// where positions matter: a scroll itself returns at once, as a
+    /// reader's wheel does.
     async fn at_rest(&self) -> Result<PageMetrics, FlowError> {
         let mut last = self.metrics().await?;
         for _ in 0..SETTLE_POLLS {
@@ -332,6 +334,7 @@ impl FlowPage {
             y: f64,
             text: String,
         }
+        self.at_rest().await?;
         let seen: Seen = self.evaluate(VISIBLE_LINKS).await?;
         Ok(seen
             .links
