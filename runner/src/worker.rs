@@ -117,7 +117,7 @@ impl Progress {
             flow: self.flow,
             from,
             to,
-            error: one_line(&error.into(), domain::flow::MAX_LOG_CHARS),
+            error: one_line(&error.into()),
         });
     }
 
@@ -125,7 +125,7 @@ impl Progress {
         self.send(FlowReport::Log {
             flow: Some(self.flow),
             level,
-            message: one_line(&message.into(), domain::flow::MAX_LOG_CHARS),
+            message: one_line(&message.into()),
         });
     }
 
@@ -136,11 +136,10 @@ impl Progress {
     }
 }
 
-fn one_line(text: &str, max: usize) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(max)
-        .collect()
+/// Runner text as the protocol takes it: one line, at most
+/// `MAX_LOG_CHARS` characters (the cut's `…` included).
+fn one_line(text: &str) -> String {
+    domain::reason::one_line(text, domain::flow::MAX_LOG_CHARS - 1)
 }
 
 /// How the worker behaves.
