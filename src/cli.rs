@@ -64,6 +64,9 @@ pub enum Command {
     /// Administer accounts directly against the store (no gateway needed).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Auditors' tools, run against the store (no gateway needed).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage the read models (views).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -203,6 +206,24 @@ pub struct TailArgs {
     /// Stop after printing this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print a stream's state as it stood at a point, folded by its own
+    /// decider, with the events that led there (secrets redacted).
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The stream, e.g. `job-0193…` or `system-settings`.
+    #[arg(long)]
+    pub stream: String,
+    /// Where to stop: a position (COMMIT or COMMIT:PREPARE) or an RFC 3339
+    /// time such as 2026-11-23T14:03:00Z [default: now]
+    #[arg(long)]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{AdminCommand, BenchCommand, Cli, Command, EventsCommand, ProjectionsCommand};
+use crate::cli::{
+    AdminCommand, AuditCommand, BenchCommand, Cli, Command, EventsCommand, ProjectionsCommand,
+};
 use crate::configuration::Settings;
 
 fn main() -> ExitCode {
@@ -51,6 +53,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events(EventsCommand::Tail(args)) => commands::tail::run(&settings, &args).await,
         Command::Projections(ProjectionsCommand::Rebuild { view }) => {
             commands::projections::rebuild(&settings, view.as_deref()).await
+        }
+        Command::Audit(AuditCommand::Replay(args)) => {
+            commands::audit::replay(&settings, &args).await
         }
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await

@@ -21,6 +21,7 @@ pub mod login_attempts;
 pub mod proxy_pool;
 pub mod reason;
 pub mod registry;
+pub mod replay;
 pub mod runner;
 pub mod runner_key;
 pub mod runner_protocol;

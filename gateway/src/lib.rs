@@ -23,6 +23,7 @@ pub mod rows_cache;
 pub mod runner_link;
 pub mod startup;
 pub mod state;
+pub mod time_travel;
 pub mod verification;
 pub mod ws_limits;
 

@@ -25,6 +25,7 @@ mod secrets;
 mod serve;
 mod setup_errors;
 mod tail;
+mod time_travel;
 mod verification;
 mod worker;
 mod ws_limits;
