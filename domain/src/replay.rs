@@ -202,14 +202,13 @@ mod tests {
     }
 
     #[test]
-    fn every_event_type_is_folded_by_at_most_one_decider() {
+    fn no_event_type_is_folded_by_two_deciders() {
         let mut seen = BTreeSet::new();
         for replayer in inventory::iter::<Replayer> {
             for (ty, _) in (replayer.types)() {
                 assert!(seen.insert(*ty), "{ty} is folded by two deciders");
             }
         }
-        assert!(seen.len() > 10, "the deciders registered themselves");
     }
 
     #[test]
