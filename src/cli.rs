@@ -213,6 +213,27 @@ pub enum AuditCommand {
     /// Print a stream's state as it stood at a point, folded by its own
     /// decider, with the events that led there (secrets redacted).
     Replay(ReplayArgs),
+    /// Write the log (envelopes and payloads, secrets redacted) as JSON
+    /// lines to standard output, in global order; resumable with --from.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export events after this position (the last line of an earlier
+    /// export) [default: the start]
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The last point to export: a position or an RFC 3339 time
+    /// [default: the log's head when the export begins]
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only streams starting with this prefix (repeatable).
+    #[arg(long = "stream", value_name = "PREFIX")]
+    pub streams: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Replay(args)) => {
             commands::audit::replay(&settings, &args).await
         }
+        Command::Audit(AuditCommand::Export(args)) => {
+            commands::audit::export(&settings, &args).await
+        }
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await
         }

@@ -2,10 +2,14 @@
 
 use anyhow::Context;
 use domain::StreamId;
+use futures_util::TryStreamExt;
+use gateway::audit_export::{ExportRange, pages};
 use gateway::time_travel::{At, stream_at};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use std::io::Write;
 
-use crate::cli::ReplayArgs;
+use crate::cli::{ExportArgs, ReplayArgs};
 use crate::commands::open_store;
 use crate::configuration::Settings;
 
@@ -43,6 +47,32 @@ pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()
         "events": events,
     });
     println!("{}", serde_json::to_string_pretty(&document)?);
+    Ok(())
+}
+
+/// Writes the export to standard output; a count on standard error when
+/// it is a terminal.
+pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()> {
+    let pairs = args
+        .from
+        .iter()
+        .map(|v| ("from", v.as_str()))
+        .chain(args.to.iter().map(|v| ("to", v.as_str())))
+        .chain(args.streams.iter().map(|v| ("stream", v.as_str())))
+        .chain(args.types.iter().map(|v| ("type", v.as_str())));
+    let range = ExportRange::parse(pairs).map_err(|why| anyhow::anyhow!("--{why}"))?;
+    let (store, _) = open_store(&settings.store).await?;
+    let progress = ProgressBar::new_spinner().with_style(ProgressStyle::with_template(
+        "{spinner} {pos} events exported ({per_sec})",
+    )?);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut pages = std::pin::pin!(pages(store, range));
+    while let Some(page) = pages.try_next().await? {
+        out.write_all(page.text.as_bytes())?;
+        progress.inc(page.events);
+    }
+    out.flush()?;
+    progress.finish();
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod audit_export;
 mod audit_streams;
 mod bench;
 mod browser_runs;
