@@ -216,6 +216,22 @@ pub enum AuditCommand {
     /// Write the log (envelopes and payloads, secrets redacted) as JSON
     /// lines to standard output, in global order; resumable with --from.
     Export(ExportArgs),
+    /// Print a view as it stood at a point: rebuilt from the events up to
+    /// then in a scratch SQLite file, never touching the live view.
+    View(ViewAtArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewAtArgs {
+    /// The view (an unknown name lists them all).
+    pub view: String,
+    /// The point: a position (COMMIT or COMMIT:PREPARE) or an RFC 3339
+    /// time such as 2026-11-23T14:03:00Z [default: now]
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Rows printed per table at most.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
 }
 
 #[derive(Debug, Args)]

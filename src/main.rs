@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Export(args)) => {
             commands::audit::export(&settings, &args).await
         }
+        Command::Audit(AuditCommand::View(args)) => commands::audit::view(&settings, &args).await,
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await
         }

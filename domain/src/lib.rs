@@ -17,6 +17,7 @@ pub mod job;
 pub mod job_brief;
 pub mod job_plan;
 pub mod licence;
+pub mod log_point;
 pub mod login_attempts;
 pub mod proxy_pool;
 pub mod reason;

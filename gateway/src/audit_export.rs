@@ -21,7 +21,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::graphql::AUDITORS;
 use crate::http_auth::{bearer_principal, refused};
 use crate::state::AppState;
-use crate::time_travel::At;
+use domain::log_point::LogPoint;
 
 /// Events read per page.
 const PAGE: usize = 1000;
@@ -33,7 +33,7 @@ pub struct ExportRange {
     pub after: Position,
     /// The last point to export; the log's head when the export began by
     /// default, so an export has an end.
-    pub until: Option<At>,
+    pub until: Option<LogPoint>,
     pub filter: Filter,
 }
 
@@ -122,7 +122,7 @@ pub fn pages(
                 None => {
                     let head = r.store.head().await?.after;
                     let end = match r.range.until {
-                        Some(At::Position(p)) => p.min(head),
+                        Some(LogPoint::Position(p)) => p.min(head),
                         _ => head,
                     };
                     *r.end.insert(end)
@@ -146,7 +146,7 @@ pub fn pages(
             for event in &page.events {
                 let within = event.position <= end
                     && match r.range.until {
-                        Some(At::Time(t)) => event.recorded_at <= t,
+                        Some(LogPoint::Time(t)) => event.recorded_at <= t,
                         _ => true,
                     };
                 if within {
@@ -262,7 +262,7 @@ mod tests {
         let head = exported(
             &store,
             ExportRange {
-                until: Some(At::Position(mid)),
+                until: Some(LogPoint::Position(mid)),
                 filter: Filter::stream_prefix("job-"),
                 ..ExportRange::default()
             },
@@ -293,7 +293,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(range.after, Position::new(12, 3));
-        assert!(matches!(range.until, Some(At::Time(_))));
+        assert!(matches!(range.until, Some(LogPoint::Time(_))));
         assert_eq!(range.filter.stream_prefixes, ["job-", "account-"]);
         assert_eq!(range.filter.event_types, ["JobStarted"]);
         let e = ExportRange::parse([("from", "yesterday")]).unwrap_err();

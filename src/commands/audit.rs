@@ -2,14 +2,15 @@
 
 use anyhow::Context;
 use domain::StreamId;
+use domain::log_point::LogPoint;
 use futures_util::TryStreamExt;
 use gateway::audit_export::{ExportRange, pages};
-use gateway::time_travel::{At, stream_at};
+use gateway::time_travel::stream_at;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use std::io::Write;
 
-use crate::cli::{ExportArgs, ReplayArgs};
+use crate::cli::{ExportArgs, ReplayArgs, ViewAtArgs};
 use crate::commands::open_store;
 use crate::configuration::Settings;
 
@@ -18,7 +19,7 @@ use crate::configuration::Settings;
 pub async fn replay(settings: &Settings, args: &ReplayArgs) -> anyhow::Result<()> {
     let stream = StreamId::parse(args.stream.as_str()).context("--stream")?;
     let at = match &args.at {
-        None => At::Now,
+        None => LogPoint::Now,
         Some(text) => text.parse().context("--at")?,
     };
     let (store, _) = open_store(&settings.store).await?;
@@ -73,6 +74,55 @@ pub async fn export(settings: &Settings, args: &ExportArgs) -> anyhow::Result<()
     }
     out.flush()?;
     progress.finish();
+    Ok(())
+}
+
+/// Rebuilds a view up to a point in a scratch SQLite file and prints its
+/// tables as one JSON document.
+pub async fn view(settings: &Settings, args: &ViewAtArgs) -> anyhow::Result<()> {
+    let all = projections::all_views();
+    let Some(projection) = all.iter().find(|p| p.name() == args.view) else {
+        let names: Vec<&str> = all.iter().map(|p| p.name()).collect();
+        anyhow::bail!(
+            "no view called {:?}; the views are: {}",
+            args.view,
+            names.join(", ")
+        );
+    };
+    let at = match &args.at {
+        None => LogPoint::Now,
+        Some(text) => text.parse().context("--at")?,
+    };
+    let (store, _) = open_store(&settings.store).await?;
+    let scratch_dir = tempfile::tempdir().context("cannot make a scratch directory")?;
+    let scratch_url: store::StoreUrl =
+        format!("sqlite://{}", scratch_dir.path().join("view.db").display())
+            .parse()
+            .context("scratch store")?;
+    let (scratch, _) = store::open_backend(&scratch_url)
+        .await
+        .context("cannot open the scratch store")?;
+    let scratch = projections::ViewStore::open(&scratch)
+        .await
+        .context("cannot open the scratch views")?;
+    let progress = ProgressBar::new_spinner().with_style(ProgressStyle::with_template(
+        "{spinner} rebuilding {msg}: {pos} events applied",
+    )?);
+    progress.set_message(projection.name());
+    let applied =
+        projections::as_of::rebuild_to(store.as_ref(), &scratch, projection.as_ref(), at, |n| {
+            progress.set_position(n)
+        })
+        .await?;
+    progress.finish_and_clear();
+    let tables = projections::as_of::tables(&scratch, projection.as_ref(), args.limit).await?;
+    let document = json!({
+        "view": projection.name(),
+        "at": args.at.as_deref().unwrap_or("now"),
+        "events_applied": applied,
+        "tables": tables,
+    });
+    println!("{}", serde_json::to_string_pretty(&document)?);
     Ok(())
 }
 

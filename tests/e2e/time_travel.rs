@@ -85,6 +85,40 @@ async fn a_stream_replays_to_a_position_or_a_time(app: &TestApp) {
     assert_eq!(printed["at"]["position"], created_at, "{out}");
     assert_eq!(printed["events"][0]["type"], "AccountCreated", "{out}");
 
+    // A view as it stood then, rebuilt aside: ada's account was there,
+    // audrey's (made after it) not yet; the live view is untouched.
+    let usernames = |printed: &Value| -> Vec<String> {
+        let mut names: Vec<String> = printed["tables"]["view_accounts"]["rows"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{printed}"))
+            .iter()
+            .map(|r| r["username"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let view_at = |at: Option<&str>| {
+        let mut args = vec!["--store", &app.store.url, "audit", "view", "accounts"];
+        if let Some(at) = at {
+            args.extend(["--at", at]);
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out, err) = run(&args).await;
+            assert!(ok, "{err}");
+            serde_json::from_str::<Value>(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+        }
+    };
+    let then = view_at(created_at.as_str()).await;
+    assert_eq!(usernames(&then), ["ada", "root"], "{then}");
+    assert!(!then.to_string().contains("$argon2"), "{then}");
+    let now = view_at(None).await;
+    assert_eq!(usernames(&now), ["ada", "audrey", "root"], "{now}");
+    let (ok, _, err) = run(&["--store", &app.store.url, "audit", "view", "nothing"]).await;
+    assert!(!ok);
+    assert!(err.contains("the views are: "), "{err}");
+
     // Before the stream existed; a point that is neither; a plain user.
     let r = app
         .gql(

@@ -17,7 +17,8 @@ use crate::graphql::error;
 use crate::graphql::error::Code;
 use crate::graphql::session_watch::{Seen, under_session};
 use crate::graphql::{AUDITORS, app, check_first, cursor, principal_with};
-use crate::time_travel::{At, TimeTravelError, stream_at};
+use crate::time_travel::{TimeTravelError, stream_at};
+use domain::log_point::LogPoint;
 
 /// One event with everything recorded about it.
 #[derive(SimpleObject)]
@@ -164,7 +165,7 @@ impl StreamEventsQuery {
         check_first(last_events)?;
         let stream = self::stream_id("streamId", &stream_id)?;
         let at = match at.as_deref() {
-            None => At::Now,
+            None => LogPoint::Now,
             Some(text) => text.parse().map_err(|e| error::invalid("at", e))?,
         };
         let app = app(ctx);
