@@ -5,8 +5,8 @@
 //! leases, briefs, proxies disabled or enabled) waits in
 //! [`Connection::notices`]. Job briefs (protocol 2) are put together from
 //! their parts and kept, with proxy notices applied, for
-//! [`Connection::brief`]. The browser runner drives it, and so do the
-//! orchestrator's tests and benchmark as zero-work runners.
+//! [`Connection::brief`]. The worker (`crate::worker`) drives it, and so
+//! do the gateway's protocol tests, message by message.
 //!
 //! Never logs the runner key, nor a brief (it holds proxy passwords).
 
