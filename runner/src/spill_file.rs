@@ -310,7 +310,11 @@ mod tests {
         spill.push(std::slice::from_ref(&c)).unwrap();
         assert_eq!(spill.reports(), 6);
         assert!(spill.holds(JobId(Uuid::from_u128(2))));
-        assert_eq!(spill.head(), Some(a.clone()), "unanswered, it stays the head");
+        assert_eq!(
+            spill.head(),
+            Some(a.clone()),
+            "unanswered, it stays the head"
+        );
         assert_eq!(drain(&mut spill), vec![a, b, c]);
         assert!(spill.is_empty());
         assert!(!spill.holds(JobId(Uuid::from_u128(2))));
