@@ -421,3 +421,38 @@ async fn reports_kept_on_disk_while_the_gateway_was_away_count_once_after_the_ru
     let once: BTreeSet<_> = started.iter().copied().collect();
     assert_eq!((started.len(), once.len()), (24, 24));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_told_to_stop_drains_over_the_connection_it_holds() {
+    let app = spawn_app().flags(TERMS).await;
+    let rows = "https://shop.example.com/a,20,0\nhttps://shop.example.com/b,20,0\n";
+    let (_, ada, job, key) = running_job_of(&app, rows, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let timed = Arc::new(Timed::new(4, Duration::from_millis(500)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(run_as(
+        &app,
+        StateDir::open(dir.path()).unwrap(),
+        &key,
+        timed.clone(),
+        WorkerOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    mid_flight(&app, &ada, &job, 4, &timed).await;
+    stop.send(()).unwrap();
+    let totals = runner.await.unwrap();
+    assert_eq!(
+        (totals.cancelled, totals.reconnects),
+        (0, 0),
+        "running flows finished: {totals:?}"
+    );
+    let (status, finished, _) = standing(&app, &ada, &job).await;
+    assert_eq!(status, "RUNNING");
+    assert_eq!(finished, totals.flows_run, "all it ran was reported");
+    assert!(finished < 40, "queued flows went back unrun: {finished}");
+    assert_eq!(flow_accounting(&app.store, &job).await.0, 0);
+    let connections = app.process.log().matches("runner connected").count();
+    assert_eq!(connections, 1, "drained over the one connection it held");
+}
