@@ -224,18 +224,40 @@ struct Hand {
     queue: VecDeque<(JobId, FlowId)>,
     slots: HashMap<JobId, u32>,
     terms: HashMap<JobId, Arc<JobTerms>>,
+    /// Flows running, per job: counted as they start and end, not by a
+    /// walk over every flow held at each start.
+    running: HashMap<JobId, u32>,
 }
 
 impl Hand {
     fn running(&self) -> usize {
-        self.flows.values().filter(|h| h.running.is_some()).count()
+        self.running.values().map(|&n| n as usize).sum()
     }
 
     fn running_of(&self, job: JobId) -> u32 {
-        self.flows
-            .range((job, FlowId(0))..=(job, FlowId(u64::MAX)))
-            .filter(|(_, h)| h.running.is_some())
-            .count() as u32
+        self.running.get(&job).copied().unwrap_or(0)
+    }
+
+    /// The flow `key` runs as `task`.
+    fn started(&mut self, key: (JobId, FlowId), task: AbortHandle) {
+        if let Some(held) = self.flows.get_mut(&key) {
+            held.running = Some(task);
+            *self.running.entry(key.0).or_default() += 1;
+        }
+    }
+
+    /// Forgets the flow `key`; was it running?
+    fn remove(&mut self, key: (JobId, FlowId)) -> Option<Held> {
+        let held = self.flows.remove(&key)?;
+        if held.running.is_some()
+            && let Some(n) = self.running.get_mut(&key.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&key.0);
+            }
+        }
+        Some(held)
     }
 
     fn holds(&self, job: JobId) -> bool {
@@ -304,7 +326,7 @@ impl Hand {
             .collect();
         let mut cancelled = 0;
         for key in keys {
-            if let Some(held) = self.flows.remove(&key)
+            if let Some(held) = self.remove(key)
                 && let Some(task) = held.running
             {
                 task.abort();
@@ -321,7 +343,7 @@ impl Hand {
 
     /// The flow ended: forget it; a job with nothing held has no share left.
     fn finished(&mut self, job: JobId, flow: FlowId) -> bool {
-        let known = self.flows.remove(&(job, flow)).is_some();
+        let known = self.remove((job, flow)).is_some();
         if !self.holds(job) {
             self.slots.remove(&job);
             self.terms.remove(&job);
@@ -613,9 +635,12 @@ impl<E: Executor> Worker<E> {
             connection.set_busy(self.hand.running() as u32);
 
             // A hand-back waits for the reports on its job, so flows that
-            // finished are counted, not handed back: those go now.
+            // finished are counted, not handed back; a lease request waits
+            // for the reports too, as flows reported finished free their
+            // room in the runner's lease: both send what waits now.
             let force = (self.draining && self.hand.running() == 0)
-                || self.hand_back.iter().any(|(j, _)| self.outbox.holds(*j));
+                || self.hand_back.iter().any(|(j, _)| self.outbox.holds(*j))
+                || self.lease_due();
             if let Some(batch) = self.outbox.due(max_batch, self.options.flush_every, force) {
                 let answer = connection
                     .report(batch.id, batch.job, batch.reports.clone())
@@ -654,10 +679,7 @@ impl<E: Executor> Worker<E> {
                 }
             } else {
                 self.start_flows();
-                if self.hand_back.is_empty()
-                    && self.wants_lease()
-                    && Instant::now() >= self.lease_after
-                {
+                if self.lease_due() {
                     self.lease(connection).await?;
                     continue;
                 }
@@ -718,20 +740,27 @@ impl<E: Executor> Worker<E> {
                 let finished = run.await;
                 let _ = out.send(Event::Done(key.0, key.1, finished));
             });
-            if let Some(held) = self.hand.flows.get_mut(&key) {
-                held.running = Some(task.abort_handle());
-            }
+            self.hand.started(key, task.abort_handle());
         }
     }
 
-    /// Room for more flows than it holds? It asks again once half of what
-    /// it queues beyond its running flows is gone (one flow at least), so
-    /// a lease brings flows in bulk rather than one per finished flow.
+    /// Time to ask for flows: room for them, nothing to hand back first,
+    /// and past the gateway's retry-after.
+    fn lease_due(&self) -> bool {
+        !self.draining
+            && self.hand_back.is_empty()
+            && self.wants_lease()
+            && Instant::now() >= self.lease_after
+    }
+
+    /// Room for more flows than it holds? It asks once what it holds is
+    /// down to two rounds of its capacity (one running, one queued), so a
+    /// runner that queues many flows leases them in bulk, and no slot
+    /// waits for a lease.
     fn wants_lease(&self) -> bool {
         let capacity = u64::from(self.executor.capacity());
-        let queued = capacity * self.options.queued_per_slot;
         let held = self.hand.flows.len() as u64;
-        held + (queued / 2).max(1) <= capacity + queued
+        held < capacity * (1 + self.options.queued_per_slot) && held <= 2 * capacity
     }
 
     async fn lease(&mut self, connection: &mut Connection) -> Result<(), ClientError> {

@@ -1,6 +1,6 @@
 //! `trafficbuster bench orchestrator`: a fleet of runners whose flows do no
-//! work (the runner's work loop on a zero-work executor) completes one job against an in-process gateway on 127.0.0.1,
-//! over a scratch store. Prints flows/s, the job stream's events/s, the
+//! work (the runner's work loop on a zero-work executor) completes one job
+//! against an in-process gateway on 127.0.0.1, over a scratch store. Prints flows/s, the job stream's events/s, the
 //! lease round trip's p50/p99, and the process's peak memory (gateway and
 //! runners share this process; the memory before the fleet started is
 //! printed beside it). Figures, not assertions.
