@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The file's name in the state directory.
-pub const FILE_NAME: &str = "outbox.jsonl";
+const FILE_NAME: &str = "outbox.jsonl";
 /// The cursor's name in the state directory.
 const CURSOR_NAME: &str = "outbox.cursor";
 

@@ -43,7 +43,6 @@ pub enum StateError {
 /// A state directory in use by this process (until dropped).
 #[derive(Debug)]
 pub struct StateDir {
-    path: PathBuf,
     id: RunnerId,
     outbox: SpillFile,
     /// Held locked for as long as this lives.
@@ -79,7 +78,6 @@ impl StateDir {
         let id = read_or_make_id(path)?;
         let outbox = SpillFile::open(path, OUTBOX_DISK_BYTES)?;
         Ok(Self {
-            path: path.to_owned(),
             id,
             outbox,
             _lock: lock,
@@ -89,10 +87,6 @@ impl StateDir {
     /// The runner's id, the same on every start.
     pub fn id(&self) -> RunnerId {
         self.id
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The outbox's spill file, and the lock the worker that runs as this
