@@ -16,7 +16,9 @@ use domain::target_domain::{
     TargetDomainCommand, VerificationMethod, VerificationOutcome, VerificationToken,
 };
 use projections::{ProjectionEngine, SqlValue};
-use runner::zero_work::{self, ZeroWorkOptions};
+use runner::state_dir::StateDir;
+use runner::worker::{self, Totals, WorkerOptions};
+use runner::zero_work_executor::ZeroWorkExecutor;
 use runner::{Answer, Connection, Leased, Notice};
 use store::testing::{TestStore, eventually};
 use time::OffsetDateTime;
@@ -26,6 +28,35 @@ use support::*;
 
 fn range(start: u64, end: u64) -> FlowRange {
     FlowRange::new(start, end).unwrap()
+}
+
+/// A runner of 2 slots whose flows do no work, holding up to
+/// `flows_in_hand` flows, with a state directory of its own; it ends once
+/// idle for `idle_exit`.
+fn zero_work_runner(
+    live: &Live,
+    key: &domain::runner_key::RunnerKey,
+    flows_in_hand: u64,
+    idle_exit: Duration,
+) -> impl Future<Output = Totals> + Send + 'static {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let config = live.config(state.id(), key);
+    let options = WorkerOptions {
+        queued_per_slot: flows_in_hand / 2 - 1,
+        idle_exit: Some(idle_exit),
+        ..WorkerOptions::default()
+    };
+    let executor = std::sync::Arc::new(ZeroWorkExecutor {
+        capacity: 2,
+        work: Duration::ZERO,
+    });
+    async move {
+        let stop = std::future::pending();
+        let totals = worker::run(state, config, options, executor, stop, Duration::ZERO).await;
+        drop(dir);
+        totals
+    }
 }
 
 /// (finished, succeeded, status) of the job in the view.
@@ -354,19 +385,7 @@ mod cases {
         let (_, key) = live.key().await;
         let job = live.running_job(10, 50, 3, 6).await;
         let fleet: Vec<_> = (0..3)
-            .map(|_| {
-                let config = live.config(new_runner(), &key);
-                tokio::spawn(zero_work::run(
-                    config,
-                    ZeroWorkOptions {
-                        slots: 2,
-                        flows_per_lease: 40,
-                        batch: 25,
-                        ..ZeroWorkOptions::default()
-                    },
-                    std::future::pending(),
-                ))
-            })
+            .map(|_| tokio::spawn(zero_work_runner(&live, &key, 40, Duration::from_secs(3))))
             .collect();
         let mut recorded = 0;
         for runner in fleet {
@@ -398,17 +417,7 @@ mod cases {
         let held: u64 = grant.work.iter().map(|w| w.flows.len()).sum();
         assert_eq!(held, 30);
         drop(connection);
-        let survivor = zero_work::run(
-            live.config(new_runner(), &key),
-            ZeroWorkOptions {
-                slots: 2,
-                flows_per_lease: 20,
-                idle_exit: Some(TERMS.lease_ttl * 3),
-                ..ZeroWorkOptions::default()
-            },
-            std::future::pending(),
-        )
-        .await;
+        let survivor = zero_work_runner(&live, &key, 20, TERMS.lease_ttl * 3).await;
         assert_eq!(survivor.recorded, 100, "{survivor:?}");
         assert_eq!(survivor.duplicates, 0);
         let state = live.job_state(job).await;

@@ -5,8 +5,8 @@
 //! leases, briefs, proxies disabled or enabled) waits in
 //! [`Connection::notices`]. Job briefs (protocol 2) are put together from
 //! their parts and kept, with proxy notices applied, for
-//! [`Connection::brief`]. The browser runner drives it, and so do the
-//! orchestrator's tests and benchmark as zero-work runners.
+//! [`Connection::brief`]. The worker (`crate::worker`) drives it, and so
+//! do the gateway's protocol tests, message by message.
 //!
 //! Never logs the runner key, nor a brief (it holds proxy passwords).
 
@@ -165,7 +165,9 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects, says hello, and registers: a connection ready to lease.
+    /// Connects, says hello, and registers: a connection ready to lease,
+    /// with what the gateway says on connecting already in
+    /// [`Connection::notices`] (the briefs of jobs the runner holds).
     pub async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
         let (socket, _) = tokio_tungstenite::connect_async(config.url.as_str())
             .await
@@ -189,8 +191,6 @@ impl Connection {
                 match stream.next().await {
                     Some(Ok(Message::Text(text))) => {
                         let item = match decode_gateway_message(&text) {
-                            // Acks only prove the link is up; nobody waits for them.
-                            Ok(GatewayMessage::HeartbeatAck { .. }) => continue,
                             Ok(message) => Incoming::Message(message),
                             Err(e) => Incoming::Garbled(e.to_string()),
                         };
@@ -262,6 +262,18 @@ impl Connection {
         match self.answer("registered").await? {
             GatewayMessage::Registered { draining } => self.draining = draining,
             other => return Err(unexpected("registered", &other)),
+        }
+        // One round trip before the runner goes on: what the gateway says
+        // on connecting (the briefs of jobs this runner holds flows of)
+        // comes before its answer, so it is in `notices` when `open`
+        // returns, before the runner asks for anything.
+        self.send(&RunnerMessage::Heartbeat { seq: 0, busy: 0 })
+            .await?;
+        loop {
+            match self.answer("heartbeat_ack").await? {
+                GatewayMessage::HeartbeatAck { seq: 0 } => break,
+                other => self.stray(other, "heartbeat_ack")?,
+            }
         }
         self.tasks.push(tokio::spawn(heartbeats(
             self.out.clone(),
@@ -494,6 +506,9 @@ impl Connection {
         expected: &'static str,
     ) -> Result<(), ClientError> {
         let notice = match message {
+            // Acks only prove the link is up; but the handshake's, nobody
+            // waits for them.
+            GatewayMessage::HeartbeatAck { .. } => return Ok(()),
             GatewayMessage::JobPaused { job } => Notice::JobPaused(job),
             GatewayMessage::JobStopped { job } => {
                 self.briefs.remove(&job);
@@ -554,7 +569,8 @@ fn unexpected(expected: &'static str, got: &GatewayMessage) -> ClientError {
     ClientError::Unexpected { expected, got }
 }
 
-/// Sends a heartbeat every `every` until the connection ends.
+/// Sends a heartbeat every `every` until the connection ends (numbered
+/// from 1: the handshake's is 0).
 async fn heartbeats(out: mpsc::Sender<Message>, busy: Arc<AtomicU32>, every: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut seq = 0;
