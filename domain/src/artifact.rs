@@ -27,6 +27,7 @@ pub const MAX_ARTIFACT_PARTS: u32 = MAX_ARTIFACT_BYTES.div_ceil(ARTIFACT_PART_BY
 /// What an artifact holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "graphql", derive(async_graphql::Enum))]
 pub enum ArtifactKind {
     /// A PNG of the page's viewport as the flow failed.
     Screenshot,

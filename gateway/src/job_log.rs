@@ -14,6 +14,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::graphql::job::{JobLogLine, LogCursor, line_from, log_rows, parse_job_id, readable_job};
 use crate::state::AppState;
+use domain::job::JobId;
 
 /// Lines read from the view per page of the download.
 const PAGE: i64 = 1000;
@@ -25,7 +26,7 @@ enum Format {
     Csv,
 }
 
-fn refused(status: StatusCode, message: impl Into<String>) -> Response {
+pub(crate) fn refused(status: StatusCode, message: impl Into<String>) -> Response {
     (
         status,
         [(CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -47,31 +48,10 @@ pub async fn download(
             return refused(StatusCode::NOT_FOUND, "a job offers log.jsonl and log.csv");
         }
     };
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return refused(
-            StatusCode::UNAUTHORIZED,
-            "log in first: send `Authorization: Bearer <accessToken>`",
-        );
+    let job = match readable(&app, &headers, &id).await {
+        Ok(job) => job,
+        Err(refusal) => return refusal,
     };
-    let principal = match app
-        .sessions
-        .authenticate(token, time::OffsetDateTime::now_utc())
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => return refused(StatusCode::UNAUTHORIZED, e.to_string()),
-    };
-    let Ok(job) = parse_job_id("id", &id) else {
-        return refused(StatusCode::NOT_FOUND, format!("there is no job {id}"));
-    };
-    if let Err(e) = readable_job(&app, &principal, job).await {
-        return refused(StatusCode::NOT_FOUND, e.message);
-    }
     let (content_type, extension) = match format {
         Format::Jsonl => ("application/x-ndjson", "jsonl"),
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -135,6 +115,42 @@ pub async fn download(
         .into_response()
 }
 
+/// The job `id` if the request's bearer may read it; otherwise the
+/// refusal to answer with (401 without a valid token, 404 for a job that
+/// is not there or not theirs, so ids of others' jobs reveal nothing).
+pub(crate) async fn readable(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<JobId, Response> {
+    let token = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token else {
+        return Err(refused(
+            StatusCode::UNAUTHORIZED,
+            "log in first: send `Authorization: Bearer <accessToken>`",
+        ));
+    };
+    let principal = app
+        .sessions
+        .authenticate(token, time::OffsetDateTime::now_utc())
+        .await
+        .map_err(|e| refused(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    let Ok(job) = parse_job_id("id", id) else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            format!("there is no job {id}"),
+        ));
+    };
+    readable_job(app, &principal, job)
+        .await
+        .map_err(|e| refused(StatusCode::NOT_FOUND, e.message))?;
+    Ok(job)
+}
+
 fn render(format: Format, line: &JobLogLine) -> String {
     let at = line.at.format(&Rfc3339).unwrap_or_default();
     match format {
@@ -145,8 +161,15 @@ fn render(format: Format, line: &JobLogLine) -> String {
                 "flow": line.flow,
                 "runner": line.runner.as_ref().map(|r| r.as_str()),
                 "message": line.message,
-            })
-            .to_string();
+            });
+            if !line.artifacts.is_empty() {
+                out["artifacts"] = line
+                    .artifacts
+                    .iter()
+                    .map(|a| serde_json::json!({ "kind": a.kind, "blob": a.blob, "bytes": a.bytes, "url": a.url }))
+                    .collect();
+            }
+            let mut out = out.to_string();
             out.push('\n');
             out
         }
