@@ -10,13 +10,17 @@
 //!   across reconnects, so it counts once; while the gateway is away, flows
 //!   in hand finish and their reports wait in a bounded outbox;
 //! - while it is cut off it starts no new flow: leases it cannot renew will
-//!   expire, and their flows belong to someone else by then.
+//!   expire, and their flows belong to someone else by then;
+//! - a failed flow's artifacts are uploaded before its report, which then
+//!   names them; artifacts waiting are bounded in bytes, and beyond that a
+//!   flow is reported without its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use domain::artifact::ArtifactKind;
 use domain::domain_name::DomainName;
 use domain::flow::{FlowFinished, FlowId, FlowRange, FlowReport, LogLevel, ProxyIndex};
 use domain::job::JobId;
@@ -72,12 +76,38 @@ pub struct Order {
     pub terms: Arc<JobTerms>,
 }
 
-/// A flow's end: its report, and how long its slot rests before the next
-/// flow (the settings' delay between flows).
+/// A flow's end: its report, how long its slot rests before the next
+/// flow (the settings' delay between flows), and what a failed flow kept
+/// for debugging.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub report: FlowFinished,
     pub rest: Duration,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A failed flow's artifact, uploaded before its report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    pub bytes: Vec<u8>,
+}
+
+/// Most artifact bytes waiting to be uploaded at once.
+const UPLOADS_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A finished flow whose artifacts are being uploaded, before its report goes.
+struct Upload {
+    job: JobId,
+    report: FlowFinished,
+    /// Still to upload, the next last.
+    artifacts: Vec<Artifact>,
+}
+
+impl Upload {
+    fn bytes(&self) -> usize {
+        self.artifacts.iter().map(|a| a.bytes.len()).sum()
+    }
 }
 
 /// What runs flows: a browser, or nothing at all in the orchestrator's
@@ -478,6 +508,7 @@ pub async fn run<E: Executor>(
         gateway: 0,
         idle_since: None,
         resting: Vec::new(),
+        uploads: VecDeque::new(),
     };
     tokio::select! {
         () = worker.work() => return worker.totals,
@@ -508,6 +539,8 @@ struct Worker<E> {
     idle_since: Option<Instant>,
     /// Slots resting after a flow, until these times.
     resting: Vec<Instant>,
+    /// Failed flows whose artifacts go up before their reports, oldest first.
+    uploads: VecDeque<Upload>,
 }
 
 impl<E: Executor> Worker<E> {
@@ -591,15 +624,68 @@ impl<E: Executor> Worker<E> {
                 }
                 if self.hand.finished(job, flow) {
                     self.totals.flows_run += 1;
-                    self.outbox.push(
+                    let upload = Upload {
                         job,
-                        FlowReport::Finished(finished.report),
-                        usize::MAX,
-                        &mut self.totals,
-                    );
+                        report: finished.report,
+                        artifacts: finished.artifacts,
+                    };
+                    let waiting: usize = self.uploads.iter().map(Upload::bytes).sum();
+                    if upload.artifacts.is_empty() {
+                        self.report_finished(upload);
+                    } else if waiting + upload.bytes() > UPLOADS_LIMIT_BYTES {
+                        tracing::warn!(%job, %flow, waiting, "artifacts not kept: too many wait to be uploaded");
+                        self.report_finished(upload);
+                    } else {
+                        self.uploads.push_back(upload);
+                    }
                 }
             }
         }
+    }
+
+    /// Queues a finished flow's report, naming the artifacts it uploaded.
+    fn report_finished(&mut self, upload: Upload) {
+        self.outbox.push(
+            upload.job,
+            FlowReport::Finished(upload.report),
+            usize::MAX,
+            &mut self.totals,
+        );
+    }
+
+    /// Uploads the oldest waiting flow's next artifact, or, all of them
+    /// up, queues its report. Nothing is lost if the connection breaks:
+    /// the artifact is sent again on the next one.
+    async fn upload_next(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
+        let Some(upload) = self.uploads.front_mut() else {
+            return Ok(());
+        };
+        let Some(artifact) = upload.artifacts.last() else {
+            if let Some(upload) = self.uploads.pop_front() {
+                self.report_finished(upload);
+            }
+            return Ok(());
+        };
+        let (job, flow, kind) = (upload.job, upload.report.flow, artifact.kind);
+        let answer = connection
+            .upload_artifact(job, flow, kind, &artifact.bytes)
+            .await?;
+        upload.artifacts.pop();
+        match answer {
+            Ok(stored) => upload.report.artifacts.push(stored),
+            Err(e) => {
+                tracing::warn!(%job, %flow, %kind, code = %e.code, message = %e.message, "artifact not kept")
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the uploads of `job`'s flows (those in `flows`, or all).
+    fn forget_uploads(&mut self, job: JobId, flows: Option<&[FlowRange]>) -> u64 {
+        let before = self.uploads.len();
+        self.uploads
+            .retain(|u| u.job != job || flows.is_some_and(|ranges| !within(ranges, u.report.flow)));
+        (before - self.uploads.len()) as u64
     }
 
     /// Works over one connection; `Ok` when done (idle, or drained).
@@ -627,6 +713,10 @@ impl<E: Executor> Worker<E> {
             }
             if let Some((job, flows)) = self.hand_back.pop() {
                 connection.hand_back(job, flows).await?;
+                continue;
+            }
+            if !self.uploads.is_empty() {
+                self.upload_next(connection).await?;
                 continue;
             }
             if self.draining {
@@ -806,6 +896,7 @@ impl<E: Executor> Worker<E> {
             Notice::JobStopped(job) => {
                 self.totals.cancelled += self.hand.release(job, None);
                 self.totals.dropped += self.outbox.forget(job, None);
+                self.totals.dropped += self.forget_uploads(job, None);
             }
             // Start nothing new of it and stop what runs (within a second,
             // as a user pausing expects): all of it goes back to the pool.
@@ -818,6 +909,7 @@ impl<E: Executor> Worker<E> {
             Notice::LeaseExpired { job, flows } => {
                 self.totals.cancelled += self.hand.release(job, Some(&flows));
                 self.totals.dropped += self.outbox.forget(job, Some(&flows));
+                self.totals.dropped += self.forget_uploads(job, Some(&flows));
             }
             Notice::Drain { by } => {
                 tracing::info!(%by, "draining: finishing running flows, handing back the rest");

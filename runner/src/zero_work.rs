@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use domain::flow::{FlowFinished, FlowId, FlowOutcome, FlowRange, FlowReport, PageLoad};
 use domain::job::JobId;
 use domain::runner_protocol::ErrorCode;
+use domain::web_vitals::PageVitals;
 use uuid::Uuid;
 
 use crate::client::{
@@ -153,8 +154,10 @@ fn finished(flow: FlowId) -> FlowReport {
         pages: vec![PageLoad {
             ms: 1,
             status: Some(200),
+            vitals: PageVitals::default(),
         }],
         clicks: Vec::new(),
+        artifacts: Vec::new(),
     })
 }
 

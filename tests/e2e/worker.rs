@@ -15,6 +15,7 @@ use domain::flow::{Click, FlowFinished, FlowId, FlowOutcome, PageLoad};
 use domain::job::JobId;
 use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
+use domain::web_vitals::PageVitals;
 use runner::worker::{self, Executor, Finished, Order, Progress, Totals, WorkerOptions};
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -82,16 +83,19 @@ impl Executor for Timed {
                 pages: vec![PageLoad {
                     ms: 5,
                     status: Some(200),
+                    vitals: PageVitals::default(),
                 }],
                 clicks: if order.click {
                     vec![Click::Internal]
                 } else {
                     Vec::new()
                 },
+                artifacts: Vec::new(),
             };
             Finished {
                 report,
                 rest: Duration::ZERO,
+                artifacts: Vec::new(),
             }
         }
     }
