@@ -47,6 +47,19 @@ pub struct JobTerms {
 }
 
 impl JobTerms {
+    /// Terms as a grant and the job's brief give them.
+    pub fn new(
+        marker_header: bool,
+        external_click_domains: Vec<DomainName>,
+        brief: Option<Arc<JobBrief>>,
+    ) -> Self {
+        Self {
+            marker_header,
+            external_click_domains,
+            brief: RwLock::new(brief),
+        }
+    }
+
     /// The job's brief as last heard; `None` from a protocol 1 gateway.
     pub fn brief(&self) -> Option<Arc<JobBrief>> {
         self.brief.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -134,7 +147,30 @@ pub struct Progress {
     out: mpsc::UnboundedSender<Event>,
 }
 
+/// What a flow run outside a worker reported on its way.
+pub struct Reports(mpsc::UnboundedReceiver<Event>);
+
+impl Reports {
+    /// The reports so far, oldest first, taken.
+    pub fn taken(&mut self) -> Vec<FlowReport> {
+        let mut reports = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            if let Event::Report(_, report) = event {
+                reports.push(report);
+            }
+        }
+        reports
+    }
+}
+
 impl Progress {
+    /// A flow's progress outside a worker (an executor's tests): what it
+    /// reports waits in [`Reports`].
+    pub fn detached(job: JobId, flow: FlowId) -> (Progress, Reports) {
+        let (out, reports) = mpsc::unbounded_channel();
+        (Progress { job, flow, out }, Reports(reports))
+    }
+
     pub fn started(&self, proxy: Option<ProxyIndex>) {
         self.send(FlowReport::Started {
             flow: self.flow,
@@ -361,11 +397,11 @@ impl Hand {
     }
 
     fn granted(&mut self, grant: LeaseGrant, brief: Option<Arc<JobBrief>>) {
-        let terms = Arc::new(JobTerms {
-            marker_header: grant.marker_header,
-            external_click_domains: grant.external_click_domains,
-            brief: RwLock::new(brief),
-        });
+        let terms = Arc::new(JobTerms::new(
+            grant.marker_header,
+            grant.external_click_domains,
+            brief,
+        ));
         self.terms.insert(grant.job, terms.clone());
         *self.slots.entry(grant.job).or_default() += grant.slots;
         for work in grant.work {
