@@ -123,7 +123,11 @@ async fn download(app: &TestApp, path: &str, token: &str) -> (u16, String, Vec<u
         .find_map(|l| l.strip_prefix("content-type: "))
         .unwrap_or_default()
         .to_owned();
-    (head[9..12].parse().unwrap(), content_type, raw[end + 4..].to_vec())
+    (
+        head[9..12].parse().unwrap(),
+        content_type,
+        raw[end + 4..].to_vec(),
+    )
 }
 
 fn landing(visit: &Visit) -> bool {
@@ -333,7 +337,11 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
          log {{ flow message artifacts {{ kind blob bytes url }} }} }} }}"
     );
     let j = ok(&app, &ada, &query, json!({ "id": job })).await["job"].clone();
-    assert_eq!((&j["finished"], &j["succeeded"], &j["failed"]), (&json!(3), &json!(2), &json!(1)), "{j}");
+    assert_eq!(
+        (&j["finished"], &j["succeeded"], &j["failed"]),
+        (&json!(3), &json!(2), &json!(1)),
+        "{j}"
+    );
 
     // The painted page's vitals, per target: both visits measured.
     let painted = &j["targetProgress"][0]["vitals"];
@@ -344,7 +352,10 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
         assert!(p50 <= p95, "{vital}: {v}");
     }
     assert!(painted["fcpMs"]["p50"].as_f64().unwrap() > 0.0, "{painted}");
-    assert!(painted["inpMs"].is_null(), "no interaction, no INP: {painted}");
+    assert!(
+        painted["inpMs"].is_null(),
+        "no interaction, no INP: {painted}"
+    );
 
     // The failed flow's log line links its artifacts; the screenshot is a PNG.
     let lines = j["log"].as_array().unwrap();
@@ -352,14 +363,23 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
         .iter()
         .find(|l| !l["artifacts"].as_array().unwrap().is_empty())
         .unwrap_or_else(|| panic!("no log line with artifacts: {j}"));
-    assert!(failed["message"].as_str().unwrap().ends_with("failed: HTTP 500"), "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("failed: HTTP 500"),
+        "{failed}"
+    );
     let kinds: Vec<&str> = failed["artifacts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["kind"].as_str().unwrap())
         .collect();
-    assert!(kinds.contains(&"SCREENSHOT") && kinds.contains(&"REQUEST_LOG"), "{failed}");
+    assert!(
+        kinds.contains(&"SCREENSHOT") && kinds.contains(&"REQUEST_LOG"),
+        "{failed}"
+    );
     let shot = failed["artifacts"]
         .as_array()
         .unwrap()
@@ -380,7 +400,10 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
     let (status, _, body) = download(&app, log["url"].as_str().unwrap(), &ada).await;
     let requests: Vec<Value> = serde_json::from_slice(&body).unwrap();
     assert!(
-        status == 200 && requests.iter().any(|r| r["url"].as_str().unwrap().ends_with("/down") && r["status"] == 500),
+        status == 200
+            && requests
+                .iter()
+                .any(|r| r["url"].as_str().unwrap().ends_with("/down") && r["status"] == 500),
         "{requests:?}"
     );
     // Another account sees no such job, nor its artifacts.

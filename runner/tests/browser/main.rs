@@ -665,9 +665,9 @@ fn the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts() {
         );
         assert_eq!(vitals.cls_milli, Some(0), "{vitals:?}");
 
-        // Linked from nowhere: the site answers 404, and the flow fails.
+        // A page the site does not have: 404, and the flow fails.
         let (progress, mut reports) = Progress::detached(job, FlowId(1));
-        let done = executor.run(order(1, "/gone?img=x"), progress).await;
+        let done = executor.run(order(1, "/missing-page"), progress).await;
         assert_eq!(
             done.report.outcome,
             FlowOutcome::Failed {
@@ -691,7 +691,7 @@ fn the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts() {
         assert!(
             requests
                 .iter()
-                .any(|r| r["url"].as_str().unwrap().ends_with("/gone?img=x") && r["status"] == 404),
+                .any(|r| r["url"].as_str().unwrap().ends_with("/missing-page") && r["status"] == 404),
             "{requests:?}"
         );
         let lines = reports.taken();
