@@ -155,53 +155,6 @@ impl PageLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(url: &str) -> RequestRecord {
-        RequestRecord {
-            url: url.into(),
-            method: "GET".into(),
-            resource_type: "Document".into(),
-            status: Some(200),
-            duration_ms: Some(3.0),
-            bytes: Some(10),
-            error: None,
-        }
-    }
-
-    #[test]
-    fn redacting_blanks_url_credentials_and_the_proxys_secrets_everywhere() {
-        let mut a = FailureArtifacts {
-            screenshot_png: None,
-            console_errors: vec!["proxy said s3cret-pw to bob".into()],
-            requests: vec![
-                request("http://alice:hunter2@shop.example/a?b=1"),
-                request("http://shop.example/?token=s3cret-pw"),
-            ],
-        };
-        a.requests[1].error = Some("net::ERR with s3cret-pw".into());
-        a.redact(&["s3cret-pw", "bob"]);
-        assert_eq!(a.requests[0].url, "http://shop.example/a?b=1");
-        assert_eq!(a.requests[1].url, "http://shop.example/?token=[redacted]");
-        assert_eq!(
-            a.requests[1].error.as_deref(),
-            Some("net::ERR with [redacted]")
-        );
-        assert_eq!(
-            a.console_errors,
-            ["proxy said [redacted] to bob"],
-            "`bob` is too short to blank in text"
-        );
-        let json = serde_json::to_string(&a).unwrap();
-        assert!(
-            !json.contains("s3cret-pw") && !json.contains("hunter2"),
-            "{json}"
-        );
-    }
-}
-
 fn truncate(mut text: String) -> String {
     if text.len() > MAX_TEXT {
         let mut end = MAX_TEXT;
@@ -283,4 +236,51 @@ pub(crate) async fn follow(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(url: &str) -> RequestRecord {
+        RequestRecord {
+            url: url.into(),
+            method: "GET".into(),
+            resource_type: "Document".into(),
+            status: Some(200),
+            duration_ms: Some(3.0),
+            bytes: Some(10),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn redacting_blanks_url_credentials_and_the_proxys_secrets_everywhere() {
+        let mut a = FailureArtifacts {
+            screenshot_png: None,
+            console_errors: vec!["proxy said s3cret-pw to bob".into()],
+            requests: vec![
+                request("http://alice:hunter2@shop.example/a?b=1"),
+                request("http://shop.example/?token=s3cret-pw"),
+            ],
+        };
+        a.requests[1].error = Some("net::ERR with s3cret-pw".into());
+        a.redact(&["s3cret-pw", "bob"]);
+        assert_eq!(a.requests[0].url, "http://shop.example/a?b=1");
+        assert_eq!(a.requests[1].url, "http://shop.example/?token=[redacted]");
+        assert_eq!(
+            a.requests[1].error.as_deref(),
+            Some("net::ERR with [redacted]")
+        );
+        assert_eq!(
+            a.console_errors,
+            ["proxy said [redacted] to bob"],
+            "`bob` is too short to blank in text"
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(
+            !json.contains("s3cret-pw") && !json.contains("hunter2"),
+            "{json}"
+        );
+    }
 }
