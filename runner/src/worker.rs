@@ -17,7 +17,10 @@
 //!   if that connection breaks; what is still undelivered when its grace is
 //!   up is kept on disk for the next start;
 //! - flows a gateway says it holds but it does not know of (leased by an
-//!   earlier run of the same runner) go back at once.
+//!   earlier run of the same runner) go back at once;
+//! - a failed flow's artifacts are uploaded before its report, which then
+//!   names them; artifacts waiting are bounded in bytes, and beyond that a
+//!   flow is reported without its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
@@ -25,6 +28,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use domain::artifact::ArtifactKind;
 use domain::domain_name::DomainName;
 use domain::flow::{FlowFinished, FlowId, FlowRange, FlowReport, LogLevel, ProxyIndex};
 use domain::job::JobId;
@@ -52,6 +56,19 @@ pub struct JobTerms {
 }
 
 impl JobTerms {
+    /// Terms as a grant and the job's brief give them.
+    pub fn new(
+        marker_header: bool,
+        external_click_domains: Vec<DomainName>,
+        brief: Option<Arc<JobBrief>>,
+    ) -> Self {
+        Self {
+            marker_header,
+            external_click_domains,
+            brief: RwLock::new(brief),
+        }
+    }
+
     /// The job's brief as last heard; `None` from a protocol 1 gateway.
     pub fn brief(&self) -> Option<Arc<JobBrief>> {
         self.brief.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -81,12 +98,38 @@ pub struct Order {
     pub terms: Arc<JobTerms>,
 }
 
-/// A flow's end: its report, and how long its slot rests before the next
-/// flow (the settings' delay between flows).
+/// A flow's end: its report, how long its slot rests before the next
+/// flow (the settings' delay between flows), and what a failed flow kept
+/// for debugging.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub report: FlowFinished,
     pub rest: Duration,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A failed flow's artifact, uploaded before its report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    pub bytes: Vec<u8>,
+}
+
+/// Most artifact bytes waiting to be uploaded at once.
+const UPLOADS_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A finished flow whose artifacts are being uploaded, before its report goes.
+struct Upload {
+    job: JobId,
+    report: FlowFinished,
+    /// Still to upload, the next last.
+    artifacts: Vec<Artifact>,
+}
+
+impl Upload {
+    fn bytes(&self) -> usize {
+        self.artifacts.iter().map(|a| a.bytes.len()).sum()
+    }
 }
 
 /// What runs flows: a browser, or nothing at all in the orchestrator's
@@ -113,7 +156,30 @@ pub struct Progress {
     out: mpsc::UnboundedSender<Event>,
 }
 
+/// What a flow run outside a worker reported on its way.
+pub struct Reports(mpsc::UnboundedReceiver<Event>);
+
+impl Reports {
+    /// The reports so far, oldest first, taken.
+    pub fn taken(&mut self) -> Vec<FlowReport> {
+        let mut reports = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            if let Event::Report(_, report) = event {
+                reports.push(report);
+            }
+        }
+        reports
+    }
+}
+
 impl Progress {
+    /// A flow's progress outside a worker (an executor's tests): what it
+    /// reports waits in [`Reports`].
+    pub fn detached(job: JobId, flow: FlowId) -> (Progress, Reports) {
+        let (out, reports) = mpsc::unbounded_channel();
+        (Progress { job, flow, out }, Reports(reports))
+    }
+
     pub fn started(&self, proxy: Option<ProxyIndex>) {
         self.send(FlowReport::Started {
             flow: self.flow,
@@ -272,11 +338,11 @@ impl Hand {
     }
 
     fn granted(&mut self, grant: LeaseGrant, brief: Option<Arc<JobBrief>>) {
-        let terms = Arc::new(JobTerms {
-            marker_header: grant.marker_header,
-            external_click_domains: grant.external_click_domains,
-            brief: RwLock::new(brief),
-        });
+        let terms = Arc::new(JobTerms::new(
+            grant.marker_header,
+            grant.external_click_domains,
+            brief,
+        ));
         self.terms.insert(grant.job, terms.clone());
         *self.slots.entry(grant.job).or_default() += grant.slots;
         for work in grant.work {
@@ -419,6 +485,7 @@ pub async fn run<E: Executor>(
         idle_since: None,
         resting: Vec::new(),
         _state: lock,
+        uploads: VecDeque::new(),
     };
     let mut stop = Stop {
         signal: Box::pin(stop),
@@ -480,6 +547,8 @@ struct Worker<E> {
     resting: Vec<Instant>,
     /// The state directory's lock, held while it runs.
     _state: std::fs::File,
+    /// Failed flows whose artifacts go up before their reports, oldest first.
+    uploads: VecDeque<Upload>,
 }
 
 impl<E: Executor> Worker<E> {
@@ -591,14 +660,73 @@ impl<E: Executor> Worker<E> {
                 }
                 if self.hand.finished(job, flow) {
                     self.totals.flows_run += 1;
-                    self.outbox.push(job, FlowReport::Finished(finished.report))
-                } else {
-                    Pushed::default()
+                    let upload = Upload {
+                        job,
+                        report: finished.report,
+                        artifacts: finished.artifacts,
+                    };
+                    let waiting: usize = self.uploads.iter().map(Upload::bytes).sum();
+                    if upload.artifacts.is_empty() {
+                        self.report_finished(upload);
+                    } else if waiting + upload.bytes() > UPLOADS_LIMIT_BYTES {
+                        tracing::warn!(%job, %flow, waiting, "artifacts not kept: too many wait to be uploaded");
+                        self.report_finished(upload);
+                    } else {
+                        self.uploads.push_back(upload);
+                    }
                 }
+                Pushed::default()
             }
         };
+        self.count(pushed);
+    }
+
+    fn count(&mut self, pushed: Pushed) {
         self.totals.spilled += pushed.spilled;
         self.totals.dropped += pushed.dropped;
+    }
+
+    /// Queues a finished flow's report, naming the artifacts it uploaded.
+    fn report_finished(&mut self, upload: Upload) {
+        let pushed = self
+            .outbox
+            .push(upload.job, FlowReport::Finished(upload.report));
+        self.count(pushed);
+    }
+
+    /// Uploads the oldest waiting flow's next artifact, or, all of them
+    /// up, queues its report. Nothing is lost if the connection breaks:
+    /// the artifact is sent again on the next one.
+    async fn upload_next(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
+        let Some(upload) = self.uploads.front_mut() else {
+            return Ok(());
+        };
+        let Some(artifact) = upload.artifacts.last() else {
+            if let Some(upload) = self.uploads.pop_front() {
+                self.report_finished(upload);
+            }
+            return Ok(());
+        };
+        let (job, flow, kind) = (upload.job, upload.report.flow, artifact.kind);
+        let answer = connection
+            .upload_artifact(job, flow, kind, &artifact.bytes)
+            .await?;
+        upload.artifacts.pop();
+        match answer {
+            Ok(stored) => upload.report.artifacts.push(stored),
+            Err(e) => {
+                tracing::warn!(%job, %flow, %kind, code = %e.code, message = %e.message, "artifact not kept")
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the uploads of `job`'s flows (those in `flows`, or all).
+    fn forget_uploads(&mut self, job: JobId, flows: Option<&[FlowRange]>) -> u64 {
+        let before = self.uploads.len();
+        self.uploads
+            .retain(|u| u.job != job || flows.is_some_and(|ranges| !within(ranges, u.report.flow)));
+        (before - self.uploads.len()) as u64
     }
 
     /// The end: flows still running are cancelled, and what the gateway
@@ -609,6 +737,10 @@ impl<E: Executor> Worker<E> {
         }
         for job in self.hand.jobs() {
             self.totals.cancelled += self.hand.release(job, None);
+        }
+        // Outcomes whose artifacts are still waiting go without them.
+        while let Some(upload) = self.uploads.pop_front() {
+            self.report_finished(upload);
         }
         self.totals.dropped += self.outbox.keep_for_next_start();
         self.totals
@@ -656,6 +788,10 @@ impl<E: Executor> Worker<E> {
                 let (job, flows) = self.hand_back[i].clone();
                 connection.hand_back(job, flows).await?;
                 self.hand_back.remove(i);
+                continue;
+            }
+            if !self.uploads.is_empty() {
+                self.upload_next(connection).await?;
                 continue;
             }
             if self.draining {
@@ -851,6 +987,7 @@ impl<E: Executor> Worker<E> {
             Notice::JobStopped(job) => {
                 self.totals.cancelled += self.hand.release(job, None);
                 self.totals.dropped += self.outbox.forget(job, None);
+                self.totals.dropped += self.forget_uploads(job, None);
             }
             // Start nothing new of it and stop what runs (within a second,
             // as a user pausing expects): all of it goes back to the pool.
@@ -863,6 +1000,7 @@ impl<E: Executor> Worker<E> {
             Notice::LeaseExpired { job, flows } => {
                 self.totals.cancelled += self.hand.release(job, Some(&flows));
                 self.totals.dropped += self.outbox.forget(job, Some(&flows));
+                self.totals.dropped += self.forget_uploads(job, Some(&flows));
             }
             Notice::Drain { by } => {
                 tracing::info!(%by, "draining: finishing running flows, handing back the rest");

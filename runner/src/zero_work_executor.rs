@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use domain::flow::{FlowFinished, FlowOutcome, PageLoad};
+use domain::web_vitals::PageVitals;
 
 use crate::worker::{Executor, Finished, Order, Progress};
 
@@ -43,10 +44,13 @@ impl Executor for ZeroWorkExecutor {
                     pages: vec![PageLoad {
                         ms: 1,
                         status: Some(200),
+                        vitals: PageVitals::default(),
                     }],
                     clicks: Vec::new(),
+                    artifacts: Vec::new(),
                 },
                 rest: Duration::ZERO,
+                artifacts: Vec::new(),
             }
         }
     }

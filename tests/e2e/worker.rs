@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use domain::flow::{Click, FlowFinished, FlowId, FlowOutcome, PageLoad};
 use domain::job::JobId;
 use domain::runner_key::RunnerKey;
+use domain::web_vitals::PageVitals;
 use runner::state_dir::StateDir;
 use runner::worker::{self, Executor, Finished, Order, Progress, Totals, WorkerOptions};
 use serde_json::json;
@@ -90,16 +91,19 @@ impl Executor for Timed {
                 pages: vec![PageLoad {
                     ms: 5,
                     status: Some(200),
+                    vitals: PageVitals::default(),
                 }],
                 clicks: if order.click {
                     vec![Click::Internal]
                 } else {
                     Vec::new()
                 },
+                artifacts: Vec::new(),
             };
             Finished {
                 report,
                 rest: Duration::ZERO,
+                artifacts: Vec::new(),
             }
         }
     }
