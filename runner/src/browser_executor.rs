@@ -60,7 +60,13 @@ struct Shared {
     browsers: tokio::sync::Mutex<BTreeMap<BTreeMap<String, IpAddr>, Arc<Browser>>>,
     /// The proxy each job's `on_failure` flows keep until it fails.
     kept_proxy: Mutex<BTreeMap<domain::job::JobId, ProxyIndex>>,
+    /// When memory was last measured.
+    measured_at: Mutex<Option<Instant>>,
 }
+
+/// Memory is measured at most this often: a measure reads the /proc
+/// entries of every process on the machine.
+const REMEASURE_EVERY: Duration = Duration::from_secs(2);
 
 impl BrowserExecutor {
     /// Launches the runner's browser (the system-DNS one) to prove it runs:
@@ -76,6 +82,7 @@ impl BrowserExecutor {
             )),
             browsers: tokio::sync::Mutex::new(BTreeMap::from([(BTreeMap::new(), Arc::new(first))])),
             kept_proxy: Mutex::default(),
+            measured_at: Mutex::default(),
         });
         shared.remeasure().await;
         Ok(Self { shared })
@@ -89,17 +96,31 @@ impl BrowserExecutor {
 }
 
 impl Shared {
-    /// Re-measures memory and the slots it allows.
+    /// Re-measures memory and the slots it allows, unless it did lately.
     async fn remeasure(&self) {
+        {
+            let mut at = self.measured_at.lock().unwrap_or_else(|p| p.into_inner());
+            if at.is_some_and(|t| t.elapsed() < REMEASURE_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
         let browsers: Vec<Arc<Browser>> = self.browsers.lock().await.values().cloned().collect();
-        let available = crate::browser::capacity::available_memory().unwrap_or(u64::MAX);
+        // Reading /proc blocks: off the runtime's threads.
+        let measured = tokio::task::spawn_blocking(move || {
+            let available = crate::browser::capacity::available_memory().unwrap_or(u64::MAX);
+            let samples: Vec<_> = browsers.iter().filter_map(|b| b.memory().ok()).collect();
+            (available, samples)
+        })
+        .await;
+        let Ok((available, samples)) = measured else {
+            return;
+        };
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let mut open = 0;
-        for browser in &browsers {
-            if let Ok(sample) = browser.memory() {
-                open += sample.contexts;
-                model.observe(sample);
-            }
+        for sample in samples {
+            open += sample.contexts;
+            model.observe(sample);
         }
         let slots = model.slots(self.configured, available, open);
         self.capacity.store(slots.max(1), Ordering::Relaxed);
