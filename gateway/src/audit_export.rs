@@ -25,14 +25,16 @@ use domain::log_point::LogPoint;
 
 /// Events read per page.
 const PAGE: usize = 1000;
+/// How long to wait for a transaction still open.
+const PENDING_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What to export.
 #[derive(Debug, Clone, Default)]
 pub struct ExportRange {
     /// Export events after this position (the start by default).
     pub after: Position,
-    /// The last point to export; the log's head when the export began by
-    /// default, so an export has an end.
+    /// The last point to export; by default it ends where it caught up
+    /// with the log.
     pub until: Option<LogPoint>,
     pub filter: Filter,
 }
@@ -99,12 +101,11 @@ pub struct ExportPage {
 struct Reading {
     store: Arc<dyn EventStore>,
     range: ExportRange,
-    /// Where the export ends: the head when it began, or `to` if earlier.
-    end: Option<Position>,
     done: bool,
 }
 
-/// The export, a page of lines at a time.
+/// The export, a page of lines at a time, until it has caught up with the
+/// log (or passed `to`).
 pub fn pages(
     store: Arc<dyn EventStore>,
     range: ExportRange,
@@ -112,43 +113,32 @@ pub fn pages(
     let reading = Reading {
         store,
         range,
-        end: None,
         done: false,
     };
-    stream::try_unfold(reading, |mut r| async move {
+    let end = match reading.range.until {
+        Some(LogPoint::Position(p)) => Some(p),
+        _ => None,
+    };
+    stream::try_unfold(reading, move |mut r| async move {
         while !r.done {
-            let end = match r.end {
-                Some(end) => end,
-                None => {
-                    let head = r.store.head().await?.after;
-                    let end = match r.range.until {
-                        Some(LogPoint::Position(p)) => p.min(head),
-                        _ => head,
-                    };
-                    *r.end.insert(end)
-                }
-            };
-            if r.range.after >= end {
-                break;
-            }
             let page = r
                 .store
                 .read_all(r.range.after, &r.range.filter, PAGE)
                 .await?;
-            // Everything up to the head is safe to read, so a short page
-            // means the range is exhausted.
-            r.done = page.events.len() < PAGE || page.next >= end;
-            r.range.after = page.next.min(end);
+            // A short page means caught up, unless it stopped at a
+            // transaction still open (PostgreSQL): read on shortly.
+            r.done = end.is_some_and(|end| page.next >= end)
+                || (page.events.len() < PAGE && !page.pending);
+            if page.pending && page.events.is_empty() {
+                tokio::time::sleep(PENDING_WAIT).await;
+            }
+            r.range.after = page.next;
             let mut out = ExportPage {
                 text: String::new(),
                 events: 0,
             };
             for event in &page.events {
-                let within = event.position <= end
-                    && match r.range.until {
-                        Some(LogPoint::Time(t)) => event.recorded_at <= t,
-                        _ => true,
-                    };
+                let within = r.range.until.is_none_or(|point| point.includes(event));
                 if within {
                     out.text.push_str(&line(event));
                     out.events += 1;

@@ -32,8 +32,8 @@ pub enum AsOfError {
 }
 
 /// Builds `projection` in `scratch` from the first event up to `point`
-/// (the log's head when it began, at the latest), calling `progress` with
-/// the events applied so far; returns how many.
+/// (where it caught up with the log, at the latest), calling `progress`
+/// with the events applied so far; returns how many.
 pub async fn rebuild_to(
     events: &dyn EventStore,
     scratch: &ViewStore,
@@ -42,18 +42,17 @@ pub async fn rebuild_to(
     mut progress: impl FnMut(u64),
 ) -> Result<u64, AsOfError> {
     let mut checkpoint = scratch.reset(projection).await?;
-    let head = events.head().await?.after;
     let end = match point {
-        LogPoint::Position(p) => p.min(head),
-        _ => head,
+        LogPoint::Position(p) => Some(p),
+        _ => None,
     };
     let filter = projection.filter();
     let mut applied = 0;
-    while checkpoint.position < end {
+    loop {
         let page = events.read_all(checkpoint.position, &filter, PAGE).await?;
         let mut writes = Vec::new();
         for event in &page.events {
-            if event.position > end || !point.includes(event) {
+            if !point.includes(event) {
                 continue;
             }
             projection
@@ -66,15 +65,19 @@ pub async fn rebuild_to(
                 })?;
             applied += 1;
         }
-        let to = page.next.min(end);
-        let short = page.events.len() < PAGE;
+        // A short page means caught up, unless it stopped at a transaction
+        // still open (PostgreSQL): read on shortly.
+        let done =
+            end.is_some_and(|end| page.next >= end) || (page.events.len() < PAGE && !page.pending);
+        if page.pending && page.events.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         scratch
-            .commit(projection.name(), checkpoint, to, writes)
+            .commit(projection.name(), checkpoint, page.next, writes)
             .await?;
-        checkpoint.position = to;
+        checkpoint.position = page.next;
         progress(applied);
-        // Everything up to the head is safe to read: a short page is the end.
-        if short {
+        if done {
             break;
         }
     }
