@@ -53,6 +53,10 @@ pub enum Command {
     /// Run the gateway: open the store, apply migrations, serve HTTP, and
     /// (unless --no-runner) a browser runner in the same process.
     Serve(ServeArgs),
+    /// A first run to watch: a gateway on scratch data with its runner, a
+    /// demo site on 127.0.0.1 whose domain is verified for real, and a small
+    /// job shown live until it is done; then serves until Ctrl-C.
+    Demo(DemoArgs),
     /// Run a browser runner: connect out to a gateway, lease flows and
     /// perform them in headless Chromium.
     Runner(RunnerArgs),
@@ -117,6 +121,18 @@ pub struct ServeArgs {
     /// Start no browser runner in this process [default: one is started]
     #[arg(long, env = "TB_NO_RUNNER")]
     pub no_runner: bool,
+    #[command(flatten)]
+    pub browser: BrowserArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address the demo's gateway listens on [default: a free port of 127.0.0.1]
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Stop once the job is done instead of serving until Ctrl-C (tests, CI)
+    #[arg(long)]
+    pub exit_when_done: bool,
     #[command(flatten)]
     pub browser: BrowserArgs,
 }

@@ -8,7 +8,7 @@ use gateway::{Gateway, GatewayConfig};
 use secrecy::SecretString;
 
 use crate::cli::ServeArgs;
-use crate::commands::runner as runner_command;
+use crate::commands::runner::{self as runner_command, InProcess};
 use crate::commands::shutdown_signal;
 use crate::configuration::Settings;
 
@@ -47,65 +47,23 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let runner = if args.no_runner {
         None
     } else {
-        in_process_runner(&gateway, bound, args).await
+        match runner_command::start_browser(&args.browser).await {
+            Ok(executor) => InProcess::start(&gateway, executor, &args.browser).await,
+            Err(e) => {
+                tracing::warn!("no in-process runner: {e}");
+                None
+            }
+        }
     };
     // On a stop signal the runner drains first (its flows finish or go
     // back to the pool) while the gateway still serves it.
     let stopping = async move {
         shutdown_signal().await;
-        if let Some((stop, runner)) = runner {
-            let _ = stop.send(());
-            let _ = runner.await;
+        if let Some(runner) = runner {
+            runner.stop().await;
         }
     };
     gateway.serve(stopping).await?;
     tracing::info!("gateway stopped");
     Ok(())
-}
-
-type RunnerHandle = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<runner::worker::Totals>,
-);
-
-/// Starts the browser runner of this process on its own minted key; a
-/// machine without a browser serves without it, saying how to get one.
-async fn in_process_runner(
-    gateway: &Gateway,
-    bound: std::net::SocketAddr,
-    args: &ServeArgs,
-) -> Option<RunnerHandle> {
-    let executor = match runner_command::start_browser(&args.browser).await {
-        Ok(executor) => executor,
-        Err(e) => {
-            tracing::warn!("no in-process runner: {e}");
-            return None;
-        }
-    };
-    let key = match gateway::runner_link::local_key::mint(gateway.state()).await {
-        Ok(key) => key,
-        Err(e) => {
-            tracing::error!("no in-process runner: cannot make its key: {e}");
-            return None;
-        }
-    };
-    let url = format!("ws://{bound}/runner");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let browser = args.browser.clone();
-    let task = tokio::spawn(async move {
-        runner_command::work(
-            &url,
-            key,
-            executor,
-            &browser,
-            gateway::runner_link::local_key::NAME.into(),
-            Default::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        )
-        .await
-    });
-    tracing::info!("in-process runner started");
-    Some((stop, task))
 }
