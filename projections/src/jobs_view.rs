@@ -67,6 +67,7 @@ const SCHEMA: &[&str] = &[
     flow_target   BIGINT NOT NULL,
     click_target  BIGINT NOT NULL,
     flows_done    BIGINT NOT NULL,
+    flows_failed  BIGINT NOT NULL,
     clicks_done   BIGINT NOT NULL,
     PRIMARY KEY (job, target)
 )",
@@ -193,8 +194,8 @@ fn place_targets(job: &str, runs: &[TargetRun], out: &mut Vec<Statement>) {
         for _ in 0..run.targets {
             out.push(
                 Statement::new(
-                    "INSERT INTO view_job_targets (job, target, first_flow, end_flow, flow_target, click_target, flows_done, clicks_done) \
-                     SELECT $1, COALESCE(MAX(target) + 1, 0), COALESCE(MAX(end_flow), 0), COALESCE(MAX(end_flow), 0) + $2, $2, $3, 0, 0 \
+                    "INSERT INTO view_job_targets (job, target, first_flow, end_flow, flow_target, click_target, flows_done, flows_failed, clicks_done) \
+                     SELECT $1, COALESCE(MAX(target) + 1, 0), COALESCE(MAX(end_flow), 0), COALESCE(MAX(end_flow), 0) + $2, $2, $3, 0, 0, 0 \
                      FROM view_job_targets WHERE job = $1",
                 )
                 .bind(job)
@@ -232,6 +233,11 @@ fn status(job: &str, status: JobStatus, at: time::OffsetDateTime) -> Statement {
 impl Projection for JobsView {
     fn name(&self) -> &'static str {
         "jobs"
+    }
+
+    /// 2: per target, the flows that failed.
+    fn version(&self) -> u32 {
+        2
     }
 
     fn schema(&self) -> &'static [&'static str] {
@@ -347,6 +353,7 @@ impl Projection for JobsView {
             JobEvent::FlowsReported(batch) => {
                 let runner = batch.runner.to_string();
                 let mut finished = Vec::new();
+                let mut failed_flows = Vec::new();
                 let mut clicked = Vec::new();
                 let (mut succeeded, mut failed, mut pages, mut page_errors) =
                     (0u64, 0u64, 0u64, 0u64);
@@ -363,6 +370,7 @@ impl Projection for JobsView {
                                 FlowOutcome::Succeeded => succeeded += 1,
                                 FlowOutcome::Failed { reason } => {
                                     failed += 1;
+                                    failed_flows.push(f.flow.0);
                                     out.push(log.line(
                                         "warn",
                                         Some(f.flow.0),
@@ -438,6 +446,9 @@ impl Projection for JobsView {
                 );
                 for range in ranges(finished) {
                     out.push(count_range(job, "flows_done", range)?);
+                }
+                for range in ranges(failed_flows) {
+                    out.push(count_range(job, "flows_failed", range)?);
                 }
                 for range in ranges(clicked) {
                     out.push(count_range(job, "clicks_done", range)?);

@@ -68,13 +68,12 @@ pub async fn run(settings: &Settings, args: &DemoArgs) -> anyhow::Result<()> {
 /// The whole run, up to the pointers of where to look next.
 async fn show(stage: &Stage) -> anyhow::Result<()> {
     let prepared = setup::prepare(stage).await?;
-    let last = progress::watch(
-        stage.addr,
-        &prepared.token,
-        &prepared.job,
-        &prepared.targets,
-    )
-    .await?;
+    let paths: Vec<String> = prepared
+        .targets
+        .iter()
+        .map(|url| setup::path_of(url).unwrap_or(url).to_owned())
+        .collect();
+    let last = progress::watch(stage.addr, &prepared.token, &prepared.job, &paths).await?;
     report(stage, &prepared, &last)?;
     next_steps(stage, &prepared);
     Ok(())
@@ -128,7 +127,7 @@ fn next_steps(stage: &Stage, prepared: &Prepared) {
     let document = format!(
         "mutation LogIn {{ login(username: \"{user}\", password: \"{password}\") {{ accessToken }} }}\n\n\
          query Job {{\n  job(id: \"{job}\") {{\n    name status flows finished succeeded failed clicked\n    \
-         targetProgress {{ target flowDone flowTarget clickDone clickTarget }}\n    \
+         targetProgress {{ target flowDone flowFailed flowTarget clickDone clickTarget }}\n    \
          log(first: 20) {{ at level message }}\n  }}\n}}\n",
         user = setup::USER,
         password = prepared.user_password,

@@ -1,7 +1,8 @@
 //! The job's progress in the terminal, as the gateway pushes it on its
-//! `jobProgress` subscription: a bar for the job (finished, failed,
-//! clicked, the gateway's ETA) and one per target (flows done of its
-//! target, clicks done of its target, its own ETA), until the job ends.
+//! `jobProgress` subscription: a bar for the job (flows finished, at
+//! work, failed, the gateway's ETA) and one per target, named by its path
+//! (flows done of its target, clicks done of its target, flows failed,
+//! its own ETA), until the job ends.
 //! Off a terminal the bars stay hidden (indicatif's rule) and only the
 //! final state is returned.
 
@@ -18,7 +19,7 @@ use crate::graphql_client::{next_data, subscribe};
 
 const PROGRESS: &str = "subscription($id: ID!) { jobProgress(id: $id) { status failure \
      flows finished succeeded failed clicked inProgress eta \
-     targetProgress { target flowDone flowTarget clickDone clickTarget } } }";
+     targetProgress { target flowDone flowFailed flowTarget clickDone clickTarget } } }";
 
 /// Statuses a job does not leave.
 const ENDED: [&str; 3] = ["DONE", "FAILED", "STOPPED"];
@@ -67,7 +68,7 @@ impl Bars {
         };
         let job = all.add(ProgressBar::new(0));
         job.set_style(style(&format!(
-            "  {{prefix:<{width}}} {{bar:30}} {{pos:>3}}/{{len}} flows  {{msg}}"
+            "  {{prefix:<{width}}} {{bar:20}} {{pos:>3}}/{{len}} flows  {{msg}}"
         )));
         job.set_prefix("job");
         job.enable_steady_tick(Duration::from_millis(250));
@@ -76,7 +77,7 @@ impl Bars {
             .map(|url| {
                 let bar = all.add(ProgressBar::new(0));
                 bar.set_style(style(&format!(
-                    "  {{prefix:<{width}}} {{bar:30}} {{pos:>3}}/{{len}} flows  {{msg}}, eta {{eta}}"
+                    "  {{prefix:<{width}}} {{bar:20}} {{pos:>3}}/{{len}} flows  {{msg}}, eta {{eta}}"
                 )));
                 bar.set_prefix(url.clone());
                 bar
@@ -98,11 +99,10 @@ impl Bars {
             })
             .unwrap_or_default();
         self.job.set_message(format!(
-            "{} · {} in progress · {} failed · {} clicked{eta}",
+            "{} · {} at work · {} failed{eta}",
             info["status"].as_str().unwrap_or("?"),
             n(&info["inProgress"]),
             n(&info["failed"]),
-            n(&info["clicked"]),
         ));
         let rows = info["targetProgress"]
             .as_array()
@@ -117,9 +117,10 @@ impl Bars {
             bar.set_length(n(&row["flowTarget"]));
             bar.set_position(n(&row["flowDone"]));
             bar.set_message(format!(
-                "clicks {}/{}",
+                "{}/{} clicks · {} failed",
                 n(&row["clickDone"]),
-                n(&row["clickTarget"])
+                n(&row["clickTarget"]),
+                n(&row["flowFailed"]),
             ));
         }
     }

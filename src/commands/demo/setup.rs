@@ -140,10 +140,7 @@ async fn prove_domain(gql: &mut Gql, stage: &Stage, token: &str) -> anyhow::Resu
     else {
         bail!("claimDomain answered no token or URL: {claim}");
     };
-    let path = url
-        .split_once("://")
-        .and_then(|(_, rest)| rest.find('/').map(|at| &rest[at..]))
-        .with_context(|| format!("the well-known URL {url} has no path"))?;
+    let path = path_of(url).with_context(|| format!("the well-known URL {url} has no path"))?;
     stage.site.set_route(path, Reply::text(secret));
     let verified = gql.call(VERIFY, json!({ "d": DOMAIN }), token).await?;
     let row = &verified["verifyDomain"];
@@ -156,6 +153,12 @@ async fn prove_domain(gql: &mut Gql, stage: &Stage, token: &str) -> anyhow::Resu
         "{DOMAIN} claimed and verified: the gateway fetched {path} from the demo site"
     ));
     Ok(())
+}
+
+/// The path of an absolute URL (`http://host:port/path` → `/path`).
+pub fn path_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    rest.find('/').map(|at| &rest[at..])
 }
 
 /// Uploads `csv` as a new dataset of `kind` in one chunk and publishes it:
