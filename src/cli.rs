@@ -68,6 +68,9 @@ pub enum Command {
     /// Administer accounts directly against the store (no gateway needed).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Auditors' tools, run against the store (no gateway needed).
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Manage the read models (views).
     #[command(subcommand)]
     Projections(ProjectionsCommand),
@@ -127,7 +130,7 @@ pub struct ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// Address the demo's gateway listens on [default: a free port of 127.0.0.1]
+    /// Address the demo's gateway listens on (port 0: a free one)
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
     pub listen: std::net::SocketAddr,
     /// Stop once the job is done instead of serving until Ctrl-C (tests, CI)
@@ -219,6 +222,61 @@ pub struct TailArgs {
     /// Stop after printing this many events.
     #[arg(long)]
     pub limit: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print a stream's state as it stood at a point, folded by its own
+    /// decider, with the events that led there (secrets redacted).
+    Replay(ReplayArgs),
+    /// Write the log (envelopes and payloads, secrets redacted) as JSON
+    /// lines to standard output, in global order; resumable with --from.
+    Export(ExportArgs),
+    /// Print a view as it stood at a point: rebuilt from the events up to
+    /// then in a scratch SQLite file, never touching the live view.
+    View(ViewAtArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ViewAtArgs {
+    /// The view (an unknown name lists them all).
+    pub view: String,
+    /// The point: a position (COMMIT or COMMIT:PREPARE) or an RFC 3339
+    /// time such as 2026-11-23T14:03:00Z [default: now]
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Rows printed per table at most.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export events after this position (the last line of an earlier
+    /// export) [default: the start]
+    #[arg(long)]
+    pub from: Option<String>,
+    /// The last point to export: a position or an RFC 3339 time
+    /// [default: the log's head when the export begins]
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only streams starting with this prefix (repeatable).
+    #[arg(long = "stream", value_name = "PREFIX")]
+    pub streams: Vec<String>,
+    /// Only events of this type (repeatable).
+    #[arg(long = "type", value_name = "TYPE")]
+    pub types: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The stream, e.g. `job-0193…` or `system-settings`.
+    #[arg(long)]
+    pub stream: String,
+    /// Where to stop: a position (COMMIT or COMMIT:PREPARE) or an RFC 3339
+    /// time such as 2026-11-23T14:03:00Z [default: now]
+    #[arg(long)]
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,7 +11,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::cli::{AdminCommand, BenchCommand, Cli, Command, EventsCommand, ProjectionsCommand};
+use crate::cli::{
+    AdminCommand, AuditCommand, BenchCommand, Cli, Command, EventsCommand, ProjectionsCommand,
+};
 use crate::configuration::Settings;
 
 fn main() -> ExitCode {
@@ -55,6 +57,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Projections(ProjectionsCommand::Rebuild { view }) => {
             commands::projections::rebuild(&settings, view.as_deref()).await
         }
+        Command::Audit(AuditCommand::Replay(args)) => {
+            commands::audit::replay(&settings, &args).await
+        }
+        Command::Audit(AuditCommand::Export(args)) => {
+            commands::audit::export(&settings, &args).await
+        }
+        Command::Audit(AuditCommand::View(args)) => commands::audit::view(&settings, &args).await,
         Command::Admin(AdminCommand::CreateUser(args)) => {
             commands::admin::create_user(&settings, &args).await
         }

@@ -394,6 +394,8 @@ pub enum SessionGone {
 
 pub struct Account;
 
+inventory::submit! { crate::replay::Replayer::of::<Account>() }
+
 impl Decider for Account {
     const SNAPSHOT_KIND: &'static str = "account/1";
     type State = AccountState;

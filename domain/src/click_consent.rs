@@ -112,6 +112,8 @@ pub fn allows(state: &ClickConsentState, domain: &DomainName) -> bool {
 
 pub struct ClickConsent;
 
+inventory::submit! { crate::replay::Replayer::of::<ClickConsent>() }
+
 impl Decider for ClickConsent {
     const SNAPSHOT_KIND: &'static str = "click_consent/1";
     type State = ClickConsentState;

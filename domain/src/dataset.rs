@@ -338,6 +338,8 @@ pub fn require_licence(
 
 pub struct Dataset;
 
+inventory::submit! { crate::replay::Replayer::of::<Dataset>() }
+
 impl Decider for Dataset {
     const SNAPSHOT_KIND: &'static str = "dataset/1";
     type State = DatasetState;

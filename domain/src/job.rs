@@ -733,6 +733,8 @@ pub struct JobState {
 
 pub struct JobAggregate;
 
+inventory::submit! { crate::replay::Replayer::of::<JobAggregate>() }
+
 impl Decider for JobAggregate {
     const SNAPSHOT_KIND: &'static str = "job/1";
     type State = JobState;

@@ -272,6 +272,8 @@ pub struct LicenceState {
 
 pub struct Licence;
 
+inventory::submit! { crate::replay::Replayer::of::<Licence>() }
+
 impl Decider for Licence {
     const SNAPSHOT_KIND: &'static str = "licence/2";
     type State = LicenceState;

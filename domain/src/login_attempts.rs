@@ -83,6 +83,8 @@ pub struct LoginAttemptsState {
 
 pub struct LoginAttempts;
 
+inventory::submit! { crate::replay::Replayer::of::<LoginAttempts>() }
+
 impl Decider for LoginAttempts {
     const SNAPSHOT_KIND: &'static str = "login-attempts/1";
     type State = LoginAttemptsState;

@@ -249,6 +249,8 @@ pub fn cool_down(strikes: u32) -> Duration {
 
 pub struct ProxyPool;
 
+inventory::submit! { crate::replay::Replayer::of::<ProxyPool>() }
+
 impl Decider for ProxyPool {
     const SNAPSHOT_KIND: &'static str = "proxy_pool/1";
     type State = ProxyPoolState;

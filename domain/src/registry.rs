@@ -210,6 +210,11 @@ impl EventRegistry {
         self
     }
 
+    /// Every registered type's name.
+    pub fn type_names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.types.keys().copied()
+    }
+
     /// Is this type registered?
     pub fn knows(&self, event_type: &str) -> bool {
         self.types.contains_key(event_type)

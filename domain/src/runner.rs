@@ -351,6 +351,8 @@ impl RunnerState {
 
 pub struct Runner;
 
+inventory::submit! { crate::replay::Replayer::of::<Runner>() }
+
 impl Decider for Runner {
     const SNAPSHOT_KIND: &'static str = "runner/1";
     type State = RunnerState;

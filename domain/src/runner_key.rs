@@ -179,6 +179,8 @@ impl RunnerKeysState {
 
 pub struct RunnerKeys;
 
+inventory::submit! { crate::replay::Replayer::of::<RunnerKeys>() }
+
 impl Decider for RunnerKeys {
     const SNAPSHOT_KIND: &'static str = "runner_keys/1";
     type State = RunnerKeysState;

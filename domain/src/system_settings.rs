@@ -121,6 +121,8 @@ pub fn require_runs_allowed(state: &SystemSettingsState) -> Result<(), SafeModeO
 
 pub struct SystemSettings;
 
+inventory::submit! { crate::replay::Replayer::of::<SystemSettings>() }
+
 impl Decider for SystemSettings {
     const SNAPSHOT_KIND: &'static str = "system_settings/1";
     type State = SystemSettingsState;

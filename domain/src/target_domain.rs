@@ -303,6 +303,8 @@ pub struct TargetDomainState {
 
 pub struct TargetDomain;
 
+inventory::submit! { crate::replay::Replayer::of::<TargetDomain>() }
+
 impl Decider for TargetDomain {
     const SNAPSHOT_KIND: &'static str = "target_domain/1";
     type State = TargetDomainState;

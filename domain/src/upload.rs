@@ -353,6 +353,8 @@ fn ended_error(outcome: &Outcome, started: &UploadStarted) -> UploadError {
 
 pub struct Upload;
 
+inventory::submit! { crate::replay::Replayer::of::<Upload>() }
+
 impl Decider for Upload {
     const SNAPSHOT_KIND: &'static str = "upload/1";
     type State = UploadState;

@@ -14,19 +14,19 @@
 //! every active job now and then, for what this gateway did not see (jobs
 //! started before it, a feed that fell behind).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use domain::RecordedEvent;
 use domain::job::{ConsentChecks, Job, JobAggregate, JobCommand, JobEvent, JobId, JobStatus};
 use domain::system_settings::{self, SystemSettings};
-use domain::target_domain::{self, TargetDomain};
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use crate::command_handler::CommandMeta;
+use crate::domain_consents;
 use crate::runner_link::work;
 use crate::state::AppState;
 
@@ -47,24 +47,7 @@ pub async fn consent_checks(app: &AppState, job: &Job) -> Result<ConsentChecks, 
         .load::<SystemSettings>(&settings)
         .await
         .map_err(|e| format!("the system settings: {e}"))?;
-    let mut domains = BTreeMap::new();
-    let mut seen = BTreeSet::new();
-    for domain in job.plan.domains() {
-        for name in std::iter::once(domain.clone()).chain(domain.parents()) {
-            if !seen.insert(name.clone()) {
-                continue;
-            }
-            let stream = target_domain::stream(&name).map_err(|e| e.to_string())?;
-            let (version, state) = app
-                .handler
-                .load::<TargetDomain>(&stream)
-                .await
-                .map_err(|e| format!("{name}: {e}"))?;
-            if version.is_some() {
-                domains.insert(name, state);
-            }
-        }
-    }
+    let domains = domain_consents::states(app, job.plan.domains()).await?;
     Ok(ConsentChecks { system, domains })
 }
 

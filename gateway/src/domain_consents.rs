@@ -3,7 +3,7 @@
 //! their `target-<domain>` streams. Read when a job runs and when a runner
 //! is briefed on it; [`domain::target_domain::consent_covering`] judges.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use domain::DomainName;
 use domain::target_domain::{self, TargetDomain, TargetDomainState};
@@ -16,9 +16,11 @@ pub async fn states(
     domains: &[DomainName],
 ) -> Result<BTreeMap<DomainName, TargetDomainState>, String> {
     let mut states = BTreeMap::new();
+    // Names loaded already, with history or without.
+    let mut seen = BTreeSet::new();
     for domain in domains {
         for name in std::iter::once(domain.clone()).chain(domain.parents()) {
-            if states.contains_key(&name) {
+            if !seen.insert(name.clone()) {
                 continue;
             }
             let stream = target_domain::stream(&name).map_err(|e| e.to_string())?;
@@ -26,7 +28,7 @@ pub async fn states(
                 .handler
                 .load::<TargetDomain>(&stream)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| format!("{name}: {e}"))?;
             if version.is_some() {
                 states.insert(name, state);
             }

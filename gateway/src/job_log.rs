@@ -6,13 +6,14 @@
 
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::header::{AUTHORIZATION, CONTENT_DISPOSITION, CONTENT_TYPE};
+use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
 use time::format_description::well_known::Rfc3339;
 
 use crate::graphql::job::{JobLogLine, LogCursor, line_from, log_rows, parse_job_id, readable_job};
+use crate::http_auth::{bearer_principal, refused};
 use crate::state::AppState;
 
 /// Lines read from the view per page of the download.
@@ -23,15 +24,6 @@ const PAGE: i64 = 1000;
 enum Format {
     Jsonl,
     Csv,
-}
-
-fn refused(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
-        message.into(),
-    )
-        .into_response()
 }
 
 /// `GET /jobs/{id}/{file}` with `file` one of `log.jsonl`, `log.csv`.
@@ -47,24 +39,9 @@ pub async fn download(
             return refused(StatusCode::NOT_FOUND, "a job offers log.jsonl and log.csv");
         }
     };
-    let token = headers
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().strip_prefix("Bearer "))
-        .map(str::trim);
-    let Some(token) = token else {
-        return refused(
-            StatusCode::UNAUTHORIZED,
-            "log in first: send `Authorization: Bearer <accessToken>`",
-        );
-    };
-    let principal = match app
-        .sessions
-        .authenticate(token, time::OffsetDateTime::now_utc())
-        .await
-    {
+    let principal = match bearer_principal(&app, &headers).await {
         Ok(p) => p,
-        Err(e) => return refused(StatusCode::UNAUTHORIZED, e.to_string()),
+        Err(refusal) => return refusal,
     };
     let Ok(job) = parse_job_id("id", &id) else {
         return refused(StatusCode::NOT_FOUND, format!("there is no job {id}"));

@@ -2,6 +2,7 @@
 //! subscriptions) for the UI, health and readiness; command handling and
 //! authentication behind them. The runner socket and metrics join it here.
 
+pub mod audit_export;
 pub mod auth;
 pub mod client_addr;
 pub mod command_handler;
@@ -12,6 +13,7 @@ pub mod expiry;
 pub mod graphiql;
 pub mod graphql;
 pub mod health;
+pub mod http_auth;
 pub mod http_limits;
 pub mod job_datasets;
 pub mod job_log;
@@ -23,6 +25,7 @@ pub mod rows_cache;
 pub mod runner_link;
 pub mod startup;
 pub mod state;
+pub mod time_travel;
 pub mod verification;
 pub mod ws_limits;
 

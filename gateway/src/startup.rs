@@ -34,7 +34,7 @@ use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
-use crate::{consent_guard, expiry, graphiql, health, job_log, metrics};
+use crate::{audit_export, consent_guard, expiry, graphiql, health, job_log, metrics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::endpoint))
         .route("/runner", get(runner_link::endpoint))
         .route("/jobs/{id}/{file}", get(job_log::download))
+        .route("/audit/export.jsonl", get(audit_export::download))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     // Inside the metrics layer, so refusals are counted too.
     http_limits::apply(routes, HttpLimits::default())

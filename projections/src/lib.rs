@@ -12,6 +12,7 @@
 //!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`].
 
 pub mod accounts_view;
+pub mod as_of;
 pub mod audit_view;
 pub mod consents_view;
 pub mod datasets_view;

@@ -63,7 +63,7 @@ pub async fn datasets_of(app: &TestApp, token: &str, targets: &str, instances: u
 }
 
 /// GET with a bearer token: (status, body).
-async fn download(app: &TestApp, path: &str, token: Option<&str>) -> (u16, String) {
+pub async fn download(app: &TestApp, path: &str, token: Option<&str>) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(&app.addr).await.unwrap();
     let auth = token

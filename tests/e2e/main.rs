@@ -3,6 +3,7 @@
 
 mod admin;
 mod app;
+mod audit_export;
 mod audit_streams;
 mod bench;
 mod browser_runs;
@@ -25,6 +26,7 @@ mod secrets;
 mod serve;
 mod setup_errors;
 mod tail;
+mod time_travel;
 mod verification;
 mod worker;
 mod ws_limits;

@@ -4,6 +4,9 @@
 //! `"[redacted]"`, as the audit view's summaries leave them out.
 
 use async_graphql::{Context, Json, Object, SimpleObject, Subscription};
+use std::collections::VecDeque;
+
+use domain::replay::redact_secrets;
 use domain::{EventRegistry, RecordedEvent, StreamId};
 use futures_util::{Stream, StreamExt};
 use store::{Direction, Filter, StreamFrom};
@@ -11,8 +14,11 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::graphql::error;
+use crate::graphql::error::Code;
 use crate::graphql::session_watch::{Seen, under_session};
 use crate::graphql::{AUDITORS, app, check_first, cursor, principal_with};
+use crate::time_travel::{TimeTravelError, stream_at};
+use domain::log_point::LogPoint;
 
 /// One event with everything recorded about it.
 #[derive(SimpleObject)]
@@ -40,33 +46,11 @@ pub struct EventEnvelope {
     pub payload: Option<Json<serde_json::Value>>,
 }
 
-/// Payload fields that hold a hash of a secret or a token: never shown.
-fn is_secretive(key: &str) -> bool {
-    key == "hash" || key == "token" || key.contains("password") || key.ends_with("token_hash")
-}
-
-/// Replaces every secretive field's value, at any depth.
-fn redact(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Object(fields) => {
-            for (key, v) in fields.iter_mut() {
-                if is_secretive(key) {
-                    *v = serde_json::Value::String("[redacted]".into());
-                } else {
-                    redact(v);
-                }
-            }
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(redact),
-        _ => {}
-    }
-}
-
 impl EventEnvelope {
     /// `event`'s envelope, its payload decoded by `registry`.
     pub fn of(registry: &EventRegistry, event: &RecordedEvent) -> Self {
         let payload = registry.to_json(event).ok().map(|mut json| {
-            redact(&mut json);
+            redact_secrets(&mut json);
             Json(json)
         });
         Self {
@@ -97,6 +81,23 @@ pub struct StreamHistoryPage {
     pub events: Vec<EventEnvelope>,
     /// Pass as `after` for the next page; null on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A stream's state at a point of the log, as its decider folds it.
+#[derive(SimpleObject)]
+pub struct StreamState {
+    pub stream_id: String,
+    /// Names the state's shape: the decider's snapshot kind (`job/3`).
+    pub kind: String,
+    /// The folded state, hashes and tokens redacted.
+    pub state: Json<serde_json::Value>,
+    /// How many events were folded.
+    pub event_count: i64,
+    /// The last event folded: where the state stands.
+    pub last_event: EventEnvelope,
+    /// The events that led there (the last `lastEvents` of them), oldest
+    /// first.
+    pub events: Vec<EventEnvelope>,
 }
 
 #[derive(Default)]
@@ -147,6 +148,58 @@ impl StreamEventsQuery {
                 .map(|e| EventEnvelope::of(registry, e))
                 .collect(),
             next_cursor,
+        })
+    }
+
+    /// A stream's state as it stood at `at` (a position, or an RFC 3339
+    /// time; now when absent), folded by its own decider, with the events
+    /// that led there (auditors and admins).
+    async fn stream_state(
+        &self,
+        ctx: &Context<'_>,
+        stream_id: String,
+        at: Option<String>,
+        #[graphql(default = 20)] last_events: i32,
+    ) -> async_graphql::Result<StreamState> {
+        principal_with(ctx, AUDITORS, "replaying a stream")?;
+        check_first(last_events)?;
+        let stream = self::stream_id("streamId", &stream_id)?;
+        let at = match at.as_deref() {
+            None => LogPoint::Now,
+            Some(text) => text.parse().map_err(|e| error::invalid("at", e))?,
+        };
+        let app = app(ctx);
+        let registry = app.handler.registry();
+        let keep = last_events as usize;
+        let mut recent = VecDeque::with_capacity(keep);
+        let found = stream_at(app.store.as_ref(), registry, &stream, at, |e| {
+            if recent.len() == keep {
+                recent.pop_front();
+            }
+            recent.push_back(EventEnvelope::of(registry, e));
+        })
+        .await;
+        let found = match found {
+            Ok(found) => found,
+            Err(e @ TimeTravelError::NoEvents { .. }) => {
+                return Err(error::error(Code::NotFound, e.to_string()));
+            }
+            Err(e @ TimeTravelError::Replay(_)) => return Err(error::invalid("streamId", e)),
+            Err(e @ TimeTravelError::Store { .. }) => {
+                return Err(error::internal("cannot replay the stream", &e));
+            }
+        };
+        let state = found
+            .fold
+            .state()
+            .map_err(|e| error::internal("cannot show the state", &e))?;
+        Ok(StreamState {
+            stream_id: stream.to_string(),
+            kind: found.fold.kind().to_owned(),
+            state: Json(state),
+            event_count: i64::try_from(found.fold.events()).unwrap_or(i64::MAX),
+            last_event: EventEnvelope::of(registry, &found.last),
+            events: recent.into(),
         })
     }
 }
@@ -288,25 +341,5 @@ mod tests {
             assert!(!shown.contains(secret), "{shown}");
             assert!(shown.contains("[redacted]"), "{shown}");
         }
-    }
-
-    #[test]
-    fn nested_and_listed_secrets_are_redacted_and_other_hashes_kept() {
-        let mut json = serde_json::json!({
-            "keys": [{ "hash": "h1", "name": "a" }],
-            "tokens": { "refresh_token_hash": "h2", "expires_at": "t" },
-            "token": "t1",
-            "sha256": "blob",
-        });
-        redact(&mut json);
-        assert_eq!(
-            json,
-            serde_json::json!({
-                "keys": [{ "hash": "[redacted]", "name": "a" }],
-                "tokens": { "refresh_token_hash": "[redacted]", "expires_at": "t" },
-                "token": "[redacted]",
-                "sha256": "blob",
-            })
-        );
     }
 }

@@ -15,6 +15,7 @@ use chromiumoxide::cdp::browser_protocol::target::{
 };
 use chromiumoxide::cdp::js_protocol::runtime::EnableParams as RuntimeEnable;
 use datasets::{DeviceProfile, ProxyScheme};
+use futures_util::TryFutureExt;
 use secrecy::SecretString;
 
 use super::artifacts::{self, PageLog};
@@ -172,56 +173,33 @@ impl FlowContext {
             follower,
             timeouts,
         };
-        instance
-            .guarded(
-                "Network.enable",
-                timeouts.command,
-                page.execute(NetworkEnable::default()),
+        // The set-up commands go out together, not one round trip each:
+        // the session runs them in the order sent, and the context is
+        // handed out only once all have answered.
+        let setup = async {
+            let sent = |what: &'static str| {
+                move |e: chromiumoxide::error::CdpError| format!("{what}: {e}")
+            };
+            tokio::try_join!(
+                page.execute(NetworkEnable::default())
+                    .map_err(sent("Network.enable")),
+                page.execute(RuntimeEnable::default())
+                    .map_err(sent("Runtime.enable")),
+                // Loads are told apart by their loader id in lifecycle events.
+                page.execute(SetLifecycleEventsEnabledParams::new(true))
+                    .map_err(sent("Page.setLifecycleEventsEnabled")),
+                page.execute(LogEnable::default())
+                    .map_err(sent("Log.enable")),
+                // Fetch never pauses a WebSocket handshake: a script refuses those.
+                page.execute(AddScriptToEvaluateOnNewDocumentParams::new(websocket_guard))
+                    .map_err(sent("the WebSocket guard script")),
+                emulation::apply(&page, &spec.device).map_err(sent("emulation")),
+                page.execute(AddScriptToEvaluateOnNewDocumentParams::new(vitals::OBSERVE))
+                    .map_err(sent("the Web Vitals script")),
             )
-            .await?;
+        };
         instance
-            .guarded(
-                "Runtime.enable",
-                timeouts.command,
-                page.execute(RuntimeEnable::default()),
-            )
-            .await?;
-        // Loads are told apart by their loader id in lifecycle events.
-        instance
-            .guarded(
-                "Page.setLifecycleEventsEnabled",
-                timeouts.command,
-                page.execute(SetLifecycleEventsEnabledParams::new(true)),
-            )
-            .await?;
-        instance
-            .guarded(
-                "Log.enable",
-                timeouts.command,
-                page.execute(LogEnable::default()),
-            )
-            .await?;
-        // Fetch never pauses a WebSocket handshake: a script refuses those.
-        instance
-            .guarded(
-                "Page.addScriptToEvaluateOnNewDocument",
-                timeouts.command,
-                page.execute(AddScriptToEvaluateOnNewDocumentParams::new(websocket_guard)),
-            )
-            .await?;
-        instance
-            .guarded(
-                "emulation",
-                timeouts.command,
-                emulation::apply(&page, &spec.device),
-            )
-            .await?;
-        instance
-            .guarded(
-                "Page.addScriptToEvaluateOnNewDocument",
-                timeouts.command,
-                page.execute(AddScriptToEvaluateOnNewDocumentParams::new(vitals::OBSERVE)),
-            )
+            .guarded("page set-up", timeouts.command, setup)
             .await?;
         Ok(FlowContext {
             page: flow_page,

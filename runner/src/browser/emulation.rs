@@ -172,11 +172,14 @@ pub(crate) async fn apply(
     page: &chromiumoxide::Page,
     profile: &DeviceProfile,
 ) -> Result<(), chromiumoxide::error::CdpError> {
-    page.execute(user_agent(profile)).await?;
-    page.execute(device_metrics(profile)).await?;
-    page.execute(touch(profile)).await?;
-    page.execute(locale(profile)).await?;
-    page.execute(timezone(profile)).await?;
+    // Sent together; the page applies them in this order.
+    tokio::try_join!(
+        page.execute(user_agent(profile)),
+        page.execute(device_metrics(profile)),
+        page.execute(touch(profile)),
+        page.execute(locale(profile)),
+        page.execute(timezone(profile)),
+    )?;
     Ok(())
 }
 
