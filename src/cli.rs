@@ -53,6 +53,10 @@ pub enum Command {
     /// Run the gateway: open the store, apply migrations, serve HTTP, and
     /// (unless --no-runner) a browser runner in the same process.
     Serve(ServeArgs),
+    /// A first run to watch: a gateway on scratch data with its runner, a
+    /// demo site on 127.0.0.1 whose domain is verified for real, and a small
+    /// job shown live until it is done; then serves until Ctrl-C.
+    Demo(DemoArgs),
     /// Run a browser runner: connect out to a gateway, lease flows and
     /// perform them in headless Chromium.
     Runner(RunnerArgs),
@@ -125,6 +129,18 @@ pub struct ServeArgs {
     /// `trafficbuster runner` does]
     #[arg(long, env = "TB_RUNNER_STATE_DIR", value_name = "DIR")]
     pub runner_state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub browser: BrowserArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Address the demo's gateway listens on (port 0: a free one)
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Stop once the job is done instead of serving until Ctrl-C (tests, CI)
+    #[arg(long)]
+    pub exit_when_done: bool,
     #[command(flatten)]
     pub browser: BrowserArgs,
 }

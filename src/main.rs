@@ -1,9 +1,10 @@
-//! `trafficbuster`: the one CLI (serve, migrate, events, bench).
+//! `trafficbuster`: the one CLI (serve, demo, runner, migrate, events, bench).
 
 mod bench;
 mod cli;
 mod commands;
 mod configuration;
+mod graphql_client;
 mod telemetry;
 
 use std::process::ExitCode;
@@ -39,15 +40,17 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = Settings::resolve(&cli.global)?;
-    // A bench's figures go to stdout; the per-request lines of its
-    // in-process gateway would bury them (RUST_LOG still brings them back).
+    // A bench's figures and the demo's progress go to the terminal; the
+    // per-request lines of their in-process gateway would bury them
+    // (RUST_LOG still brings them back).
     let default_level = match cli.command {
-        Command::Bench(_) => "warn",
+        Command::Bench(_) | Command::Demo(_) => "warn",
         _ => "info",
     };
     telemetry::init(settings.log_format, default_level);
     match cli.command {
         Command::Serve(args) => commands::serve::run(&settings, &args).await,
+        Command::Demo(args) => commands::demo::run(&settings, &args).await,
         Command::Runner(args) => commands::runner::run(&args).await,
         Command::Migrate => commands::migrate::run(&settings).await,
         Command::Events(EventsCommand::Tail(args)) => commands::tail::run(&settings, &args).await,

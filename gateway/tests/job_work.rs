@@ -88,7 +88,7 @@ async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
     let mut all = Vec::new();
     for sql in [
         "SELECT job, owner, status, finished, succeeded, failed, clicked, pages FROM view_jobs ORDER BY job",
-        "SELECT job, target, first_flow, end_flow, flows_done, clicks_done FROM view_job_targets ORDER BY job, target",
+        "SELECT job, target, first_flow, end_flow, flows_done, flows_failed, clicks_done FROM view_job_targets ORDER BY job, target",
         "SELECT job, upto_ms, pages FROM view_job_page_times ORDER BY job, upto_ms",
         "SELECT job, commit_pos, prepare_pos, line, level, message, artifacts FROM view_job_log ORDER BY job, commit_pos, prepare_pos, line",
         "SELECT job, target, vital, upto, pages FROM view_job_vitals ORDER BY job, target, vital, upto",
@@ -632,7 +632,8 @@ mod cases {
         let (_, key) = live.key().await;
         let runner = new_runner();
         let mut connection = Connection::open(&live.config(runner, &key)).await.unwrap();
-        // Targets of 5 flows, the first 2 of each clicking.
+        // Targets of 5 flows, the first 2 of each clicking; flows 2, 6
+        // and 7 fail.
         let job = live.running_job(4, 5, 2, 1).await;
         live.lease(job, runner, 1, 20).await;
         let mut reports = Vec::new();
@@ -649,6 +650,11 @@ mod cases {
                     ttfb_ms: (flow == 19).then_some(30),
                     ..PageVitals::default()
                 };
+                if [2, 6, 7].contains(&flow) {
+                    f.outcome = domain::flow::FlowOutcome::Failed {
+                        reason: domain::flow::FlowFailure::Timeout,
+                    };
+                }
             }
             reports.push(r);
         }
@@ -659,25 +665,26 @@ mod cases {
         let progress = || async {
             live.views
                 .query(
-                    "SELECT target, flows_done, flow_target, clicks_done, click_target FROM view_job_targets \
-                     WHERE job = $1 ORDER BY target",
+                    "SELECT target, flows_done, flows_failed, flow_target, clicks_done, click_target \
+                     FROM view_job_targets WHERE job = $1 ORDER BY target",
                     vec![SqlValue::from(job.to_string())],
                 )
                 .await
                 .unwrap_or_default()
                 .iter()
                 .map(|r| {
-                    (1..5)
+                    (1..6)
                         .map(|i| r.get::<i64>(i).unwrap())
                         .collect::<Vec<_>>()
                 })
                 .collect::<Vec<_>>()
         };
+        // done, failed, target, clicks done, clicks target
         let expected = vec![
-            vec![3, 5, 2, 2],
-            vec![5, 5, 2, 2],
-            vec![0, 5, 0, 2],
-            vec![1, 5, 0, 2],
+            vec![3, 1, 5, 2, 2],
+            vec![5, 2, 5, 2, 2],
+            vec![0, 0, 5, 0, 2],
+            vec![1, 0, 5, 0, 2],
         ];
         eventually("per-target progress", || async {
             progress().await == expected

@@ -76,6 +76,7 @@ const SCHEMA: &[&str] = &[
     flow_target   BIGINT NOT NULL,
     click_target  BIGINT NOT NULL,
     flows_done    BIGINT NOT NULL,
+    flows_failed  BIGINT NOT NULL,
     clicks_done   BIGINT NOT NULL,
     PRIMARY KEY (job, target)
 )",
@@ -315,8 +316,8 @@ fn place_targets(job: &str, runs: &[TargetRun], out: &mut Vec<Statement>) {
         for _ in 0..run.targets {
             out.push(
                 Statement::new(
-                    "INSERT INTO view_job_targets (job, target, first_flow, end_flow, flow_target, click_target, flows_done, clicks_done) \
-                     SELECT $1, COALESCE(MAX(target) + 1, 0), COALESCE(MAX(end_flow), 0), COALESCE(MAX(end_flow), 0) + $2, $2, $3, 0, 0 \
+                    "INSERT INTO view_job_targets (job, target, first_flow, end_flow, flow_target, click_target, flows_done, flows_failed, clicks_done) \
+                     SELECT $1, COALESCE(MAX(target) + 1, 0), COALESCE(MAX(end_flow), 0), COALESCE(MAX(end_flow), 0) + $2, $2, $3, 0, 0, 0 \
                      FROM view_job_targets WHERE job = $1",
                 )
                 .bind(job)
@@ -361,8 +362,9 @@ impl Projection for JobsView {
     }
 
     fn version(&self) -> u32 {
-        // 2: the vitals' histograms and the log's artifacts.
-        2
+        // 2: the vitals' histograms and the log's artifacts;
+        // 3: per target, the flows that failed.
+        3
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -475,6 +477,7 @@ impl Projection for JobsView {
                 let runner = batch.runner.to_string();
                 let mut finished = Vec::new();
                 let mut finished_flows: Vec<&FlowFinished> = Vec::new();
+                let mut failed_flows = Vec::new();
                 let mut clicked = Vec::new();
                 let (mut succeeded, mut failed, mut pages, mut page_errors) =
                     (0u64, 0u64, 0u64, 0u64);
@@ -492,6 +495,7 @@ impl Projection for JobsView {
                                 FlowOutcome::Succeeded => succeeded += 1,
                                 FlowOutcome::Failed { reason } => {
                                     failed += 1;
+                                    failed_flows.push(f.flow.0);
                                     out.push(log.line_with(
                                         "warn",
                                         Some(f.flow.0),
@@ -568,6 +572,9 @@ impl Projection for JobsView {
                 );
                 for range in ranges(finished) {
                     out.push(count_range(job, "flows_done", range)?);
+                }
+                for range in ranges(failed_flows) {
+                    out.push(count_range(job, "flows_failed", range)?);
                 }
                 for range in ranges(clicked) {
                     out.push(count_range(job, "clicks_done", range)?);

@@ -10,7 +10,11 @@
 //! Paths: `/` and `/page/1` … `/page/6` (full pages, ~50 KB with images),
 //! `/short` (fits a viewport), `/no-links`, `/img/N.bmp`, `/tb/tracker.js`,
 //! `POST /tb/beacon`.
+//!
+//! [`dns::DnsServer`] resolves the site's names to loopback for whoever
+//! cannot be given host mappings (the gateway's domain verification).
 
+pub mod dns;
 mod pages;
 mod record;
 mod server;

@@ -21,12 +21,11 @@ use gateway::auth::password;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::bench::live::{
-    HttpConn, LOGIN, LiveGateway, PASSWORD, bench_meta, create_account, system,
-};
+use crate::bench::live::{LiveGateway, PASSWORD, bench_meta, create_account, system};
 use crate::bench::{Scratch, on_each, spinner, targets, thousands};
 use crate::cli::BenchDatasetsArgs;
 use crate::configuration::Settings;
+use crate::graphql_client::{HttpConn, LOGIN};
 
 const UPLOADER: &str = "bench-uploader";
 const START: &str = "mutation($k: DatasetKind!, $n: String!, $f: ImportFormat!, $s: Int!, $h: String!) \

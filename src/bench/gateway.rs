@@ -26,18 +26,14 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-use crate::bench::live::{
-    HttpConn, LOGIN, LiveGateway, PASSWORD, PATIENCE, bench_meta, create_account, new_handler,
-    system,
-};
+use crate::bench::live::{LiveGateway, PASSWORD, bench_meta, create_account, new_handler, system};
 use crate::bench::{
     Scratch, counter_bar, on_each, percentile, report, spinner, targets, thousands,
 };
 use crate::cli::BenchGatewayArgs;
 use crate::configuration::Settings;
+use crate::graphql_client::{self, HttpConn, LOGIN, PATIENCE, Ws};
 
 /// The fan-out's subscribers are spread over auditor sessions: a session
 /// holds at most this many WebSockets, as a user's browser tabs would.
@@ -243,9 +239,6 @@ async fn login_latency(addr: SocketAddr, logins: u32) -> anyhow::Result<(Vec<f64
     Ok((total, login))
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// What a subscriber's task reports.
 enum Heard {
     /// An audit entry for stream `licence-<tag>` reached subscriber `who` at `at`.
@@ -319,7 +312,8 @@ async fn open_subscriptions(
     let mut connecting = futures_util::stream::iter(0..subscribers)
         .map(|who| async move {
             let token = &tokens[who / SUBSCRIBERS_PER_AUDITOR];
-            (who, subscribe(addr, token).await)
+            let ws = graphql_client::subscribe(addr, token, AUDIT_EVENTS, json!({})).await;
+            (who, ws)
         })
         .buffer_unordered(CONNECT_CONCURRENCY);
     let mut listeners = AbortOnDrop(Vec::with_capacity(subscribers));
@@ -330,32 +324,6 @@ async fn open_subscriptions(
     }
     bar.finish_and_clear();
     Ok(listeners)
-}
-
-/// One client: connects, authenticates with `token`, subscribes.
-async fn subscribe(addr: SocketAddr, token: &str) -> anyhow::Result<Ws> {
-    let mut request = format!("ws://{addr}/graphql").into_client_request()?;
-    request.headers_mut().insert(
-        "Sec-WebSocket-Protocol",
-        HeaderValue::from_static("graphql-transport-ws"),
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(request, None, true)
-        .await
-        .context("WebSocket handshake")?;
-    let init = json!({ "type": "connection_init", "payload": { "authorization": format!("Bearer {token}") } });
-    ws.send(Message::text(init.to_string())).await?;
-    let ack = tokio::time::timeout(PATIENCE, ws.next())
-        .await
-        .context("no connection_ack in time")?
-        .context("the socket closed before connection_ack")??;
-    let ack: Value = serde_json::from_str(ack.to_text()?)?;
-    ensure!(
-        ack["type"] == "connection_ack",
-        "expected connection_ack, got {ack}"
-    );
-    let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": AUDIT_EVENTS } });
-    ws.send(Message::text(start.to_string())).await?;
-    Ok(ws)
 }
 
 /// Reports every audit entry subscriber `who` receives, stamped on arrival.

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod demo;
 pub mod migrate;
 pub mod projections;
 pub mod runner;

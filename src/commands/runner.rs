@@ -16,6 +16,8 @@ use runner::browser_executor::BrowserExecutor;
 use runner::state_dir::StateDir;
 use runner::worker::{self, Totals, WorkerOptions};
 
+use gateway::Gateway;
+
 use crate::cli::{BrowserArgs, RunnerArgs};
 use crate::commands::shutdown_signal;
 
@@ -111,6 +113,64 @@ pub struct Identity {
     pub key: RunnerKey,
     pub name: String,
     pub labels: BTreeMap<String, String>,
+}
+
+/// The browser runner of a process that also runs the gateway (`serve`,
+/// `demo`), on a key minted for it.
+pub struct InProcess {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Totals>,
+}
+
+impl InProcess {
+    /// Starts working for `gateway` with `executor`, keeping its id in
+    /// `state`; a gateway that cannot make its key serves without a
+    /// runner, saying why.
+    pub async fn start(
+        gateway: &Gateway,
+        executor: Arc<BrowserExecutor>,
+        browser: &BrowserArgs,
+        state: StateDir,
+    ) -> Option<Self> {
+        let bound = match gateway.local_addr() {
+            Ok(bound) => bound,
+            Err(e) => {
+                tracing::error!("no in-process runner: the gateway's address: {e}");
+                return None;
+            }
+        };
+        let key = match gateway::runner_link::local_key::mint(gateway.state()).await {
+            Ok(key) => key,
+            Err(e) => {
+                tracing::error!("no in-process runner: cannot make its key: {e}");
+                return None;
+            }
+        };
+        let url = format!("ws://{bound}/runner");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let browser = browser.clone();
+        let task = tokio::spawn(async move {
+            let identity = Identity {
+                state,
+                key,
+                name: gateway::runner_link::local_key::NAME.into(),
+                labels: Default::default(),
+            };
+            work(&url, identity, executor, &browser, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        tracing::info!("in-process runner started");
+        Some(Self { stop, task })
+    }
+
+    /// Drains: its flows finish or go back to the pool while the gateway
+    /// still serves it. Its browser is gone when this returns.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// Works for the gateway at `url` as `identity` until `stop`, then drains.

@@ -9,7 +9,7 @@ use runner::state_dir::StateDir;
 use secrecy::SecretString;
 
 use crate::cli::ServeArgs;
-use crate::commands::runner as runner_command;
+use crate::commands::runner::{self as runner_command, InProcess};
 use crate::commands::shutdown_signal;
 use crate::configuration::Settings;
 
@@ -48,15 +48,14 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let runner = if args.no_runner {
         None
     } else {
-        in_process_runner(&gateway, bound, settings, args).await
+        in_process_runner(&gateway, settings, args).await
     };
     // On a stop signal the runner drains first (its flows finish or go
     // back to the pool) while the gateway still serves it.
     let stopping = async move {
         shutdown_signal().await;
-        if let Some((stop, runner)) = runner {
-            let _ = stop.send(());
-            let _ = runner.await;
+        if let Some(runner) = runner {
+            runner.stop().await;
         }
     };
     gateway.serve(stopping).await?;
@@ -64,20 +63,14 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type RunnerHandle = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<runner::worker::Totals>,
-);
-
 /// Starts the browser runner of this process on its own minted key; a
 /// machine without a browser (or without room for the runner's state)
 /// serves without it, saying why.
 async fn in_process_runner(
     gateway: &Gateway,
-    bound: std::net::SocketAddr,
     settings: &Settings,
     args: &ServeArgs,
-) -> Option<RunnerHandle> {
+) -> Option<InProcess> {
     let state = match settings
         .runner_state_dir(args.runner_state_dir.as_deref())
         .and_then(|dir| Ok(StateDir::open(&dir)?))
@@ -95,28 +88,5 @@ async fn in_process_runner(
             return None;
         }
     };
-    let key = match gateway::runner_link::local_key::mint(gateway.state()).await {
-        Ok(key) => key,
-        Err(e) => {
-            tracing::error!("no in-process runner: cannot make its key: {e}");
-            return None;
-        }
-    };
-    let url = format!("ws://{bound}/runner");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let browser = args.browser.clone();
-    let task = tokio::spawn(async move {
-        let identity = runner_command::Identity {
-            state,
-            key,
-            name: gateway::runner_link::local_key::NAME.into(),
-            labels: Default::default(),
-        };
-        runner_command::work(&url, identity, executor, &browser, async move {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    tracing::info!("in-process runner started");
-    Some((stop, task))
+    InProcess::start(gateway, executor, &args.browser, state).await
 }

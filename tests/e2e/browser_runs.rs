@@ -21,7 +21,7 @@ const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KH
 const PHONE_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Mobile Safari/537.36 tb-phone";
 
 /// Is Chromium here? Under CI it must be: a missing browser fails loudly.
-fn chromium_present() -> bool {
+pub fn chromium_present() -> bool {
     match runner::browser::executable::find_chrome(None) {
         Ok(_) => true,
         Err(e) if std::env::var_os("CI").is_some() => {

@@ -9,7 +9,7 @@ mod bench;
 mod browser_runs;
 mod consents;
 mod datasets;
-mod dns_server;
+mod demo;
 mod domains;
 mod graphiql;
 mod graphql;

@@ -174,6 +174,11 @@ impl Process {
         self.stderr.text()
     }
 
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.text()
+    }
+
     /// Sends SIGTERM and waits for the exit status and the end of the output.
     pub async fn terminate(&mut self) -> ExitStatus {
         // `kill` via the shell keeps us off libc.

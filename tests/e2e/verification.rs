@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures_util::SinkExt;
 use serde_json::{Value, json};
+use site::dns::DnsServer;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +18,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::dns_server::DnsServer;
 use crate::graphql::{Ws, ws_connect, ws_next};
 use crate::helpers::{PASSWORD, TestApp, TestStore, code, spawn_app};
 use crate::safe_mode::create_account;
@@ -127,7 +127,7 @@ async fn closed_port() -> u16 {
 /// A gateway that resolves through `dns` and fetches well-known files
 /// from `site` (HTTPS on a closed port, so plain HTTP after it).
 async fn gateway(dns: &DnsServer, site: &Site, store: TestStore, extra: &[&str]) -> TestApp {
-    let dns_addr = dns.addr.to_string();
+    let dns_addr = dns.addr().to_string();
     let https = closed_port().await.to_string();
     let http = site.port.to_string();
     let mut flags = vec![
@@ -261,7 +261,7 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live_on_postgres()
 }
 
 async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live(store: TestStore) {
-    let dns = DnsServer::start().await;
+    let dns = DnsServer::start().await.unwrap();
     let site = Site::start().await;
     let mut app = gateway(
         &dns,
@@ -467,7 +467,7 @@ async fn each_outcome_of_a_check_is_recorded_shown_and_pushed_live(store: TestSt
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_private_addresses_refused_a_name_on_loopback_is_never_contacted() {
-    let dns = DnsServer::start().await;
+    let dns = DnsServer::start().await.unwrap();
     let site = Site::start().await;
     // The default: private addresses refused.
     let app = gateway(&dns, &site, TestStore::sqlite(), &[]).await;

@@ -3,8 +3,10 @@
 // Log in with the `login` mutation, then put
 // {"Authorization": "Bearer <accessToken>"} in the Headers tab: GraphiQL
 // sends it with every request and in the WebSocket's connection_init.
+// A link may bring a ready document as `?query=…` (the demo prints one).
 (function () {
   'use strict';
+  var ready = new URLSearchParams(window.location.search).get('query');
   var http = new URL('/graphql', window.location.origin);
   var ws = new URL(http);
   ws.protocol = http.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -15,6 +17,7 @@
         subscriptionUrl: ws.toString(),
       }),
       defaultEditorToolsVisibility: true,
+      query: ready === null ? undefined : ready,
     })
   );
 })();

@@ -100,6 +100,8 @@ pub struct TargetProgress {
     /// The target's row in the targets version, from 0.
     pub target: u32,
     pub flow_done: u64,
+    /// Of the flows done, those that failed.
+    pub flow_failed: u64,
     pub flow_target: u64,
     pub click_done: u64,
     pub click_target: u64,
@@ -260,7 +262,7 @@ static ONE: LazyLock<String> =
 
 static TARGETS_PAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT target, flow_target, flows_done, click_target, clicks_done FROM {} \
+        "SELECT target, flow_target, flows_done, flows_failed, click_target, clicks_done FROM {} \
          WHERE job = $1 AND target > $2 ORDER BY target LIMIT $3",
         jobs_view::TARGETS
     )
@@ -389,6 +391,7 @@ fn target_from(row: &Row) -> async_graphql::Result<TargetProgress> {
     Ok(TargetProgress {
         target: u32::try_from(n("target")?).map_err(row_err)?,
         flow_done: n("flows_done")?,
+        flow_failed: n("flows_failed")?,
         flow_target: n("flow_target")?,
         click_done: n("clicks_done")?,
         click_target: n("click_target")?,

@@ -1,12 +1,14 @@
-//! A real DNS server on loopback for the tests: a UDP responder, built on
-//! hickory-proto's message types, that answers the A and TXT records a
-//! test gives it, NXDOMAIN for names it does not know, and an empty
-//! answer for a known name's other types. Point the gateway at it with
-//! `--verification-dns-server`.
+//! A real DNS server on loopback: a UDP responder, built on hickory-proto's
+//! message types, that answers the A and TXT records it is given, NXDOMAIN
+//! for names it does not know, and an empty answer for a known name's
+//! other types. Tests and the demo point the gateway's domain verification
+//! at it (`--verification-dns-server`), so the site's host names resolve
+//! to loopback for the check as they do for the browser. Nothing a client
+//! sends can make it panic.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, TXT};
@@ -17,19 +19,26 @@ use tokio::task::JoinHandle;
 /// Records by lower-case name with its root dot.
 type Zone = HashMap<String, Vec<RData>>;
 
+/// A DNS server answering on 127.0.0.1; stops when dropped.
 pub struct DnsServer {
-    pub addr: SocketAddr,
+    addr: SocketAddr,
     zone: Arc<Mutex<Zone>>,
     task: JoinHandle<()>,
 }
 
 impl DnsServer {
-    pub async fn start() -> Self {
-        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = socket.local_addr().unwrap();
+    /// Starts answering on a UDP port of 127.0.0.1 the OS picks.
+    pub async fn start() -> std::io::Result<Self> {
+        let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = socket.local_addr()?;
         let zone = Arc::new(Mutex::new(Zone::new()));
         let task = tokio::spawn(serve(socket, zone.clone()));
-        Self { addr, zone, task }
+        Ok(Self { addr, zone, task })
+    }
+
+    /// Where it answers.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// An A record: `name` → `ip`.
@@ -44,7 +53,12 @@ impl DnsServer {
 
     fn add(&self, name: &str, data: RData) {
         let key = format!("{}.", name.to_ascii_lowercase());
-        self.zone.lock().unwrap().entry(key).or_default().push(data);
+        self.zone
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .push(data);
     }
 }
 
@@ -63,7 +77,7 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
         let Ok(query) = Message::from_vec(&buf[..len]) else {
             continue;
         };
-        let answer = answer(&query, &zone.lock().unwrap());
+        let answer = answer(&query, &zone.lock().unwrap_or_else(PoisonError::into_inner));
         if let Ok(bytes) = answer.to_vec() {
             let _ = socket.send_to(&bytes, from).await;
         }
@@ -82,14 +96,17 @@ fn answer(query: &Message, zone: &Zone) -> Message {
             reply.metadata.response_code = ResponseCode::NXDomain;
             continue;
         };
+        // A name the zone holds is one a query's name parses back into.
+        let Ok(owner) = Name::from_ascii(&name) else {
+            continue;
+        };
         for data in records {
             let wanted = matches!(
                 (q.query_type(), data),
                 (RecordType::A, RData::A(_)) | (RecordType::TXT, RData::TXT(_))
             );
             if wanted {
-                let owner = Name::from_ascii(&name).unwrap();
-                reply.add_answer(Record::from_rdata(owner, 60, data.clone()));
+                reply.add_answer(Record::from_rdata(owner.clone(), 60, data.clone()));
             }
         }
     }
