@@ -5,9 +5,9 @@
 //! refused fire. Schedules whose deletion grace period passed are deleted.
 //!
 //! Exactly once on many gateways and across restarts, with no lock: a fire
-//! is an append at the schedule stream's expected version, under an
-//! idempotency key naming that version, so of gateways racing for one
-//! occurrence one appends and the others find it fired. The clock is
+//! is an append at the schedule stream's expected version, so of gateways
+//! racing for one occurrence one appends, and the others decide again on
+//! the stream as it now is and find nothing due. The clock is
 //! injected, so tests move time instead of sleeping.
 
 use std::sync::{Arc, LazyLock};
@@ -18,6 +18,7 @@ use domain::schedule::{
 };
 use domain::{Actor, Context, EventId, StreamId};
 use projections::{SqlValue, schedules_view};
+use store::{Direction, StreamFrom};
 use time::OffsetDateTime;
 
 use crate::command_handler::CommandMeta;
@@ -128,7 +129,7 @@ pub async fn tick(app: &AppState, now: OffsetDateTime) -> Tick {
 /// gateway fired; returns how many occurrences that was.
 async fn fire(app: &AppState, id: ScheduleId, now: OffsetDateTime) -> Result<usize, String> {
     let stream = id.stream().map_err(|e| e.to_string())?;
-    let (version, state) = app
+    let (_, state) = app
         .handler
         .load::<ScheduleAggregate>(&stream)
         .await
@@ -141,26 +142,30 @@ async fn fire(app: &AppState, id: ScheduleId, now: OffsetDateTime) -> Result<usi
         .map_err(|e| e.message)?;
     let mut ctx = Context::new(now, Actor::System);
     ctx.licence = terms;
-    // Whoever fires on this version uses this key: a rival's append of it
-    // is found, not repeated.
-    let key = format!("fire-after-{}", version.map_or(-1, |v| v as i64));
-    let meta = CommandMeta {
-        idempotency_key: Some(key.clone()),
-        ..system_meta()
-    };
     let handled = app
         .handler
-        .handle::<ScheduleAggregate>(&stream, ScheduleCommand::Fire, &ctx, &meta)
+        .handle::<ScheduleAggregate>(&stream, ScheduleCommand::Fire, &ctx, &system_meta())
         .await
         .map_err(|e| e.to_string())?;
-    if handled.replayed {
+    let Some(last) = handled.version.filter(|_| !handled.events.is_empty()) else {
         return Ok(0);
-    }
+    };
+    // The appended events, for their ids: each job is caused by its firing.
+    let n = handled.events.len();
+    let recorded = app
+        .store
+        .read_stream(
+            &stream,
+            StreamFrom::Version(last + 1 - n as u64),
+            Direction::Forward,
+            n,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     let mut fired = 0;
-    for (i, event) in handled.events.iter().enumerate() {
+    for (event, recorded) in handled.events.iter().zip(&recorded) {
         if let ScheduleEvent::ScheduleFired(f) = event {
-            let cause = EventId::derived(stream.as_str(), &key, i as u32);
-            start(app, &stream, &schedule, f, cause, &ctx).await;
+            start(app, &stream, &schedule, f, recorded.id, &ctx).await;
             fired += 1;
         }
     }
