@@ -177,8 +177,8 @@ pub enum Occurrence {
 }
 
 fn to_chrono(at: OffsetDateTime, tz: Tz) -> Option<DateTime<Tz>> {
-    let nanos = u32::try_from(at.nanosecond()).ok()?;
-    DateTime::<Utc>::from_timestamp(at.unix_timestamp(), nanos).map(|utc| utc.with_timezone(&tz))
+    DateTime::<Utc>::from_timestamp(at.unix_timestamp(), at.nanosecond())
+        .map(|utc| utc.with_timezone(&tz))
 }
 
 fn from_chrono(at: &DateTime<Tz>) -> Option<OffsetDateTime> {
@@ -269,7 +269,7 @@ fn interval_words(seconds: u64) -> String {
         (1, "second"),
     ];
     for (size, unit) in units {
-        if seconds % size == 0 {
+        if seconds.is_multiple_of(size) {
             let n = seconds / size;
             return if n == 1 {
                 unit.to_owned()
