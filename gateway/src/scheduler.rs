@@ -13,6 +13,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
+use domain::job::{JobAggregate, JobId, JobStatus};
 use domain::schedule::{
     Schedule, ScheduleAggregate, ScheduleCommand, ScheduleEvent, ScheduleFired, ScheduleId,
 };
@@ -29,6 +30,8 @@ use crate::state::AppState;
 pub const EVERY: Duration = Duration::from_secs(1);
 /// How long a deleted schedule can still be restored.
 pub const DELETION_GRACE: time::Duration = time::Duration::hours(24);
+/// How long a fired job may take to start before another look starts it.
+pub const STRANDED_AFTER: time::Duration = time::Duration::seconds(30);
 /// Schedules fired per look; the rest wait for the next.
 const BATCH: i64 = 1000;
 
@@ -54,6 +57,16 @@ static DUE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// Fires whose job is missing or not started (see [`restart_stranded`]).
+static STRANDED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT schedule FROM {} WHERE last_job IS NOT NULL AND refusal IS NULL \
+         AND (last_job_status IS NULL OR last_job_status = 'ready') AND last_fired_at <= $1 \
+         LIMIT $2",
+        schedules_view::TABLE
+    )
+});
+
 static GRACE_OVER: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT schedule FROM {} WHERE state = 'deleting' AND deleting_at <= $1 LIMIT $2",
@@ -68,6 +81,8 @@ pub struct Tick {
     pub fired: usize,
     /// Schedules whose deletion took effect.
     pub deleted: usize,
+    /// Fired jobs started again after their gateway stopped halfway.
+    pub restarted: usize,
 }
 
 fn system_meta() -> CommandMeta {
@@ -104,6 +119,7 @@ pub async fn tick(app: &AppState, now: OffsetDateTime) -> Tick {
             Err(e) => tracing::warn!(schedule = %id, error = %e, "cannot fire a schedule"),
         }
     }
+    done.restarted = restart_stranded(app, now).await;
     for id in schedules(app, &GRACE_OVER, now).await {
         let Ok(stream) = id.stream() else { continue };
         let ctx = Context::new(now, Actor::System);
@@ -173,7 +189,7 @@ async fn fire(app: &AppState, id: ScheduleId, now: OffsetDateTime) -> Result<usi
 }
 
 /// Creates and runs the fired occurrence's job; a refusal is recorded on
-/// the schedule, which carries on.
+/// the schedule, which carries on. False when there was nothing left to do.
 async fn start(
     app: &AppState,
     stream: &StreamId,
@@ -181,7 +197,7 @@ async fn start(
     fired: &ScheduleFired,
     cause: EventId,
     ctx: &Context,
-) {
+) -> bool {
     let meta = CommandMeta {
         idempotency_key: None,
         correlation_id: Some(cause.0),
@@ -189,21 +205,43 @@ async fn start(
         source: Some("gateway".into()),
     };
     let spec = &schedule.spec;
+    // Safe to repeat, and to race another gateway doing the same: each
+    // step is taken only if the job has not taken it yet.
     let started = async {
-        job::create(
-            app,
-            fired.job,
-            spec.owner.clone(),
-            spec.name.clone(),
-            &spec.template,
-            ctx,
-            &meta,
-        )
-        .await?;
-        job::run(app, fired.job, ctx, &meta).await
+        let mut acted = false;
+        if job_status(app, fired.job).await?.is_none() {
+            let created = job::create(
+                app,
+                fired.job,
+                spec.owner.clone(),
+                spec.name.clone(),
+                &spec.template,
+                ctx,
+                &meta,
+            )
+            .await;
+            match created {
+                Ok(()) => acted = true,
+                Err(e) if job_status(app, fired.job).await?.is_none() => return Err(e),
+                Err(_) => {}
+            }
+        }
+        if job_status(app, fired.job).await? == Some(JobStatus::Ready) {
+            match job::run(app, fired.job, ctx, &meta).await {
+                Ok(()) => acted = true,
+                Err(e) if job_status(app, fired.job).await? == Some(JobStatus::Ready) => {
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(acted)
     }
     .await;
-    let Err(refused) = started else { return };
+    let refused = match started {
+        Ok(acted) => return acted,
+        Err(refused) => refused,
+    };
     tracing::info!(schedule = %schedule.id, job = %fired.job, reason = %refused.message,
         "a scheduled job did not start");
     let command = ScheduleCommand::RecordRefusal {
@@ -223,6 +261,66 @@ async fn start(
     {
         tracing::warn!(schedule = %schedule.id, error = %e, "cannot record a refused fire");
     }
+    true
+}
+
+/// The status of job `id`, if it exists.
+async fn job_status(app: &AppState, id: JobId) -> async_graphql::Result<Option<JobStatus>> {
+    let stream = id
+        .stream()
+        .map_err(|e| async_graphql::Error::new(e.to_string()))?;
+    let (_, state) = app
+        .handler
+        .load::<JobAggregate>(&stream)
+        .await
+        .map_err(|e| async_graphql::Error::new(format!("cannot read job {id}: {e}")))?;
+    Ok(state.job.map(|j| j.status))
+}
+
+/// Starts the jobs of fires whose gateway stopped between the firing and
+/// its job's start: fired, no refusal, and the job missing or still READY
+/// after [`STRANDED_AFTER`].
+async fn restart_stranded(app: &AppState, now: OffsetDateTime) -> usize {
+    let mut restarted = 0;
+    for id in schedules(app, &STRANDED, now - STRANDED_AFTER).await {
+        let Ok(stream) = id.stream() else { continue };
+        let Ok((_, state)) = app.handler.load::<ScheduleAggregate>(&stream).await else {
+            continue;
+        };
+        let Some(schedule) = state.schedule else {
+            continue;
+        };
+        // The last firing, for its job and its id.
+        let Ok(recent) = app
+            .store
+            .read_stream(&stream, StreamFrom::End, Direction::Backward, 100)
+            .await
+        else {
+            continue;
+        };
+        let registry = app.handler.registry();
+        let Some((recorded, fired)) =
+            recent
+                .iter()
+                .find_map(|r| match registry.decode::<ScheduleEvent>(r) {
+                    Ok(ScheduleEvent::ScheduleFired(f)) => Some((r, f)),
+                    _ => None,
+                })
+        else {
+            continue;
+        };
+        let terms = licence::terms_of(app, &schedule.spec.owner)
+            .await
+            .ok()
+            .flatten();
+        let mut ctx = Context::new(now, Actor::System);
+        ctx.licence = terms;
+        if start(app, &stream, &schedule, &fired, recorded.id, &ctx).await {
+            tracing::info!(schedule = %id, job = %fired.job, "started a fired job its gateway left");
+            restarted += 1;
+        }
+    }
+    restarted
 }
 
 /// Looks every [`EVERY`] on `clock`, forever.
@@ -233,7 +331,12 @@ pub async fn run(app: AppState, clock: Arc<dyn Clock>) {
         every.tick().await;
         let done = tick(&app, clock.now()).await;
         if done != Tick::default() {
-            tracing::info!(fired = done.fired, deleted = done.deleted, "scheduler");
+            tracing::info!(
+                fired = done.fired,
+                deleted = done.deleted,
+                restarted = done.restarted,
+                "scheduler"
+            );
         }
     }
 }

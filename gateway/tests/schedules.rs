@@ -301,9 +301,75 @@ mod cases {
         assert_eq!(missed, [10], "00..09 missed; 10 fired on time");
         live.stop().await;
     }
+
+    pub async fn a_fire_whose_gateway_stopped_before_its_job_is_started_by_the_next_look(
+        store: &TestStore,
+    ) {
+        let live = Live::start(store).await;
+        licence(&live, true).await;
+        live.safe_mode(false).await;
+        let start = OffsetDateTime::from_unix_timestamp(
+            (OffsetDateTime::now_utc() + Duration::days(3)).unix_timestamp(),
+        )
+        .unwrap();
+        let id = every_minute(&live, start).await;
+        // The firing is appended, and its gateway stops there.
+        let mut ctx = system();
+        ctx.now = start + Duration::seconds(1);
+        ctx.licence = owner().licence.map(|mut t| {
+            t.allows.scheduler = true;
+            t
+        });
+        let stream = id.stream().unwrap();
+        let fired = live
+            .handler
+            .handle::<ScheduleAggregate>(
+                &stream,
+                ScheduleCommand::Fire,
+                &ctx,
+                &CommandMeta::default(),
+            )
+            .await
+            .unwrap();
+        let [ScheduleEvent::ScheduleFired(f)] = fired.events.as_slice() else {
+            panic!("{:?}", fired.events);
+        };
+        let job = f.job;
+        eventually("the firing in the view", || async {
+            matches!(row(&live, id).await, Some((_, 1, None, None)))
+        })
+        .await;
+        let done = scheduler::tick(live.app(), start + Duration::seconds(40)).await;
+        assert_eq!((done.fired, done.restarted), (0, 1));
+        let all = store.events().await;
+        let fired_id = all
+            .iter()
+            .find(|e| e.stream_id == stream && e.event_type == "ScheduleFired")
+            .unwrap()
+            .id;
+        let job_stream = job.stream().unwrap();
+        let job_events: Vec<&RecordedEvent> =
+            all.iter().filter(|e| e.stream_id == job_stream).collect();
+        let types: Vec<&str> = job_events.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, ["JobCreated", "JobStarted"]);
+        assert!(
+            job_events
+                .iter()
+                .all(|e| e.metadata.causation_id == Some(fired_id.0))
+        );
+        eventually("the job running in the table", || async {
+            row(&live, id).await == Some(("scheduled".into(), 1, None, Some("running".into())))
+        })
+        .await;
+        // Started once: the next look leaves it be.
+        let done = scheduler::tick(live.app(), start + Duration::seconds(50)).await;
+        assert_eq!(done, Tick::default());
+        live.stop().await;
+    }
 }
 
 store::each_backend!(
     two_gateways_fire_each_occurrence_exactly_once_and_start_its_job,
     a_gateway_down_across_occurrences_fires_once_on_recovery,
+    a_fire_whose_gateway_stopped_before_its_job_is_started_by_the_next_look,
 );

@@ -29,6 +29,7 @@ const SCHEMA: &[&str] = &[
     next_run         BIGINT,
     runs             BIGINT NOT NULL,
     last_run         BIGINT,
+    last_fired_at    BIGINT,
     last_job         TEXT,
     last_job_status  TEXT,
     refusal          TEXT,
@@ -40,6 +41,7 @@ const SCHEMA: &[&str] = &[
     "CREATE INDEX view_schedules_due ON view_schedules (state, next_run)",
     "CREATE INDEX view_schedules_owner ON view_schedules (owner, created_at)",
     "CREATE INDEX view_schedules_job ON view_schedules (last_job)",
+    "CREATE INDEX view_schedules_stranded ON view_schedules (last_job_status, last_fired_at)",
 ];
 
 impl Projection for SchedulesView {
@@ -112,7 +114,8 @@ impl Projection for SchedulesView {
             E::SchedulePaused(_) => out.push(set("state = 'paused'")),
             E::ScheduleResumed(_) => out.push(set("state = 'scheduled'")),
             E::ScheduleFired(e) => out.push(
-                set("runs = runs + 1, last_run = $3, last_job = $4, last_job_status = NULL, refusal = NULL")
+                set("runs = runs + 1, last_run = $3, last_job = $4, last_fired_at = $2, \
+                     last_job_status = NULL, refusal = NULL")
                     .bind(e.occurrence)
                     .bind(e.job.to_string()),
             ),
