@@ -185,6 +185,38 @@ async fn schedules_fire_and_end(store: TestStore) {
     let audrey = app.token("audrey", PASSWORD).await;
     let r = app.gql(ONE, json!({ "id": id }), Some(&audrey)).await;
     assert_eq!(r["data"]["schedule"]["runs"], 2, "{r}");
+    let pause = "mutation($id: ID!) { pauseSchedule(id: $id) { state } }";
+    let r = app.gql(pause, json!({ "id": id }), Some(&audrey)).await;
+    assert_eq!(code(&r), "FORBIDDEN", "{r}");
+
+    // A weekday schedule in words; paused, resumed and changed to hourly.
+    let weekdays = input(&job, json!({ "cron": "0 9 * * 1-5" }), "Europe/Berlin");
+    let r = app.gql(CREATE, json!({ "s": weekdays }), Some(&ada)).await;
+    let created = &r["data"]["createSchedule"];
+    assert_eq!(
+        created["occurrence"], "every weekday at 09:00 Europe/Berlin",
+        "{r}"
+    );
+    assert_eq!(created["state"], "SCHEDULED", "{r}");
+    let weekly = json!({ "id": created["id"] });
+    let r = app.gql(pause, weekly.clone(), Some(&ada)).await;
+    assert_eq!(r["data"]["pauseSchedule"]["state"], "PAUSED", "{r}");
+    let resume = "mutation($id: ID!) { resumeSchedule(id: $id) { state } }";
+    let r = app.gql(resume, weekly.clone(), Some(&ada)).await;
+    assert_eq!(r["data"]["resumeSchedule"]["state"], "SCHEDULED", "{r}");
+    let update = "mutation($id: ID!, $s: ScheduleInput!) { updateSchedule(id: $id, schedule: $s) { occurrence } }";
+    let hourly = input(&job, json!({ "everySeconds": 3600 }), "UTC");
+    let r = app
+        .gql(
+            update,
+            json!({ "id": created["id"], "s": hourly }),
+            Some(&ada),
+        )
+        .await;
+    assert_eq!(
+        r["data"]["updateSchedule"]["occurrence"], "every hour",
+        "{r}"
+    );
     let r = app
         .gql(
             "{ schedules { name occurrence state } }",
@@ -192,9 +224,14 @@ async fn schedules_fire_and_end(store: TestStore) {
             Some(&ada),
         )
         .await;
-    assert_eq!(
-        r["data"]["schedules"],
-        json!([{ "name": "smoke every 2 s", "occurrence": "every 2 seconds", "state": "ENDED" }]),
+    let table = r["data"]["schedules"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{r}"));
+    assert_eq!(table.len(), 2, "{r}");
+    assert!(
+        table.contains(
+            &json!({ "name": "smoke every 2 s", "occurrence": "every 2 seconds", "state": "ENDED" })
+        ),
         "{r}"
     );
 }
