@@ -120,6 +120,11 @@ pub struct ServeArgs {
     /// Start no browser runner in this process [default: one is started]
     #[arg(long, env = "TB_NO_RUNNER")]
     pub no_runner: bool,
+    /// Where the in-process runner keeps its id and undelivered reports
+    /// [default: `runner` beside the SQLite database; with PostgreSQL, as
+    /// `trafficbuster runner` does]
+    #[arg(long, env = "TB_RUNNER_STATE_DIR", value_name = "DIR")]
+    pub runner_state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub browser: BrowserArgs,
 }
@@ -153,6 +158,12 @@ pub struct RunnerArgs {
     /// A placement label, e.g. region=eu-west (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Where the runner keeps its id (so a restart is the same runner) and
+    /// the reports it could not deliver yet; one runner per directory
+    /// [default: $XDG_STATE_HOME/trafficbuster/runner, else
+    /// ~/.local/state/trafficbuster/runner]
+    #[arg(long, env = "TB_RUNNER_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub browser: BrowserArgs,
 }

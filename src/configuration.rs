@@ -355,6 +355,19 @@ impl Settings {
             }
         }
     }
+
+    /// Where `serve`'s in-process runner keeps its state: `flag`, else a
+    /// `runner` directory beside the SQLite database, else (PostgreSQL) the
+    /// user's, as for `trafficbuster runner`.
+    pub fn runner_state_dir(&self, flag: Option<&Path>) -> anyhow::Result<std::path::PathBuf> {
+        if let Some(dir) = flag {
+            return Ok(dir.to_owned());
+        }
+        match &self.store {
+            StoreUrl::Sqlite(db) => Ok(db.with_file_name("runner")),
+            StoreUrl::Postgres { .. } => crate::commands::runner::user_state_dir(),
+        }
+    }
 }
 
 /// Reads the secret kept at `path`, creating it first with `make` (mode

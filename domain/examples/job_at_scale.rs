@@ -135,11 +135,13 @@ fn finished(flow: FlowId) -> FlowReport {
         pages: vec![
             PageLoad {
                 ms: 850,
-                status: Some(200)
+                status: Some(200),
+                vitals: Default::default(),
             };
             PAGES_PER_FLOW
         ],
         clicks: vec![],
+        artifacts: vec![],
     })
 }
 

@@ -8,7 +8,9 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::ArtifactRef;
 use crate::domain_name::DomainName;
+use crate::web_vitals::PageVitals;
 
 /// Most pages one flow may report.
 pub const MAX_PAGES_PER_FLOW: usize = 50;
@@ -313,6 +315,10 @@ pub struct FlowFinished {
     pub pages: Vec<PageLoad>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clicks: Vec<Click>,
+    /// A failed flow's debugging artifacts, uploaded before the report,
+    /// at most one of each kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
 }
 
 impl FlowFinished {
@@ -377,13 +383,17 @@ impl fmt::Display for FlowFailure {
     }
 }
 
-/// One page visit: how long it took to load and what the target answered.
+/// One page visit: how long it took to load, what the target answered,
+/// and its Web Vitals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageLoad {
     pub ms: u32,
     /// The HTTP status; `None` when nothing came back (a timeout, a reset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// Added later: pages reported before have none.
+    #[serde(default, skip_serializing_if = "PageVitals::is_empty")]
+    pub vitals: PageVitals,
 }
 
 impl PageLoad {
@@ -557,11 +567,13 @@ mod tests {
             pages: vec![PageLoad {
                 ms: 800,
                 status: Some(503),
+                vitals: PageVitals::default(),
             }],
             clicks: vec![Click::Skipped {
                 domain: Some(DomainName::parse("other.example").unwrap()),
                 reason: SkipReason::NotConsented,
             }],
+            artifacts: vec![],
         });
         let json = serde_json::to_string(&finished).unwrap();
         assert_eq!(
@@ -578,7 +590,11 @@ mod tests {
 
     #[test]
     fn a_page_without_an_answer_or_with_a_5xx_is_an_error() {
-        let page = |status| PageLoad { ms: 10, status };
+        let page = |status| PageLoad {
+            ms: 10,
+            status,
+            vitals: PageVitals::default(),
+        };
         assert!(page(None).is_error());
         assert!(page(Some(502)).is_error());
         assert!(!page(Some(404)).is_error());

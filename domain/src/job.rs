@@ -31,6 +31,7 @@ use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 
 use crate::account::Username;
+use crate::artifact::MAX_ARTIFACT_BYTES;
 use crate::click_consent::{self, ClickConsentState};
 use crate::decider::{Actor, Context, Decider};
 use crate::domain_name::DomainName;
@@ -1272,6 +1273,7 @@ fn check_finished(
         )));
     }
     check_proxy(job, f.flow, f.proxy)?;
+    check_artifacts(&f)?;
     for click in &f.clicks {
         if let Click::External { domain } = click {
             if !job.spec.settings.external_clicks {
@@ -1296,6 +1298,33 @@ fn check_finished(
         }
     }
     Ok(f)
+}
+
+/// A finished flow's artifacts: a failed flow's only, one of each kind at
+/// most, each within the size limit.
+fn check_artifacts(f: &FlowFinished) -> Result<(), JobError> {
+    let bad = |why: String| JobError::BadReport { flow: f.flow, why };
+    if !f.artifacts.is_empty() && f.outcome == FlowOutcome::Succeeded {
+        return Err(bad(
+            "artifacts are kept for failed flows only; this one succeeded".into(),
+        ));
+    }
+    let mut kinds = BTreeSet::new();
+    for a in &f.artifacts {
+        if !kinds.insert(a.kind) {
+            return Err(bad(format!(
+                "two {} artifacts; send one of each kind",
+                a.kind
+            )));
+        }
+        if a.bytes > MAX_ARTIFACT_BYTES as u64 {
+            return Err(bad(format!(
+                "a {} artifact of {} bytes; the limit is {MAX_ARTIFACT_BYTES}",
+                a.kind, a.bytes
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn report(
@@ -1519,6 +1548,8 @@ fn expire(job: &Job, ctx: &Context) -> Result<Vec<JobEvent>, JobError> {
 mod tests {
 
     use super::*;
+    use crate::artifact::{ArtifactKind, ArtifactRef};
+    use crate::blob::BlobHash;
     use crate::decider::Role;
     use crate::flow::{FlowFinished, LogLevel, PageLoad, SkipReason};
     use crate::licence::{Allowances, LicenceTerms};
@@ -1532,6 +1563,7 @@ mod tests {
         TargetDomainEvent, VerificationMethod, VerificationToken,
     };
     use crate::thresholds::AutoAbort;
+    use crate::web_vitals::PageVitals;
 
     fn now() -> OffsetDateTime {
         OffsetDateTime::UNIX_EPOCH + Duration::days(20_000)
@@ -1708,8 +1740,10 @@ mod tests {
             pages: vec![PageLoad {
                 ms: 400,
                 status: Some(200),
+                vitals: PageVitals::default(),
             }],
             clicks: vec![],
+            artifacts: vec![],
         })
     }
 
@@ -2685,7 +2719,11 @@ mod tests {
         });
         let bad = |flow: u64, status: Option<u16>| {
             FlowReport::Finished(FlowFinished {
-                pages: vec![PageLoad { ms: 9000, status }],
+                pages: vec![PageLoad {
+                    ms: 9000,
+                    status,
+                    vitals: PageVitals::default(),
+                }],
                 ..match finished(flow, FlowOutcome::Succeeded) {
                     FlowReport::Finished(f) => f,
                     _ => unreachable!(),
@@ -2802,6 +2840,100 @@ mod tests {
         assert_eq!(job(&state).tally.clicked, 0);
     }
 
+    fn finished_with(
+        flow: u64,
+        outcome: FlowOutcome,
+        edit: impl FnOnce(&mut FlowFinished),
+    ) -> FlowReport {
+        let FlowReport::Finished(mut f) = finished(flow, outcome) else {
+            unreachable!()
+        };
+        edit(&mut f);
+        FlowReport::Finished(f)
+    }
+
+    fn artifact(kind: ArtifactKind, bytes: u64) -> ArtifactRef {
+        ArtifactRef {
+            kind,
+            blob: BlobHash::of(kind.name().as_bytes()),
+            bytes,
+        }
+    }
+
+    fn timed_out() -> FlowOutcome {
+        FlowOutcome::Failed {
+            reason: FlowFailure::Timeout,
+        }
+    }
+
+    #[test]
+    fn a_failed_flow_reports_its_artifacts_and_its_pages_their_vitals() {
+        let failed = finished_with(1, timed_out(), |f| {
+            f.pages[0].vitals = PageVitals {
+                ttfb_ms: Some(35),
+                fcp_ms: Some(120),
+                lcp_ms: Some(480),
+                cls_milli: Some(12),
+                inp_ms: None,
+            };
+            f.artifacts = ArtifactKind::ALL
+                .into_iter()
+                .map(|k| artifact(k, 2048))
+                .collect();
+        });
+        Spec::<JobAggregate>::given(history([leased(r1(), 1, &[(0, 4)], 0)]))
+            .in_context(gateway(1))
+            .when(report_cmd(r1(), vec![failed.clone()]))
+            .then([reported(r1(), vec![failed])]);
+    }
+
+    #[test]
+    fn artifacts_are_refused_on_a_succeeded_flow_twice_of_a_kind_or_over_the_limit() {
+        let given = history([leased(r1(), 1, &[(0, 4)], 0)]);
+        let refused = |report: FlowReport, why: &'static str| {
+            Spec::<JobAggregate>::given(given.clone())
+                .in_context(gateway(1))
+                .when(report_cmd(r1(), vec![report]))
+                .then_err(|e| matches!(e, JobError::BadReport { why: w, .. } if w.contains(why)));
+        };
+        refused(
+            finished_with(0, FlowOutcome::Succeeded, |f| {
+                f.artifacts = vec![artifact(ArtifactKind::Screenshot, 10)]
+            }),
+            "failed flows only",
+        );
+        refused(
+            finished_with(0, timed_out(), |f| {
+                f.artifacts = vec![
+                    artifact(ArtifactKind::RequestLog, 10),
+                    artifact(ArtifactKind::RequestLog, 20),
+                ]
+            }),
+            "two request_log artifacts",
+        );
+        refused(
+            finished_with(0, timed_out(), |f| {
+                f.artifacts = vec![artifact(
+                    ArtifactKind::Screenshot,
+                    MAX_ARTIFACT_BYTES as u64 + 1,
+                )]
+            }),
+            "the limit is 4194304",
+        );
+    }
+
+    #[test]
+    fn a_report_written_before_vitals_and_artifacts_reads_as_having_none() {
+        let old = r#"{"kind":"finished","flow":3,"outcome":{"status":"succeeded"},"duration_ms":10,"pages":[{"ms":80,"status":200}]}"#;
+        let FlowReport::Finished(f) = serde_json::from_str::<FlowReport>(old).unwrap() else {
+            panic!("not a finished report")
+        };
+        assert!(f.pages[0].vitals.is_empty());
+        assert!(f.artifacts.is_empty());
+        let again = serde_json::to_string(&FlowReport::Finished(f)).unwrap();
+        assert_eq!(again, old, "nothing added to what it wrote");
+    }
+
     #[test]
     fn bad_reports_are_refused_saying_why_and_runner_text_is_kept_to_one_bounded_line() {
         let given = history([leased(r1(), 1, &[(0, 4)], 0)]);
@@ -2821,7 +2953,8 @@ mod tests {
             pages: vec![
                 PageLoad {
                     ms: 1,
-                    status: Some(200)
+                    status: Some(200),
+                    vitals: PageVitals::default(),
                 };
                 MAX_PAGES_PER_FLOW + 1
             ],

@@ -5,6 +5,7 @@
 //! plain functions, so it is tested without any infrastructure.
 
 pub mod account;
+pub mod artifact;
 pub mod blob;
 pub mod click_consent;
 pub mod dataset;
@@ -34,6 +35,7 @@ pub mod target_domain;
 pub mod thresholds;
 pub mod upload;
 mod uuid_id;
+pub mod web_vitals;
 
 pub use blob::{BlobHash, BlobHashError};
 pub use dataset_kind::{DatasetKind, ImportFormat, RowsSummary};

@@ -13,6 +13,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::artifact::{
+    ARTIFACT_PART_BYTES, ArtifactKind, ArtifactRef, MAX_ARTIFACT_BYTES, MAX_ARTIFACT_PARTS,
+};
 use crate::domain_name::DomainName;
 use crate::flow::{
     FlowId, FlowRange, FlowReport, MAX_CLICKS_PER_FLOW, MAX_LOG_CHARS, MAX_PAGES_PER_FLOW,
@@ -24,11 +27,15 @@ use crate::runner::{Capabilities, RunnerId};
 use crate::runner_key::RunnerKey;
 
 /// The newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The first version with job briefs (`job_brief`) and proxy notices
 /// (`proxy_disabled`, `proxy_enabled`): a gateway sends them only to
 /// runners that agreed on it or a later one.
 pub const BRIEFS_SINCE: u16 = 2;
+/// The first version with failure artifacts (`artifact`,
+/// `artifact_stored`): a runner uploads them only to a gateway that agreed
+/// on it or a later one.
+pub const ARTIFACTS_SINCE: u16 = 3;
 /// The oldest protocol version this build still speaks.
 pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 /// Largest text frame either side accepts, in bytes.
@@ -123,6 +130,19 @@ pub enum RunnerMessage {
         job: JobId,
         reports: Vec<FlowReport>,
     },
+    /// Part `part` (from 0) of `parts` of a failed flow's artifact, its
+    /// bytes in base64 (version 3). Parts come in order, each answered
+    /// before the next is sent; the last one's answer names the blob,
+    /// which the flow's report then carries.
+    Artifact {
+        request: u64,
+        job: JobId,
+        flow: FlowId,
+        kind: ArtifactKind,
+        part: u32,
+        parts: u32,
+        data: String,
+    },
     /// Gives flows back unrun; `flows` absent: everything it holds of `job`.
     HandBack {
         request: u64,
@@ -149,6 +169,10 @@ pub struct Limits {
     pub max_pages_per_flow: usize,
     pub max_clicks_per_flow: usize,
     pub max_log_chars: usize,
+    /// Largest failure artifact; 0 from a gateway that takes none (before
+    /// version 3).
+    #[serde(default)]
+    pub max_artifact_bytes: usize,
 }
 
 impl Limits {
@@ -161,6 +185,7 @@ impl Limits {
         max_pages_per_flow: MAX_PAGES_PER_FLOW,
         max_clicks_per_flow: MAX_CLICKS_PER_FLOW,
         max_log_chars: MAX_LOG_CHARS,
+        max_artifact_bytes: MAX_ARTIFACT_BYTES,
     };
 }
 
@@ -267,6 +292,14 @@ pub enum GatewayMessage {
         request: u64,
         job: JobId,
     },
+    /// An artifact's part is taken (version 3); after the last part,
+    /// `artifact` names the stored blob for the flow's report.
+    ArtifactStored {
+        request: u64,
+        part: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        artifact: Option<ArtifactRef>,
+    },
     /// The runner's lease ran out: stop these flows, they are not its own.
     LeaseExpired {
         job: JobId,
@@ -319,6 +352,7 @@ impl GatewayMessage {
             GatewayMessage::NoWork { .. } => "no_work",
             GatewayMessage::ReportAccepted { .. } => "report_accepted",
             GatewayMessage::HandedBack { .. } => "handed_back",
+            GatewayMessage::ArtifactStored { .. } => "artifact_stored",
             GatewayMessage::LeaseExpired { .. } => "lease_expired",
             GatewayMessage::JobPaused { .. } => "job_paused",
             GatewayMessage::JobStopped { .. } => "job_stopped",
@@ -564,6 +598,27 @@ impl RunnerMessage {
                     MAX_REPORTS_PER_BATCH,
                 ));
             }
+            RunnerMessage::Artifact {
+                part, parts, data, ..
+            } => {
+                if *parts == 0 || *parts > MAX_ARTIFACT_PARTS {
+                    return Err(over("parts of one artifact", parts, MAX_ARTIFACT_PARTS));
+                }
+                if part >= parts {
+                    return Err(ProtocolError::new(
+                        ErrorCode::BadMessage,
+                        format!("artifact part {part} of {parts}: parts count from 0"),
+                    ));
+                }
+                let most = ARTIFACT_PART_BYTES.div_ceil(3) * 4;
+                if data.len() > most {
+                    return Err(over(
+                        "base64 characters in one artifact part",
+                        data.len(),
+                        most,
+                    ));
+                }
+            }
             RunnerMessage::LeaseRequest { flows, .. } if *flows > MAX_FLOWS_PER_LEASE => {
                 return Err(over(
                     "flows in one lease request",
@@ -669,6 +724,7 @@ mod tests {
                     proxy: None,
                     pages: vec![],
                     clicks: vec![],
+                    artifacts: vec![],
                 })],
             },
             RunnerMessage::HandBack {
@@ -720,7 +776,8 @@ mod tests {
     fn a_version_1_runner_is_answered_in_version_1_and_a_version_2_one_in_2() {
         assert_eq!(negotiate(VersionRange::THIS_BUILD, range(1, 1)), Ok(1));
         assert_eq!(negotiate(VersionRange::THIS_BUILD, range(1, 2)), Ok(2));
-        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(2, 7)), Ok(2));
+        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(2, 2)), Ok(2));
+        assert_eq!(negotiate(VersionRange::THIS_BUILD, range(2, 7)), Ok(3));
         // A version 1 gateway and this runner agree on 1: no briefs.
         assert_eq!(negotiate(range(1, 1), VersionRange::THIS_BUILD), Ok(1));
         const { assert!(BRIEFS_SINCE > 1 && BRIEFS_SINCE <= PROTOCOL_VERSION) };
@@ -841,6 +898,48 @@ mod tests {
                 .message
                 .contains("empty or reversed")
         );
+    }
+
+    #[test]
+    fn an_artifact_part_fits_a_frame_and_its_counts_are_checked() {
+        let part = |part, parts, data: String| RunnerMessage::Artifact {
+            request: 5,
+            job: JobId(Uuid::from_u128(4)),
+            flow: FlowId(9),
+            kind: ArtifactKind::Screenshot,
+            part,
+            parts,
+            data,
+        };
+        let full = "A".repeat(ARTIFACT_PART_BYTES.div_ceil(3) * 4);
+        let json = encode(&part(0, MAX_ARTIFACT_PARTS, full.clone()));
+        assert!(json.len() <= MAX_FRAME_BYTES, "{} bytes", json.len());
+        assert!(
+            json.starts_with(r#"{"type":"artifact","request":5,"#),
+            "{}",
+            &json[..60]
+        );
+        assert_eq!(
+            decode_runner_message(&json),
+            Ok(part(0, MAX_ARTIFACT_PARTS, full.clone()))
+        );
+        let err = decode_runner_message(&encode(&part(0, MAX_ARTIFACT_PARTS + 1, "AA".into())))
+            .unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+        let err = decode_runner_message(&encode(&part(2, 2, "AA".into()))).unwrap_err();
+        assert!(err.message.contains("count from 0"), "{err}");
+        let err = decode_runner_message(&encode(&part(0, 1, format!("{full}AAAA")))).unwrap_err();
+        assert_eq!(err.code, ErrorCode::LimitExceeded);
+        let stored = GatewayMessage::ArtifactStored {
+            request: 5,
+            part: 0,
+            artifact: Some(ArtifactRef {
+                kind: ArtifactKind::Screenshot,
+                blob: crate::BlobHash::of(b"png"),
+                bytes: 3,
+            }),
+        };
+        assert_eq!(decode_gateway_message(&encode(&stored)), Ok(stored));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::graphql::job::{JobLogLine, LogCursor, line_from, log_rows, parse_job_id, readable_job};
 use crate::http_auth::{bearer_principal, refused};
 use crate::state::AppState;
+use domain::job::JobId;
 
 /// Lines read from the view per page of the download.
 const PAGE: i64 = 1000;
@@ -39,16 +40,10 @@ pub async fn download(
             return refused(StatusCode::NOT_FOUND, "a job offers log.jsonl and log.csv");
         }
     };
-    let principal = match bearer_principal(&app, &headers).await {
-        Ok(p) => p,
+    let job = match readable(&app, &headers, &id).await {
+        Ok(job) => job,
         Err(refusal) => return refusal,
     };
-    let Ok(job) = parse_job_id("id", &id) else {
-        return refused(StatusCode::NOT_FOUND, format!("there is no job {id}"));
-    };
-    if let Err(e) = readable_job(&app, &principal, job).await {
-        return refused(StatusCode::NOT_FOUND, e.message);
-    }
     let (content_type, extension) = match format {
         Format::Jsonl => ("application/x-ndjson", "jsonl"),
         Format::Csv => ("text/csv; charset=utf-8", "csv"),
@@ -112,6 +107,27 @@ pub async fn download(
         .into_response()
 }
 
+/// The job `id` if the request's bearer may read it; otherwise the
+/// refusal to answer with (401 without a valid token, 404 for a job that
+/// is not there or not theirs, so ids of others' jobs reveal nothing).
+pub(crate) async fn readable(
+    app: &AppState,
+    headers: &HeaderMap,
+    id: &str,
+) -> Result<JobId, Response> {
+    let principal = bearer_principal(app, headers).await?;
+    let Ok(job) = parse_job_id("id", id) else {
+        return Err(refused(
+            StatusCode::NOT_FOUND,
+            format!("there is no job {id}"),
+        ));
+    };
+    readable_job(app, &principal, job)
+        .await
+        .map_err(|e| refused(StatusCode::NOT_FOUND, e.message))?;
+    Ok(job)
+}
+
 fn render(format: Format, line: &JobLogLine) -> String {
     let at = line.at.format(&Rfc3339).unwrap_or_default();
     match format {
@@ -122,8 +138,15 @@ fn render(format: Format, line: &JobLogLine) -> String {
                 "flow": line.flow,
                 "runner": line.runner.as_ref().map(|r| r.as_str()),
                 "message": line.message,
-            })
-            .to_string();
+            });
+            if !line.artifacts.is_empty() {
+                out["artifacts"] = line
+                    .artifacts
+                    .iter()
+                    .map(|a| serde_json::json!({ "kind": a.kind, "blob": a.blob, "bytes": a.bytes, "url": a.url }))
+                    .collect();
+            }
+            let mut out = out.to_string();
             out.push('\n');
             out
         }

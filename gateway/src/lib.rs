@@ -15,6 +15,7 @@ pub mod graphql;
 pub mod health;
 pub mod http_auth;
 pub mod http_limits;
+pub mod job_artifacts;
 pub mod job_datasets;
 pub mod job_log;
 pub mod live;

@@ -34,7 +34,10 @@ use crate::runner_link::{self, RunnerTerms};
 use crate::state::AppState;
 use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
-use crate::{audit_export, consent_guard, expiry, graphiql, health, job_log, metrics, scheduler};
+use crate::{
+    audit_export, consent_guard, expiry, graphiql, health, job_artifacts, job_log, metrics,
+    scheduler,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -88,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::endpoint))
         .route("/runner", get(runner_link::endpoint))
         .route("/jobs/{id}/{file}", get(job_log::download))
+        .route("/jobs/{id}/artifacts/{blob}", get(job_artifacts::download))
         .route("/audit/export.jsonl", get(audit_export::download))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES));
     // Inside the metrics layer, so refusals are counted too.

@@ -18,8 +18,8 @@ use domain::job::{JobId, JobSettings};
 use domain::job_brief::{BriefAssembly, HostMapping, JobBrief, ProxySwitching, Span};
 use domain::runner::{Browser, Os, Platform};
 use domain::runner_protocol::{
-    ErrorCode, GatewayMessage, LeaseGrant, MAX_FRAME_BYTES, Traffic, VersionRange,
-    decode_gateway_message,
+    ErrorCode, GatewayMessage, LeaseGrant, MAX_FRAME_BYTES, PROTOCOL_VERSION, Traffic,
+    VersionRange, decode_gateway_message,
 };
 use runner::{Connection, Leased, Notice};
 use serde_json::json;
@@ -149,7 +149,7 @@ mod cases {
         let mut linux = Connection::open(&live.config(new_runner(), &key))
             .await
             .unwrap();
-        assert_eq!(linux.terms().protocol, 2);
+        assert_eq!(linux.terms().protocol, PROTOCOL_VERSION);
         let grant = granted(&mut linux, 1, 8).await;
         assert_eq!(briefs_in(&linux.notices()), [job], "briefed once, first");
         let brief = linux.brief(job).expect("a brief before the grant");

@@ -15,8 +15,11 @@ use domain::runner_protocol::{ErrorCode, LeaseGrant};
 use domain::target_domain::{
     TargetDomainCommand, VerificationMethod, VerificationOutcome, VerificationToken,
 };
+use domain::web_vitals::PageVitals;
 use projections::{ProjectionEngine, SqlValue};
-use runner::zero_work::{self, ZeroWorkOptions};
+use runner::state_dir::StateDir;
+use runner::worker::{self, Totals, WorkerOptions};
+use runner::zero_work_executor::ZeroWorkExecutor;
 use runner::{Answer, Connection, Leased, Notice};
 use store::testing::{TestStore, eventually};
 use time::OffsetDateTime;
@@ -26,6 +29,35 @@ use support::*;
 
 fn range(start: u64, end: u64) -> FlowRange {
     FlowRange::new(start, end).unwrap()
+}
+
+/// A runner of 2 slots whose flows do no work, holding up to
+/// `flows_in_hand` flows, with a state directory of its own; it ends once
+/// idle for `idle_exit`.
+fn zero_work_runner(
+    live: &Live,
+    key: &domain::runner_key::RunnerKey,
+    flows_in_hand: u64,
+    idle_exit: Duration,
+) -> impl Future<Output = Totals> + Send + 'static {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let config = live.config(state.id(), key);
+    let options = WorkerOptions {
+        queued_per_slot: flows_in_hand / 2 - 1,
+        idle_exit: Some(idle_exit),
+        ..WorkerOptions::default()
+    };
+    let executor = std::sync::Arc::new(ZeroWorkExecutor {
+        capacity: 2,
+        work: Duration::ZERO,
+    });
+    async move {
+        let stop = std::future::pending();
+        let totals = worker::run(state, config, options, executor, stop, Duration::ZERO).await;
+        drop(dir);
+        totals
+    }
 }
 
 /// (finished, succeeded, status) of the job in the view.
@@ -58,7 +90,8 @@ async fn job_tables_of(views: &projections::ViewStore) -> Vec<Vec<SqlValue>> {
         "SELECT job, owner, status, finished, succeeded, failed, clicked, pages FROM view_jobs ORDER BY job",
         "SELECT job, target, first_flow, end_flow, flows_done, clicks_done FROM view_job_targets ORDER BY job, target",
         "SELECT job, upto_ms, pages FROM view_job_page_times ORDER BY job, upto_ms",
-        "SELECT job, commit_pos, prepare_pos, line, level, message FROM view_job_log ORDER BY job, commit_pos, prepare_pos, line",
+        "SELECT job, commit_pos, prepare_pos, line, level, message, artifacts FROM view_job_log ORDER BY job, commit_pos, prepare_pos, line",
+        "SELECT job, target, vital, upto, pages FROM view_job_vitals ORDER BY job, target, vital, upto",
         "SELECT owner, day, flows FROM view_job_days ORDER BY owner, day",
         "SELECT job, dataset, version, role FROM view_job_datasets ORDER BY job, role",
     ] {
@@ -354,19 +387,7 @@ mod cases {
         let (_, key) = live.key().await;
         let job = live.running_job(10, 50, 3, 6).await;
         let fleet: Vec<_> = (0..3)
-            .map(|_| {
-                let config = live.config(new_runner(), &key);
-                tokio::spawn(zero_work::run(
-                    config,
-                    ZeroWorkOptions {
-                        slots: 2,
-                        flows_per_lease: 40,
-                        batch: 25,
-                        ..ZeroWorkOptions::default()
-                    },
-                    std::future::pending(),
-                ))
-            })
+            .map(|_| tokio::spawn(zero_work_runner(&live, &key, 40, Duration::from_secs(3))))
             .collect();
         let mut recorded = 0;
         for runner in fleet {
@@ -398,17 +419,7 @@ mod cases {
         let held: u64 = grant.work.iter().map(|w| w.flows.len()).sum();
         assert_eq!(held, 30);
         drop(connection);
-        let survivor = zero_work::run(
-            live.config(new_runner(), &key),
-            ZeroWorkOptions {
-                slots: 2,
-                flows_per_lease: 20,
-                idle_exit: Some(TERMS.lease_ttl * 3),
-                ..ZeroWorkOptions::default()
-            },
-            std::future::pending(),
-        )
-        .await;
+        let survivor = zero_work_runner(&live, &key, 20, TERMS.lease_ttl * 3).await;
         assert_eq!(survivor.recorded, 100, "{survivor:?}");
         assert_eq!(survivor.duplicates, 0);
         let state = live.job_state(job).await;
@@ -627,10 +638,17 @@ mod cases {
         let mut reports = Vec::new();
         for flow in [0u64, 1, 2, 5, 6, 7, 8, 9, 19] {
             let mut r = succeeded(flow);
-            if let domain::flow::FlowReport::Finished(f) = &mut r
-                && flow % 5 < 2
-            {
-                f.clicks = vec![domain::flow::Click::Internal];
+            if let domain::flow::FlowReport::Finished(f) = &mut r {
+                if flow % 5 < 2 {
+                    f.clicks = vec![domain::flow::Click::Internal];
+                }
+                // LCP 100 ms × (flow + 1); no layout shift; TTFB on the last only.
+                f.pages[0].vitals = PageVitals {
+                    lcp_ms: Some(100 * (flow as u32 + 1)),
+                    cls_milli: Some(0),
+                    ttfb_ms: (flow == 19).then_some(30),
+                    ..PageVitals::default()
+                };
             }
             reports.push(r);
         }
@@ -665,6 +683,42 @@ mod cases {
             progress().await == expected
         })
         .await;
+        // Each target's vitals in buckets: counts, never samples.
+        let vitals = live
+            .views
+            .query(
+                "SELECT target, vital, upto, pages FROM view_job_vitals WHERE job = $1 ORDER BY target, vital, upto",
+                vec![SqlValue::from(job.to_string())],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64>("target").unwrap(),
+                    r.get::<String>("vital").unwrap(),
+                    r.get::<i64>("upto").unwrap(),
+                    r.get::<i64>("pages").unwrap(),
+                )
+            })
+            .collect::<Vec<_>>();
+        let row = |t: i64, v: &str, upto: i64, n: i64| (t, v.to_owned(), upto, n);
+        assert_eq!(
+            vitals,
+            vec![
+                row(0, "cls", 0, 3),
+                row(0, "lcp", 100, 1),
+                row(0, "lcp", 200, 1),
+                row(0, "lcp", 300, 1),
+                row(1, "cls", 0, 5),
+                row(1, "lcp", 600, 1),
+                row(1, "lcp", 800, 2),
+                row(1, "lcp", 1000, 2),
+                row(3, "cls", 0, 1),
+                row(3, "lcp", 2000, 1),
+                row(3, "ttfb", 50, 1),
+            ]
+        );
         let before = job_tables(&live).await;
         // Rebuilt by an engine of its own, the gateway's stopped.
         let (events, views) = (live.store.clone(), live.views.clone());

@@ -86,8 +86,10 @@ fn succeeded_through(flow: u64, proxy: u32) -> FlowReport {
         pages: vec![PageLoad {
             ms: 100,
             status: Some(200),
+            vitals: Default::default(),
         }],
         clicks: vec![],
+        artifacts: vec![],
     })
 }
 

@@ -1,19 +1,27 @@
 //! The `jobs` view: each job's standing and counters, its targets' flow and
-//! click progress, a histogram of its page load times (for the p95), its
-//! log, each owner's flows per day (for the licence's daily limit), and the
-//! dataset versions each job references (which may not be deleted under it).
+//! click progress, a histogram of its page load times (for the p95) and
+//! one of each target's Web Vitals (for their p50 and p95), its log (a
+//! failed flow's line naming its artifacts), each owner's flows per day
+//! (for the licence's daily limit), and the dataset versions each job
+//! references (which may not be deleted under it).
 //!
 //! Reports arrive in batches already rid of duplicates by the job's decider,
 //! so every count here is exact; a batch becomes a handful of statements
-//! (one per contiguous range of flows, per histogram bucket), never one per
-//! flow.
+//! (one per contiguous range of flows, per histogram bucket, per
+//! [`VITAL_ROWS`] vitals' buckets), never one per flow. Histograms keep
+//! counts per bucket, never the samples, so a view holds the same few rows
+//! per target however long a job runs.
 
 use std::collections::BTreeMap;
 
+use std::sync::LazyLock;
+
 use domain::RecordedEvent;
-use domain::flow::{FlowOutcome, FlowReport, LogLevel};
+use domain::artifact::ArtifactRef;
+use domain::flow::{FlowFinished, FlowOutcome, FlowReport, LogLevel};
 use domain::job::{JobEvent, JobSpec, JobStatus};
 use domain::job_plan::TargetRun;
+use domain::web_vitals::Vital;
 use store::Filter;
 
 use crate::audit_view::summarize;
@@ -28,6 +36,7 @@ pub const JOBS: &str = "view_jobs";
 pub const TARGETS: &str = "view_job_targets";
 pub const PAGE_TIMES: &str = "view_job_page_times";
 pub const LOG: &str = "view_job_log";
+pub const VITALS: &str = "view_job_vitals";
 pub const DAYS: &str = "view_job_days";
 pub const DATASETS: &str = "view_job_datasets";
 
@@ -87,7 +96,16 @@ const SCHEMA: &[&str] = &[
     flow         BIGINT,
     runner       TEXT,
     message      TEXT NOT NULL,
+    artifacts    TEXT,
     PRIMARY KEY (job, commit_pos, prepare_pos, line)
+)",
+    "CREATE TABLE view_job_vitals (
+    job      TEXT NOT NULL,
+    target   BIGINT NOT NULL,
+    vital    TEXT NOT NULL,
+    upto     BIGINT NOT NULL,
+    pages    BIGINT NOT NULL,
+    PRIMARY KEY (job, target, vital, upto)
 )",
     "CREATE TABLE view_job_datasets (
     job      TEXT NOT NULL,
@@ -112,13 +130,99 @@ pub const PAGE_BUCKETS_MS: &[u32] = &[
     15_000, 20_000, 30_000, 60_000,
 ];
 
-/// The bucket a load of `ms` falls in.
+/// Upper bounds of the Web Vitals' buckets: times in ms (the published
+/// good / poor limits among them, so a share under one is exact), CLS in
+/// thousandths (0: no shift at all, the common case).
+const VITAL_BUCKETS_MS: &[u32] = &[
+    10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 600, 800, 1000, 1200, 1500, 1800, 2000, 2500,
+    3000, 4000, 5000, 7500, 10_000, 15_000, 20_000, 30_000, 60_000,
+];
+const CLS_BUCKETS_MILLI: &[u32] = &[0, 10, 25, 50, 75, 100, 150, 200, 250, 500, 1000, 2000];
+
+/// The bucket bounds of `vital`.
+pub fn vital_buckets(vital: Vital) -> &'static [u32] {
+    match vital {
+        Vital::Cls => CLS_BUCKETS_MILLI,
+        Vital::Ttfb | Vital::Fcp | Vital::Lcp | Vital::Inp => VITAL_BUCKETS_MS,
+    }
+}
+
+/// The page-load bucket a load of `ms` falls in.
 pub fn bucket(ms: u32) -> u32 {
-    PAGE_BUCKETS_MS
+    bucket_in(PAGE_BUCKETS_MS, ms)
+}
+
+/// The bucket of `bounds` that `value` falls in: the first bound at or
+/// above it, or `u32::MAX` above the last.
+pub fn bucket_in(bounds: &[u32], value: u32) -> u32 {
+    bounds
         .iter()
         .copied()
-        .find(|&upper| ms <= upper)
+        .find(|&upper| value <= upper)
         .unwrap_or(u32::MAX)
+}
+
+/// Vitals' bucket counts one statement adds, as `(flow, vital, upto, pages)`
+/// rows placed in their targets by the database (the view alone knows
+/// which flows a target has); a statement always binds this many rows, so
+/// it is prepared once.
+pub const VITAL_ROWS: usize = 64;
+
+static ADD_VITALS: LazyLock<String> = LazyLock::new(|| {
+    let rows: Vec<String> = (0..VITAL_ROWS)
+        .map(|i| {
+            let p = 2 + 4 * i;
+            format!(
+                "(CAST(${} AS BIGINT), CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                p,
+                p + 1,
+                p + 2,
+                p + 3
+            )
+        })
+        .collect();
+    format!(
+        "INSERT INTO view_job_vitals (job, target, vital, upto, pages) \
+         SELECT t.job, t.target, s.column2, s.column3, SUM(s.column4) \
+         FROM view_job_targets t JOIN (VALUES {}) AS s \
+         ON s.column1 >= t.first_flow AND s.column1 < t.end_flow \
+         WHERE t.job = $1 \
+         GROUP BY t.job, t.target, s.column2, s.column3 \
+         ON CONFLICT (job, target, vital, upto) DO UPDATE SET pages = view_job_vitals.pages + excluded.pages",
+        rows.join(", ")
+    )
+});
+
+/// The statements adding the vitals of `finished` flows' pages to their
+/// targets' histograms.
+fn add_vitals(job: &str, finished: &[&FlowFinished]) -> Result<Vec<Statement>, ProjectionError> {
+    let mut counts: BTreeMap<(u64, Vital, u32), u64> = BTreeMap::new();
+    for f in finished {
+        for page in &f.pages {
+            for (vital, value) in page.vitals.measured() {
+                let upto = bucket_in(vital_buckets(vital), value);
+                *counts.entry((f.flow.0, vital, upto)).or_default() += 1;
+            }
+        }
+    }
+    let rows: Vec<_> = counts.into_iter().collect();
+    let mut out = Vec::new();
+    for chunk in rows.chunks(VITAL_ROWS) {
+        let mut statement = Statement::new(ADD_VITALS.as_str()).bind(job);
+        for i in 0..VITAL_ROWS {
+            // Rows past the chunk's end name no flow (ids start at 0): they add nothing.
+            statement = match chunk.get(i) {
+                Some(&((flow, vital, upto), pages)) => statement
+                    .bind(int(flow)?)
+                    .bind(vital.name())
+                    .bind(i64::from(upto))
+                    .bind(int(pages)?),
+                None => statement.bind(-1i64).bind("").bind(0i64).bind(0i64),
+            };
+        }
+        out.push(statement);
+    }
+    Ok(out)
 }
 
 /// A status as stored, e.g. `running`.
@@ -163,10 +267,27 @@ impl Log<'_> {
         runner: Option<String>,
         message: String,
     ) -> Result<Statement, ProjectionError> {
+        self.line_with(level, flow, runner, message, &[])
+    }
+
+    /// A line that names artifacts (stored as a JSON array; none: NULL).
+    fn line_with(
+        &mut self,
+        level: &str,
+        flow: Option<u64>,
+        runner: Option<String>,
+        message: String,
+        artifacts: &[ArtifactRef],
+    ) -> Result<Statement, ProjectionError> {
         self.line += 1;
+        let artifacts = if artifacts.is_empty() {
+            SqlValue::Null
+        } else {
+            SqlValue::from(serde_json::to_string(artifacts).unwrap_or_default())
+        };
         Ok(Statement::new(
-            "INSERT INTO view_job_log (job, commit_pos, prepare_pos, line, at, level, flow, runner, message) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO view_job_log (job, commit_pos, prepare_pos, line, at, level, flow, runner, message, artifacts) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(self.job)
         .bind(SqlValue::try_from(self.event.position.commit)?)
@@ -179,7 +300,8 @@ impl Log<'_> {
             None => SqlValue::Null,
         })
         .bind(runner.map_or(SqlValue::Null, SqlValue::from))
-        .bind(message))
+        .bind(message)
+        .bind(artifacts))
     }
 }
 
@@ -238,8 +360,13 @@ impl Projection for JobsView {
         SCHEMA
     }
 
+    fn version(&self) -> u32 {
+        // 2: the vitals' histograms and the log's artifacts.
+        2
+    }
+
     fn tables(&self) -> &'static [&'static str] {
-        &[JOBS, TARGETS, PAGE_TIMES, LOG, DAYS, DATASETS]
+        &[JOBS, TARGETS, PAGE_TIMES, LOG, VITALS, DAYS, DATASETS]
     }
 
     fn filter(&self) -> Filter {
@@ -347,6 +474,7 @@ impl Projection for JobsView {
             JobEvent::FlowsReported(batch) => {
                 let runner = batch.runner.to_string();
                 let mut finished = Vec::new();
+                let mut finished_flows: Vec<&FlowFinished> = Vec::new();
                 let mut clicked = Vec::new();
                 let (mut succeeded, mut failed, mut pages, mut page_errors) =
                     (0u64, 0u64, 0u64, 0u64);
@@ -356,6 +484,7 @@ impl Projection for JobsView {
                         FlowReport::Started { .. } => {}
                         FlowReport::Finished(f) => {
                             finished.push(f.flow.0);
+                            finished_flows.push(f);
                             if f.clicked() {
                                 clicked.push(f.flow.0);
                             }
@@ -363,11 +492,12 @@ impl Projection for JobsView {
                                 FlowOutcome::Succeeded => succeeded += 1,
                                 FlowOutcome::Failed { reason } => {
                                     failed += 1;
-                                    out.push(log.line(
+                                    out.push(log.line_with(
                                         "warn",
                                         Some(f.flow.0),
                                         Some(runner.clone()),
                                         format!("flow {} failed: {reason}", f.flow.0),
+                                        &f.artifacts,
                                     )?);
                                 }
                             }
@@ -442,6 +572,7 @@ impl Projection for JobsView {
                 for range in ranges(clicked) {
                     out.push(count_range(job, "clicks_done", range)?);
                 }
+                out.extend(add_vitals(job, &finished_flows)?);
                 for (upto, n) in buckets {
                     out.push(
                         Statement::new(
@@ -475,15 +606,15 @@ impl Projection for JobsView {
     }
 }
 
-/// The p95 page load, in ms, from `(upto_ms, pages)` buckets: the upper
-/// bound of the bucket holding the 95th percentile; `None` without pages.
-pub fn p95(buckets: &[(u32, u64)]) -> Option<u32> {
+/// The `pct`th percentile from `(upto, count)` buckets: the upper bound of
+/// the bucket holding it; `None` without samples.
+pub fn percentile(buckets: &[(u32, u64)], pct: u8) -> Option<u32> {
     let total: u64 = buckets.iter().map(|(_, n)| n).sum();
     if total == 0 {
         return None;
     }
-    // The smallest load at or above which 5% or fewer of the pages lie.
-    let rank = total.saturating_mul(95).div_ceil(100);
+    // The smallest value at or below which at least `pct`% of the samples lie.
+    let rank = total.saturating_mul(u64::from(pct)).div_ceil(100).max(1);
     let mut seen = 0;
     let mut sorted = buckets.to_vec();
     sorted.sort_unstable();
@@ -507,10 +638,16 @@ mod tests {
     }
 
     #[test]
-    fn the_p95_is_the_bucket_holding_the_95th_percentile() {
+    fn a_percentile_is_the_bucket_holding_it() {
+        let p95 = |b: &[(u32, u64)]| percentile(b, 95);
         assert_eq!(p95(&[]), None);
         assert_eq!(p95(&[(100, 95), (5000, 5)]), Some(100));
         assert_eq!(p95(&[(100, 94), (5000, 6)]), Some(5000));
+        assert_eq!(percentile(&[(0, 50), (100, 50)], 50), Some(0));
+        assert_eq!(percentile(&[(0, 49), (100, 51)], 50), Some(100));
+        assert_eq!(percentile(&[(5000, 1)], 0), Some(5000));
+        assert_eq!(bucket_in(vital_buckets(Vital::Cls), 0), 0);
+        assert_eq!(bucket_in(vital_buckets(Vital::Lcp), 2400), 2500);
         assert_eq!(bucket(0), 50);
         assert_eq!(bucket(51), 100);
         assert_eq!(bucket(70_000), u32::MAX);

@@ -5,6 +5,10 @@
 //! browser's own gate (every request checked against the brief's domains);
 //! this layer only chooses what to try.
 //!
+//! Each page reports its Web Vitals, read as the flow leaves it; a failed
+//! flow keeps its screenshot, console errors and request log as artifacts,
+//! with the proxies' credentials blanked out.
+//!
 //! A flow never reports success without a browser: a browser that cannot
 //! launch or dies fails the flow with that reason.
 
@@ -19,21 +23,23 @@ use datasets::{
     Dns, HumanSurfing, ProxyScheme as StoredScheme, SettingsProfile, Span as StoredSpan, Target,
     TrafficType,
 };
+use domain::artifact::ArtifactKind;
 use domain::domain_name::DomainName;
 use domain::flow::{
     Click, FlowFailure, FlowFinished, FlowOutcome, LogLevel, PageLoad, ProxyIndex, SkipReason,
 };
 use domain::job_brief::{self, JobBrief, ProxySwitching};
 use domain::runner_protocol::Traffic;
+use domain::web_vitals::PageVitals;
 use secrecy::SecretString;
 use url::Url;
 
 use crate::behaviour::{self, Exit, LinkKind, Observation, Step};
 use crate::browser::{
     AllowedHosts, Browser, CapacityModel, FlowContext, FlowError, FlowPage, FlowSpec, LaunchError,
-    LaunchOptions, Link, Navigation, ProxyEndpoint,
+    LaunchOptions, Link, Navigation, ProxyEndpoint, WebVitals,
 };
-use crate::worker::{Executor, Finished, Order, Progress};
+use crate::worker::{Artifact, Executor, Finished, Order, Progress};
 
 /// Longest a flow may take beyond its planned session (loads, the click's
 /// landing page) before it fails as timed out.
@@ -54,7 +60,13 @@ struct Shared {
     browsers: tokio::sync::Mutex<BTreeMap<BTreeMap<String, IpAddr>, Arc<Browser>>>,
     /// The proxy each job's `on_failure` flows keep until it fails.
     kept_proxy: Mutex<BTreeMap<domain::job::JobId, ProxyIndex>>,
+    /// When memory was last measured.
+    measured_at: Mutex<Option<Instant>>,
 }
+
+/// Memory is measured at most this often: a measure reads the /proc
+/// entries of every process on the machine.
+const REMEASURE_EVERY: Duration = Duration::from_secs(2);
 
 impl BrowserExecutor {
     /// Launches the runner's browser (the system-DNS one) to prove it runs:
@@ -70,6 +82,7 @@ impl BrowserExecutor {
             )),
             browsers: tokio::sync::Mutex::new(BTreeMap::from([(BTreeMap::new(), Arc::new(first))])),
             kept_proxy: Mutex::default(),
+            measured_at: Mutex::default(),
         });
         shared.remeasure().await;
         Ok(Self { shared })
@@ -83,17 +96,31 @@ impl BrowserExecutor {
 }
 
 impl Shared {
-    /// Re-measures memory and the slots it allows.
+    /// Re-measures memory and the slots it allows, unless it did lately.
     async fn remeasure(&self) {
+        {
+            let mut at = self.measured_at.lock().unwrap_or_else(|p| p.into_inner());
+            if at.is_some_and(|t| t.elapsed() < REMEASURE_EVERY) {
+                return;
+            }
+            *at = Some(Instant::now());
+        }
         let browsers: Vec<Arc<Browser>> = self.browsers.lock().await.values().cloned().collect();
-        let available = crate::browser::capacity::available_memory().unwrap_or(u64::MAX);
+        // Reading /proc blocks: off the runtime's threads.
+        let measured = tokio::task::spawn_blocking(move || {
+            let available = crate::browser::capacity::available_memory().unwrap_or(u64::MAX);
+            let samples: Vec<_> = browsers.iter().filter_map(|b| b.memory().ok()).collect();
+            (available, samples)
+        })
+        .await;
+        let Ok((available, samples)) = measured else {
+            return;
+        };
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
         let mut open = 0;
-        for browser in &browsers {
-            if let Ok(sample) = browser.memory() {
-                open += sample.contexts;
-                model.observe(sample);
-            }
+        for sample in samples {
+            open += sample.contexts;
+            model.observe(sample);
         }
         let slots = model.slots(self.configured, available, open);
         self.capacity.store(slots.max(1), Ordering::Relaxed);
@@ -143,6 +170,7 @@ impl Executor for BrowserExecutor {
                 pages: Vec::new(),
                 clicks: Vec::new(),
                 proxy: None,
+                artifacts: Vec::new(),
             };
             let (outcome, rest) = session.run().await;
             shared.remeasure().await;
@@ -154,8 +182,10 @@ impl Executor for BrowserExecutor {
                     proxy: session.proxy,
                     pages: session.pages,
                     clicks: session.clicks,
+                    artifacts: Vec::new(),
                 },
                 rest,
+                artifacts: session.artifacts,
             }
         }
     }
@@ -169,6 +199,8 @@ struct Session {
     pages: Vec<PageLoad>,
     clicks: Vec<Click>,
     proxy: Option<ProxyIndex>,
+    /// What the flow kept for debugging, if it failed.
+    artifacts: Vec<Artifact>,
 }
 
 impl Session {
@@ -288,7 +320,7 @@ impl Session {
                 }
                 Err(e) => {
                     let failure = flow_failure(&e);
-                    self.log_failure(&context, &e).await;
+                    self.keep_failure(brief, &context, &failure).await;
                     let _ = context.close().await;
                     return Err(failure);
                 }
@@ -298,8 +330,9 @@ impl Session {
             self.keep(brief, p);
         }
         let result = self.pages_of(&context, plan, first).await;
-        if let Err(e) = &result {
-            self.log_failure_text(&context, e).await;
+        match &result {
+            Ok(()) => self.measure(context.page()).await,
+            Err(e) => self.keep_failure(brief, &context, e).await,
         }
         let _ = context.close().await;
         result
@@ -335,6 +368,7 @@ impl Session {
                     Step::Pause(d) => tokio::time::sleep(d).await,
                     Step::Exit(Exit::Close) => return Ok(()),
                     Step::Exit(Exit::NextPage) => {
+                        self.measure(page).await;
                         let (link, _) = find_link(page, |l| l.internal, &self.order).await?;
                         let Some(link) = link else {
                             self.progress.log(
@@ -351,6 +385,7 @@ impl Session {
                         break;
                     }
                     Step::Exit(Exit::Click(kind)) => {
+                        self.measure(page).await;
                         self.click(page, kind).await?;
                         return Ok(());
                     }
@@ -458,6 +493,10 @@ impl Session {
         self.pages.push(PageLoad {
             ms: nav.load_ms.clamp(0.0, f64::from(u32::MAX)) as u32,
             status: nav.status,
+            vitals: PageVitals {
+                ttfb_ms: whole(nav.ttfb_ms, 1.0),
+                ..PageVitals::default()
+            },
         });
         match nav.status {
             Some(status) if status >= 400 => Err(FlowFailure::HttpStatus { status }),
@@ -515,14 +554,41 @@ impl Session {
         }
     }
 
-    async fn log_failure(&self, context: &FlowContext, e: &FlowError) {
-        self.log_failure_text(context, &flow_failure(e)).await;
+    /// Reads the Web Vitals of the page the flow is on (the last one it
+    /// loaded) as it leaves it: paints, shifts and interactions so far. A
+    /// page that cannot say keeps what its load told.
+    async fn measure(&mut self, page: &FlowPage) {
+        let Some(last) = self.pages.last_mut() else {
+            return;
+        };
+        if let Ok(v) = page.vitals().await {
+            last.vitals = page_vitals(&v, last.vitals);
+        }
     }
 
-    /// A failed flow's debugging record in the job log: the console errors
-    /// and the requests that failed.
-    async fn log_failure_text(&self, context: &FlowContext, failure: &FlowFailure) {
-        let artifacts = context.page().failure_artifacts().await;
+    /// A failed flow's debugging record: its screenshot, console errors
+    /// and request log as artifacts (the proxies' credentials blanked out),
+    /// and a line in the job log with the console errors' count and the
+    /// requests that failed.
+    async fn keep_failure(
+        &mut self,
+        brief: &JobBrief,
+        context: &FlowContext,
+        failure: &FlowFailure,
+    ) {
+        let mut artifacts = context.page().failure_artifacts().await;
+        let secrets: Vec<&str> = brief
+            .proxies
+            .iter()
+            .flat_map(|p| {
+                [
+                    p.username.as_deref(),
+                    p.password.as_ref().map(|s| s.expose()),
+                ]
+            })
+            .flatten()
+            .collect();
+        artifacts.redact(&secrets);
         let failed: Vec<String> = artifacts
             .requests
             .iter()
@@ -548,7 +614,55 @@ impl Session {
                 }
             ),
         );
+        let mut kept = Vec::new();
+        if let Some(png) = artifacts.screenshot_png.take() {
+            kept.push((ArtifactKind::Screenshot, png));
+        }
+        if !artifacts.console_errors.is_empty() {
+            kept.push((ArtifactKind::ConsoleErrors, json(&artifacts.console_errors)));
+        }
+        if !artifacts.requests.is_empty() {
+            kept.push((ArtifactKind::RequestLog, json(&artifacts.requests)));
+        }
+        for (kind, bytes) in kept {
+            if bytes.len() > domain::artifact::MAX_ARTIFACT_BYTES {
+                self.progress.log(
+                    LogLevel::Info,
+                    format!(
+                        "the flow's {kind} ({} bytes) is over the artifacts' limit; not kept",
+                        bytes.len()
+                    ),
+                );
+                continue;
+            }
+            self.artifacts.push(Artifact { kind, bytes });
+        }
     }
+}
+
+/// A page's vitals as a report carries them: whole ms, CLS in
+/// thousandths; what the page did not measure stays as `known` had it.
+fn page_vitals(v: &WebVitals, known: PageVitals) -> PageVitals {
+    PageVitals {
+        ttfb_ms: whole(v.ttfb_ms, 1.0).or(known.ttfb_ms),
+        fcp_ms: whole(v.fcp_ms, 1.0).or(known.fcp_ms),
+        lcp_ms: whole(v.lcp_ms, 1.0).or(known.lcp_ms),
+        cls_milli: whole(v.cls, 1000.0).or(known.cls_milli),
+        inp_ms: whole(v.inp_ms, 1.0).or(known.inp_ms),
+    }
+}
+
+/// `value × scale`, rounded, if it is a measure at all.
+fn whole(value: Option<f64>, scale: f64) -> Option<u32> {
+    value
+        .map(|v| v * scale)
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .map(|v| v.round().min(f64::from(u32::MAX)) as u32)
+}
+
+/// An artifact's JSON; a list of plain records always serializes.
+fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
 }
 
 fn failed(reason: FlowFailure) -> FlowOutcome {

@@ -5,8 +5,8 @@
 //! leases, briefs, proxies disabled or enabled) waits in
 //! [`Connection::notices`]. Job briefs (protocol 2) are put together from
 //! their parts and kept, with proxy notices applied, for
-//! [`Connection::brief`]. The browser runner drives it, and so do the
-//! orchestrator's tests and benchmark as zero-work runners.
+//! [`Connection::brief`]. The worker (`crate::worker`) drives it, and so
+//! do the gateway's protocol tests, message by message.
 //!
 //! Never logs the runner key, nor a brief (it holds proxy passwords).
 
@@ -15,14 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use domain::flow::{FlowRange, FlowReport, ProxyIndex};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use domain::artifact::{ARTIFACT_PART_BYTES, ArtifactKind, ArtifactRef};
+use domain::flow::{FlowId, FlowRange, FlowReport, ProxyIndex};
 use domain::job::JobId;
 use domain::job_brief::{BriefAssembly, JobBrief};
 use domain::runner::{Capabilities, RunnerId};
 use domain::runner_key::RunnerKey;
 use domain::runner_protocol::{
-    ErrorMessage, GatewayMessage, LeaseGrant, Limits, RunnerMessage, VersionRange,
-    decode_gateway_message, encode,
+    ARTIFACTS_SINCE, ErrorCode, ErrorMessage, GatewayMessage, LeaseGrant, Limits, RunnerMessage,
+    VersionRange, decode_gateway_message, encode,
 };
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -147,6 +150,9 @@ pub struct Connection {
     assembly: BriefAssembly,
     busy: Arc<AtomicU32>,
     tasks: Vec<JoinHandle<()>>,
+    /// When the last artifact part went: parts are paced to half the
+    /// gateway's message rate, leaving the rest to reports and heartbeats.
+    last_part: Option<tokio::time::Instant>,
 }
 
 /// What the reader hands over: a message, or why the socket ended.
@@ -165,7 +171,9 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects, says hello, and registers: a connection ready to lease.
+    /// Connects, says hello, and registers: a connection ready to lease,
+    /// with what the gateway says on connecting already in
+    /// [`Connection::notices`] (the briefs of jobs the runner holds).
     pub async fn open(config: &ClientConfig) -> Result<Self, ClientError> {
         let (socket, _) = tokio_tungstenite::connect_async(config.url.as_str())
             .await
@@ -189,8 +197,6 @@ impl Connection {
                 match stream.next().await {
                     Some(Ok(Message::Text(text))) => {
                         let item = match decode_gateway_message(&text) {
-                            // Acks only prove the link is up; nobody waits for them.
-                            Ok(GatewayMessage::HeartbeatAck { .. }) => continue,
                             Ok(message) => Incoming::Message(message),
                             Err(e) => Incoming::Garbled(e.to_string()),
                         };
@@ -225,6 +231,7 @@ impl Connection {
             assembly: BriefAssembly::default(),
             busy: Arc::default(),
             tasks: vec![writer, reader],
+            last_part: None,
         };
         connection.handshake(config).await?;
         Ok(connection)
@@ -262,6 +269,18 @@ impl Connection {
         match self.answer("registered").await? {
             GatewayMessage::Registered { draining } => self.draining = draining,
             other => return Err(unexpected("registered", &other)),
+        }
+        // One round trip before the runner goes on: what the gateway says
+        // on connecting (the briefs of jobs this runner holds flows of)
+        // comes before its answer, so it is in `notices` when `open`
+        // returns, before the runner asks for anything.
+        self.send(&RunnerMessage::Heartbeat { seq: 0, busy: 0 })
+            .await?;
+        loop {
+            match self.answer("heartbeat_ack").await? {
+                GatewayMessage::HeartbeatAck { seq: 0 } => break,
+                other => self.stray(other, "heartbeat_ack")?,
+            }
         }
         self.tasks.push(tokio::spawn(heartbeats(
             self.out.clone(),
@@ -383,6 +402,93 @@ impl Connection {
         }
     }
 
+    /// Uploads a failed flow's artifact in parts, each answered before the
+    /// next goes; the stored artifact for the flow's report, or why the
+    /// gateway would not take it (a gateway before protocol 3 takes none;
+    /// one too large is not sent).
+    pub async fn upload_artifact(
+        &mut self,
+        job: JobId,
+        flow: FlowId,
+        kind: ArtifactKind,
+        bytes: &[u8],
+    ) -> Result<Result<ArtifactRef, ErrorMessage>, ClientError> {
+        let refused = |code, message: String| {
+            Ok(Err(ErrorMessage {
+                code,
+                message,
+                fatal: false,
+                request: None,
+                batch: None,
+                flows: Vec::new(),
+            }))
+        };
+        if self.terms.protocol < ARTIFACTS_SINCE {
+            return refused(
+                ErrorCode::BadMessage,
+                format!(
+                    "the gateway speaks runner protocol {}, which takes no artifacts",
+                    self.terms.protocol
+                ),
+            );
+        }
+        if bytes.len() > self.terms.limits.max_artifact_bytes {
+            return refused(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "a {kind} of {} bytes; the gateway takes at most {}",
+                    bytes.len(),
+                    self.terms.limits.max_artifact_bytes
+                ),
+            );
+        }
+        let request = fresh_request_id();
+        let chunks: Vec<&[u8]> = if bytes.is_empty() {
+            vec![bytes]
+        } else {
+            bytes.chunks(ARTIFACT_PART_BYTES).collect()
+        };
+        let parts = chunks.len() as u32;
+        let every = Duration::from_secs(1) / (self.terms.limits.max_messages_per_second / 2).max(1);
+        for (part, chunk) in chunks.into_iter().enumerate() {
+            let part = part as u32;
+            if let Some(last) = self.last_part {
+                tokio::time::sleep_until(last + every).await;
+            }
+            self.last_part = Some(tokio::time::Instant::now());
+            self.send(&RunnerMessage::Artifact {
+                request,
+                job,
+                flow,
+                kind,
+                part,
+                parts,
+                data: STANDARD.encode(chunk),
+            })
+            .await?;
+            loop {
+                match self.answer("artifact_stored").await? {
+                    GatewayMessage::ArtifactStored {
+                        request: r,
+                        part: p,
+                        artifact,
+                    } if r == request && p == part => {
+                        if let Some(artifact) = artifact {
+                            return Ok(Ok(artifact));
+                        }
+                        break;
+                    }
+                    GatewayMessage::Error(e) if e.request == Some(request) => return Ok(Err(e)),
+                    other => self.stray(other, "artifact_stored")?,
+                }
+            }
+        }
+        Err(ClientError::Unexpected {
+            expected: "artifact_stored naming the artifact",
+            got: "no artifact after its last part".into(),
+        })
+    }
+
     /// Gives flows of `job` back unrun; `None`: all it holds of it.
     pub async fn hand_back(
         &mut self,
@@ -494,6 +600,9 @@ impl Connection {
         expected: &'static str,
     ) -> Result<(), ClientError> {
         let notice = match message {
+            // Acks only prove the link is up; but the handshake's, nobody
+            // waits for them.
+            GatewayMessage::HeartbeatAck { .. } => return Ok(()),
             GatewayMessage::JobPaused { job } => Notice::JobPaused(job),
             GatewayMessage::JobStopped { job } => {
                 self.briefs.remove(&job);
@@ -554,7 +663,8 @@ fn unexpected(expected: &'static str, got: &GatewayMessage) -> ClientError {
     ClientError::Unexpected { expected, got }
 }
 
-/// Sends a heartbeat every `every` until the connection ends.
+/// Sends a heartbeat every `every` until the connection ends (numbered
+/// from 1: the handshake's is 0).
 async fn heartbeats(out: mpsc::Sender<Message>, busy: Arc<AtomicU32>, every: Duration) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut seq = 0;

@@ -7,14 +7,20 @@
 //! - [`browser`]: the Chromium driver (contexts per flow, consent gate,
 //!   page operations, watchdog);
 //! - [`client`]: the runner protocol's client, one connection to a gateway;
-//! - [`zero_work`]: a runner that does no work, for the orchestrator's tests
-//!   and benchmark.
+//! - [`worker`]: the work loop over any executor; its `outbox` holds the
+//!   reports it has not delivered, spilling into the [`state_dir`]'s
+//!   [`spill_file`];
+//! - [`zero_work_executor`]: flows that do no work, for the orchestrator's
+//!   tests and benchmark.
 
 pub mod behaviour;
 pub mod browser;
 pub mod browser_executor;
 pub mod client;
+mod outbox;
+pub mod spill_file;
+pub mod state_dir;
 pub mod worker;
-pub mod zero_work;
+pub mod zero_work_executor;
 
 pub use client::{Answer, ClientConfig, ClientError, Connection, Leased, Notice, Terms};

@@ -7,16 +7,28 @@
 //!   leases cancel the flow's task (dropping it, which closes its browser
 //!   context), within the time a notice takes to arrive;
 //! - a report is sent until the gateway answers it, under the same batch id
-//!   across reconnects, so it counts once; while the gateway is away, flows
-//!   in hand finish and their reports wait in a bounded outbox;
+//!   across reconnects and restarts, so it counts once; while the gateway
+//!   is away, flows in hand finish and their reports wait in the outbox
+//!   (bounded in memory, then in the state directory's spill file);
 //! - while it is cut off it starts no new flow: leases it cannot renew will
-//!   expire, and their flows belong to someone else by then.
+//!   expire, and their flows belong to someone else by then;
+//! - told to stop, it drains over the connection it holds (running flows
+//!   finish, queued ones go back, reports are delivered), reconnecting only
+//!   if that connection breaks; what is still undelivered when its grace is
+//!   up is kept on disk for the next start;
+//! - flows a gateway says it holds but it does not know of (leased by an
+//!   earlier run of the same runner) go back at once;
+//! - a failed flow's artifacts are uploaded before its report, which then
+//!   names them; artifacts waiting are bounded in bytes, and beyond that a
+//!   flow is reported without its own.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use domain::artifact::ArtifactKind;
 use domain::domain_name::DomainName;
 use domain::flow::{FlowFinished, FlowId, FlowRange, FlowReport, LogLevel, ProxyIndex};
 use domain::job::JobId;
@@ -25,11 +37,12 @@ use domain::runner_protocol::{ErrorCode, ErrorMessage, LeaseGrant, Traffic};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
-use uuid::Uuid;
 
 use crate::client::{
     Answer, ClientConfig, ClientError, Connection, Leased, Notice, fresh_request_id,
 };
+use crate::outbox::{Outbox, Pushed, within};
+use crate::state_dir::StateDir;
 
 /// What a job's grants and brief say about all of its flows.
 #[derive(Debug)]
@@ -43,6 +56,19 @@ pub struct JobTerms {
 }
 
 impl JobTerms {
+    /// Terms as a grant and the job's brief give them.
+    pub fn new(
+        marker_header: bool,
+        external_click_domains: Vec<DomainName>,
+        brief: Option<Arc<JobBrief>>,
+    ) -> Self {
+        Self {
+            marker_header,
+            external_click_domains,
+            brief: RwLock::new(brief),
+        }
+    }
+
     /// The job's brief as last heard; `None` from a protocol 1 gateway.
     pub fn brief(&self) -> Option<Arc<JobBrief>> {
         self.brief.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -72,12 +98,38 @@ pub struct Order {
     pub terms: Arc<JobTerms>,
 }
 
-/// A flow's end: its report, and how long its slot rests before the next
-/// flow (the settings' delay between flows).
+/// A flow's end: its report, how long its slot rests before the next
+/// flow (the settings' delay between flows), and what a failed flow kept
+/// for debugging.
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub report: FlowFinished,
     pub rest: Duration,
+    pub artifacts: Vec<Artifact>,
+}
+
+/// A failed flow's artifact, uploaded before its report.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Artifact {
+    pub kind: ArtifactKind,
+    pub bytes: Vec<u8>,
+}
+
+/// Most artifact bytes waiting to be uploaded at once.
+const UPLOADS_LIMIT_BYTES: usize = 64 * 1024 * 1024;
+
+/// A finished flow whose artifacts are being uploaded, before its report goes.
+struct Upload {
+    job: JobId,
+    report: FlowFinished,
+    /// Still to upload, the next last.
+    artifacts: Vec<Artifact>,
+}
+
+impl Upload {
+    fn bytes(&self) -> usize {
+        self.artifacts.iter().map(|a| a.bytes.len()).sum()
+    }
 }
 
 /// What runs flows: a browser, or nothing at all in the orchestrator's
@@ -104,7 +156,30 @@ pub struct Progress {
     out: mpsc::UnboundedSender<Event>,
 }
 
+/// What a flow run outside a worker reported on its way.
+pub struct Reports(mpsc::UnboundedReceiver<Event>);
+
+impl Reports {
+    /// The reports so far, oldest first, taken.
+    pub fn taken(&mut self) -> Vec<FlowReport> {
+        let mut reports = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            if let Event::Report(_, report) = event {
+                reports.push(report);
+            }
+        }
+        reports
+    }
+}
+
 impl Progress {
+    /// A flow's progress outside a worker (an executor's tests): what it
+    /// reports waits in [`Reports`].
+    pub fn detached(job: JobId, flow: FlowId) -> (Progress, Reports) {
+        let (out, reports) = mpsc::unbounded_channel();
+        (Progress { job, flow, out }, Reports(reports))
+    }
+
     pub fn started(&self, proxy: Option<ProxyIndex>) {
         self.send(FlowReport::Started {
             flow: self.flow,
@@ -152,9 +227,10 @@ pub struct WorkerOptions {
     pub queued_per_slot: u64,
     /// Longest a report waits before its batch is sent.
     pub flush_every: Duration,
-    /// Most reports kept while the gateway is away; beyond it log lines
-    /// are dropped first (flow outcomes are never dropped).
-    pub outbox_limit: usize,
+    /// Most reports kept in memory while the gateway is away; past it they
+    /// spill to the state directory (bounded too: past that, log lines are
+    /// dropped; flow outcomes never are).
+    pub outbox_memory: usize,
     /// Stop after finding no work this long (`None`: run until told).
     pub idle_exit: Option<Duration>,
 }
@@ -165,7 +241,7 @@ impl Default for WorkerOptions {
             gateways: Arc::default(),
             queued_per_slot: 1,
             flush_every: Duration::from_millis(250),
-            outbox_limit: 10_000,
+            outbox_memory: 10_000,
             idle_exit: None,
         }
     }
@@ -182,113 +258,22 @@ pub struct Totals {
     pub cancelled: u64,
     /// Reports the gateway refused for good, and log lines dropped.
     pub dropped: u64,
+    /// Reports moved to the spill file (memory full, or left at a stop).
+    pub spilled: u64,
     pub leases: u64,
+    /// Time from a lease request to its grant, for the first
+    /// [`ROUND_TRIPS_KEPT`] grants.
+    pub lease_round_trips: Vec<Duration>,
     pub reconnects: u64,
 }
+
+/// Lease round trips kept in [`Totals`]: enough for a benchmark's
+/// percentiles, bounded for a runner that runs for months.
+pub const ROUND_TRIPS_KEPT: usize = 100_000;
 
 enum Event {
     Report(JobId, FlowReport),
     Done(JobId, FlowId, Finished),
-}
-
-/// A batch formed and sent (maybe) but not yet answered.
-struct Batch {
-    id: Uuid,
-    job: JobId,
-    reports: Vec<FlowReport>,
-}
-
-/// Reports waiting to go, per job, oldest first.
-#[derive(Default)]
-struct Outbox {
-    waiting: VecDeque<(JobId, FlowReport)>,
-    since: Option<Instant>,
-    unanswered: Option<Batch>,
-}
-
-impl Outbox {
-    fn len(&self) -> usize {
-        self.waiting.len() + self.unanswered.as_ref().map_or(0, |b| b.reports.len())
-    }
-
-    fn push(&mut self, job: JobId, report: FlowReport, limit: usize, totals: &mut Totals) {
-        if self.len() >= limit {
-            // Keep outcomes; make room by dropping the oldest log line.
-            if let Some(i) = self
-                .waiting
-                .iter()
-                .position(|(_, r)| matches!(r, FlowReport::Log { .. }))
-            {
-                self.waiting.remove(i);
-                totals.dropped += 1;
-            } else if matches!(report, FlowReport::Log { .. }) {
-                totals.dropped += 1;
-                return;
-            }
-        }
-        self.since.get_or_insert_with(Instant::now);
-        self.waiting.push_back((job, report));
-    }
-
-    /// The batch to send now: the unanswered one, else a new one of the
-    /// oldest job's reports when full or due.
-    fn due(&mut self, max: usize, every: Duration, force: bool) -> Option<&Batch> {
-        if self.unanswered.is_none() {
-            let due = self.waiting.len() >= max
-                || force
-                || self.since.is_some_and(|s| s.elapsed() >= every);
-            if !due || self.waiting.is_empty() {
-                return None;
-            }
-            let job = self.waiting[0].0;
-            let mut reports = Vec::new();
-            let mut rest = VecDeque::new();
-            for (j, r) in self.waiting.drain(..) {
-                if j == job && reports.len() < max {
-                    reports.push(r);
-                } else {
-                    rest.push_back((j, r));
-                }
-            }
-            self.waiting = rest;
-            self.since = (!self.waiting.is_empty()).then(Instant::now);
-            self.unanswered = Some(Batch {
-                id: Uuid::now_v7(),
-                job,
-                reports,
-            });
-        }
-        self.unanswered.as_ref()
-    }
-
-    /// When the next batch falls due, if anything waits.
-    fn deadline(&self, every: Duration) -> Option<Instant> {
-        self.since.map(|s| s + every)
-    }
-
-    /// Forgets every report on `job`'s flows (those in `flows`, or all).
-    fn forget(&mut self, job: JobId, flows: Option<&[FlowRange]>) -> u64 {
-        let gone = |j: JobId, r: &FlowReport| {
-            j == job
-                && match (flows, r.flow()) {
-                    (None, _) => true,
-                    (Some(ranges), Some(f)) => within(ranges, f),
-                    (Some(_), None) => false,
-                }
-        };
-        let before = self.len();
-        self.waiting.retain(|(j, r)| !gone(*j, r));
-        if let Some(batch) = &mut self.unanswered {
-            let j = batch.job;
-            batch.reports.retain(|r| !gone(j, r));
-            // It keeps its id: if the gateway recorded it before the
-            // answer was lost, the id alone makes it a duplicate.
-            if batch.reports.is_empty() {
-                self.unanswered = None;
-            }
-        }
-        (before - self.len()) as u64
-    }
 }
 
 /// A flow in hand: queued, or running as a task.
@@ -305,18 +290,40 @@ struct Hand {
     queue: VecDeque<(JobId, FlowId)>,
     slots: HashMap<JobId, u32>,
     terms: HashMap<JobId, Arc<JobTerms>>,
+    /// Flows running, per job: counted as they start and end, not by a
+    /// walk over every flow held at each start.
+    running: HashMap<JobId, u32>,
 }
 
 impl Hand {
     fn running(&self) -> usize {
-        self.flows.values().filter(|h| h.running.is_some()).count()
+        self.running.values().map(|&n| n as usize).sum()
     }
 
     fn running_of(&self, job: JobId) -> u32 {
-        self.flows
-            .range((job, FlowId(0))..=(job, FlowId(u64::MAX)))
-            .filter(|(_, h)| h.running.is_some())
-            .count() as u32
+        self.running.get(&job).copied().unwrap_or(0)
+    }
+
+    /// The flow `key` runs as `task`.
+    fn started(&mut self, key: (JobId, FlowId), task: AbortHandle) {
+        if let Some(held) = self.flows.get_mut(&key) {
+            held.running = Some(task);
+            *self.running.entry(key.0).or_default() += 1;
+        }
+    }
+
+    /// Forgets the flow `key`; was it running?
+    fn remove(&mut self, key: (JobId, FlowId)) -> Option<Held> {
+        let held = self.flows.remove(&key)?;
+        if held.running.is_some()
+            && let Some(n) = self.running.get_mut(&key.0)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.running.remove(&key.0);
+            }
+        }
+        Some(held)
     }
 
     fn holds(&self, job: JobId) -> bool {
@@ -331,11 +338,11 @@ impl Hand {
     }
 
     fn granted(&mut self, grant: LeaseGrant, brief: Option<Arc<JobBrief>>) {
-        let terms = Arc::new(JobTerms {
-            marker_header: grant.marker_header,
-            external_click_domains: grant.external_click_domains,
-            brief: RwLock::new(brief),
-        });
+        let terms = Arc::new(JobTerms::new(
+            grant.marker_header,
+            grant.external_click_domains,
+            brief,
+        ));
         self.terms.insert(grant.job, terms.clone());
         *self.slots.entry(grant.job).or_default() += grant.slots;
         for work in grant.work {
@@ -385,7 +392,7 @@ impl Hand {
             .collect();
         let mut cancelled = 0;
         for key in keys {
-            if let Some(held) = self.flows.remove(&key)
+            if let Some(held) = self.remove(key)
                 && let Some(task) = held.running
             {
                 task.abort();
@@ -402,7 +409,7 @@ impl Hand {
 
     /// The flow ended: forget it; a job with nothing held has no share left.
     fn finished(&mut self, job: JobId, flow: FlowId) -> bool {
-        let known = self.flows.remove(&(job, flow)).is_some();
+        let known = self.remove((job, flow)).is_some();
         if !self.holds(job) {
             self.slots.remove(&job);
             self.terms.remove(&job);
@@ -428,12 +435,6 @@ impl Hand {
     }
 }
 
-fn within(ranges: &[FlowRange], flow: FlowId) -> bool {
-    ranges
-        .iter()
-        .any(|r| (r.start()..r.end()).contains(&flow.0))
-}
-
 /// Sorted flow ids as half-open ranges.
 fn ranges(flows: &[u64]) -> Vec<FlowRange> {
     let mut out: Vec<FlowRange> = Vec::new();
@@ -451,17 +452,22 @@ fn ranges(flows: &[u64]) -> Vec<FlowRange> {
     out
 }
 
-/// Runs flows on `executor` until `stop` resolves (then drains: running
-/// flows finish within `grace`, the rest is handed back) or, with
-/// `idle_exit`, until there has been no work that long.
+/// Runs flows on `executor` as the runner `state` names (its id replaces
+/// `config.runner`; its outbox spills there) until `stop` resolves, then
+/// drains: running flows finish within `grace`, the rest is handed back.
+/// With `idle_exit`, it also ends after no work that long.
 pub async fn run<E: Executor>(
-    config: ClientConfig,
+    state: StateDir,
+    mut config: ClientConfig,
     options: WorkerOptions,
     executor: Arc<E>,
     stop: impl Future<Output = ()>,
     grace: Duration,
 ) -> Totals {
+    config.runner = state.id();
+    let (spill, lock) = state.into_parts();
     let (out, events) = mpsc::unbounded_channel();
+    let outbox = Outbox::new(spill, options.outbox_memory);
     let mut worker = Worker {
         config,
         options,
@@ -469,7 +475,7 @@ pub async fn run<E: Executor>(
         out,
         events,
         hand: Hand::default(),
-        outbox: Outbox::default(),
+        outbox,
         totals: Totals::default(),
         lease_request: None,
         lease_after: Instant::now(),
@@ -478,14 +484,44 @@ pub async fn run<E: Executor>(
         gateway: 0,
         idle_since: None,
         resting: Vec::new(),
+        _state: lock,
+        uploads: VecDeque::new(),
     };
-    tokio::select! {
-        () = worker.work() => return worker.totals,
-        () = stop => {}
+    let mut stop = Stop {
+        signal: Box::pin(stop),
+        grace,
+        by: None,
+    };
+    worker.work(&mut stop).await;
+    worker.finish()
+}
+
+/// The caller's stop signal, and once it came, when the drain must end.
+struct Stop<F> {
+    signal: Pin<Box<F>>,
+    grace: Duration,
+    by: Option<Instant>,
+}
+
+/// What the stop signal says now.
+enum Stopping {
+    /// Told to stop: drain.
+    Heard,
+    /// The grace is up: end, drained or not.
+    Over,
+}
+
+impl<F: Future<Output = ()>> Stop<F> {
+    /// The signal (once), then the end of the grace.
+    async fn next(&mut self) -> Stopping {
+        if let Some(by) = self.by {
+            tokio::time::sleep_until(by).await;
+            return Stopping::Over;
+        }
+        self.signal.as_mut().await;
+        self.by = Some(Instant::now() + self.grace);
+        Stopping::Heard
     }
-    worker.draining = true;
-    let _ = tokio::time::timeout(grace, worker.work()).await;
-    worker.totals
 }
 
 struct Worker<E> {
@@ -501,13 +537,18 @@ struct Worker<E> {
     lease_request: Option<u64>,
     /// No lease request before this (the gateway's retry-after).
     lease_after: Instant,
-    /// Jobs whose flows it gives back before anything else.
+    /// Flows it gives back, per job, before it asks for more; each once
+    /// the reports on that job are delivered.
     hand_back: Vec<(JobId, Option<Vec<FlowRange>>)>,
     draining: bool,
     gateway: usize,
     idle_since: Option<Instant>,
     /// Slots resting after a flow, until these times.
     resting: Vec<Instant>,
+    /// The state directory's lock, held while it runs.
+    _state: std::fs::File,
+    /// Failed flows whose artifacts go up before their reports, oldest first.
+    uploads: VecDeque<Upload>,
 }
 
 impl<E: Executor> Worker<E> {
@@ -518,8 +559,15 @@ impl<E: Executor> Worker<E> {
         (self.hand.running() + self.resting.len()) as u32
     }
 
+    fn stopping(&mut self) {
+        if !self.draining {
+            tracing::info!("stopping: finishing running flows, handing back the rest");
+        }
+        self.draining = true;
+    }
+
     /// Connects and works, reconnecting with backoff, until done.
-    async fn work(&mut self) {
+    async fn work<F: Future<Output = ()>>(&mut self, stop: &mut Stop<F>) {
         let mut backoff = Duration::from_millis(100);
         loop {
             let mut config = self.config.clone();
@@ -540,12 +588,16 @@ impl<E: Executor> Worker<E> {
                 tokio::select! {
                     opened = &mut open => break opened,
                     Some(event) = self.events.recv() => self.absorb(event),
+                    stopping = stop.next() => match stopping {
+                        Stopping::Heard => self.stopping(),
+                        Stopping::Over => return,
+                    },
                 }
             };
             match opened {
                 Ok(mut connection) => {
                     backoff = Duration::from_millis(100);
-                    match self.session(&mut connection).await {
+                    match self.session(&mut connection, stop).await {
                         Ok(()) => return,
                         Err(e) => {
                             tracing::warn!(error = %e, "runner lost its gateway; reconnecting")
@@ -560,29 +612,46 @@ impl<E: Executor> Worker<E> {
             }
             self.totals.reconnects += 1;
             self.gateway += 1;
-            self.absorb_while_away(backoff).await;
+            if !self.absorb_while_away(backoff, stop).await {
+                return;
+            }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
-    /// Takes in what flows report for `wait`, starting nothing new.
-    async fn absorb_while_away(&mut self, wait: Duration) {
+    /// Takes in what flows report for `wait`, starting nothing new;
+    /// `false` once the stop's grace is up.
+    async fn absorb_while_away<F: Future<Output = ()>>(
+        &mut self,
+        wait: Duration,
+        stop: &mut Stop<F>,
+    ) -> bool {
         let until = Instant::now() + wait;
-        while let Ok(Some(event)) = tokio::time::timeout_at(until, self.events.recv()).await {
-            self.absorb(event);
+        loop {
+            tokio::select! {
+                event = tokio::time::timeout_at(until, self.events.recv()) => match event {
+                    Ok(Some(event)) => self.absorb(event),
+                    _ => return true,
+                },
+                stopping = stop.next() => match stopping {
+                    Stopping::Heard => self.stopping(),
+                    Stopping::Over => return false,
+                },
+            }
         }
     }
 
     fn absorb(&mut self, event: Event) {
-        match event {
+        let pushed = match event {
             Event::Report(job, report) => {
                 // A flow let go of (stopped, expired) reports nothing more.
                 if report
                     .flow()
                     .is_none_or(|f| self.hand.flows.contains_key(&(job, f)))
                 {
-                    self.outbox
-                        .push(job, report, self.options.outbox_limit, &mut self.totals);
+                    self.outbox.push(job, report)
+                } else {
+                    Pushed::default()
                 }
             }
             Event::Done(job, flow, finished) => {
@@ -591,19 +660,99 @@ impl<E: Executor> Worker<E> {
                 }
                 if self.hand.finished(job, flow) {
                     self.totals.flows_run += 1;
-                    self.outbox.push(
+                    let upload = Upload {
                         job,
-                        FlowReport::Finished(finished.report),
-                        usize::MAX,
-                        &mut self.totals,
-                    );
+                        report: finished.report,
+                        artifacts: finished.artifacts,
+                    };
+                    let waiting: usize = self.uploads.iter().map(Upload::bytes).sum();
+                    if upload.artifacts.is_empty() {
+                        self.report_finished(upload);
+                    } else if waiting + upload.bytes() > UPLOADS_LIMIT_BYTES {
+                        tracing::warn!(%job, %flow, waiting, "artifacts not kept: too many wait to be uploaded");
+                        self.report_finished(upload);
+                    } else {
+                        self.uploads.push_back(upload);
+                    }
                 }
+                Pushed::default()
             }
-        }
+        };
+        self.count(pushed);
     }
 
-    /// Works over one connection; `Ok` when done (idle, or drained).
-    async fn session(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
+    fn count(&mut self, pushed: Pushed) {
+        self.totals.spilled += pushed.spilled;
+        self.totals.dropped += pushed.dropped;
+    }
+
+    /// Queues a finished flow's report, naming the artifacts it uploaded.
+    fn report_finished(&mut self, upload: Upload) {
+        let pushed = self
+            .outbox
+            .push(upload.job, FlowReport::Finished(upload.report));
+        self.count(pushed);
+    }
+
+    /// Uploads the oldest waiting flow's next artifact, or, all of them
+    /// up, queues its report. Nothing is lost if the connection breaks:
+    /// the artifact is sent again on the next one.
+    async fn upload_next(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
+        let Some(upload) = self.uploads.front_mut() else {
+            return Ok(());
+        };
+        let Some(artifact) = upload.artifacts.last() else {
+            if let Some(upload) = self.uploads.pop_front() {
+                self.report_finished(upload);
+            }
+            return Ok(());
+        };
+        let (job, flow, kind) = (upload.job, upload.report.flow, artifact.kind);
+        let answer = connection
+            .upload_artifact(job, flow, kind, &artifact.bytes)
+            .await?;
+        upload.artifacts.pop();
+        match answer {
+            Ok(stored) => upload.report.artifacts.push(stored),
+            Err(e) => {
+                tracing::warn!(%job, %flow, %kind, code = %e.code, message = %e.message, "artifact not kept")
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets the uploads of `job`'s flows (those in `flows`, or all).
+    fn forget_uploads(&mut self, job: JobId, flows: Option<&[FlowRange]>) -> u64 {
+        let before = self.uploads.len();
+        self.uploads
+            .retain(|u| u.job != job || flows.is_some_and(|ranges| !within(ranges, u.report.flow)));
+        (before - self.uploads.len()) as u64
+    }
+
+    /// The end: flows still running are cancelled, and what the gateway
+    /// did not take is kept on disk for the next start.
+    fn finish(mut self) -> Totals {
+        while let Ok(event) = self.events.try_recv() {
+            self.absorb(event);
+        }
+        for job in self.hand.jobs() {
+            self.totals.cancelled += self.hand.release(job, None);
+        }
+        // Outcomes whose artifacts are still waiting go without them.
+        while let Some(upload) = self.uploads.pop_front() {
+            self.report_finished(upload);
+        }
+        self.totals.dropped += self.outbox.keep_for_next_start();
+        self.totals
+    }
+
+    /// Works over one connection; `Ok` when done (idle, drained, or the
+    /// stop's grace is up).
+    async fn session<F: Future<Output = ()>>(
+        &mut self,
+        connection: &mut Connection,
+        stop: &mut Stop<F>,
+    ) -> Result<(), ClientError> {
         let max_batch = connection.terms().limits.max_reports_per_batch.max(1);
         loop {
             while let Ok(event) = self.events.try_recv() {
@@ -617,7 +766,13 @@ impl<E: Executor> Worker<E> {
             }
             connection.set_busy(self.hand.running() as u32);
 
-            let force = self.draining && self.hand.running() == 0;
+            // A hand-back waits for the reports on its job, so flows that
+            // finished are counted, not handed back; a lease request waits
+            // for the reports too, as flows reported finished free their
+            // room in the runner's lease: both send what waits now.
+            let force = (self.draining && self.hand.running() == 0)
+                || self.hand_back.iter().any(|(j, _)| self.outbox.holds(*j))
+                || self.lease_due();
             if let Some(batch) = self.outbox.due(max_batch, self.options.flush_every, force) {
                 let answer = connection
                     .report(batch.id, batch.job, batch.reports.clone())
@@ -625,8 +780,18 @@ impl<E: Executor> Worker<E> {
                 self.answered(answer);
                 continue;
             }
-            if let Some((job, flows)) = self.hand_back.pop() {
+            if let Some(i) = self
+                .hand_back
+                .iter()
+                .position(|(j, _)| !self.outbox.holds(*j))
+            {
+                let (job, flows) = self.hand_back[i].clone();
                 connection.hand_back(job, flows).await?;
+                self.hand_back.remove(i);
+                continue;
+            }
+            if !self.uploads.is_empty() {
+                self.upload_next(connection).await?;
                 continue;
             }
             if self.draining {
@@ -645,17 +810,17 @@ impl<E: Executor> Worker<E> {
                 if !self.hand_back.is_empty() {
                     continue;
                 }
-                if self.hand.flows.is_empty() && self.outbox.len() == 0 {
+                if self.hand.flows.is_empty() && self.outbox.is_empty() {
                     return Ok(());
                 }
             } else {
                 self.start_flows();
-                if self.wants_lease() && Instant::now() >= self.lease_after {
+                if self.lease_due() {
                     self.lease(connection).await?;
                     continue;
                 }
                 if self.hand.flows.is_empty()
-                    && self.outbox.len() == 0
+                    && self.outbox.is_empty()
                     && let Some(limit) = self.options.idle_exit
                     && self.idle_since.get_or_insert_with(Instant::now).elapsed() >= limit
                 {
@@ -685,6 +850,10 @@ impl<E: Executor> Worker<E> {
                         self.noticed(notice, connection);
                     }
                 }
+                stopping = stop.next() => match stopping {
+                    Stopping::Heard => self.stopping(),
+                    Stopping::Over => return Ok(()),
+                },
             }
         }
     }
@@ -707,17 +876,27 @@ impl<E: Executor> Worker<E> {
                 let finished = run.await;
                 let _ = out.send(Event::Done(key.0, key.1, finished));
             });
-            if let Some(held) = self.hand.flows.get_mut(&key) {
-                held.running = Some(task.abort_handle());
-            }
+            self.hand.started(key, task.abort_handle());
         }
     }
 
-    /// Room for more flows than it holds?
+    /// Time to ask for flows: room for them, nothing to hand back first,
+    /// and past the gateway's retry-after.
+    fn lease_due(&self) -> bool {
+        !self.draining
+            && self.hand_back.is_empty()
+            && self.wants_lease()
+            && Instant::now() >= self.lease_after
+    }
+
+    /// Room for more flows than it holds? It asks once what it holds is
+    /// down to two rounds of its capacity (one running, one queued), so a
+    /// runner that queues many flows leases them in bulk, and no slot
+    /// waits for a lease.
     fn wants_lease(&self) -> bool {
         let capacity = u64::from(self.executor.capacity());
         let held = self.hand.flows.len() as u64;
-        held < capacity * (1 + self.options.queued_per_slot)
+        held < capacity * (1 + self.options.queued_per_slot) && held <= 2 * capacity
     }
 
     async fn lease(&mut self, connection: &mut Connection) -> Result<(), ClientError> {
@@ -727,11 +906,15 @@ impl<E: Executor> Worker<E> {
             .saturating_sub(self.hand.flows.len() as u64)
             .max(1);
         let request = *self.lease_request.get_or_insert_with(fresh_request_id);
+        let asked = Instant::now();
         let answer = connection.lease_as(request, slots, flows).await?;
         self.lease_request = None;
         match answer {
             Leased::Granted(grant) => {
                 self.totals.leases += 1;
+                if self.totals.lease_round_trips.len() < ROUND_TRIPS_KEPT {
+                    self.totals.lease_round_trips.push(asked.elapsed());
+                }
                 self.idle_since = None;
                 let brief = connection.brief(grant.job);
                 self.hand.granted(grant, brief);
@@ -755,50 +938,48 @@ impl<E: Executor> Worker<E> {
                 recorded,
                 duplicates,
             } => {
-                self.outbox.unanswered = None;
+                self.outbox.answered();
                 self.totals.recorded += u64::from(recorded);
                 self.totals.duplicates += u64::from(duplicates);
             }
             Answer::Refused(e) => self.refused(e),
-            Answer::HandedBack => self.outbox.unanswered = None,
+            Answer::HandedBack => {
+                self.outbox.answered();
+            }
         }
     }
 
     /// A refused batch: drop what the gateway will never take, keep the
     /// rest for a new batch; `RETRY` sends the same batch again.
     fn refused(&mut self, e: ErrorMessage) {
-        let Some(batch) = self.outbox.unanswered.take() else {
-            return;
-        };
         match e.code {
-            ErrorCode::Retry => {
-                self.outbox.unanswered = Some(batch);
-            }
+            ErrorCode::Retry => {}
             ErrorCode::FlowsNotHeld if !e.flows.is_empty() => {
-                let before = batch.reports.len();
-                let kept: Vec<FlowReport> = batch
-                    .reports
-                    .into_iter()
-                    .filter(|r| r.flow().is_none_or(|f| !e.flows.contains(&f)))
-                    .collect();
-                self.totals.dropped += (before - kept.len()) as u64;
-                for report in kept.into_iter().rev() {
-                    self.outbox.waiting.push_front((batch.job, report));
-                }
-                self.outbox.since.get_or_insert_with(Instant::now);
+                self.totals.dropped += self.outbox.refused_flows(&e.flows);
             }
             _ => {
                 tracing::warn!(code = %e.code, message = %e.message, "reports refused");
-                self.totals.dropped += batch.reports.len() as u64;
+                self.totals.dropped += self.outbox.answered();
             }
         }
     }
 
     fn noticed(&mut self, notice: Notice, connection: &Connection) {
         match notice {
-            Notice::Briefed(job)
-            | Notice::ProxyDisabled { job, .. }
-            | Notice::ProxyEnabled { job, .. } => {
+            Notice::Briefed(job) => match self.hand.terms.get(&job) {
+                Some(terms) => terms.set_brief(connection.brief(job)),
+                // The gateway holds flows of the job for this runner, and
+                // it holds none: leased by an earlier run of this runner
+                // (the same id, restarted). They go back to the pool now,
+                // rather than waiting for their lease to run out.
+                None => {
+                    if !self.hand_back.iter().any(|(j, _)| *j == job) {
+                        tracing::info!(%job, "handing back flows leased before this runner started");
+                        self.hand_back.push((job, None));
+                    }
+                }
+            },
+            Notice::ProxyDisabled { job, .. } | Notice::ProxyEnabled { job, .. } => {
                 if let Some(terms) = self.hand.terms.get(&job) {
                     terms.set_brief(connection.brief(job));
                 }
@@ -806,6 +987,7 @@ impl<E: Executor> Worker<E> {
             Notice::JobStopped(job) => {
                 self.totals.cancelled += self.hand.release(job, None);
                 self.totals.dropped += self.outbox.forget(job, None);
+                self.totals.dropped += self.forget_uploads(job, None);
             }
             // Start nothing new of it and stop what runs (within a second,
             // as a user pausing expects): all of it goes back to the pool.
@@ -818,6 +1000,7 @@ impl<E: Executor> Worker<E> {
             Notice::LeaseExpired { job, flows } => {
                 self.totals.cancelled += self.hand.release(job, Some(&flows));
                 self.totals.dropped += self.outbox.forget(job, Some(&flows));
+                self.totals.dropped += self.forget_uploads(job, Some(&flows));
             }
             Notice::Drain { by } => {
                 tracing::info!(%by, "draining: finishing running flows, handing back the rest");
@@ -834,10 +1017,6 @@ impl<E: Executor> Worker<E> {
 mod tests {
     use super::*;
 
-    fn r(s: u64, e: u64) -> FlowRange {
-        FlowRange::new(s, e).unwrap()
-    }
-
     #[test]
     fn flow_ids_become_the_fewest_ranges() {
         let got: Vec<(u64, u64)> = ranges(&[1, 2, 3, 7, 9, 10])
@@ -846,65 +1025,5 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(1, 4), (7, 8), (9, 11)]);
         assert!(ranges(&[]).is_empty());
-    }
-
-    fn log(flow: u64) -> FlowReport {
-        FlowReport::Log {
-            flow: Some(FlowId(flow)),
-            level: LogLevel::Info,
-            message: "x".into(),
-        }
-    }
-
-    fn started(flow: u64) -> FlowReport {
-        FlowReport::Started {
-            flow: FlowId(flow),
-            proxy: None,
-        }
-    }
-
-    #[test]
-    fn a_full_outbox_drops_log_lines_but_never_outcomes() {
-        let job = JobId(Uuid::from_u128(1));
-        let mut outbox = Outbox::default();
-        let mut totals = Totals::default();
-        outbox.push(job, log(1), 2, &mut totals);
-        outbox.push(job, started(2), 2, &mut totals);
-        outbox.push(job, started(3), 2, &mut totals);
-        assert_eq!(totals.dropped, 1, "the log line made room");
-        outbox.push(job, log(4), 2, &mut totals);
-        assert_eq!(totals.dropped, 2, "a log line over the limit is dropped");
-        assert_eq!(outbox.len(), 2);
-    }
-
-    #[test]
-    fn a_batch_is_one_jobs_reports_and_keeps_its_id_until_answered() {
-        let (a, b) = (JobId(Uuid::from_u128(1)), JobId(Uuid::from_u128(2)));
-        let mut outbox = Outbox::default();
-        let mut totals = Totals::default();
-        for (job, flow) in [(a, 1), (b, 2), (a, 3)] {
-            outbox.push(job, started(flow), 100, &mut totals);
-        }
-        assert!(outbox.due(10, Duration::from_secs(60), false).is_none());
-        let batch = outbox.due(10, Duration::from_secs(60), true).unwrap();
-        let (id, job, n) = (batch.id, batch.job, batch.reports.len());
-        assert_eq!((job, n), (a, 2));
-        let again = outbox.due(10, Duration::from_secs(60), true).unwrap();
-        assert_eq!(again.id, id, "sent again under the same id");
-        outbox.unanswered = None;
-        let next = outbox.due(10, Duration::ZERO, false).unwrap();
-        assert_eq!((next.job, next.reports.len()), (b, 1));
-    }
-
-    #[test]
-    fn forgetting_an_expired_range_keeps_other_flows_reports() {
-        let job = JobId(Uuid::from_u128(1));
-        let mut outbox = Outbox::default();
-        let mut totals = Totals::default();
-        for flow in 0..6 {
-            outbox.push(job, started(flow), 100, &mut totals);
-        }
-        assert_eq!(outbox.forget(job, Some(&[r(2, 4)])), 2);
-        assert_eq!(outbox.len(), 4);
     }
 }

@@ -1,6 +1,6 @@
-//! `trafficbuster bench orchestrator`: a fleet of zero-work protocol-client
-//! runners completes one job against an in-process gateway on 127.0.0.1,
-//! over a scratch store. Prints flows/s, the job stream's events/s, the
+//! `trafficbuster bench orchestrator`: a fleet of runners whose flows do no
+//! work (the runner's work loop on a zero-work executor) completes one job
+//! against an in-process gateway on 127.0.0.1, over a scratch store. Prints flows/s, the job stream's events/s, the
 //! lease round trip's p50/p99, and the process's peak memory (gateway and
 //! runners share this process; the memory before the fleet started is
 //! printed beside it). Figures, not assertions.
@@ -27,7 +27,9 @@ use gateway::CommandHandler;
 use gateway::publishing;
 use gateway::state::AppState;
 use runner::ClientConfig;
-use runner::zero_work::{self, ZeroWorkOptions};
+use runner::state_dir::StateDir;
+use runner::worker::{self, WorkerOptions};
+use runner::zero_work_executor::ZeroWorkExecutor;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -282,17 +284,20 @@ async fn measure(scratch: &Scratch, args: &BenchOrchestratorArgs) -> anyhow::Res
     setting_up.finish_and_clear();
     let (rss_before, _) = memory_kib();
     let bar = crate::bench::counter_bar("flows", flows);
+    // Each runner's state directory, gone with the bench.
+    let state_dirs = tempfile::tempdir().context("cannot make the runners' state directories")?;
+    let states = (0..args.runners)
+        .map(|i| StateDir::open(&state_dirs.path().join(i.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let runners: Vec<RunnerId> = states.iter().map(StateDir::id).collect();
     let started = Instant::now();
-    let runners: Vec<RunnerId> = (0..args.runners)
-        .map(|_| RunnerId(Uuid::now_v7()))
-        .collect();
-    let fleet: Vec<_> = runners
-        .iter()
+    let fleet: Vec<_> = states
+        .into_iter()
         .enumerate()
-        .map(|(i, &runner)| {
+        .map(|(i, state)| {
             let config = ClientConfig {
                 url: format!("ws://{}/runner", live.addr),
-                runner,
+                runner: state.id(),
                 key: key.clone(),
                 name: format!("bench-runner-{i}"),
                 software: format!("trafficbuster {}", env!("CARGO_PKG_VERSION")),
@@ -304,13 +309,24 @@ async fn measure(scratch: &Scratch, args: &BenchOrchestratorArgs) -> anyhow::Res
                 },
                 protocol: VersionRange::THIS_BUILD,
             };
-            let options = ZeroWorkOptions {
-                slots: args.slots,
-                flows_per_lease: u64::from(args.slots) * domain::job::FLOWS_PER_SLOT,
+            let options = WorkerOptions {
+                // As many flows in hand as a lease may grant its slots.
+                queued_per_slot: domain::job::FLOWS_PER_SLOT - 1,
                 idle_exit: Some(Duration::from_secs(2)),
-                ..ZeroWorkOptions::default()
+                ..WorkerOptions::default()
             };
-            tokio::spawn(zero_work::run(config, options, std::future::pending()))
+            let executor = ZeroWorkExecutor {
+                capacity: args.slots,
+                work: Duration::ZERO,
+            };
+            tokio::spawn(worker::run(
+                state,
+                config,
+                options,
+                std::sync::Arc::new(executor),
+                std::future::pending(),
+                Duration::ZERO,
+            ))
         })
         .collect();
     let (done_at, version_after) = loop {

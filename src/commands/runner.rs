@@ -2,18 +2,19 @@
 //! and the same runner started inside `trafficbuster serve`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
+use domain::runner::{Browser, Capabilities, Os, Platform};
 use domain::runner_key::RunnerKey;
 use domain::runner_protocol::VersionRange;
 use runner::ClientConfig;
 use runner::browser::{LaunchError, LaunchOptions};
 use runner::browser_executor::BrowserExecutor;
+use runner::state_dir::StateDir;
 use runner::worker::{self, Totals, WorkerOptions};
-use uuid::Uuid;
 
 use crate::cli::{BrowserArgs, RunnerArgs};
 use crate::commands::shutdown_signal;
@@ -34,16 +35,25 @@ pub async fn run(args: &RunnerArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("--label {l:?}: write it as KEY=VALUE"))
         })
         .collect::<anyhow::Result<BTreeMap<_, _>>>()?;
+    let dir = match &args.state_dir {
+        Some(dir) => dir.clone(),
+        None => user_state_dir()?,
+    };
+    let state = StateDir::open(&dir)?;
     let executor = start_browser(&args.browser).await?;
     let name = args.name.clone().unwrap_or_else(host_name);
-    tracing::info!(gateway = %args.gateway, %name, "runner starting");
-    let totals = work(
-        &args.gateway,
+    tracing::info!(gateway = %args.gateway, %name, runner = %state.id(), state = %dir.display(), "runner starting");
+    let identity = Identity {
+        state,
         key,
-        executor,
-        &args.browser,
         name,
         labels,
+    };
+    let totals = work(
+        &args.gateway,
+        identity,
+        executor,
+        &args.browser,
         shutdown_signal(),
     )
     .await;
@@ -55,6 +65,18 @@ pub async fn run(args: &RunnerArgs) -> anyhow::Result<()> {
         "runner stopped"
     );
     Ok(())
+}
+
+/// `$XDG_STATE_HOME/trafficbuster/runner`, else
+/// `~/.local/state/trafficbuster/runner`: where a runner keeps its state
+/// when not told.
+pub fn user_state_dir() -> anyhow::Result<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .context("no place for the runner's state: set --state-dir (or TB_RUNNER_STATE_DIR)")?;
+    Ok(base.join("trafficbuster").join("runner"))
 }
 
 /// The key from TB_RUNNER_KEY or the key file, never from a flag.
@@ -82,20 +104,33 @@ pub async fn start_browser(args: &BrowserArgs) -> Result<Arc<BrowserExecutor>, L
     Ok(Arc::new(executor))
 }
 
-/// Works for the gateway at `url` until `stop`, then drains.
+/// Who a runner is to its gateway.
+pub struct Identity {
+    /// Its state directory: its id, kept across starts.
+    pub state: StateDir,
+    pub key: RunnerKey,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Works for the gateway at `url` as `identity` until `stop`, then drains.
 pub async fn work(
     url: &str,
-    key: RunnerKey,
+    identity: Identity,
     executor: Arc<BrowserExecutor>,
     browser: &BrowserArgs,
-    name: String,
-    labels: BTreeMap<String, String>,
     stop: impl Future<Output = ()>,
 ) -> Totals {
+    let Identity {
+        state,
+        key,
+        name,
+        labels,
+    } = identity;
     let version = executor.version().await.unwrap_or_default();
     let config = ClientConfig {
         url: url.to_owned(),
-        runner: RunnerId(Uuid::now_v7()),
+        runner: state.id(),
         key,
         name,
         software: format!("trafficbuster {}", env!("CARGO_PKG_VERSION")),
@@ -110,7 +145,15 @@ pub async fn work(
         },
         protocol: VersionRange::THIS_BUILD,
     };
-    worker::run(config, WorkerOptions::default(), executor, stop, GRACE).await
+    worker::run(
+        state,
+        config,
+        WorkerOptions::default(),
+        executor,
+        stop,
+        GRACE,
+    )
+    .await
 }
 
 fn this_os() -> Os {

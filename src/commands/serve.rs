@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gateway::{Gateway, GatewayConfig};
+use runner::state_dir::StateDir;
 use secrecy::SecretString;
 
 use crate::cli::ServeArgs;
@@ -47,7 +48,7 @@ pub async fn run(settings: &Settings, args: &ServeArgs) -> anyhow::Result<()> {
     let runner = if args.no_runner {
         None
     } else {
-        in_process_runner(&gateway, bound, args).await
+        in_process_runner(&gateway, bound, settings, args).await
     };
     // On a stop signal the runner drains first (its flows finish or go
     // back to the pool) while the gateway still serves it.
@@ -69,12 +70,24 @@ type RunnerHandle = (
 );
 
 /// Starts the browser runner of this process on its own minted key; a
-/// machine without a browser serves without it, saying how to get one.
+/// machine without a browser (or without room for the runner's state)
+/// serves without it, saying why.
 async fn in_process_runner(
     gateway: &Gateway,
     bound: std::net::SocketAddr,
+    settings: &Settings,
     args: &ServeArgs,
 ) -> Option<RunnerHandle> {
+    let state = match settings
+        .runner_state_dir(args.runner_state_dir.as_deref())
+        .and_then(|dir| Ok(StateDir::open(&dir)?))
+    {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::warn!("no in-process runner: {e:#}");
+            return None;
+        }
+    };
     let executor = match runner_command::start_browser(&args.browser).await {
         Ok(executor) => executor,
         Err(e) => {
@@ -93,17 +106,15 @@ async fn in_process_runner(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let browser = args.browser.clone();
     let task = tokio::spawn(async move {
-        runner_command::work(
-            &url,
+        let identity = runner_command::Identity {
+            state,
             key,
-            executor,
-            &browser,
-            gateway::runner_link::local_key::NAME.into(),
-            Default::default(),
-            async move {
-                let _ = stopped.await;
-            },
-        )
+            name: gateway::runner_link::local_key::NAME.into(),
+            labels: Default::default(),
+        };
+        runner_command::work(&url, identity, executor, &browser, async move {
+            let _ = stopped.await;
+        })
         .await
     });
     tracing::info!("in-process runner started");

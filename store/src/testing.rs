@@ -229,11 +229,21 @@ impl TestPostgres {
     /// Drops the schema. Call at the end of a passing test; a failing test
     /// leaves its schema for inspection, and a later run sweeps it.
     pub async fn drop_schema(self) {
-        self.open()
-            .await
-            .drop_schema()
-            .await
-            .unwrap_or_else(|e| panic!("dropping test schema {}: {e}", self.schema));
+        let store = self.open().await;
+        // Dropping a schema locks every object in it and some catalog rows
+        // it shares with other tests' drops: PostgreSQL may pick this drop
+        // as a deadlock's victim. It is cleanup, so it tries again.
+        let mut attempt = 1;
+        loop {
+            match store.drop_schema().await {
+                Ok(()) => return,
+                Err(e) if attempt < 5 && e.to_string().contains("deadlock") => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => panic!("dropping test schema {}: {e}", self.schema),
+            }
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use site::{SiteOptions, Visit};
+use site::{Reply, SiteOptions, Visit};
 
 use crate::datasets::{File, published};
 use crate::helpers::{PASSWORD, TestApp, spawn_app};
@@ -64,6 +64,72 @@ async fn ok(app: &TestApp, token: &str, query: &str, vars: Value) -> Value {
     r["data"].clone()
 }
 
+/// ada licensed, the target's domain allow-listed, safe mode off: (root, ada) tokens.
+async fn ada_may_run(app: &TestApp) -> (String, String) {
+    let root = app.token("root", crate::app::ROOT_PASSWORD).await;
+    let licence = json!({ "maxInstances": 4, "humanSurfing": true, "importProxy": false,
+        "scheduler": false, "externalClicks": true, "maxTargets": 10, "maxFlowsPerDay": 1000,
+        "expiresAt": "2099-01-01T00:00:00Z" });
+    ok(app, &root, ISSUE, json!({ "u": "ada", "l": licence })).await;
+    let ada = app.token("ada", PASSWORD).await;
+    ok(
+        app,
+        &root,
+        "mutation { allowListDomain(domain: \"shop.example.com\", reason: \"browser e2e site\") }",
+        json!({}),
+    )
+    .await;
+    ok(
+        app,
+        &root,
+        "mutation { turnSafeModeOff(reason: \"browser e2e\") { safeMode { on } } }",
+        json!({}),
+    )
+    .await;
+    (root, ada)
+}
+
+/// Waits up to 2 minutes for the job to end.
+async fn ended(app: &TestApp, token: &str, job: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let (status, _, _) = standing(app, token, job).await;
+        if status == "DONE" || status == "FAILED" {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not end: {status}\n{}",
+            app.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A GET on the gateway as `token`: (status, content type, body bytes).
+async fn download(app: &TestApp, path: &str, token: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(&app.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: e2e\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let content_type = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-type: "))
+        .unwrap_or_default()
+        .to_owned();
+    (
+        head[9..12].parse().unwrap(),
+        content_type,
+        raw[end + 4..].to_vec(),
+    )
+}
+
 fn landing(visit: &Visit) -> bool {
     visit.host == TARGET && visit.path == "/"
 }
@@ -78,31 +144,12 @@ async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
         .unwrap();
     let port = site.port();
     let app = gateway_with_runner().await;
-    let root = app.token("root", crate::app::ROOT_PASSWORD).await;
-    let licence = json!({ "maxInstances": 4, "humanSurfing": true, "importProxy": false,
-        "scheduler": false, "externalClicks": true, "maxTargets": 10, "maxFlowsPerDay": 1000,
-        "expiresAt": "2099-01-01T00:00:00Z" });
-    ok(&app, &root, ISSUE, json!({ "u": "ada", "l": licence })).await;
-    let ada = app.token("ada", PASSWORD).await;
-    ok(
-        &app,
-        &root,
-        "mutation { allowListDomain(domain: \"shop.example.com\", reason: \"browser e2e site\") }",
-        json!({}),
-    )
-    .await;
+    let (_, ada) = ada_may_run(&app).await;
     ok(
         &app,
         &ada,
         "mutation($d: String!, $r: String!) { grantExternalClicks(domain: $d, reason: $r) }",
         json!({ "d": PARTNER, "r": "our partner" }),
-    )
-    .await;
-    ok(
-        &app,
-        &root,
-        "mutation { turnSafeModeOff(reason: \"browser e2e\") { safeMode { on } } }",
-        json!({}),
     )
     .await;
 
@@ -149,19 +196,7 @@ async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
         .to_owned();
     ok(&app, &ada, RUN, json!({ "id": job })).await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, _, _) = standing(&app, &ada, &job).await;
-        if status == "DONE" || status == "FAILED" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job did not end: {status}\n{}",
-            app.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    ended(&app, &ada, &job).await;
     let (status, finished, succeeded) = standing(&app, &ada, &job).await;
     let log = ok(
         &app,
@@ -240,4 +275,145 @@ async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
         seen.requests_to(STRANGER).is_empty(),
         "the unconsented domain saw nothing"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_the_job() {
+    if !chromium_present() {
+        return;
+    }
+    let site = site::start(SiteOptions::new([TARGET]).route("/down", Reply::Status(500)))
+        .await
+        .unwrap();
+    let port = site.port();
+    let app = gateway_with_runner().await;
+    let (root, ada) = ada_may_run(&app).await;
+    // Two visits of a page that paints, one of a page that fails.
+    let targets = File::new(
+        "TARGETS",
+        "CSV",
+        format!(
+            "url,flow_target,click_target,traffic_type\n\
+             http://{TARGET}:{port}/,2,0,direct\n\
+             http://{TARGET}:{port}/down,1,0,direct\n"
+        ),
+    );
+    let profiles = File::new(
+        "DEVICE_PROFILES",
+        "CSV",
+        format!(
+            "name,os,browser,user_agent,viewport_width,viewport_height,device_scale_factor,touch,locale,timezone\n\
+             desk,linux,chromium,\"{DESKTOP_UA}\",1280,800,1,no,en-GB,Europe/London\n"
+        ),
+    );
+    let settings = File::new(
+        "SETTINGS_PROFILES",
+        "CSV",
+        format!(
+            "name,instances,marker_header,session_duration_min,session_duration_max,\
+             pages_per_session_min,pages_per_session_max,delay_between_flows,random_scrolling,\
+             clicks,external_click_share,click_delay_ms_min,click_delay_ms_max,dns_mode,dns_hosts\n\
+             e2e,2,yes,1,2,1,1,0,no,no,0,100,300,custom,{TARGET}=127.0.0.1\n"
+        ),
+    );
+    let version = |id: String| json!({ "dataset": id, "version": 1 });
+    let vars = json!({
+        "n": "evidence",
+        "t": version(published(&app, &ada, &targets).await),
+        "d": version(published(&app, &ada, &profiles).await),
+        "s": version(published(&app, &ada, &settings).await),
+    });
+    let job = ok(&app, &ada, CREATE, vars).await["createJob"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(&app, &ada, RUN, json!({ "id": job })).await;
+    ended(&app, &ada, &job).await;
+
+    let pct = "{ pages p50 p95 }";
+    let query = format!(
+        "query($id: ID!) {{ job(id: $id) {{ finished succeeded failed \
+         targetProgress {{ target vitals {{ ttfbMs {pct} fcpMs {pct} lcpMs {pct} cls {pct} inpMs {pct} }} }} \
+         log {{ flow message artifacts {{ kind blob bytes url }} }} }} }}"
+    );
+    let j = ok(&app, &ada, &query, json!({ "id": job })).await["job"].clone();
+    assert_eq!(
+        (&j["finished"], &j["succeeded"], &j["failed"]),
+        (&json!(3), &json!(2), &json!(1)),
+        "{j}"
+    );
+
+    // The painted page's vitals, per target: both visits measured.
+    let painted = &j["targetProgress"][0]["vitals"];
+    for vital in ["ttfbMs", "fcpMs", "cls"] {
+        let v = &painted[vital];
+        assert_eq!(v["pages"], 2, "{vital}: {painted}");
+        let (p50, p95) = (v["p50"].as_f64().unwrap(), v["p95"].as_f64().unwrap());
+        assert!(p50 <= p95, "{vital}: {v}");
+    }
+    assert!(painted["fcpMs"]["p50"].as_f64().unwrap() > 0.0, "{painted}");
+    assert!(
+        painted["inpMs"].is_null(),
+        "no interaction, no INP: {painted}"
+    );
+
+    // The failed flow's log line links its artifacts; the screenshot is a PNG.
+    let lines = j["log"].as_array().unwrap();
+    let failed = lines
+        .iter()
+        .find(|l| !l["artifacts"].as_array().unwrap().is_empty())
+        .unwrap_or_else(|| panic!("no log line with artifacts: {j}"));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("failed: HTTP 500"),
+        "{failed}"
+    );
+    let kinds: Vec<&str> = failed["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"SCREENSHOT") && kinds.contains(&"REQUEST_LOG"),
+        "{failed}"
+    );
+    let shot = failed["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "SCREENSHOT")
+        .unwrap();
+    let url = shot["url"].as_str().unwrap();
+    let (status, content_type, png) = download(&app, url, &ada).await;
+    assert_eq!((status, content_type.as_str()), (200, "image/png"), "{url}");
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
+    assert_eq!(png.len() as u64, shot["bytes"].as_u64().unwrap());
+    let log = failed["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "REQUEST_LOG")
+        .unwrap();
+    let (status, _, body) = download(&app, log["url"].as_str().unwrap(), &ada).await;
+    let requests: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert!(
+        status == 200
+            && requests
+                .iter()
+                .any(|r| r["url"].as_str().unwrap().ends_with("/down") && r["status"] == 500),
+        "{requests:?}"
+    );
+    // Another account sees no such job, nor its artifacts.
+    ok(
+        &app,
+        &root,
+        "mutation($u: String!, $p: String!, $r: [RoleName!]!) { createAccount(username: $u, password: $p, roles: $r) }",
+        json!({ "u": "bob", "p": PASSWORD, "r": ["USER"] }),
+    )
+    .await;
+    let bob = app.token("bob", PASSWORD).await;
+    assert_eq!(download(&app, url, &bob).await.0, 404);
 }

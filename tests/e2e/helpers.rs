@@ -31,6 +31,7 @@ pub fn bin() -> Command {
         "TB_VERIFICATION_VALID_DAYS",
         "TB_VERIFICATION_HTTPS_PORT",
         "TB_VERIFICATION_HTTP_PORT",
+        "TB_RUNNER_STATE_DIR",
     ] {
         cmd.env_remove(var);
     }

@@ -1,5 +1,5 @@
-//! Recovery, end to end, with fleets of zero-work protocol-client runners
-//! against real `trafficbuster serve` processes:
+//! Recovery, end to end, with fleets of runners (the runner's work loop on
+//! a zero-work executor) against real `trafficbuster serve` processes:
 //!
 //! - a gateway SIGKILLed mid-job and restarted: its runners reconnect, the
 //!   job carries on to DONE, no flow is lost or counted twice, and the
@@ -24,7 +24,9 @@ use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
 use projections::{SqlValue, ViewStore};
 use runner::Connection;
-use runner::zero_work::{self, Totals, ZeroWorkOptions};
+use runner::state_dir::StateDir;
+use runner::worker::{self, Totals, WorkerOptions};
+use runner::zero_work_executor::ZeroWorkExecutor;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -81,7 +83,7 @@ pub async fn running_job_of(
 }
 
 /// A fleet of zero-work runners that fail over among `gateways`, each
-/// starting at its own index; they take 20 ms a batch, so a job lasts long
+/// starting at its own index; a flow takes 4 ms, so a job lasts long
 /// enough to be interrupted.
 fn fleet(
     app: &TestApp,
@@ -89,18 +91,31 @@ fn fleet(
     runners: usize,
     gateways: &[Arc<Mutex<Vec<String>>>],
 ) -> Vec<JoinHandle<Totals>> {
+    // The runners' state directories, gone when the last runner ends.
+    let states = Arc::new(tempfile::tempdir().unwrap());
     (0..runners)
         .map(|i| {
-            let config = runner_config(app, RunnerId(Uuid::now_v7()), key);
-            let options = ZeroWorkOptions {
-                slots: 2,
-                flows_per_lease: 40,
-                batch: 10,
-                work_per_batch: Duration::from_millis(20),
+            let state = StateDir::open(&states.path().join(i.to_string())).unwrap();
+            let config = runner_config(app, state.id(), key);
+            let options = WorkerOptions {
+                queued_per_slot: 19,
                 idle_exit: Some(Duration::from_secs(6)),
                 gateways: gateways[i % gateways.len()].clone(),
+                ..WorkerOptions::default()
             };
-            tokio::spawn(zero_work::run(config, options, std::future::pending()))
+            let executor = ZeroWorkExecutor {
+                capacity: 2,
+                work: Duration::from_millis(4),
+            };
+            let states = states.clone();
+            tokio::spawn(async move {
+                let stop = std::future::pending();
+                let executor = Arc::new(executor);
+                let totals =
+                    worker::run(state, config, options, executor, stop, Duration::ZERO).await;
+                drop(states);
+                totals
+            })
         })
         .collect()
 }
@@ -295,7 +310,7 @@ async fn two_gateways_on_one_postgres_lease_each_flow_once_and_survive_one_dying
 }
 
 /// (online, offlineReason) of each runner, as `runners` answers.
-async fn runner_standing(app: &TestApp, root: &str) -> Vec<(String, bool, Option<String>)> {
+pub async fn runner_standing(app: &TestApp, root: &str) -> Vec<(String, bool, Option<String>)> {
     let r = app
         .gql(
             "{ runners { id online offlineReason } }",

@@ -2,8 +2,11 @@
 //! serve` processes, with an executor whose flows take a fixed time, so what
 //! is proven is the loop's own: flows run within the job's instances and
 //! the executor's capacity, every flow counts once, pause and stop cancel
-//! running flows within a second, and a gateway SIGKILLed mid-job loses
-//! none of the reports the flows in hand made while it was away.
+//! running flows within a second, a gateway SIGKILLed mid-job loses none
+//! of the reports the flows in hand made while it was away (nor when the
+//! runner stops meanwhile: they wait on disk for its next start), and a
+//! runner killed and restarted on its state directory is the same runner
+//! and frees at once the flows its killed run held.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -13,16 +16,22 @@ use std::time::{Duration, Instant};
 
 use domain::flow::{Click, FlowFinished, FlowId, FlowOutcome, PageLoad};
 use domain::job::JobId;
-use domain::runner::RunnerId;
 use domain::runner_key::RunnerKey;
+use domain::web_vitals::PageVitals;
+use runner::state_dir::StateDir;
 use runner::worker::{self, Executor, Finished, Order, Progress, Totals, WorkerOptions};
 use serde_json::json;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use crate::helpers::{PASSWORD, TestApp, TestStore, spawn_app};
-use crate::recovery::{TERMS, flow_accounting, runner_url, running_job_of, standing};
+use crate::recovery::{
+    TERMS, flow_accounting, runner_standing, runner_url, running_job_of, standing,
+};
 use crate::runners::runner_config;
+
+/// Heartbeats as in [`TERMS`], but leases of 20 s: a job that ends well
+/// within that got back its flows some other way than by expiry.
+const LONG_LEASES: &[&str] = &["--runner-heartbeat-ms", "200", "--lease-ttl-ms", "20000"];
 
 /// Flows that take `work` each, counted as they run.
 struct Timed {
@@ -82,40 +91,64 @@ impl Executor for Timed {
                 pages: vec![PageLoad {
                     ms: 5,
                     status: Some(200),
+                    vitals: PageVitals::default(),
                 }],
                 clicks: if order.click {
                     vec![Click::Internal]
                 } else {
                     Vec::new()
                 },
+                artifacts: Vec::new(),
             };
             Finished {
                 report,
                 rest: Duration::ZERO,
+                artifacts: Vec::new(),
             }
         }
     }
 }
 
+/// A runner on a fresh state directory, until idle for 4 s.
 fn start(
     app: &TestApp,
     key: &RunnerKey,
     executor: Arc<Timed>,
     gateways: Arc<Mutex<Vec<String>>>,
 ) -> JoinHandle<Totals> {
-    let config = runner_config(app, RunnerId(Uuid::now_v7()), key);
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
     let options = WorkerOptions {
         gateways,
         idle_exit: Some(Duration::from_secs(4)),
         ..WorkerOptions::default()
     };
-    tokio::spawn(worker::run(
+    let runner = run_as(app, state, key, executor, options, std::future::pending());
+    tokio::spawn(async move {
+        let totals = runner.await;
+        drop(dir);
+        totals
+    })
+}
+
+/// A runner on `state`, until `stop` (5 s of grace) or `options.idle_exit`.
+fn run_as(
+    app: &TestApp,
+    state: StateDir,
+    key: &RunnerKey,
+    executor: Arc<Timed>,
+    options: WorkerOptions,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = Totals> + Send + 'static {
+    let config = runner_config(app, state.id(), key);
+    worker::run(
+        state,
         config,
         options,
         executor,
-        std::future::pending(),
+        stop,
         Duration::from_secs(5),
-    ))
+    )
 }
 
 async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) -> Duration {
@@ -263,4 +296,167 @@ async fn a_gateway_killed_mid_job_loses_none_of_the_reports_made_while_it_was_aw
     );
     let (twice_leased, finished, finished_twice) = flow_accounting(&app.store, &job).await;
     assert_eq!((twice_leased, finished, finished_twice), (0, 80, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_killed_and_restarted_on_its_state_directory_is_the_same_runner_and_frees_what_it_held()
+ {
+    let app = spawn_app().flags(LONG_LEASES).await;
+    let rows = "https://shop.example.com/a,20,0\nhttps://shop.example.com/b,20,0\n";
+    let (root, ada, job, key) = running_job_of(&app, rows, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let timed = Arc::new(Timed::new(4, Duration::from_millis(200)));
+    let state = StateDir::open(dir.path()).unwrap();
+    let id = state.id();
+    let killed = tokio::spawn(run_as(
+        &app,
+        state,
+        &key,
+        timed.clone(),
+        WorkerOptions::default(),
+        std::future::pending(),
+    ));
+    mid_flight(&app, &ada, &job, 8, &timed).await;
+    // Killed: nothing handed back, nothing reported of the flows in hand.
+    killed.abort();
+    assert!(killed.await.unwrap_err().is_cancelled());
+
+    let state = StateDir::open(dir.path()).unwrap();
+    assert_eq!(state.id(), id, "the same runner");
+    let restarted = Instant::now();
+    let options = WorkerOptions {
+        idle_exit: Some(Duration::from_secs(3)),
+        ..WorkerOptions::default()
+    };
+    let runner = tokio::spawn(run_as(
+        &app,
+        state,
+        &key,
+        timed.clone(),
+        options,
+        std::future::pending(),
+    ));
+    wait_until("the job done", async || {
+        standing(&app, &ada, &job).await.0 == "DONE"
+    })
+    .await;
+    let took = restarted.elapsed();
+    assert!(
+        took < Duration::from_secs(12),
+        "the killed run's flows came back by expiry, not at once: {took:?}"
+    );
+    assert_eq!(
+        standing(&app, &ada, &job).await,
+        ("DONE".to_owned(), 40, 40)
+    );
+    assert_eq!(flow_accounting(&app.store, &job).await, (0, 40, 0));
+    // One runner in the fleet, under its one id, online.
+    assert_eq!(
+        runner_standing(&app, &root).await,
+        vec![(id.to_string(), true, None)]
+    );
+    runner.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reports_kept_on_disk_while_the_gateway_was_away_count_once_after_the_runner_restarts() {
+    let mut app = spawn_app().flags(LONG_LEASES).await;
+    let rows = "https://shop.example.com/a,12,0\nhttps://shop.example.com/b,12,0\n";
+    let (_, ada, job, key) = running_job_of(&app, rows, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let timed = Arc::new(Timed::new(4, Duration::from_millis(300)));
+    let gateways = Arc::new(Mutex::new(vec![runner_url(&app)]));
+    // A memory of one report: the outbox lives on disk.
+    let options = WorkerOptions {
+        outbox_memory: 1,
+        gateways: gateways.clone(),
+        ..WorkerOptions::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = tokio::spawn(run_as(
+        &app,
+        StateDir::open(dir.path()).unwrap(),
+        &key,
+        timed.clone(),
+        options.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    mid_flight(&app, &ada, &job, 4, &timed).await;
+    app.process.kill().await;
+    // The flows in hand finish while no gateway is up; then the runner
+    // is told to stop, and its grace runs out with the gateway still away.
+    wait_until("the flows in hand finished", async || {
+        timed.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    stop.send(()).unwrap();
+    let totals = first.await.unwrap();
+    assert!(totals.spilled > 0, "{totals:?}");
+
+    let store = std::mem::replace(&mut app.store, TestStore::sqlite());
+    let app = spawn_app().store(store).flags(LONG_LEASES).await;
+    *gateways.lock().unwrap() = vec![runner_url(&app)];
+    let options = WorkerOptions {
+        idle_exit: Some(Duration::from_secs(3)),
+        ..options
+    };
+    let state = StateDir::open(dir.path()).unwrap();
+    let second = run_as(
+        &app,
+        state,
+        &key,
+        timed.clone(),
+        options,
+        std::future::pending(),
+    )
+    .await;
+    assert_eq!(second.dropped, 0, "{second:?}");
+    let ada = app.token("ada", PASSWORD).await;
+    assert_eq!(
+        standing(&app, &ada, &job).await,
+        ("DONE".to_owned(), 24, 24)
+    );
+    assert_eq!(flow_accounting(&app.store, &job).await, (0, 24, 0));
+    // The flows that finished while the gateway was away were counted
+    // from the disk, not run again.
+    let started = timed.started.lock().unwrap().clone();
+    let once: BTreeSet<_> = started.iter().copied().collect();
+    assert_eq!((started.len(), once.len()), (24, 24));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_runner_told_to_stop_drains_over_the_connection_it_holds() {
+    let app = spawn_app().flags(TERMS).await;
+    let rows = "https://shop.example.com/a,20,0\nhttps://shop.example.com/b,20,0\n";
+    let (_, ada, job, key) = running_job_of(&app, rows, 4).await;
+    let dir = tempfile::tempdir().unwrap();
+    let timed = Arc::new(Timed::new(4, Duration::from_millis(500)));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let runner = tokio::spawn(run_as(
+        &app,
+        StateDir::open(dir.path()).unwrap(),
+        &key,
+        timed.clone(),
+        WorkerOptions::default(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    mid_flight(&app, &ada, &job, 4, &timed).await;
+    stop.send(()).unwrap();
+    let totals = runner.await.unwrap();
+    assert_eq!(
+        (totals.cancelled, totals.reconnects),
+        (0, 0),
+        "running flows finished: {totals:?}"
+    );
+    let (status, finished, _) = standing(&app, &ada, &job).await;
+    assert_eq!(status, "RUNNING");
+    assert_eq!(finished, totals.flows_run, "all it ran was reported");
+    assert!(finished < 40, "queued flows went back unrun: {finished}");
+    assert_eq!(flow_accounting(&app.store, &job).await.0, 0);
+    let connections = app.process.log().matches("runner connected").count();
+    assert_eq!(connections, 1, "drained over the one connection it held");
 }

@@ -1,5 +1,6 @@
-//! Jobs over GraphQL: `jobs` and `job(id)` from the jobs view (progress per
-//! target, rate and ETA, runners at work, log, threshold verdict),
+//! Jobs over GraphQL: `jobs` and `job(id)` from the jobs view (progress and
+//! Web Vitals per target, rate and ETA, runners at work, log with failed
+//! flows' artifacts, threshold verdict),
 //! `jobProgress(id)` as it changes (a few times a second at most, never
 //! missing the final state), `createJob` from dataset versions, and
 //! `runJob`, `pauseJob`, `resumeJob`, `stopJob` for the job's owner and
@@ -14,6 +15,7 @@ use async_graphql::{
 };
 use datasets::Rows;
 use domain::account::Username;
+use domain::artifact::{ArtifactKind, ArtifactRef};
 use domain::job::{
     ConsentChecks, DatasetVersionRef, Job, JobAggregate, JobCommand, JobError, JobId, JobSettings,
     JobSpec, JobStatus, ProxiesRef, RunChecks,
@@ -32,6 +34,7 @@ use uuid::Uuid;
 use crate::auth::sessions::Principal;
 use crate::command_handler::CommandMeta;
 use crate::graphql::error::{self, Code, Coded};
+use crate::graphql::job_vitals::{TargetVitals, vitals_of};
 use crate::graphql::licence::licensed_decision;
 use crate::graphql::system_settings::parse_reason;
 use crate::graphql::view_watch::view_changes;
@@ -92,7 +95,8 @@ pub struct Verdict {
     pub r#final: bool,
 }
 
-/// A target's progress: `flowDone/flowTarget`, `clickDone/clickTarget`.
+/// A target's progress: `flowDone/flowTarget`, `clickDone/clickTarget`,
+/// and its pages' Web Vitals.
 #[derive(SimpleObject, Clone, PartialEq)]
 pub struct TargetProgress {
     /// The target's row in the targets version, from 0.
@@ -101,6 +105,19 @@ pub struct TargetProgress {
     pub flow_target: u64,
     pub click_done: u64,
     pub click_target: u64,
+    pub vitals: TargetVitals,
+}
+
+/// An artifact a failed flow kept, downloaded from `url` with the same
+/// `Authorization: Bearer <accessToken>` as the API.
+#[derive(SimpleObject, Clone, PartialEq)]
+pub struct JobArtifact {
+    pub kind: ArtifactKind,
+    /// The blob's SHA-256, in hex.
+    pub blob: String,
+    pub bytes: u64,
+    /// The gateway's path to it: `/jobs/<id>/artifacts/<blob>`.
+    pub url: String,
 }
 
 /// A line of a job's log.
@@ -114,6 +131,9 @@ pub struct JobLogLine {
     pub flow: Option<u64>,
     pub runner: Option<ID>,
     pub message: String,
+    /// What the line's failed flow kept for debugging: a screenshot, its
+    /// console errors, its request log.
+    pub artifacts: Vec<JobArtifact>,
 }
 
 /// What only the job's stream knows now: who holds its flows.
@@ -197,7 +217,19 @@ impl JobInfo {
             )
             .await
             .map_err(|e| error::internal("cannot read the job's targets", &e))?;
-        rows.iter().map(target_from).collect()
+        let mut targets: Vec<TargetProgress> = rows
+            .iter()
+            .map(target_from)
+            .collect::<async_graphql::Result<_>>()?;
+        if let Some(last) = targets.last() {
+            let after = after.map_or(-1, i64::from);
+            let mut vitals =
+                vitals_of(app(ctx), self.id.as_str(), after, i64::from(last.target)).await?;
+            for t in &mut targets {
+                t.vitals = vitals.remove(&t.target).unwrap_or_default();
+            }
+        }
+        Ok(targets)
     }
 
     /// The job's log, oldest first, `first` lines after the cursor `after`.
@@ -245,7 +277,7 @@ static PAGE_TIMES: LazyLock<String> = LazyLock::new(|| {
 
 pub(crate) static LOG_PAGE: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT commit_pos, prepare_pos, line, at, level, flow, runner, message FROM {} \
+        "SELECT job, commit_pos, prepare_pos, line, at, level, flow, runner, message, artifacts FROM {} \
          WHERE job = $1 AND (commit_pos > $2 OR (commit_pos = $2 AND prepare_pos > $3) \
          OR (commit_pos = $2 AND prepare_pos = $3 AND line > $4)) \
          ORDER BY commit_pos, prepare_pos, line LIMIT $5",
@@ -309,6 +341,12 @@ pub(crate) fn line_from(row: &Row) -> async_graphql::Result<(LogCursor, JobLogLi
     );
     let flow: Option<i64> = row.get("flow").map_err(row_err)?;
     let runner: Option<String> = row.get("runner").map_err(row_err)?;
+    let job: String = row.get("job").map_err(row_err)?;
+    let artifacts: Vec<ArtifactRef> =
+        match row.get::<Option<String>>("artifacts").map_err(row_err)? {
+            Some(json) => serde_json::from_str(&json).map_err(row_err)?,
+            None => Vec::new(),
+        };
     Ok((
         cursor,
         JobLogLine {
@@ -318,6 +356,15 @@ pub(crate) fn line_from(row: &Row) -> async_graphql::Result<(LogCursor, JobLogLi
             flow: flow.and_then(|f| u64::try_from(f).ok()),
             runner: runner.map(ID),
             message: row.get("message").map_err(row_err)?,
+            artifacts: artifacts
+                .into_iter()
+                .map(|a| JobArtifact {
+                    kind: a.kind,
+                    blob: a.blob.to_string(),
+                    bytes: a.bytes,
+                    url: format!("/jobs/{job}/artifacts/{}", a.blob),
+                })
+                .collect(),
         },
     ))
 }
@@ -347,6 +394,7 @@ fn target_from(row: &Row) -> async_graphql::Result<TargetProgress> {
         flow_target: n("flow_target")?,
         click_done: n("clicks_done")?,
         click_target: n("click_target")?,
+        vitals: TargetVitals::default(),
     })
 }
 
@@ -463,7 +511,7 @@ async fn job_from(
         })
         .collect();
     let figures = Figures {
-        p95_page_load_ms: jobs_view::p95(&buckets),
+        p95_page_load_ms: jobs_view::percentile(&buckets, 95),
         pages: n("pages")?,
         page_errors: n("page_errors")?,
         finished,

@@ -10,6 +10,7 @@ pub mod dataset_rows;
 pub mod depth;
 pub mod error;
 pub mod job;
+pub mod job_vitals;
 pub mod licence;
 pub mod proxy_pool;
 pub mod runner;

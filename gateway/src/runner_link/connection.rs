@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::command_handler::CommandMeta;
 use crate::runner_link::fleet::NOTICE_QUEUE;
 use crate::runner_link::presence::Heard;
-use crate::runner_link::{RunnerTerms, work};
+use crate::runner_link::{RunnerTerms, artifacts, work};
 use crate::state::AppState;
 
 /// Longest a closing connection waits for the runner's own close.
@@ -556,6 +556,21 @@ impl Link {
                     reports,
                 } => {
                     let answer = work::report(self, session, batch, job, reports).await;
+                    self.send(&answer).await
+                }
+                RunnerMessage::Artifact {
+                    request,
+                    job,
+                    flow,
+                    kind,
+                    part,
+                    parts,
+                    data,
+                } => {
+                    let answer = artifacts::part(
+                        self, session, request, job, flow, kind, part, parts, data,
+                    )
+                    .await;
                     self.send(&answer).await
                 }
                 RunnerMessage::HandBack {

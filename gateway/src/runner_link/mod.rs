@@ -3,6 +3,7 @@
 //!
 //! - [`connection`]: one runner's connection, from hello to close;
 //! - [`work`]: its leases, reports and hand-backs on jobs;
+//! - [`artifacts`]: failed flows' artifacts, uploaded in parts;
 //! - [`fleet`]: the runners connected to this gateway, and the notices
 //!   passed on to them;
 //! - [`presence`]: when each runner was last heard from, on any gateway,
@@ -12,6 +13,7 @@
 //! - [`proxy_health`]: proxies disabled as they keep failing, and
 //!   re-enabled on trial.
 
+pub mod artifacts;
 pub mod brief;
 pub mod connection;
 pub mod fleet;

@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::command_handler::CommandError;
 use crate::runner_link::connection::{Link, Peer, refusal, runner_meta};
-use crate::runner_link::{brief, proxy_health};
+use crate::runner_link::{artifacts, brief, proxy_health};
 use crate::state::AppState;
 
 /// What one connection knows of its runner's work.
@@ -44,6 +44,8 @@ pub(crate) struct Session {
     /// The proxies of the jobs it reported on, read once (a job's spec
     /// never changes).
     proxies: HashMap<JobId, Option<ProxiesRef>>,
+    /// The artifact whose parts are coming, if one is.
+    pub(crate) upload: Option<artifacts::Upload>,
 }
 
 impl Session {
@@ -55,6 +57,7 @@ impl Session {
             draining: false,
             working: BTreeSet::new(),
             proxies: HashMap::new(),
+            upload: None,
         }
     }
 

@@ -716,7 +716,9 @@ pub fn succeeded(flow: u64) -> FlowReport {
         pages: vec![PageLoad {
             ms: 120,
             status: Some(200),
+            vitals: Default::default(),
         }],
         clicks: vec![],
+        artifacts: vec![],
     })
 }

@@ -47,6 +47,48 @@ pub struct FailureArtifacts {
     pub requests: Vec<RequestRecord>,
 }
 
+impl FailureArtifacts {
+    /// Blanks out what must never leave the runner: any user name and
+    /// password in a request's URL, and each of `secrets` (the flow's proxy
+    /// credentials) wherever it appears in the text. Secrets shorter than
+    /// [`MIN_SECRET`] characters are blanked only as whole URL credentials,
+    /// as replacing them everywhere would garble the record.
+    pub fn redact(&mut self, secrets: &[&str]) {
+        let secrets: Vec<&str> = secrets
+            .iter()
+            .copied()
+            .filter(|s| s.chars().count() >= MIN_SECRET)
+            .collect();
+        let scrub = |text: &mut String| {
+            for secret in &secrets {
+                if text.contains(secret) {
+                    *text = text.replace(secret, REDACTED);
+                }
+            }
+        };
+        for record in &mut self.requests {
+            if let Ok(mut url) = url::Url::parse(&record.url)
+                && (!url.username().is_empty() || url.password().is_some())
+            {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                record.url = url.to_string();
+            }
+            scrub(&mut record.url);
+            if let Some(error) = &mut record.error {
+                scrub(error);
+            }
+        }
+        for line in &mut self.console_errors {
+            scrub(line);
+        }
+    }
+}
+
+/// Shortest secret blanked out of free text.
+pub const MIN_SECRET: usize = 4;
+const REDACTED: &str = "[redacted]";
+
 #[derive(Default)]
 pub(crate) struct PageLog {
     console_errors: Vec<String>,
@@ -194,4 +236,51 @@ pub(crate) async fn follow(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(url: &str) -> RequestRecord {
+        RequestRecord {
+            url: url.into(),
+            method: "GET".into(),
+            resource_type: "Document".into(),
+            status: Some(200),
+            duration_ms: Some(3.0),
+            bytes: Some(10),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn redacting_blanks_url_credentials_and_the_proxys_secrets_everywhere() {
+        let mut a = FailureArtifacts {
+            screenshot_png: None,
+            console_errors: vec!["proxy said s3cret-pw to bob".into()],
+            requests: vec![
+                request("http://alice:hunter2@shop.example/a?b=1"),
+                request("http://shop.example/?token=s3cret-pw"),
+            ],
+        };
+        a.requests[1].error = Some("net::ERR with s3cret-pw".into());
+        a.redact(&["s3cret-pw", "bob"]);
+        assert_eq!(a.requests[0].url, "http://shop.example/a?b=1");
+        assert_eq!(a.requests[1].url, "http://shop.example/?token=[redacted]");
+        assert_eq!(
+            a.requests[1].error.as_deref(),
+            Some("net::ERR with [redacted]")
+        );
+        assert_eq!(
+            a.console_errors,
+            ["proxy said [redacted] to bob"],
+            "`bob` is too short to blank in text"
+        );
+        let json = serde_json::to_string(&a).unwrap();
+        assert!(
+            !json.contains("s3cret-pw") && !json.contains("hunter2"),
+            "{json}"
+        );
+    }
 }

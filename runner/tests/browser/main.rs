@@ -584,6 +584,125 @@ fn a_failed_flow_keeps_a_screenshot_console_errors_and_the_request_log() {
     });
 }
 
+/// A brief for `job` on `allowed.test` (no proxies, no clicks, a one-second
+/// session of one page, the desktop profile).
+fn brief(job: domain::job::JobId) -> domain::job_brief::JobBrief {
+    use domain::job_brief::{Behaviour, DeviceProfile, JobBrief, ProxySwitching, Span, Viewport};
+    let span = |min, max| Span { min, max };
+    JobBrief {
+        job,
+        behaviour: Behaviour {
+            session_duration_s: span(1, 1),
+            pages_per_session: span(1, 1),
+            delay_between_flows_s: span(0, 0),
+            random_scrolling: false,
+            clicks: false,
+            external_click_share: 0.0,
+            click_delay_ms: span(100, 200),
+            instances: 1,
+            proxy_switching: ProxySwitching::PerFlow,
+            marker_header: false,
+        },
+        profiles: vec![DeviceProfile {
+            row: 0,
+            name: "desktop".into(),
+            platform: domain::runner::Platform {
+                os: domain::runner::Os::Linux,
+                browser: domain::runner::Browser::Chromium,
+            },
+            user_agent: DESKTOP_UA.into(),
+            viewport: Viewport {
+                width: 1280,
+                height: 800,
+            },
+            device_scale_factor: 1.0,
+            touch: false,
+            locale: "en-GB".into(),
+            timezone: "Europe/London".into(),
+        }],
+        proxies: vec![],
+        hosts: vec![],
+        domains: vec![domain::DomainName::parse("allowed.test").unwrap()],
+        external_click_domains: vec![],
+    }
+}
+
+#[test]
+fn the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts() {
+    if !chromium("the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts") {
+        return;
+    }
+    use domain::artifact::ArtifactKind;
+    use domain::flow::{FlowFailure, FlowId, FlowOutcome};
+    use runner::browser_executor::BrowserExecutor;
+    use runner::worker::{Executor, JobTerms, Order, Progress};
+    runtime().block_on(async {
+        let site = Site::start().await;
+        let origin = site.origin("allowed.test");
+        site.page("/painted", "<h1>Painted</h1><p>Some text to paint.</p>");
+        let executor = BrowserExecutor::start(options(), 1).await.unwrap();
+        let job = domain::job::JobId(uuid::Uuid::now_v7());
+        let terms = std::sync::Arc::new(JobTerms::new(false, vec![], Some(brief(job).into())));
+        let order = |flow: u64, path: &str| Order {
+            job,
+            flow: FlowId(flow),
+            target: 0,
+            url: format!("{origin}{path}"),
+            click: false,
+            traffic: domain::runner_protocol::Traffic::Direct,
+            profile: Some(0),
+            terms: terms.clone(),
+        };
+
+        let (progress, _) = Progress::detached(job, FlowId(0));
+        let done = executor.run(order(0, "/painted"), progress).await;
+        assert_eq!(done.report.outcome, FlowOutcome::Succeeded, "{:?}", done.report);
+        assert!(done.artifacts.is_empty(), "a flow that succeeded keeps nothing");
+        let vitals = done.report.pages[0].vitals;
+        assert!(
+            vitals.ttfb_ms.is_some() && vitals.fcp_ms.is_some(),
+            "{vitals:?}"
+        );
+        assert_eq!(vitals.cls_milli, Some(0), "{vitals:?}");
+
+        // A page the site does not have: 404, and the flow fails.
+        let (progress, mut reports) = Progress::detached(job, FlowId(1));
+        let done = executor.run(order(1, "/missing-page"), progress).await;
+        assert_eq!(
+            done.report.outcome,
+            FlowOutcome::Failed {
+                reason: FlowFailure::HttpStatus { status: 404 }
+            }
+        );
+        let kinds: Vec<ArtifactKind> = done.artifacts.iter().map(|a| a.kind).collect();
+        assert!(
+            kinds.contains(&ArtifactKind::Screenshot) && kinds.contains(&ArtifactKind::RequestLog),
+            "{kinds:?}"
+        );
+        for a in &done.artifacts {
+            assert!(a.kind.fits(&a.bytes), "{:?} is what its kind says", a.kind);
+        }
+        let log = done
+            .artifacts
+            .iter()
+            .find(|a| a.kind == ArtifactKind::RequestLog)
+            .unwrap();
+        let requests: Vec<serde_json::Value> = serde_json::from_slice(&log.bytes).unwrap();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r["url"].as_str().unwrap().ends_with("/missing-page") && r["status"] == 404),
+            "{requests:?}"
+        );
+        let lines = reports.taken();
+        assert!(
+            lines.iter().any(|r| matches!(r, domain::flow::FlowReport::Log { message, .. } if message.starts_with("flow failed (HTTP 404)"))),
+            "{lines:?}"
+        );
+        no_parse_errors();
+    });
+}
+
 /// A tinyproxy of the test's own: temp config and log, killed on drop.
 struct Tinyproxy {
     port: u16,
