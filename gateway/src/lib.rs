@@ -24,6 +24,7 @@ pub mod publishing;
 pub mod request_body;
 pub mod rows_cache;
 pub mod runner_link;
+pub mod scheduler;
 pub mod startup;
 pub mod state;
 pub mod time_travel;

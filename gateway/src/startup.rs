@@ -36,6 +36,7 @@ use crate::verification::{VerificationSettings, Verifier};
 use crate::ws_limits;
 use crate::{
     audit_export, consent_guard, expiry, graphiql, health, job_artifacts, job_log, metrics,
+    scheduler,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -336,6 +337,10 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let sweeper = tokio::spawn(expiry::run(self.state.clone()));
         let guard = tokio::spawn(consent_guard::run(self.state.clone()));
+        let scheduler = tokio::spawn(scheduler::run(
+            self.state.clone(),
+            Arc::new(scheduler::SystemClock),
+        ));
         let runner_work = runner_link::background(&self.state);
         let served = axum::serve(
             self.listener,
@@ -345,6 +350,7 @@ impl Gateway {
         .await;
         sweeper.abort();
         guard.abort();
+        scheduler.abort();
         for task in runner_work {
             task.abort();
         }

@@ -9,7 +9,8 @@
 //!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
 //!   the consent views [`DomainsView`] and [`ConsentsView`], the dataset
 //!   views [`DatasetsView`] and [`UploadsView`], and the fleet's
-//!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`].
+//!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`], and the
+//!   schedule table [`SchedulesView`].
 
 pub mod accounts_view;
 pub mod as_of;
@@ -28,6 +29,7 @@ mod projector;
 pub mod proxy_pools_view;
 pub mod row;
 pub mod runners_view;
+pub mod schedules_view;
 pub mod sessions_view;
 pub mod sql;
 pub mod status;
@@ -48,6 +50,7 @@ pub use projection::Projection;
 pub use proxy_pools_view::ProxyPoolsView;
 pub use row::{Column, FromSqlValue, Row};
 pub use runners_view::RunnersView;
+pub use schedules_view::SchedulesView;
 pub use sessions_view::SessionsView;
 pub use sql::{OutOfRange, SqlValue, Statement};
 pub use status::{EngineStatus, FailedEvent, Phase, ProjectionFailure, ProjectionStatus};
@@ -73,6 +76,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(RunnersView),
         Arc::new(JobsView),
         Arc::new(ProxyPoolsView),
+        Arc::new(SchedulesView),
     ]
 }
 

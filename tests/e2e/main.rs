@@ -22,6 +22,7 @@ mod proxy_pools;
 mod recovery;
 mod runners;
 mod safe_mode;
+mod schedules;
 mod secrets;
 mod serve;
 mod setup_errors;

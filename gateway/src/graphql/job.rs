@@ -22,8 +22,9 @@ use domain::job::{
 };
 use domain::job_plan::TargetPlan;
 use domain::runner::{Browser, Os, Platform};
+use domain::schedule::JobTemplate;
 use domain::thresholds::{AutoAbort, Check, Figures, PerMille, Thresholds};
-use domain::{DatasetKind, DomainName, Reason};
+use domain::{Context as DecisionContext, DatasetKind, DomainName, Reason};
 use futures_util::Stream;
 use projections::{Row, SqlValue, jobs_view};
 use store::Filter;
@@ -31,12 +32,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::auth::sessions::Principal;
+use crate::command_handler::CommandMeta;
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::job_vitals::{TargetVitals, vitals_of};
 use crate::graphql::licence::licensed_decision;
 use crate::graphql::system_settings::parse_reason;
 use crate::graphql::view_watch::view_changes;
-use crate::graphql::{AUDITORS, app, check_first, decision, from_micros, principal, row_err};
+use crate::graphql::{AUDITORS, app, check_first, decision, from_micros, meta, principal, row_err};
 use crate::job_datasets::{self, VersionError};
 use crate::state::AppState;
 
@@ -780,7 +782,10 @@ pub struct ThresholdsInput {
     pub auto_abort_min_pages: Option<u64>,
 }
 
-fn version_input(field: &str, v: DatasetVersionInput) -> async_graphql::Result<DatasetVersionRef> {
+pub(crate) fn version_input(
+    field: &str,
+    v: DatasetVersionInput,
+) -> async_graphql::Result<DatasetVersionRef> {
     Ok(DatasetVersionRef {
         dataset: Uuid::parse_str(v.dataset.trim()).map_err(|e| {
             error::invalid(
@@ -797,7 +802,7 @@ fn per_mille(field: &str, v: Option<u16>) -> async_graphql::Result<Option<PerMil
         .transpose()
 }
 
-fn thresholds_from(t: ThresholdsInput) -> async_graphql::Result<Thresholds> {
+pub(crate) fn thresholds_from(t: ThresholdsInput) -> async_graphql::Result<Thresholds> {
     let auto_abort = match (t.auto_abort_error_rate_per_mille, t.auto_abort_min_pages) {
         (None, None) => None,
         (Some(rate), Some(min_pages)) => Some(AutoAbort {
@@ -975,6 +980,100 @@ async fn read_datasets(
     })
 }
 
+/// Creates a READY job `id` from `template`'s dataset versions for
+/// `owner`: the one path `createJob` and the scheduler's fires take.
+pub(crate) async fn create(
+    app: &AppState,
+    id: JobId,
+    owner: Username,
+    name: String,
+    template: &JobTemplate,
+    decision: &DecisionContext,
+    meta: &CommandMeta,
+) -> async_graphql::Result<()> {
+    let read = read_datasets(
+        app,
+        &owner,
+        template.targets,
+        template.device_profiles,
+        template.settings_profile,
+        template.proxies,
+    )
+    .await?;
+    let spec = JobSpec {
+        owner,
+        name,
+        targets: template.targets,
+        proxies: read.proxies,
+        device_profiles: template.device_profiles,
+        platforms: read.platforms,
+        settings_profile: template.settings_profile,
+        settings: read.settings,
+        thresholds: template.thresholds,
+    };
+    let stream = id
+        .stream()
+        .map_err(|e| error::internal("a job's stream", &e))?;
+    let command = JobCommand::Create {
+        id,
+        spec,
+        targets: read.targets,
+    };
+    let handled = app
+        .handler
+        .handle::<JobAggregate>(&stream, command, decision, meta)
+        .await
+        .map_err(error::command)?;
+    if let Some(position) = handled.position {
+        let _ = crate::live::view_reached(app, "jobs", position).await;
+    }
+    Ok(())
+}
+
+/// Refuses a template whose dataset versions `owner` cannot use (missing,
+/// deleted, another's, of the wrong kind or unusable), as `createJob` would.
+pub(crate) async fn check_template(
+    app: &AppState,
+    owner: &Username,
+    template: &JobTemplate,
+) -> async_graphql::Result<()> {
+    read_datasets(
+        app,
+        owner,
+        template.targets,
+        template.device_profiles,
+        template.settings_profile,
+        template.proxies,
+    )
+    .await
+    .map(drop)
+}
+
+/// Runs the READY job `id` as `runJob` does, checked against safe mode,
+/// its domains' consent and its owner's licence (in `decision`).
+pub(crate) async fn run(
+    app: &AppState,
+    id: JobId,
+    decision: &DecisionContext,
+    meta: &CommandMeta,
+) -> async_graphql::Result<()> {
+    let stream = id.stream().map_err(|e| error::invalid("id", e))?;
+    let (_, state) = app
+        .handler
+        .load::<JobAggregate>(&stream)
+        .await
+        .map_err(|e| error::internal("cannot read the job", &e))?;
+    let job = state
+        .job
+        .ok_or_else(|| error::error(Code::NotFound, format!("there is no job {id}")))?;
+    let checks = run_checks(app, &job).await?;
+    app.handler
+        .handle::<JobAggregate>(&stream, JobCommand::Run(checks), decision, meta)
+        .await
+        .map_err(error::command)?;
+    Ok(())
+}
+
 #[derive(Default)]
 pub struct JobMutation;
 
@@ -1007,45 +1106,24 @@ impl JobMutation {
         let proxies = proxies.map(|v| version_input("proxies", v)).transpose()?;
         let thresholds = thresholds_from(thresholds.unwrap_or_default())?;
         let app = app(ctx).clone();
-        let read = read_datasets(
-            &app,
-            &owner,
+        let id = JobId(Uuid::now_v7());
+        let template = JobTemplate {
             targets,
             device_profiles,
             settings_profile,
             proxies,
-        )
-        .await?;
-        let id = JobId(Uuid::now_v7());
-        let spec = JobSpec {
-            owner,
-            name,
-            targets,
-            proxies: read.proxies,
-            device_profiles,
-            platforms: read.platforms,
-            settings_profile,
-            settings: read.settings,
             thresholds,
         };
-        let stream = id
-            .stream()
-            .map_err(|e| error::internal("a job's stream", &e))?;
-        let handled = crate::graphql::handle::<JobAggregate>(
-            ctx,
-            &stream,
-            JobCommand::Create {
-                id,
-                spec,
-                targets: read.targets,
-            },
+        create(
+            &app,
+            id,
+            owner,
+            name,
+            &template,
             &decision(ctx)?,
-            None,
+            &meta(None),
         )
         .await?;
-        if let Some(position) = handled.position {
-            let _ = crate::live::view_reached(&app, "jobs", position).await;
-        }
         job_now(app, p, id).await
     }
 

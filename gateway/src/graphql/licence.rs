@@ -13,6 +13,7 @@ use time::OffsetDateTime;
 use crate::graphql::account::{parse_username, stream_of};
 use crate::graphql::error::{self, Code, Coded};
 use crate::graphql::{ADMINS, app, decision, now, principal, principal_with};
+use crate::state::AppState;
 
 /// The licence's feature matrix, for gating every card and input of the UI.
 #[derive(SimpleObject, Default)]
@@ -109,16 +110,24 @@ pub(crate) async fn licensed_decision(
     ctx: &Context<'_>,
     account: &Username,
 ) -> async_graphql::Result<DecisionContext> {
-    let (_, state) = app(ctx)
+    let decision = decision(ctx)?;
+    Ok(match terms_of(app(ctx), account).await? {
+        Some(terms) => decision.with_licence(terms),
+        None => decision,
+    })
+}
+
+/// The licence terms of `account`, if it was ever issued one.
+pub(crate) async fn terms_of(
+    app: &AppState,
+    account: &Username,
+) -> async_graphql::Result<Option<LicenceTerms>> {
+    let (_, state) = app
         .handler
         .load::<Licence>(&licence_stream(account)?)
         .await
         .map_err(|e| error::internal("cannot read the licence", &e))?;
-    let decision = decision(ctx)?;
-    Ok(match state.terms {
-        Some(terms) => decision.with_licence(terms),
-        None => decision,
-    })
+    Ok(state.terms)
 }
 
 fn licence_stream(username: &Username) -> async_graphql::Result<StreamId> {

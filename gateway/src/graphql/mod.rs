@@ -15,6 +15,7 @@ pub mod licence;
 pub mod proxy_pool;
 pub mod runner;
 pub mod runner_key;
+pub mod schedule;
 pub mod session;
 pub mod session_watch;
 pub mod stream_events;
@@ -62,6 +63,7 @@ pub struct QueryRoot(
     runner::RunnerQuery,
     job::JobQuery,
     proxy_pool::ProxyPoolQuery,
+    schedule::ScheduleQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -78,6 +80,7 @@ pub struct MutationRoot(
     runner_key::RunnerKeyMutation,
     runner::RunnerMutation,
     job::JobMutation,
+    schedule::ScheduleMutation,
 );
 
 #[derive(MergedSubscription, Default)]
@@ -91,6 +94,7 @@ pub struct SubscriptionRoot(
     proxy_pool::ProxyPoolSubscription,
     target_domain::TargetDomainSubscription,
     stream_events::StreamEventsSubscription,
+    schedule::ScheduleSubscription,
 );
 
 /// Who may administer accounts, licences and sessions.
