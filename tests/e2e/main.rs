@@ -5,7 +5,11 @@ mod admin;
 mod app;
 mod audit_streams;
 mod bench;
+mod browser_control;
+mod browser_crash;
+mod browser_proxies;
 mod browser_runs;
+mod chromium;
 mod consents;
 mod datasets;
 mod dns_server;
@@ -25,6 +29,9 @@ mod secrets;
 mod serve;
 mod setup_errors;
 mod tail;
+// The runner's tests start tinyproxy the same way.
+#[path = "../../runner/tests/browser/tinyproxy.rs"]
+mod tinyproxy;
 mod verification;
 mod worker;
 mod ws_limits;
