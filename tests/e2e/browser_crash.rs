@@ -119,7 +119,7 @@ async fn a_chromium_killed_mid_job_is_relaunched_the_job_finishes_and_none_outli
     );
     assert_eq!(succeeded + failed, FLOWS, "{figures}");
     // The flows running in the killed browser failed, saying why; no other did.
-    let killed_pid = format!("pid {}", killed.pid);
+    let killed_pid = format!("(pid {}) was killed by signal 9", killed.pid);
     let crashed: Vec<&String> = log
         .iter()
         .filter(|m| m.contains("failed: browser failed:"))
