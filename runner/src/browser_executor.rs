@@ -676,7 +676,10 @@ fn flow_failure(e: &FlowError) -> FlowFailure {
         FlowError::Proxy(_) => FlowFailure::Proxy { detail },
         FlowError::Net { .. } => FlowFailure::Network { detail },
         FlowError::Timeout { .. } => FlowFailure::Timeout,
-        FlowError::Browser(_) => FlowFailure::Browser { detail },
+        // Its reason alone: the failure already says "browser failed".
+        FlowError::Browser(reason) => FlowFailure::Browser {
+            detail: reason.chars().take(300).collect(),
+        },
         FlowError::Blocked(_) | FlowError::Page { .. } | FlowError::Invalid(_) => {
             FlowFailure::Other { detail }
         }

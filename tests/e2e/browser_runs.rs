@@ -14,7 +14,7 @@ use crate::helpers::{PASSWORD, TestApp, spawn_app};
 use crate::jobs::{CREATE, ISSUE, RUN};
 use crate::recovery::standing;
 
-const TARGET: &str = "shop.example.com";
+pub const TARGET: &str = "shop.example.com";
 const PARTNER: &str = "partner.example.net";
 const STRANGER: &str = "other.example.org";
 const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0.0.0 Safari/537.36 tb-desk";
@@ -35,7 +35,7 @@ pub fn chromium_present() -> bool {
 }
 
 /// A gateway with its in-process runner, online.
-async fn gateway_with_runner() -> TestApp {
+pub async fn gateway_with_runner() -> TestApp {
     let app = spawn_app().with_runner().await;
     let root = app.with_accounts().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -58,52 +58,10 @@ async fn gateway_with_runner() -> TestApp {
     }
 }
 
-async fn ok(app: &TestApp, token: &str, query: &str, vars: Value) -> Value {
+pub async fn ok(app: &TestApp, token: &str, query: &str, vars: Value) -> Value {
     let r = app.gql(query, vars, Some(token)).await;
     assert!(r["errors"].is_null(), "{query}: {r}");
     r["data"].clone()
-}
-
-/// ada licensed, the target's domain allow-listed, safe mode off: (root, ada) tokens.
-async fn ada_may_run(app: &TestApp) -> (String, String) {
-    let root = app.token("root", crate::app::ROOT_PASSWORD).await;
-    let licence = json!({ "maxInstances": 4, "humanSurfing": true, "importProxy": false,
-        "scheduler": false, "externalClicks": true, "maxTargets": 10, "maxFlowsPerDay": 1000,
-        "expiresAt": "2099-01-01T00:00:00Z" });
-    ok(app, &root, ISSUE, json!({ "u": "ada", "l": licence })).await;
-    let ada = app.token("ada", PASSWORD).await;
-    ok(
-        app,
-        &root,
-        "mutation { allowListDomain(domain: \"shop.example.com\", reason: \"browser e2e site\") }",
-        json!({}),
-    )
-    .await;
-    ok(
-        app,
-        &root,
-        "mutation { turnSafeModeOff(reason: \"browser e2e\") { safeMode { on } } }",
-        json!({}),
-    )
-    .await;
-    (root, ada)
-}
-
-/// Waits up to 2 minutes for the job to end.
-async fn ended(app: &TestApp, token: &str, job: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let (status, _, _) = standing(app, token, job).await;
-        if status == "DONE" || status == "FAILED" {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the job did not end: {status}\n{}",
-            app.process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// A GET on the gateway as `token`: (status, content type, body bytes).
@@ -134,6 +92,96 @@ fn landing(visit: &Visit) -> bool {
     visit.host == TARGET && visit.path == "/"
 }
 
+/// ada, licensed for browser runs with proxies and external clicks, may
+/// send traffic to [`TARGET`] (allow-listed) and clicks to the partner
+/// domain (consented), with safe mode off; her token.
+pub async fn consented(app: &TestApp) -> String {
+    let root = app.token("root", crate::app::ROOT_PASSWORD).await;
+    let licence = json!({ "maxInstances": 4, "humanSurfing": true, "importProxy": true,
+        "scheduler": false, "externalClicks": true, "maxTargets": 10, "maxFlowsPerDay": 1000,
+        "expiresAt": "2099-01-01T00:00:00Z" });
+    ok(app, &root, ISSUE, json!({ "u": "ada", "l": licence })).await;
+    let ada = app.token("ada", PASSWORD).await;
+    ok(
+        app,
+        &root,
+        "mutation($d: String!) { allowListDomain(domain: $d, reason: \"browser e2e site\") }",
+        json!({ "d": TARGET }),
+    )
+    .await;
+    ok(
+        app,
+        &ada,
+        "mutation($d: String!, $r: String!) { grantExternalClicks(domain: $d, reason: $r) }",
+        json!({ "d": PARTNER, "r": "our partner" }),
+    )
+    .await;
+    ok(
+        app,
+        &root,
+        "mutation { turnSafeModeOff(reason: \"browser e2e\") { safeMode { on } } }",
+        json!({}),
+    )
+    .await;
+    ada
+}
+
+/// A settings profile of one row, from (column, value) pairs.
+pub fn settings_profile(columns: &[(&str, &str)]) -> File {
+    let (names, values): (Vec<&str>, Vec<&str>) = columns.iter().copied().unzip();
+    File::new(
+        "SETTINGS_PROFILES",
+        "CSV",
+        format!("name,{}\ne2e,{}\n", names.join(","), values.join(",")),
+    )
+}
+
+/// A desktop device profile: one row.
+pub fn desktop_profile() -> File {
+    File::new(
+        "DEVICE_PROFILES",
+        "CSV",
+        format!(
+            "name,os,browser,user_agent,viewport_width,viewport_height\n\
+             desk,linux,chromium,\"{DESKTOP_UA}\",1280,800\n"
+        ),
+    )
+}
+
+/// Waits (`within` at most) for the job to end: its status.
+pub async fn ended(app: &TestApp, token: &str, job: &str, within: Duration) -> String {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let (status, _, _) = standing(app, token, job).await;
+        if ["DONE", "FAILED", "STOPPED"].contains(&status.as_str()) {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job did not end within {within:?}: {status}\n{}",
+            app.process.log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The job's log messages, oldest first (up to 500).
+pub async fn log_messages(app: &TestApp, token: &str, job: &str) -> Vec<String> {
+    let log = ok(
+        app,
+        token,
+        "query($id: ID!) { job(id: $id) { log(first: 500) { message } } }",
+        json!({ "id": job }),
+    )
+    .await;
+    log["job"]["log"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{log}"))
+        .iter()
+        .map(|l| l["message"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
     if !chromium_present() {
@@ -144,15 +192,7 @@ async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
         .unwrap();
     let port = site.port();
     let app = gateway_with_runner().await;
-    let (_, ada) = ada_may_run(&app).await;
-    ok(
-        &app,
-        &ada,
-        "mutation($d: String!, $r: String!) { grantExternalClicks(domain: $d, reason: $r) }",
-        json!({ "d": PARTNER, "r": "our partner" }),
-    )
-    .await;
-
+    let ada = consented(&app).await;
     // 6 visits, 4 of them clicking; every click external (to the one
     // consented domain: the page also links to the unconsented one).
     let targets = File::new(
@@ -196,7 +236,7 @@ async fn a_job_visits_as_configured_and_clicks_only_consented_external_links() {
         .to_owned();
     ok(&app, &ada, RUN, json!({ "id": job })).await;
 
-    ended(&app, &ada, &job).await;
+    ended(&app, &ada, &job, Duration::from_secs(120)).await;
     let (status, finished, succeeded) = standing(&app, &ada, &job).await;
     let log = ok(
         &app,
@@ -287,7 +327,8 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
         .unwrap();
     let port = site.port();
     let app = gateway_with_runner().await;
-    let (root, ada) = ada_may_run(&app).await;
+    let ada = consented(&app).await;
+    let root = app.token("root", crate::app::ROOT_PASSWORD).await;
     // Two visits of a page that paints, one of a page that fails.
     let targets = File::new(
         "TARGETS",
@@ -328,7 +369,7 @@ async fn a_failing_target_links_its_screenshot_and_a_painted_pages_vitals_reach_
         .unwrap()
         .to_owned();
     ok(&app, &ada, RUN, json!({ "id": job })).await;
-    ended(&app, &ada, &job).await;
+    ended(&app, &ada, &job, Duration::from_secs(120)).await;
 
     let pct = "{ pages p50 p95 }";
     let query = format!(

@@ -6,7 +6,11 @@ mod app;
 mod audit_export;
 mod audit_streams;
 mod bench;
+mod browser_control;
+mod browser_crash;
+mod browser_proxies;
 mod browser_runs;
+mod chromium;
 mod consents;
 mod datasets;
 mod demo;
@@ -28,6 +32,9 @@ mod serve;
 mod setup_errors;
 mod tail;
 mod time_travel;
+// The runner's tests start tinyproxy the same way.
+#[path = "../../runner/tests/browser/tinyproxy.rs"]
+mod tinyproxy;
 mod verification;
 mod worker;
 mod ws_limits;

@@ -18,6 +18,8 @@ use super::interception::{self, Guard};
 use super::launch::{ChromeProcess, LaunchOptions};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a closed connection waits for Chromium's exit status.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// chromey's own cap on a command; ours are shorter and fire first.
 const HANDLER_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -63,10 +65,18 @@ impl Instance {
                     tracing::debug!(error = %e, "DevTools handler error");
                 }
             }
+            // A Chromium that dies closes its connection first and is
+            // reaped a moment later: its exit status (a signal, a crash),
+            // recorded by the exit watcher below, says why; the closing
+            // does not. Commands sent meanwhile wait in the handler,
+            // dropped only once a reason is set.
+            let mut dead = closed.subscribe();
+            let _ = tokio::time::timeout(EXIT_GRACE, dead.wait_for(Option::is_some)).await;
             closed.send_if_modified(|d| {
                 d.get_or_insert_with(|| "the DevTools connection closed".into());
                 true
             });
+            drop(handler);
         });
 
         let mut exited = process.exited();

@@ -4,6 +4,7 @@
 //! fails under CI=true and otherwise skips with a loud line.
 
 mod site;
+mod tinyproxy;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -20,6 +21,7 @@ use runner::browser::{
 };
 use secrecy::SecretString;
 use site::Site;
+use tinyproxy::Tinyproxy;
 
 const PHONE_UA: &str = "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.6367.91 Mobile Safari/537.36";
 const DESKTOP_UA: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
@@ -703,101 +705,35 @@ fn the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts() {
     });
 }
 
-/// A tinyproxy of the test's own: temp config and log, killed on drop.
-struct Tinyproxy {
-    port: u16,
-    log: PathBuf,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Tinyproxy {
-    fn start(basic_auth: Option<(&str, &str)>) -> Tinyproxy {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = dir.path().join("tinyproxy.log");
-        let mut config = format!(
-            "Port {port}\nListen 127.0.0.1\nTimeout 30\nLogFile \"{}\"\nLogLevel Connect\nMaxClients 50\nAllow 127.0.0.1\n",
-            log.display()
-        );
-        if let Some((user, password)) = basic_auth {
-            config.push_str(&format!("BasicAuth {user} {password}\n"));
-        }
-        let config_path = dir.path().join("tinyproxy.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let child = std::process::Command::new("tinyproxy")
-            .arg("-d")
-            .arg("-c")
-            .arg(&config_path)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("tinyproxy starts");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Tinyproxy {
-            port,
-            log,
-            child,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn endpoint(&self, credentials: Option<(&str, &str)>) -> ProxyEndpoint {
-        ProxyEndpoint {
-            scheme: ProxyScheme::Http,
-            host: "127.0.0.1".into(),
-            port: self.port,
-            username: credentials.map(|(u, _)| u.to_owned()),
-            password: credentials.map(|(_, p)| SecretString::from(p)),
-        }
-    }
-}
-
-impl Drop for Tinyproxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Where a flow reaches `proxy`, with `credentials` if given.
+fn endpoint(proxy: &Tinyproxy, credentials: Option<(&str, &str)>) -> ProxyEndpoint {
+    ProxyEndpoint {
+        scheme: ProxyScheme::Http,
+        host: "127.0.0.1".into(),
+        port: proxy.port,
+        username: credentials.map(|(u, _)| u.to_owned()),
+        password: credentials.map(|(_, p)| SecretString::from(p)),
     }
 }
 
 #[test]
 fn real_proxies_carry_flows_with_and_without_credentials() {
     let test = "real_proxies_carry_flows_with_and_without_credentials";
-    let tinyproxy = std::process::Command::new("tinyproxy")
-        .arg("-v")
-        .output()
-        .map(drop)
-        .map_err(|e| format!("{e}; install it (Debian: apt-get install tinyproxy)"));
-    if !chromium(test) || !present(test, "tinyproxy", tinyproxy) {
+    if !chromium(test) || !present(test, "tinyproxy", tinyproxy::installed()) {
         return;
     }
     runtime().block_on(async {
         let browser = shared().await;
         let site = Site::start().await;
-        let open = Tinyproxy::start(None);
-        let guarded = Tinyproxy::start(Some(("flow", "s3cret")));
+        let open = Tinyproxy::start(None, &[]);
+        let guarded = Tinyproxy::start(Some(("flow", "s3cret")), &[]);
 
         for (proxy, credentials, path) in [
             (&open, None, "/via-open"),
             (&guarded, Some(("flow", "s3cret")), "/via-auth"),
         ] {
             let mut flow = spec(&["127.0.0.1"], desktop());
-            flow.proxy = Some(proxy.endpoint(credentials));
+            flow.proxy = Some(endpoint(proxy, credentials));
             let context = browser.new_context(flow).await.unwrap();
             let nav = context
                 .page()
@@ -823,7 +759,7 @@ fn real_proxies_carry_flows_with_and_without_credentials() {
 
         // Wrong credentials: a typed authentication failure, and no visit.
         let mut flow = spec(&["127.0.0.1"], desktop());
-        flow.proxy = Some(guarded.endpoint(Some(("flow", "wrong"))));
+        flow.proxy = Some(endpoint(&guarded, Some(("flow", "wrong"))));
         let context = browser.new_context(flow).await.unwrap();
         let refused = context
             .page()
@@ -973,8 +909,9 @@ fn a_killed_or_hung_chromium_fails_its_flows_is_relaunched_and_none_outlives_the
             .await;
         killer.await.unwrap();
         match &result {
+            // Why it died, not merely that its connection closed.
             Err(FlowError::Browser(reason)) => assert!(
-                reason.contains("signal 9") || reason.contains("connection closed"),
+                reason.contains(&format!("(pid {first}) was killed by signal 9")),
                 "{reason}"
             ),
             other => panic!("expected a browser failure, got {other:?}"),
