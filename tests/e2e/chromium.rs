@@ -3,10 +3,6 @@
 //! the browser's own), named by its throwaway profile directory, which
 //! every one of its processes carries on its command line.
 
-use serde_json::Value;
-
-use crate::helpers::http_get;
-
 /// One Chromium browser process.
 #[derive(Debug, Clone)]
 pub struct Chromium {
@@ -24,24 +20,6 @@ impl Chromium {
     pub fn profile(&self) -> &str {
         self.flag("user-data-dir")
             .expect("the runner gives Chromium a profile directory")
-    }
-
-    /// The URLs of its open pages, from its DevTools endpoint.
-    pub async fn open_pages(&self) -> Vec<String> {
-        // Chromium writes the port it chose (remote-debugging-port=0) here.
-        let active = std::fs::read_to_string(format!("{}/DevToolsActivePort", self.profile()))
-            .expect("Chromium wrote its DevTools port");
-        let port = active.lines().next().unwrap_or_default();
-        let (status, body) = http_get(&format!("127.0.0.1:{port}"), "/json/list").await;
-        assert_eq!(status, 200, "{body}");
-        let targets: Value = serde_json::from_str(&body).unwrap();
-        targets
-            .as_array()
-            .unwrap_or_else(|| panic!("{targets}"))
-            .iter()
-            .filter(|t| t["type"] == "page")
-            .map(|t| t["url"].as_str().unwrap_or_default().to_owned())
-            .collect()
     }
 }
 
