@@ -452,7 +452,15 @@ async fn a_runner_told_to_stop_drains_over_the_connection_it_holds() {
         (0, 0),
         "running flows finished: {totals:?}"
     );
-    let (status, finished, _) = standing(&app, &ada, &job).await;
+    // The view follows the reports the gateway took: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (status, finished) = loop {
+        let (status, finished, _) = standing(&app, &ada, &job).await;
+        if finished == totals.flows_run || Instant::now() > deadline {
+            break (status, finished);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(status, "RUNNING");
     assert_eq!(finished, totals.flows_run, "all it ran was reported");
     assert!(finished < 40, "queued flows went back unrun: {finished}");
