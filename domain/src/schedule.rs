@@ -456,8 +456,6 @@ pub struct ScheduleAggregate;
 
 inventory::submit! { crate::replay::Replayer::of::<ScheduleAggregate>() }
 
-inventory::submit! { crate::replay::Replayer::of::<ScheduleAggregate>() }
-
 impl Decider for ScheduleAggregate {
     const SNAPSHOT_KIND: &'static str = "schedule/1";
     type State = ScheduleState;
