@@ -9,6 +9,7 @@
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use domain::{Position, RecordedEvent};
@@ -205,10 +206,15 @@ impl TestPostgres {
             .duration_since(UNIX_EPOCH)
             .expect("clock after 1970")
             .as_nanos();
+        // Seconds (for the sweep), then the process and a count within it:
+        // unique even for tests that start at the same clock reading.
+        static NEXT: AtomicU32 = AtomicU32::new(0);
         let schema = format!(
-            "tb_test_{}_{:08x}",
+            "tb_test_{}_{:x}_{:x}_{:x}",
             nanos / 1_000_000_000,
-            (nanos as u64 ^ u64::from(std::process::id()).rotate_left(32)) as u32
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            nanos % 1_000_000_000,
         );
         let sep = if base.contains('?') { '&' } else { '?' };
         Some(Self {
