@@ -340,6 +340,10 @@ pub enum BenchCommand {
     /// Flows/s, events/s, lease round trip and memory for a fleet of
     /// zero-work runners completing one job against an in-process gateway.
     Orchestrator(BenchOrchestratorArgs),
+    /// Schedules due at one instant on gateways sharing one store: how
+    /// long after their time they fire and their jobs start, and that each
+    /// fires exactly once.
+    Schedules(BenchSchedulesArgs),
     /// Our Chromium driver against plain Playwright on one standard flow,
     /// side by side on a site on 127.0.0.1: flows/min and peak PSS at each
     /// concurrency, and their ratios.
@@ -404,6 +408,24 @@ pub struct BenchOrchestratorArgs {
     /// Flows of the job (rounded up to whole targets of 100).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
     pub flows: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSchedulesArgs {
+    /// Store(s) to measure (repeatable), each in scratch space as for
+    /// `bench store`. The goal (10,000 within 5 s, two gateways) is
+    /// PostgreSQL's. Default: as for `bench store`.
+    #[arg(long = "target", value_name = "URL")]
+    pub targets: Vec<String>,
+    /// Schedules, all due at the same instant.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub schedules: u32,
+    /// Gateways on the store, each with its scheduler.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub gateways: u32,
+    /// Seconds from the start of set-up to the schedules' time.
+    #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u32).range(5..=3600))]
+    pub lead: u32,
 }
 
 #[derive(Debug, Args)]

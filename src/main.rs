@@ -75,6 +75,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Datasets(args)) => {
             bench::datasets::run(&settings, &args).await
         }
+        Command::Bench(BenchCommand::Schedules(args)) => {
+            bench::schedules::run(&settings, &args).await
+        }
         Command::Bench(BenchCommand::Runner(args)) => bench::runner::run(&args).await,
         Command::Bench(BenchCommand::RunnerFlows(args)) => bench::runner::run_flows(&args).await,
     }

@@ -59,6 +59,8 @@ fn jitter(attempt: usize) -> std::time::Duration {
 pub struct Handled<E> {
     /// The events appended (or, for a repeated idempotency key, appended the first time).
     pub events: Vec<E>,
+    /// Their ids, in the same order: what events they cause can name them.
+    pub ids: Vec<EventId>,
     /// The stream's version after them; `None` if the stream still does not exist.
     pub version: Option<u64>,
     /// The last event's global position, when events were appended.
@@ -122,6 +124,7 @@ impl<E> Handled<E> {
     fn nothing(events: Vec<E>, version: Option<u64>) -> Self {
         Self {
             events,
+            ids: vec![],
             version,
             position: None,
             replayed: false,
@@ -240,6 +243,7 @@ impl CommandHandler {
                 Ok(none) => return Ok(Handled::nothing(none, current.loaded.version)),
             };
             let new_events = new_events(stream, &events, ctx, meta)?;
+            let ids = new_events.iter().map(|e| e.id).collect();
             match self
                 .store
                 .append(stream, current.expected(), new_events)
@@ -247,7 +251,7 @@ impl CommandHandler {
             {
                 Ok(result) => {
                     return Ok(self
-                        .appended::<D>(stream, current.loaded, events, result)
+                        .appended::<D>(stream, current.loaded, events, ids, result)
                         .await);
                 }
                 Err(StoreError::WrongExpectedVersion { actual, .. })
@@ -329,6 +333,7 @@ impl CommandHandler {
         stream: &StreamId,
         loaded: Loaded<D::State>,
         events: Vec<D::Event>,
+        ids: Vec<EventId>,
         result: AppendResult,
     ) -> Handled<D::Event> {
         let state = events.iter().fold(loaded.state, |s, e| D::evolve(s, e));
@@ -340,6 +345,7 @@ impl CommandHandler {
         self.remember::<D>(stream, remembered).await;
         Handled {
             events,
+            ids,
             version: Some(result.version),
             position: Some(result.position),
             replayed: false,
@@ -369,6 +375,7 @@ impl CommandHandler {
         key: &str,
     ) -> Result<Option<Handled<D::Event>>, CommandError<D::Error>> {
         let mut events = Vec::new();
+        let mut ids = Vec::new();
         let mut last = None;
         for i in 0u32.. {
             let Some(recorded) = self
@@ -379,10 +386,12 @@ impl CommandHandler {
                 break;
             };
             events.push(self.decode::<D>(stream, &recorded)?);
+            ids.push(recorded.id);
             last = Some((recorded.stream_version, recorded.position));
         }
         Ok(last.map(|(version, position)| Handled {
             events,
+            ids,
             version: Some(version),
             position: Some(position),
             replayed: true,

@@ -57,11 +57,19 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
             (p.name.to_owned(), Value::String(phase))
         })
         .collect();
+    // With several gateways on one store, each view is projected by one.
+    let projecting: Vec<&str> = status
+        .projections
+        .iter()
+        .filter(|p| p.projecting)
+        .map(|p| p.name)
+        .collect();
     let mut body = json!({
         "status": "catching_up",
         "store": backend,
         "head": head.to_string(),
         "views": views,
+        "projecting": projecting,
     });
     if status.all_live() {
         body["status"] = json!("ready");

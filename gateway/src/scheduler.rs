@@ -10,15 +10,19 @@
 //! the stream as it now is and find nothing due. The clock is
 //! injected, so tests move time instead of sleeping.
 
-use std::sync::{Arc, LazyLock};
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use domain::account::Username;
 use domain::job::{JobAggregate, JobId, JobStatus};
+use domain::licence::LicenceTerms;
 use domain::schedule::{
     Schedule, ScheduleAggregate, ScheduleCommand, ScheduleEvent, ScheduleFired, ScheduleId,
 };
 use domain::{Actor, Context, EventId, StreamId};
-use projections::{SqlValue, schedules_view};
+use futures_util::{StreamExt, stream};
+use projections::{Phase, SqlValue, schedules_view};
 use store::{Direction, StreamFrom};
 use time::OffsetDateTime;
 
@@ -32,8 +36,10 @@ pub const EVERY: Duration = Duration::from_secs(1);
 pub const DELETION_GRACE: time::Duration = time::Duration::hours(24);
 /// How long a fired job may take to start before another look starts it.
 pub const STRANDED_AFTER: time::Duration = time::Duration::seconds(30);
-/// Schedules fired per look; the rest wait for the next.
+/// Due schedules read at a time.
 const BATCH: i64 = 1000;
+/// Schedules fired, and jobs started, at once by one gateway.
+const AT_ONCE: usize = 32;
 
 /// What time it is, for the scheduler.
 pub trait Clock: Send + Sync + 'static {
@@ -49,10 +55,12 @@ impl Clock for SystemClock {
     }
 }
 
+/// Due schedules in an order of this look's own: gateways looking at once
+/// mostly take different ones rather than collide on the same.
 static DUE: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT schedule FROM {} WHERE state = 'scheduled' AND next_run <= $1 \
-         ORDER BY next_run LIMIT $2",
+         ORDER BY random() LIMIT $2",
         schedules_view::TABLE
     )
 });
@@ -111,15 +119,47 @@ async fn schedules(app: &AppState, sql: &str, now: OffsetDateTime) -> Vec<Schedu
 }
 
 /// Fires everything due at `now` and deletes what outlived its grace.
+///
+/// Due schedules are fired [`AT_ONCE`] at a time, [`BATCH`] per read of
+/// the schedule table (which by the next read shows what other gateways
+/// fired meanwhile); then the fired occurrences' jobs are started, as many
+/// at once: no fire waits for another's job.
 pub async fn tick(app: &AppState, now: OffsetDateTime) -> Tick {
     let mut done = Tick::default();
-    for id in schedules(app, &DUE, now).await {
-        match fire(app, id, now).await {
-            Ok(n) => done.fired += n,
-            Err(e) => tracing::warn!(schedule = %id, error = %e, "cannot fire a schedule"),
+    let licences = Licences::default();
+    let mut fired: Vec<Fire> = vec![];
+    loop {
+        let due = schedules(app, &DUE, now).await;
+        let full = due.len() as i64 >= BATCH;
+        let before = fired.len();
+        fired.extend(
+            stream::iter(due)
+                .map(|id| {
+                    let licences = &licences;
+                    async move {
+                        fire(app, id, now, licences).await.unwrap_or_else(|e| {
+                            tracing::warn!(schedule = %id, error = %e, "cannot fire a schedule");
+                            vec![]
+                        })
+                    }
+                })
+                .buffer_unordered(AT_ONCE)
+                .flat_map(stream::iter)
+                .collect::<Vec<_>>()
+                .await,
+        );
+        // A full read that fired something: more may be due.
+        if !full || fired.len() == before {
+            break;
         }
     }
-    done.restarted = restart_stranded(app, now).await;
+    done.fired = fired.len();
+    stream::iter(fired)
+        .for_each_concurrent(AT_ONCE, |f| async move {
+            start(app, &f.stream, &f.schedule, &f.fired, f.cause, &f.ctx).await;
+        })
+        .await;
+    done.restarted = restart_stranded(app, now, &licences).await;
     for id in schedules(app, &GRACE_OVER, now).await {
         let Ok(stream) = id.stream() else { continue };
         let ctx = Context::new(now, Actor::System);
@@ -141,9 +181,50 @@ pub async fn tick(app: &AppState, now: OffsetDateTime) -> Tick {
     done
 }
 
-/// Fires schedule `id` if it is due, and starts the jobs of what this
-/// gateway fired; returns how many occurrences that was.
-async fn fire(app: &AppState, id: ScheduleId, now: OffsetDateTime) -> Result<usize, String> {
+/// One occurrence fired by this gateway, its job still to start.
+struct Fire {
+    stream: StreamId,
+    schedule: Arc<Schedule>,
+    fired: ScheduleFired,
+    /// The `ScheduleFired` event's id: the job's events are caused by it.
+    cause: EventId,
+    ctx: Context,
+}
+
+/// Owners' licence terms, read once per look: many schedules share an owner.
+#[derive(Default)]
+struct Licences(Mutex<HashMap<Username, Option<LicenceTerms>>>);
+
+impl Licences {
+    async fn terms_of(
+        &self,
+        app: &AppState,
+        owner: &Username,
+    ) -> Result<Option<LicenceTerms>, String> {
+        if let Some(terms) = self.lock().get(owner) {
+            return Ok(terms.clone());
+        }
+        let terms = licence::terms_of(app, owner).await.map_err(|e| e.message)?;
+        self.lock().insert(owner.clone(), terms.clone());
+        Ok(terms)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Username, Option<LicenceTerms>>> {
+        // A panic elsewhere cannot leave the map half-written: each insert is whole.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Fires schedule `id` if it is due; returns the occurrences this gateway
+/// fired (none when another gateway was first, or nothing was due).
+async fn fire(
+    app: &AppState,
+    id: ScheduleId,
+    now: OffsetDateTime,
+    licences: &Licences,
+) -> Result<Vec<Fire>, String> {
     let stream = id.stream().map_err(|e| e.to_string())?;
     let (_, state) = app
         .handler
@@ -151,41 +232,32 @@ async fn fire(app: &AppState, id: ScheduleId, now: OffsetDateTime) -> Result<usi
         .await
         .map_err(|e| e.to_string())?;
     let Some(schedule) = state.schedule else {
-        return Ok(0);
+        return Ok(vec![]);
     };
-    let terms = licence::terms_of(app, &schedule.spec.owner)
-        .await
-        .map_err(|e| e.message)?;
     let mut ctx = Context::new(now, Actor::System);
-    ctx.licence = terms;
+    ctx.licence = licences.terms_of(app, &schedule.spec.owner).await?;
     let handled = app
         .handler
         .handle::<ScheduleAggregate>(&stream, ScheduleCommand::Fire, &ctx, &system_meta())
         .await
         .map_err(|e| e.to_string())?;
-    let Some(last) = handled.version.filter(|_| !handled.events.is_empty()) else {
-        return Ok(0);
-    };
-    // The appended events, for their ids: each job is caused by its firing.
-    let n = handled.events.len();
-    let recorded = app
-        .store
-        .read_stream(
-            &stream,
-            StreamFrom::Version(last + 1 - n as u64),
-            Direction::Forward,
-            n,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut fired = 0;
-    for (event, recorded) in handled.events.iter().zip(&recorded) {
-        if let ScheduleEvent::ScheduleFired(f) = event {
-            start(app, &stream, &schedule, f, recorded.id, &ctx).await;
-            fired += 1;
-        }
-    }
-    Ok(fired)
+    let schedule = Arc::new(schedule);
+    Ok(handled
+        .events
+        .into_iter()
+        // Each job is caused by its firing.
+        .zip(handled.ids)
+        .filter_map(|(event, id)| match event {
+            ScheduleEvent::ScheduleFired(fired) => Some(Fire {
+                stream: stream.clone(),
+                schedule: schedule.clone(),
+                fired,
+                cause: id,
+                ctx: ctx.clone(),
+            }),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Creates and runs the fired occurrence's job; a refusal is recorded on
@@ -221,7 +293,7 @@ async fn start(
             )
             .await;
             match created {
-                Ok(()) => acted = true,
+                Ok(_) => acted = true,
                 Err(e) if job_status(app, fired.job).await?.is_none() => return Err(e),
                 Err(_) => {}
             }
@@ -280,7 +352,7 @@ async fn job_status(app: &AppState, id: JobId) -> async_graphql::Result<Option<J
 /// Starts the jobs of fires whose gateway stopped between the firing and
 /// its job's start: fired, no refusal, and the job missing or still READY
 /// after [`STRANDED_AFTER`].
-async fn restart_stranded(app: &AppState, now: OffsetDateTime) -> usize {
+async fn restart_stranded(app: &AppState, now: OffsetDateTime, licences: &Licences) -> usize {
     let mut restarted = 0;
     for id in schedules(app, &STRANDED, now - STRANDED_AFTER).await {
         let Ok(stream) = id.stream() else { continue };
@@ -309,12 +381,12 @@ async fn restart_stranded(app: &AppState, now: OffsetDateTime) -> usize {
         else {
             continue;
         };
-        let terms = licence::terms_of(app, &schedule.spec.owner)
+        let mut ctx = Context::new(now, Actor::System);
+        ctx.licence = licences
+            .terms_of(app, &schedule.spec.owner)
             .await
             .ok()
             .flatten();
-        let mut ctx = Context::new(now, Actor::System);
-        ctx.licence = terms;
         if start(app, &stream, &schedule, &fired, recorded.id, &ctx).await {
             tracing::info!(schedule = %id, job = %fired.job, "started a fired job its gateway left");
             restarted += 1;
@@ -327,6 +399,17 @@ async fn restart_stranded(app: &AppState, now: OffsetDateTime) -> usize {
 pub async fn run(app: AppState, clock: Arc<dyn Clock>) {
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The schedule table exists once its projection has started.
+    let mut progress = app.projections.clone();
+    while !progress
+        .borrow_and_update()
+        .get(schedules_view::NAME)
+        .is_some_and(|view| view.phase != Phase::Starting)
+    {
+        if progress.changed().await.is_err() {
+            return;
+        }
+    }
     loop {
         every.tick().await;
         let done = tick(&app, clock.now()).await;

@@ -11,13 +11,15 @@ use crate::error::EngineError;
 use crate::projection::Projection;
 use crate::projector::{Projector, RETRY_FIRST};
 use crate::status::{EngineStatus, Phase, ProjectionStatus};
-use crate::view_store::ViewStore;
+use crate::view_store::{Leases, ViewStore};
 
 /// Runs projections against one event store and its view storage. Dropping
 /// it stops them (at their next pause); [`Self::shutdown`] waits for that.
 pub struct ProjectionEngine {
     store: Arc<dyn EventStore>,
     views: ViewStore,
+    /// This engine's leases: which views it projects on a shared store.
+    leases: Arc<Leases>,
     status: Arc<watch::Sender<EngineStatus>>,
     projectors: Mutex<Vec<Running>>,
 }
@@ -55,6 +57,7 @@ impl ProjectionEngine {
         };
         let mut engine = Self {
             store,
+            leases: Arc::new(views.leases()),
             views,
             status: Arc::new(watch::channel(status).0),
             projectors: Mutex::new(Vec::new()),
@@ -74,6 +77,7 @@ impl ProjectionEngine {
             projection: projection.clone(),
             store: self.store.clone(),
             views: self.views.clone(),
+            leases: self.leases.clone(),
             status: self.status.clone(),
             index,
             stop: stop_rx,

@@ -21,7 +21,7 @@ use crate::error::ViewError;
 use crate::projection::Projection;
 use crate::sql::Statement;
 use crate::status::{EngineStatus, FailedEvent, Phase, ProjectionFailure, ProjectionStatus};
-use crate::view_store::{Checkpoint, ViewStore};
+use crate::view_store::{Checkpoint, Leases, ViewLease, ViewStore};
 
 /// Most events in one commit.
 const BATCH_EVENTS: usize = 500;
@@ -34,6 +34,10 @@ const LOOK_AGAIN_FIRST: Duration = Duration::from_millis(2);
 const LOOK_AGAIN_MAX: Duration = Duration::from_millis(100);
 pub(crate) const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// While another engine projects the view: how often to read the
+/// checkpoint it commits, and to try to take the view over.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+const TAKE_OVER_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the loop left its normal course.
 enum Halt {
@@ -50,6 +54,7 @@ pub(crate) struct Projector {
     pub projection: Arc<dyn Projection>,
     pub store: Arc<dyn EventStore>,
     pub views: ViewStore,
+    pub leases: Arc<Leases>,
     pub status: Arc<watch::Sender<EngineStatus>>,
     /// Its index in `status.projections`.
     pub index: usize,
@@ -158,8 +163,10 @@ impl Projector {
         }
     }
 
-    /// Follows the store from the view's checkpoint until halted.
+    /// Follows the store from the view's checkpoint until halted, once
+    /// this engine holds the view's lease.
     async fn follow(&mut self) -> Result<Infallible, Halt> {
+        let lease = self.lead().await?;
         let mut checkpoint = self.prepare().await?;
         self.update(|s| {
             s.checkpoint = checkpoint.position;
@@ -179,6 +186,11 @@ impl Projector {
         loop {
             if self.stopping() {
                 return Err(Halt::Stop);
+            }
+            if !lease.is_held() {
+                return Err(restart(
+                    "lost the view's lease: its PostgreSQL session closed".to_owned(),
+                ));
             }
             let mut item = match available(&mut subscription) {
                 Some(item) => item,
@@ -233,6 +245,83 @@ impl Projector {
                 return Err(halt);
             }
         }
+    }
+
+    /// Waits until this engine may project the view (at once, unless
+    /// another gateway on the store projects it), following the checkpoint
+    /// the projecting gateway commits meanwhile, so this gateway's readiness
+    /// and read-your-writes waits still see the view move.
+    async fn lead(&mut self) -> Result<ViewLease, Halt> {
+        let view = self.projection.name();
+        let mut following = false;
+        let mut seen = None;
+        loop {
+            let leases = self.leases.clone();
+            let taken = self
+                .retrying(|| {
+                    let leases = leases.clone();
+                    async move { leases.try_take(view).await }
+                })
+                .await?
+                .map_err(fail)?;
+            if let Some(lease) = taken {
+                if following {
+                    tracing::info!(view, "projecting the view: the gateway that did is gone");
+                }
+                self.update(|s| s.projecting = true);
+                return Ok(lease);
+            }
+            if !following {
+                tracing::info!(
+                    view,
+                    "another gateway projects the view; following its checkpoint"
+                );
+                following = true;
+                self.update(|s| s.projecting = false);
+            }
+            let until = tokio::time::Instant::now() + TAKE_OVER_EVERY;
+            while tokio::time::Instant::now() < until {
+                seen = self.follow_checkpoint(seen).await;
+                tokio::select! {
+                    biased;
+                    _ = self.stop.changed() => return Err(Halt::Stop),
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                }
+            }
+        }
+    }
+
+    /// Reads the checkpoint another engine commits into this engine's
+    /// status; looks whether it has caught up when it moved (or never
+    /// was). Returns the checkpoint read.
+    async fn follow_checkpoint(&mut self, seen: Option<Checkpoint>) -> Option<Checkpoint> {
+        let view = self.projection.name();
+        let stored = match self.views.checkpoint(view).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                tracing::debug!(view, error = %e, "cannot read the view's checkpoint");
+                return seen;
+            }
+        };
+        let Some(cp) = stored.filter(|cp| cp.version == self.projection.version()) else {
+            return stored;
+        };
+        self.update(|s| {
+            s.checkpoint = cp.position;
+            if s.phase == Phase::Starting {
+                s.phase = Phase::CatchingUp;
+            }
+        });
+        let live = self
+            .status
+            .borrow()
+            .projections
+            .get(self.index)
+            .is_some_and(|s| s.phase == Phase::Live);
+        if seen != Some(cp) || !live {
+            self.look(cp.position).await;
+        }
+        Some(cp)
     }
 
     /// The view's checkpoint, creating or rebuilding the view first when it

@@ -17,6 +17,8 @@ use crate::sql::Statement;
 pub struct SchedulesView;
 
 pub const TABLE: &str = "view_schedules";
+/// The view's name, in the projections' status and checkpoints.
+pub const NAME: &str = "schedules";
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE view_schedules (
@@ -46,7 +48,7 @@ const SCHEMA: &[&str] = &[
 
 impl Projection for SchedulesView {
     fn name(&self) -> &'static str {
-        "schedules"
+        NAME
     }
 
     fn schema(&self) -> &'static [&'static str] {

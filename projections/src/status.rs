@@ -66,6 +66,9 @@ pub struct ProjectionStatus {
     pub last_event_at: Option<OffsetDateTime>,
     /// Trouble being retried (store or view storage unreachable), if any.
     pub retrying: Option<String>,
+    /// This engine projects the view; false while another gateway on the
+    /// store does and this one follows its checkpoint.
+    pub projecting: bool,
 }
 
 impl ProjectionStatus {
@@ -78,6 +81,7 @@ impl ProjectionStatus {
             applied: 0,
             last_event_at: None,
             retrying: None,
+            projecting: false,
         }
     }
 

@@ -13,7 +13,7 @@ use gateway::auth::sessions::SessionPolicy;
 use gateway::client_addr::TrustedProxies;
 use gateway::state::AppState;
 use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig};
-use store::EventStore;
+use store::{Backend, EventStore};
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,6 +40,11 @@ pub(crate) struct LiveGateway {
 
 impl LiveGateway {
     pub(crate) async fn start(scratch: &Scratch) -> anyhow::Result<Self> {
+        Self::on(&scratch.backend).await
+    }
+
+    /// A gateway on `backend`, which may be one of several on one store.
+    pub(crate) async fn on(backend: &Backend) -> anyhow::Result<Self> {
         let config = GatewayConfig {
             jwt_secret: JWT_SECRET.to_vec().into(),
             session_policy: SessionPolicy::default(),
@@ -49,13 +54,9 @@ impl LiveGateway {
             upload_ttl: gateway::startup::DEFAULT_UPLOAD_TTL,
             verification: gateway::verification::VerificationSettings::default(),
         };
-        let gateway = Gateway::start(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            &scratch.backend,
-            config,
-        )
-        .await
-        .context("cannot start the gateway")?;
+        let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), backend, config)
+            .await
+            .context("cannot start the gateway")?;
         let addr = gateway.local_addr()?;
         let app = gateway.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
@@ -64,7 +65,7 @@ impl LiveGateway {
         }));
         Ok(Self {
             addr,
-            handler: Arc::new(new_handler(scratch.store())),
+            handler: Arc::new(new_handler(backend.event_store())),
             app,
             stop,
             serving,

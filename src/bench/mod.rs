@@ -8,6 +8,8 @@ pub mod gateway;
 pub mod live;
 pub mod orchestrator;
 pub mod runner;
+pub mod schedules;
+pub mod setup;
 pub mod store;
 
 use std::sync::Arc;
@@ -24,6 +26,8 @@ use crate::configuration::Settings;
 pub struct Scratch {
     pub backend: Backend,
     pub describe: String,
+    /// Where it is, to open it again (as another process would).
+    url: StoreUrl,
     /// Holds the temporary SQLite file; dropping it deletes the file.
     _dir: Option<tempfile::TempDir>,
 }
@@ -66,22 +70,26 @@ impl Scratch {
                 Ok(Self {
                     backend: Backend::Sqlite(store),
                     describe: format!("sqlite, new file {}", path.display()),
+                    url: StoreUrl::Sqlite(path),
                     _dir: None,
                 })
             }
             StoreUrl::Postgres {
-                config, redacted, ..
+                ref config,
+                ref redacted,
+                ..
             } => {
                 let stamp = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis());
                 let schema = format!("tb_bench_{stamp}");
-                let (store, _) = PostgresStore::open(*config, &schema)
+                let (store, _) = PostgresStore::open((**config).clone(), &schema)
                     .await
                     .with_context(|| format!("cannot open {redacted}"))?;
                 Ok(Self {
                     backend: Backend::Postgres(store),
                     describe: format!("postgres, {redacted}, scratch schema {schema}"),
+                    url: url.clone(),
                     _dir: None,
                 })
             }
@@ -104,7 +112,22 @@ impl Scratch {
         Ok(Self {
             backend: Backend::Sqlite(store),
             describe: format!("sqlite, temporary file {}", path.display()),
+            url: StoreUrl::Sqlite(path),
             _dir: Some(dir),
+        })
+    }
+
+    /// The same scratch space opened again, with connections of its own: a
+    /// second gateway's view of one store.
+    pub async fn reopen(&self) -> anyhow::Result<Backend> {
+        Ok(match (&self.url, &self.backend) {
+            (StoreUrl::Postgres { config, .. }, Backend::Postgres(pg)) => Backend::Postgres(
+                PostgresStore::open((**config).clone(), pg.schema())
+                    .await?
+                    .0,
+            ),
+            (StoreUrl::Sqlite(path), _) => Backend::Sqlite(SqliteStore::open(path).await?.0),
+            _ => anyhow::bail!("{}: cannot open it again", self.describe),
         })
     }
 

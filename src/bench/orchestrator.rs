@@ -9,32 +9,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use domain::account::Username;
-use domain::dataset::{DatasetId, DatasetName, NewDataset, VersionSource};
 use domain::job::{
     DatasetVersionRef, JobAggregate, JobCommand, JobId, JobSettings, JobSpec, JobStatus, RunChecks,
 };
 use domain::job_plan::TargetPlan;
-use domain::licence::{Allowances, LicenceTerms};
+use domain::licence::Allowances;
 use domain::runner::{Browser, Capabilities, Os, Platform, RunnerId};
 use domain::runner_key::{self, RunnerKey, RunnerKeyCommand, RunnerKeyId, RunnerKeys};
 use domain::runner_protocol::VersionRange;
-use domain::system_settings::{self, SystemSettings, SystemSettingsCommand};
-use domain::target_domain::{self, TargetDomain, TargetDomainCommand};
 use domain::thresholds::Thresholds;
-use domain::upload::UploadId;
-use domain::{Actor, BlobHash, Context, DatasetKind, DomainName, ImportFormat, Reason, Role};
+use domain::{Context, DatasetKind, DomainName};
 use gateway::CommandHandler;
-use gateway::publishing;
 use gateway::state::AppState;
 use runner::ClientConfig;
 use runner::state_dir::StateDir;
 use runner::worker::{self, WorkerOptions};
 use runner::zero_work_executor::ZeroWorkExecutor;
-use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::bench::live::{LiveGateway, bench_meta};
-use crate::bench::{Scratch, percentile, report, spinner, targets, thousands};
+use crate::bench::{Scratch, percentile, report, setup, spinner, targets, thousands};
 use crate::cli::BenchOrchestratorArgs;
 use crate::configuration::Settings;
 
@@ -59,65 +53,25 @@ pub async fn run(settings: &Settings, args: &BenchOrchestratorArgs) -> anyhow::R
     Ok(())
 }
 
-fn owner() -> anyhow::Result<Context> {
-    Ok(Context::new(
-        OffsetDateTime::now_utc(),
-        Actor::Account {
-            account_id: Uuid::now_v7(),
-            username: OWNER.into(),
-            roles: [Role::User].into(),
-        },
-    )
-    .with_licence(LicenceTerms {
-        allows: Allowances {
+/// The owner, licensed for the bench's fleet.
+fn owner() -> Context {
+    setup::owner(
+        OWNER,
+        Allowances {
             max_instances: 100_000,
             max_targets: 1_000_000,
             max_flows_per_day: u32::MAX,
             ..Allowances::default()
         },
-        expires_at: OffsetDateTime::now_utc() + time::Duration::days(1),
-    }))
-}
-
-fn admin() -> Context {
-    Context::new(
-        OffsetDateTime::now_utc(),
-        Actor::Account {
-            account_id: Uuid::now_v7(),
-            username: "bench-root".into(),
-            roles: [Role::SuperAdmin].into(),
-        },
     )
 }
 
-/// Publishes `csv` as a new dataset of the owner's, through the gateway's
-/// own publishing path: its first version.
 async fn publish(
     app: &AppState,
     kind: DatasetKind,
     csv: &str,
 ) -> anyhow::Result<DatasetVersionRef> {
-    let rows = datasets::parse(kind, ImportFormat::Csv, csv.as_bytes(), &Default::default())
-        .with_context(|| format!("the bench's {kind}"))?;
-    let target = publishing::Target {
-        dataset: DatasetId::new(),
-        create: Some(NewDataset {
-            owner: Username::parse(OWNER)?,
-            name: DatasetName::parse(&format!("bench {kind}"))?,
-        }),
-    };
-    let source = VersionSource::Upload {
-        upload: UploadId::new(),
-        format: ImportFormat::Csv,
-        sha256: BlobHash::of(csv.as_bytes()),
-    };
-    let published = publishing::publish_rows(app, rows, target, source, &owner()?, &bench_meta())
-        .await
-        .map_err(|e| anyhow::anyhow!("publishing the bench's {kind}: {e}"))?;
-    Ok(DatasetVersionRef {
-        dataset: published.dataset.0,
-        version: published.version,
-    })
+    setup::publish(app, OWNER, &owner(), kind, csv).await
 }
 
 /// A RUNNING job of `targets` × [`FLOWS_PER_TARGET`] flows for `instances`.
@@ -146,22 +100,7 @@ async fn running_job(
     )
     .await?;
     let domain = DomainName::parse(DOMAIN)?;
-    let domain_stream = target_domain::stream(&domain)?;
-    handler
-        .handle::<TargetDomain>(
-            &domain_stream,
-            TargetDomainCommand::AllowList {
-                reason: Reason::parse("the orchestrator bench")?,
-            },
-            &admin(),
-            &bench_meta(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("allow-listing {DOMAIN}: {e}"))?;
-    let (_, listed) = handler
-        .load::<TargetDomain>(&domain_stream)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listed = setup::allow_list(handler, &domain, "the orchestrator bench").await?;
     let job = JobId(Uuid::now_v7());
     let spec = JobSpec {
         owner: Username::parse(OWNER)?,
@@ -189,7 +128,7 @@ async fn running_job(
     let stream = job.stream()?;
     let run = |command| async {
         handler
-            .handle::<JobAggregate>(&stream, command, &owner()?, &bench_meta())
+            .handle::<JobAggregate>(&stream, command, &owner(), &bench_meta())
             .await
             .map_err(|e| anyhow::anyhow!("the bench job: {e}"))
     };
@@ -201,22 +140,7 @@ async fn running_job(
     .await?;
     // Safe mode off for real, as a super-admin turns it off: the gateway
     // halts any run it finds on while safe mode is on.
-    let settings_stream = system_settings::stream()?;
-    handler
-        .handle::<SystemSettings>(
-            &settings_stream,
-            SystemSettingsCommand::TurnSafeModeOff {
-                reason: Reason::parse("the orchestrator bench")?,
-            },
-            &admin(),
-            &bench_meta(),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("turning safe mode off: {e}"))?;
-    let (_, system) = handler
-        .load::<SystemSettings>(&settings_stream)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let system = setup::safe_mode_off(handler, "the orchestrator bench").await?;
     run(JobCommand::Run(RunChecks {
         system,
         domains: [(domain, listed)].into(),
@@ -244,7 +168,7 @@ async fn runner_key(handler: &CommandHandler) -> anyhow::Result<RunnerKey> {
                 name: "bench fleet".into(),
                 hash: key.hash(),
             },
-            &admin(),
+            &setup::admin(),
             &bench_meta(),
         )
         .await

@@ -162,6 +162,19 @@ impl PostgresStore {
             .map_err(pg_err)
     }
 
+    /// A connection of its own, outside the pool, with the pool's settings:
+    /// for session state that must end when this process does (advisory
+    /// locks held for as long as the session lives).
+    pub async fn session(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, connection) = self.inner.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %describe(&e), "a PostgreSQL session ended");
+            }
+        });
+        Ok(client)
+    }
+
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.inner.pool.get().await.map_err(pool_err)
     }

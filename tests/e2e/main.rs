@@ -14,6 +14,7 @@ mod consents;
 mod datasets;
 mod demo;
 mod domains;
+mod fleet;
 mod graphiql;
 mod graphql;
 mod helpers;

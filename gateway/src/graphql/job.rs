@@ -24,7 +24,7 @@ use domain::job_plan::TargetPlan;
 use domain::runner::{Browser, Os, Platform};
 use domain::schedule::JobTemplate;
 use domain::thresholds::{AutoAbort, Check, Figures, PerMille, Thresholds};
-use domain::{Context as DecisionContext, DatasetKind, DomainName, Reason};
+use domain::{Context as DecisionContext, DatasetKind, DomainName, Position, Reason};
 use futures_util::Stream;
 use projections::{Row, SqlValue, jobs_view};
 use store::Filter;
@@ -982,6 +982,7 @@ async fn read_datasets(
 
 /// Creates a READY job `id` from `template`'s dataset versions for
 /// `owner`: the one path `createJob` and the scheduler's fires take.
+/// Returns where its creation was appended (nothing new: none).
 pub(crate) async fn create(
     app: &AppState,
     id: JobId,
@@ -990,7 +991,7 @@ pub(crate) async fn create(
     template: &JobTemplate,
     decision: &DecisionContext,
     meta: &CommandMeta,
-) -> async_graphql::Result<()> {
+) -> async_graphql::Result<Option<Position>> {
     let read = read_datasets(
         app,
         &owner,
@@ -1024,10 +1025,7 @@ pub(crate) async fn create(
         .handle::<JobAggregate>(&stream, command, decision, meta)
         .await
         .map_err(error::command)?;
-    if let Some(position) = handled.position {
-        let _ = crate::live::view_reached(app, "jobs", position).await;
-    }
-    Ok(())
+    Ok(handled.position)
 }
 
 /// Refuses a template whose dataset versions `owner` cannot use (missing,
@@ -1114,7 +1112,7 @@ impl JobMutation {
             proxies,
             thresholds,
         };
-        create(
+        let created = create(
             &app,
             id,
             owner,
@@ -1124,6 +1122,10 @@ impl JobMutation {
             &meta(None),
         )
         .await?;
+        // Read your write: the job is in the view when the answer says so.
+        if let Some(position) = created {
+            let _ = crate::live::view_reached(&app, "jobs", position).await;
+        }
         job_now(app, p, id).await
     }
 

@@ -6,8 +6,12 @@
 //! checkpoint also guards the commit (compare-and-set), so two engines on
 //! one database cannot both apply the same events.
 
+mod lease;
 mod postgres;
 mod sqlite;
+
+pub(crate) use lease::Leases;
+pub use lease::ViewLease;
 
 use std::fmt;
 use std::sync::Arc;
@@ -62,6 +66,8 @@ const RESET_CHECKPOINT: &str = "INSERT INTO tb_projection_checkpoints \
 #[derive(Clone)]
 pub struct ViewStore {
     inner: Inner,
+    /// Where new engines take their leases (none on SQLite).
+    leases_on: Option<PostgresStore>,
 }
 
 #[derive(Clone)]
@@ -149,6 +155,7 @@ impl ViewStore {
         let views = sqlite::SqliteViews::open(store.path().to_path_buf()).await?;
         Ok(Self {
             inner: Inner::Sqlite(views),
+            leases_on: None,
         })
     }
 
@@ -157,7 +164,13 @@ impl ViewStore {
         let views = postgres::PostgresViews::open(store.pool().clone()).await?;
         Ok(Self {
             inner: Inner::Postgres(views),
+            leases_on: Some(store.clone()),
         })
+    }
+
+    /// Leases of views for a new engine on this store (see [`lease`]).
+    pub(crate) fn leases(&self) -> Leases {
+        Leases::new(self.leases_on.clone())
     }
 
     /// `sqlite` or `postgres`.

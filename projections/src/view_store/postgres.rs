@@ -373,7 +373,7 @@ fn now_micros() -> i64 {
 }
 
 /// Classified once, by the store's rule.
-fn pg_err(e: tokio_postgres::Error) -> ViewError {
+pub(super) fn pg_err(e: tokio_postgres::Error) -> ViewError {
     store::postgres::pg_err(e).into()
 }
 
