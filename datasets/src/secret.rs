@@ -15,6 +15,8 @@ const NONCE_LEN: usize = 12;
 const TAG_LEN: usize = 16;
 /// Binds a ciphertext to what it holds, so it cannot pass for another kind of secret.
 const AAD: &[u8] = b"trafficbuster proxy password v1";
+/// The same for webhooks' signing secrets.
+pub const WEBHOOK_SECRET: &[u8] = b"trafficbuster webhook secret v1";
 
 /// The 32-byte key that seals proxy credentials (from the settings).
 pub struct DataKey(SecretBox<[u8; 32]>);
@@ -72,11 +74,17 @@ pub struct Sealed(String);
 
 impl Sealed {
     pub fn seal(key: &DataKey, secret: &SecretString) -> Result<Sealed, SealError> {
+        Self::seal_as(key, secret, AAD)
+    }
+
+    /// Seals a secret of the kind `kind` names (e.g. [`WEBHOOK_SECRET`]):
+    /// it opens only as that kind.
+    pub fn seal_as(key: &DataKey, secret: &SecretString, kind: &[u8]) -> Result<Sealed, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| SealError)?;
         let payload = Payload {
             msg: secret.expose_secret().as_bytes(),
-            aad: AAD,
+            aad: kind,
         };
         let ciphertext = key
             .cipher()
@@ -89,6 +97,11 @@ impl Sealed {
 
     /// The secret, for the runner that logs in to the proxy.
     pub fn open(&self, key: &DataKey) -> Result<SecretString, OpenError> {
+        self.open_as(key, AAD)
+    }
+
+    /// Opens a secret sealed by [`Self::seal_as`] with the same `kind`.
+    pub fn open_as(&self, key: &DataKey, kind: &[u8]) -> Result<SecretString, OpenError> {
         let bytes = BASE64.decode(&self.0).map_err(|_| OpenError)?;
         if bytes.len() < NONCE_LEN + TAG_LEN {
             return Err(OpenError);
@@ -97,7 +110,7 @@ impl Sealed {
         let nonce = Nonce::try_from(nonce).map_err(|_| OpenError)?;
         let payload = Payload {
             msg: ciphertext,
-            aad: AAD,
+            aad: kind,
         };
         let plain = key
             .cipher()

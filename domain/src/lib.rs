@@ -36,6 +36,7 @@ pub mod thresholds;
 pub mod upload;
 mod uuid_id;
 pub mod web_vitals;
+pub mod webhook;
 
 pub use blob::{BlobHash, BlobHashError};
 pub use dataset_kind::{DatasetKind, ImportFormat, RowsSummary};

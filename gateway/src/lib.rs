@@ -29,6 +29,7 @@ pub mod startup;
 pub mod state;
 pub mod time_travel;
 pub mod verification;
+pub mod webhooks;
 pub mod ws_limits;
 
 pub use command_handler::{CommandError, CommandHandler, CommandMeta, Handled};

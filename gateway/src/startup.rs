@@ -302,6 +302,7 @@ impl Gateway {
             fleet: Arc::default(),
             runner_terms: RunnerTerms::default(),
             verifier,
+            webhook_retries: crate::webhooks::Retries::default(),
         };
         let listener = TcpListener::bind(addr)
             .await
@@ -316,6 +317,13 @@ impl Gateway {
     /// Sets the runners' heartbeat and lease times (default: 5 s and 30 s).
     pub fn with_runner_terms(mut self, terms: RunnerTerms) -> Self {
         self.state.runner_terms = terms;
+        self
+    }
+
+    /// Sets when webhook deliveries are tried again (default: 30 s,
+    /// doubling to an hour, for a day).
+    pub fn with_webhook_retries(mut self, retries: crate::webhooks::Retries) -> Self {
+        self.state.webhook_retries = retries;
         self
     }
 
@@ -341,6 +349,7 @@ impl Gateway {
             self.state.clone(),
             Arc::new(scheduler::SystemClock),
         ));
+        let webhooks = tokio::spawn(crate::webhooks::run(self.state.clone()));
         let runner_work = runner_link::background(&self.state);
         let served = axum::serve(
             self.listener,
@@ -351,6 +360,7 @@ impl Gateway {
         sweeper.abort();
         guard.abort();
         scheduler.abort();
+        webhooks.abort();
         for task in runner_work {
             task.abort();
         }

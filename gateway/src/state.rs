@@ -53,6 +53,9 @@ pub struct AppState {
     /// The runners connected to this gateway, and the terms they are given.
     pub fleet: Arc<Fleet>,
     pub runner_terms: RunnerTerms,
-    /// Checks that domains publish their claims' tokens.
+    /// Checks that domains publish their claims' tokens; its resolver and
+    /// guard serve webhooks' POSTs too.
     pub verifier: Arc<Verifier>,
+    /// When webhook deliveries are tried again.
+    pub webhook_retries: crate::webhooks::Retries,
 }

@@ -10,7 +10,8 @@
 //!   the consent views [`DomainsView`] and [`ConsentsView`], the dataset
 //!   views [`DatasetsView`] and [`UploadsView`], and the fleet's
 //!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`], and the
-//!   schedule table [`SchedulesView`].
+//!   schedule table [`SchedulesView`], and the webhooks' deliveries
+//!   [`WebhooksView`].
 
 pub mod accounts_view;
 pub mod as_of;
@@ -35,6 +36,7 @@ pub mod sql;
 pub mod status;
 pub mod uploads_view;
 pub mod view_store;
+pub mod webhooks_view;
 
 pub use accounts_view::AccountsView;
 pub use audit_view::AuditView;
@@ -56,6 +58,7 @@ pub use sql::{OutOfRange, SqlValue, Statement};
 pub use status::{EngineStatus, FailedEvent, Phase, ProjectionFailure, ProjectionStatus};
 pub use uploads_view::UploadsView;
 pub use view_store::{Checkpoint, ViewStore};
+pub use webhooks_view::WebhooksView;
 
 use std::sync::Arc;
 
@@ -77,6 +80,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(JobsView),
         Arc::new(ProxyPoolsView),
         Arc::new(SchedulesView),
+        Arc::new(WebhooksView),
     ]
 }
 

@@ -23,6 +23,7 @@ pub mod system_settings;
 pub mod target_domain;
 pub mod upload;
 pub mod view_watch;
+pub mod webhook;
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -64,6 +65,7 @@ pub struct QueryRoot(
     job::JobQuery,
     proxy_pool::ProxyPoolQuery,
     schedule::ScheduleQuery,
+    webhook::WebhookQuery,
 );
 
 #[derive(MergedObject, Default)]
@@ -81,6 +83,7 @@ pub struct MutationRoot(
     runner::RunnerMutation,
     job::JobMutation,
     schedule::ScheduleMutation,
+    webhook::WebhookMutation,
 );
 
 #[derive(MergedSubscription, Default)]

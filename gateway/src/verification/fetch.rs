@@ -194,7 +194,7 @@ fn redirect_target(
 
 /// Aborts the task driving a connection when the exchange is done with
 /// (or abandoned at the time limit), so no connection outlives its check.
-struct Connection(JoinHandle<()>);
+pub(crate) struct Connection(JoinHandle<()>);
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -247,6 +247,14 @@ async fn get(
 }
 
 async fn connect(scheme: &str, addrs: &[IpAddr], port: u16) -> Result<TcpStream, Attempt> {
+    connect_first(addrs, port).await.map_err(|failures| {
+        Attempt::NoConnection(format!("{scheme} could not connect ({failures})"))
+    })
+}
+
+/// Connects to the first of `addrs` that accepts on `port`; else says how
+/// each failed.
+pub(crate) async fn connect_first(addrs: &[IpAddr], port: u16) -> Result<TcpStream, String> {
     let mut failures = Vec::new();
     for &ip in addrs {
         let addr = SocketAddr::new(ip, port);
@@ -256,10 +264,7 @@ async fn connect(scheme: &str, addrs: &[IpAddr], port: u16) -> Result<TcpStream,
             Err(_) => failures.push(format!("{addr}: no answer in {CONNECT_TIMEOUT:?}")),
         }
     }
-    Err(Attempt::NoConnection(format!(
-        "{scheme} could not connect ({})",
-        failures.join(", ")
-    )))
+    Err(failures.join(", "))
 }
 
 /// Sends `request` over `io` (HTTP/1.1) and waits for the response head.
@@ -271,19 +276,31 @@ async fn exchange<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let no_answer = |e: hyper::Error| {
+    send(io, request).await.map_err(|e| {
         CheckFailed::new(
             FailureReason::Other("the site gave no HTTP answer".into()),
             format!("{url}: {e}"),
         )
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(no_answer)?;
+    })
+}
+
+/// Sends `request` over `io` (HTTP/1.1) and waits for the response head;
+/// the connection lives as long as the returned [`Connection`].
+pub(crate) async fn send<IO, B>(
+    io: IO,
+    request: Request<B>,
+) -> Result<(Response<Incoming>, Connection), hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
     let connection = Connection(tokio::spawn(async move {
         let _ = connection.await;
     }));
-    let response = sender.send_request(request).await.map_err(no_answer)?;
+    let response = sender.send_request(request).await?;
     Ok((response, connection))
 }
 

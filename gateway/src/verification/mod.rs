@@ -9,7 +9,7 @@ pub mod fetch;
 pub mod guard;
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -164,6 +164,32 @@ impl Verifier {
                 retry_after: Duration::from_secs(1),
             })?;
         Ok(CheckPermit { _held: permit })
+    }
+
+    /// The addresses `host` may be reached at by the gateway's outbound
+    /// requests (webhooks too): resolved by the verifier's resolver and
+    /// checked by the guard, unless private addresses are allowed.
+    pub(crate) async fn reachable(&self, host: &url::Host<&str>) -> Result<Vec<IpAddr>, String> {
+        let addrs = match host {
+            url::Host::Ipv4(ip) => vec![IpAddr::V4(*ip)],
+            url::Host::Ipv6(ip) => vec![IpAddr::V6(*ip)],
+            url::Host::Domain(name) => {
+                let name = DomainName::parse(name).map_err(|e| e.to_string())?;
+                self.dns
+                    .addresses(&name)
+                    .await
+                    .map_err(|f| format!("{name}: {}", f.detail))?
+            }
+        };
+        guard::check(&addrs, self.settings.allow_private_addresses).map_err(|refused| {
+            format!("{refused}: the gateway does not send to non-public addresses")
+        })?;
+        Ok(addrs)
+    }
+
+    /// TLS for outbound requests: the web's roots, HTTP/1.1.
+    pub(crate) fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.fetch.tls.clone()
     }
 
     /// How long a successful check counts.

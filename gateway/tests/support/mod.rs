@@ -34,6 +34,7 @@ use gateway::auth::sessions::SessionPolicy;
 use gateway::client_addr::TrustedProxies;
 use gateway::runner_link::RunnerTerms;
 use gateway::state::AppState;
+use gateway::webhooks::Retries;
 use gateway::{CommandHandler, CommandMeta, Gateway, GatewayConfig, publishing};
 use projections::{SqlValue, ViewStore};
 use runner::{ClientConfig, ClientError, Connection};
@@ -121,15 +122,24 @@ impl Doomed {
 
 impl Live {
     pub async fn start(store: &TestStore) -> Self {
+        Self::start_with(store, gateway_config(), Retries::default()).await
+    }
+
+    /// A gateway that sends webhooks to loopback (where the tests'
+    /// receivers listen), retrying on `retries`.
+    pub async fn start_for_webhooks(store: &TestStore, retries: Retries) -> Self {
+        let mut config = gateway_config();
+        config.verification.allow_private_addresses = true;
+        Self::start_with(store, config, retries).await
+    }
+
+    async fn start_with(store: &TestStore, config: GatewayConfig, retries: Retries) -> Self {
         let backend = store.open_backend().await;
-        let gateway = Gateway::start(
-            SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            &backend,
-            gateway_config(),
-        )
-        .await
-        .unwrap()
-        .with_runner_terms(TERMS);
+        let gateway = Gateway::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), &backend, config)
+            .await
+            .unwrap()
+            .with_runner_terms(TERMS)
+            .with_webhook_retries(retries);
         let addr = gateway.local_addr().unwrap();
         let app = gateway.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
