@@ -36,5 +36,6 @@ mod time_travel;
 #[path = "../../runner/tests/browser/tinyproxy.rs"]
 mod tinyproxy;
 mod verification;
+mod webhooks;
 mod worker;
 mod ws_limits;

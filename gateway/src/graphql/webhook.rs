@@ -224,6 +224,8 @@ impl WebhookMutation {
             Some(o) => Username::parse(&o).map_err(|e| error::invalid("owner", e))?,
             None => p.username.clone(),
         };
+        // Each field's fault before the gateway's own (no data key).
+        domain::webhook::check_url(&url).map_err(|e| error::invalid("url", e))?;
         let topics = events
             .iter()
             .enumerate()
