@@ -149,7 +149,11 @@ async fn webhook(live: &Live, owner: &str, url: &str, topics: &[Topic]) -> Webho
                 topics: topics.to_vec(),
                 sealed_secret,
             },
-            &as_user(owner),
+            &if owner == "root" {
+                root()
+            } else {
+                as_user(owner)
+            },
             &CommandMeta::default(),
         )
         .await
@@ -346,6 +350,80 @@ mod cases {
         live.stop().await;
     }
 
+    pub async fn a_receiver_that_never_answers_holds_up_no_other(store: &TestStore) {
+        // Attempts wait up to 30 s for an answer that never comes.
+        let patient = Retries {
+            timeout: Duration::from_secs(30),
+            ..QUICK
+        };
+        let live = Live::start_for_webhooks(store, patient).await;
+        let silent = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .unwrap();
+        let silent_url = format!("http://{}/hook", silent.local_addr().unwrap());
+        let held = Arc::new(Mutex::new(vec![]));
+        let holding = held.clone();
+        tokio::spawn(async move {
+            // Takes connections and keeps them, saying nothing.
+            while let Ok((tcp, _)) = silent.accept().await {
+                holding.lock().unwrap().push(tcp);
+            }
+        });
+        let good = Receiver::start("", 0).await;
+        let topics = [Topic::JobStarted, Topic::JobStopped];
+        let stuck = webhook(&live, OWNER, &silent_url, &topics).await;
+        let answered = webhook(&live, OWNER, &good.url, &topics).await;
+        for _ in 0..6 {
+            let job = live.running_job(1, 1, 0, 1).await;
+            live.job(job, JobCommand::Stop { reason: None }, &owner())
+                .await
+                .unwrap();
+        }
+        eventually("all 12 deliveries to the answering receiver", || async {
+            let d = deliveries(&live, answered).await;
+            d.len() == 12 && d.iter().all(|(_, state, ..)| state == "delivered")
+        })
+        .await;
+        // Meanwhile the silent one holds its share of connections, and no
+        // attempt of it has ended.
+        let waiting = deliveries(&live, stuck).await;
+        assert_eq!(waiting.len(), 12);
+        assert!(
+            waiting
+                .iter()
+                .all(|(_, state, n, ..)| state == "pending" && *n == 0)
+        );
+        let open = held.lock().unwrap().len();
+        assert!(
+            (1..=webhooks::PER_WEBHOOK).contains(&open),
+            "{open} connections"
+        );
+        live.stop().await;
+    }
+
+    pub async fn runner_offline_reaches_the_fleets_webhooks(store: &TestStore) {
+        let live = Live::start_for_webhooks(store, QUICK).await;
+        let receiver = Receiver::start("", 0).await;
+        let hook = webhook(&live, "root", &receiver.url, &[Topic::RunnerOffline]).await;
+        let (_, key) = live.key().await;
+        let runner = new_runner();
+        let connection = runner::Connection::open(&live.config(runner, &key))
+            .await
+            .unwrap();
+        drop(connection);
+        eventually("runner.offline delivered", || async {
+            receiver.seen().iter().any(|r| r.event == "runner.offline")
+        })
+        .await;
+        let r = receiver.seen().remove(0);
+        assert_eq!(r.verified, Ok(()));
+        let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["subject"], runner.stream().unwrap().as_str());
+        assert_eq!(body["data"]["reason"], "disconnected");
+        assert_eq!(deliveries(&live, hook).await.len(), 1);
+        live.stop().await;
+    }
+
     pub async fn a_private_address_is_refused_by_the_guard_and_retried(store: &TestStore) {
         // The default settings: no private addresses.
         let live = Live::start(store).await;
@@ -374,4 +452,6 @@ mod cases {
 store::each_backend!(
     deliveries_are_signed_retried_recorded_and_redelivered,
     a_private_address_is_refused_by_the_guard_and_retried,
+    a_receiver_that_never_answers_holds_up_no_other,
+    runner_offline_reaches_the_fleets_webhooks,
 );
