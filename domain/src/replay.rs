@@ -131,9 +131,14 @@ impl<D: Decider> Folding for Folder<D> {
     }
 }
 
-/// Fields that hold a hash of a secret or a token: never shown.
+/// Fields that hold a secret (even sealed), or a hash of one or of a
+/// token: never shown.
 fn is_secretive(key: &str) -> bool {
-    key == "hash" || key == "token" || key.contains("password") || key.ends_with("token_hash")
+    key == "hash"
+        || key == "token"
+        || key.contains("password")
+        || key.contains("secret")
+        || key.ends_with("token_hash")
 }
 
 /// Replaces every secretive field's value, at any depth, with
@@ -157,6 +162,15 @@ pub fn redact_secrets(value: &mut serde_json::Value) {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
+
+    #[test]
+    fn sealed_secrets_are_redacted_too() {
+        let mut payload =
+            serde_json::json!({ "url": "https://x.example/", "sealed_secret": "c2Vh" });
+        super::redact_secrets(&mut payload);
+        assert_eq!(payload["sealed_secret"], "[redacted]");
+        assert_eq!(payload["url"], "https://x.example/");
+    }
 
     use time::OffsetDateTime;
     use uuid::Uuid;

@@ -290,3 +290,27 @@ fn webhook_event(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_concerns_the_owner_of_the_job_schedule_or_dataset_behind_its_stream() {
+        let id = "0195f0a0-0000-7000-8000-000000000001";
+        assert_eq!(
+            owning_source(&format!("job-{id}")),
+            Some(format!("job-{id}"))
+        );
+        assert_eq!(
+            owning_source(&format!("schedule-{id}")),
+            Some(format!("schedule-{id}"))
+        );
+        // A proxy pool is a version of a proxy dataset: its owner's.
+        assert_eq!(
+            owning_source(&format!("proxy-pool-{id}-v3")),
+            Some(format!("dataset-{id}"))
+        );
+        assert_eq!(owning_source(&format!("runner-{id}")), None);
+    }
+}
