@@ -95,6 +95,23 @@ async fn follow(
     }
 }
 
+/// Waits until view `view`'s tables exist (its projection has started):
+/// background loops that read a view wait for this before their first
+/// look. False if the projections stopped first.
+pub async fn view_created(app: &AppState, view: &str) -> bool {
+    let mut progress = app.projections.clone();
+    while !progress
+        .borrow_and_update()
+        .get(view)
+        .is_some_and(|p| p.phase != projections::Phase::Starting)
+    {
+        if progress.changed().await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// How long a reader waits for a view to show an event it was told of.
 const VIEW_PATIENCE: Duration = Duration::from_secs(10);
 

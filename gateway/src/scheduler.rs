@@ -22,7 +22,7 @@ use domain::schedule::{
 };
 use domain::{Actor, Context, EventId, StreamId};
 use futures_util::{StreamExt, stream};
-use projections::{Phase, SqlValue, schedules_view};
+use projections::{SqlValue, schedules_view};
 use store::{Direction, StreamFrom};
 use time::OffsetDateTime;
 
@@ -399,16 +399,8 @@ async fn restart_stranded(app: &AppState, now: OffsetDateTime, licences: &Licenc
 pub async fn run(app: AppState, clock: Arc<dyn Clock>) {
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The schedule table exists once its projection has started.
-    let mut progress = app.projections.clone();
-    while !progress
-        .borrow_and_update()
-        .get(schedules_view::NAME)
-        .is_some_and(|view| view.phase != Phase::Starting)
-    {
-        if progress.changed().await.is_err() {
-            return;
-        }
+    if !crate::live::view_created(&app, schedules_view::NAME).await {
+        return;
     }
     loop {
         every.tick().await;

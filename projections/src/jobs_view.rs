@@ -352,9 +352,12 @@ fn status(job: &str, status: JobStatus, at: time::OffsetDateTime) -> Statement {
         .bind(at)
 }
 
+/// The view's name, in the projections' status and checkpoints.
+pub const NAME: &str = "jobs";
+
 impl Projection for JobsView {
     fn name(&self) -> &'static str {
-        "jobs"
+        NAME
     }
 
     fn schema(&self) -> &'static [&'static str] {

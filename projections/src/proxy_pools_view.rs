@@ -43,9 +43,12 @@ fn upsert(values: &str, set: &str) -> String {
     )
 }
 
+/// The view's name, in the projections' status and checkpoints.
+pub const NAME: &str = "proxy_pools";
+
 impl Projection for ProxyPoolsView {
     fn name(&self) -> &'static str {
-        "proxy_pools"
+        NAME
     }
 
     fn schema(&self) -> &'static [&'static str] {

@@ -45,9 +45,12 @@ fn name_of(value: impl serde::Serialize) -> String {
         .unwrap_or_default()
 }
 
+/// The view's name, in the projections' status and checkpoints.
+pub const NAME: &str = "runners";
+
 impl Projection for RunnersView {
     fn name(&self) -> &'static str {
-        "runners"
+        NAME
     }
 
     fn schema(&self) -> &'static [&'static str] {

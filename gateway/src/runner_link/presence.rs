@@ -184,7 +184,9 @@ pub async fn sweep(app: AppState) {
         .heartbeat_every
         .max(std::time::Duration::from_millis(100));
     let watching_since = OffsetDateTime::now_utc();
-    // The first sweep waits a period: the views are still being created.
+    if !crate::live::view_created(&app, runners_view::NAME).await {
+        return;
+    }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

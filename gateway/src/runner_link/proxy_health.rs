@@ -123,6 +123,9 @@ const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Re-enables proxies as their cool-downs end, forever.
 pub async fn sweep(app: AppState) {
+    if !crate::live::view_created(&app, proxy_pools_view::NAME).await {
+        return;
+    }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_EVERY, SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

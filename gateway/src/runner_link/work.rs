@@ -794,7 +794,9 @@ pub async fn expire_leases(app: &AppState) -> usize {
 /// Sweeps expired leases every quarter of the lease time, forever.
 pub async fn sweep(app: AppState) {
     let every = (app.runner_terms.lease_ttl / 4).max(std::time::Duration::from_millis(100));
-    // The first sweep waits a period: the views are still being created.
+    if !crate::live::view_created(&app, jobs_view::NAME).await {
+        return;
+    }
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -25,7 +25,7 @@ use domain::{Actor, Context, Position};
 use hyper::body::Bytes;
 use hyper::header::HeaderName;
 use projections::webhooks_view::NAME;
-use projections::{Phase, Row, SqlValue};
+use projections::{Row, SqlValue};
 use secrecy::{ExposeSecret, SecretString};
 use time::OffsetDateTime;
 use tokio::sync::Semaphore;
@@ -166,13 +166,16 @@ fn projecting(app: &AppState) -> bool {
     app.projections
         .borrow()
         .get(NAME)
-        .is_some_and(|view| view.projecting && view.phase != Phase::Starting)
+        .is_some_and(|view| view.projecting)
 }
 
 /// Sends due deliveries until the gateway stops.
 pub async fn run(app: AppState) {
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if !crate::live::view_created(&app, NAME).await {
+        return;
+    }
     let in_flight = Arc::new(InFlight::default());
     let slots = Arc::new(Semaphore::new(AT_ONCE));
     loop {
