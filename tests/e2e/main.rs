@@ -20,6 +20,7 @@ mod graphql;
 mod helpers;
 mod jobs;
 mod login_limits;
+mod missed_runs;
 mod process;
 mod projections;
 mod proxy_pools;
