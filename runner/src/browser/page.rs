@@ -81,23 +81,37 @@ pub struct FlowPage {
     pub(crate) timeouts: Timeouts,
 }
 
-const VISIBLE_LINKS: &str = r#"(() => {
-  const vw = innerWidth, vh = innerHeight, links = [];
-  for (const a of document.querySelectorAll('a[href]')) {
-    if (!/^https?:/i.test(a.href)) continue;
-    const r = a.getBoundingClientRect();
-    if (r.width < 1 || r.height < 1 || r.bottom <= 0 || r.right <= 0 || r.top >= vh || r.left >= vw) continue;
-    const x = Math.min(Math.max(r.left + r.width / 2, 0), vw - 1);
-    const y = Math.min(Math.max(r.top + r.height / 2, 0), vh - 1);
-    const hit = document.elementFromPoint(x, y);
-    if (!hit || (hit !== a && !a.contains(hit))) continue;
-    const style = getComputedStyle(a);
-    if (style.visibility === 'hidden' || Number(style.opacity) === 0) continue;
-    links.push({ href: a.href, host: new URL(a.href).hostname, x, y,
-                 text: (a.innerText || '').trim().slice(0, 200) });
-  }
-  return { host: location.hostname, links };
-})()"#;
+/// The links a visitor could click, measured once the page's scrolling has
+/// come to rest: the scroll position unchanged over two animation frames
+/// (as a browser automation's "stable" check), or 1.5 s at most.
+const VISIBLE_LINKS: &str = r#"new Promise(resolve => {
+  const measure = () => {
+    const vw = innerWidth, vh = innerHeight, links = [];
+    for (const a of document.querySelectorAll('a[href]')) {
+      if (!/^https?:/i.test(a.href)) continue;
+      const r = a.getBoundingClientRect();
+      if (r.width < 1 || r.height < 1 || r.bottom <= 0 || r.right <= 0 || r.top >= vh || r.left >= vw) continue;
+      const x = Math.min(Math.max(r.left + r.width / 2, 0), vw - 1);
+      const y = Math.min(Math.max(r.top + r.height / 2, 0), vh - 1);
+      const hit = document.elementFromPoint(x, y);
+      if (!hit || (hit !== a && !a.contains(hit))) continue;
+      const style = getComputedStyle(a);
+      if (style.visibility === 'hidden' || Number(style.opacity) === 0) continue;
+      links.push({ href: a.href, host: new URL(a.href).hostname, x, y,
+                   text: (a.innerText || '').trim().slice(0, 200) });
+    }
+    return { host: location.hostname, links };
+  };
+  let done = false, last = scrollY, still = 0;
+  const finish = () => { if (!done) { done = true; resolve(measure()); } };
+  const frame = () => {
+    if (done) return;
+    if (scrollY === last) { if (++still >= 2) return finish(); } else { still = 0; last = scrollY; }
+    requestAnimationFrame(frame);
+  };
+  requestAnimationFrame(frame);
+  setTimeout(finish, 1500);
+})"#;
 
 const METRICS: &str = r#"({
   scroll_height: Math.max(document.documentElement.scrollHeight, document.body ? document.body.scrollHeight : 0),
@@ -105,9 +119,6 @@ const METRICS: &str = r#"({
 
 /// Grace for a click to start a navigation before it counts as none.
 const CLICK_NAVIGATION_GRACE: Duration = Duration::from_secs(3);
-/// How often, and how many times at most, a scroll is checked for rest.
-const SETTLE_POLL: Duration = Duration::from_millis(60);
-const SETTLE_POLLS: usize = 25;
 /// One wheel step every this often while scrolling.
 const WHEEL_STEP: Duration = Duration::from_millis(40);
 
@@ -301,25 +312,8 @@ impl FlowPage {
         self.metrics().await
     }
 
-    /// Waits for smooth scrolling to end (the position unchanged over one
-    /// poll), so links' positions measured next hold when clicked. Only
-    /// where positions matter: a scroll itself returns at once, as a
-    /// reader's wheel does.
-    async fn at_rest(&self) -> Result<PageMetrics, FlowError> {
-        let mut last = self.metrics().await?;
-        for _ in 0..SETTLE_POLLS {
-            tokio::time::sleep(SETTLE_POLL).await;
-            let now = self.metrics().await?;
-            if now.scroll_y == last.scroll_y {
-                return Ok(now);
-            }
-            last = now;
-        }
-        Ok(last)
-    }
-
-    /// The links a visitor could click now: http(s) links inside the
-    /// viewport, not hidden and not covered by something else.
+    /// The links a visitor could click once scrolling rests: http(s) links
+    /// inside the viewport, not hidden and not covered by something else.
     pub async fn visible_links(&self) -> Result<Vec<Link>, FlowError> {
         #[derive(Deserialize)]
         struct Seen {
@@ -334,7 +328,6 @@ impl FlowPage {
             y: f64,
             text: String,
         }
-        self.at_rest().await?;
         let seen: Seen = self.evaluate(VISIBLE_LINKS).await?;
         Ok(seen
             .links
@@ -359,21 +352,17 @@ impl FlowPage {
             self.policy.record(blocked.clone());
             return Err(FlowError::Blocked(blocked));
         }
+        // One round trip: keep the link in this tab, and read where input
+        // lands: on a phone the layout is zoomed out to fit the screen, so
+        // layout pixels are scaled in the visual viewport.
         let keep_in_tab = format!(
             "(() => {{ const e = document.elementFromPoint({x}, {y}); const a = e && e.closest('a'); \
-             if (a) a.removeAttribute('target'); return !!a; }})()",
+             if (a) a.removeAttribute('target'); const v = window.visualViewport; \
+             return v ? [v.scale, v.offsetLeft, v.offsetTop] : [1, 0, 0]; }})()",
             x = link.x,
             y = link.y
         );
-        let _: bool = self.evaluate(&keep_in_tab).await?;
-        // Input lands in the visual viewport: on a phone the layout is
-        // zoomed out to fit the screen, so layout pixels are scaled.
-        let (scale, left, top): (f64, f64, f64) = self
-            .evaluate(
-                "(() => { const v = window.visualViewport; \
-                 return v ? [v.scale, v.offsetLeft, v.offsetTop] : [1, 0, 0]; })()",
-            )
-            .await?;
+        let (scale, left, top): (f64, f64, f64) = self.evaluate(&keep_in_tab).await?;
         let (x, y) = ((link.x - left) * scale, (link.y - top) * scale);
         let mut starts = self.listen::<EventFrameStartedLoading>().await?;
         let mut lifecycle = self.listen::<EventLifecycleEvent>().await?;
