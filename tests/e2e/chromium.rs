@@ -3,6 +3,10 @@
 //! the browser's own), named by its throwaway profile directory, which
 //! every one of its processes carries on its command line.
 
+use serde_json::Value;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 /// One Chromium browser process.
 #[derive(Debug, Clone)]
 pub struct Chromium {
@@ -20,6 +24,57 @@ impl Chromium {
     pub fn profile(&self) -> &str {
         self.flag("user-data-dir")
             .expect("the runner gives Chromium a profile directory")
+    }
+
+    /// The URLs of its open pages, from its DevTools endpoint.
+    pub async fn open_pages(&self) -> Vec<String> {
+        // Chromium writes the port it chose (remote-debugging-port=0) here.
+        let active = std::fs::read_to_string(format!("{}/DevToolsActivePort", self.profile()))
+            .expect("Chromium wrote its DevTools port");
+        let port = active.lines().next().unwrap_or_default();
+        let body = devtools_get(port, "/json/list").await;
+        let targets: Value = serde_json::from_str(&body).unwrap();
+        targets
+            .as_array()
+            .unwrap_or_else(|| panic!("{targets}"))
+            .iter()
+            .filter(|t| t["type"] == "page")
+            .map(|t| t["url"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+}
+
+/// A GET on Chromium's DevTools HTTP endpoint: its body. That server keeps
+/// the connection open whatever the request says, so the body is read by
+/// its Content-Length, not to the end of the stream.
+async fn devtools_get(port: &str, path: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .expect("Chromium's DevTools endpoint accepts");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0, "DevTools closed the connection mid-answer");
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            continue;
+        };
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse().ok())?
+            })
+            .expect("DevTools says its body's length");
+        if body.len() >= length {
+            return body[..length].to_owned();
+        }
     }
 }
 

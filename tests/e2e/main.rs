@@ -6,6 +6,7 @@ mod app;
 mod audit_export;
 mod audit_streams;
 mod bench;
+mod browser_control;
 mod browser_crash;
 mod browser_proxies;
 mod browser_runs;
