@@ -10,9 +10,9 @@
 //! `Fire` command claims every due occurrence with the stream's expected
 //! version, so of several gateways deciding on one version one appends and
 //! the others decide again on a state where nothing is due. An occurrence
-//! older than [`ON_TIME_WITHIN`] was missed (no gateway ran then): it is
-//! recorded, and the schedule's [`Missed`] policy fires one catch-up for
-//! them or skips them. A fire is refused (recorded, the schedule carries
+//! older than [`ON_TIME_WITHIN`], or one whose next occurrence is due too,
+//! was missed (no gateway fired it in its slot): it is recorded, and the
+//! schedule's [`Missed`] policy fires one catch-up for them or skips them. A fire is refused (recorded, the schedule carries
 //! on) when its owner's licence lacks the scheduler, or when the gateway
 //! cannot start its job.
 //!
@@ -735,8 +735,8 @@ fn complete_deletion(s: &Schedule, ctx: &Context) -> Result<Vec<ScheduleEvent>, 
     }
 }
 
-/// Claims every occurrence due by now: on-time ones fire, older ones are
-/// recorded as missed (with one catch-up fire under [`Missed::FireOnce`]
+/// Claims every occurrence due by now: the latest fires if it is on time,
+/// the others are recorded as missed (with one catch-up fire under [`Missed::FireOnce`]
 /// when none fired on time), and the schedule ends when nothing is left.
 fn fire(s: &Schedule, ctx: &Context) -> Result<Vec<ScheduleEvent>, ScheduleError> {
     require_system(ctx)?;
@@ -753,7 +753,11 @@ fn fire(s: &Schedule, ctx: &Context) -> Result<Vec<ScheduleEvent>, ScheduleError
     let mut on_time = vec![];
     let mut at = Some(first);
     while let Some(due) = at.filter(|due| *due <= now) {
-        if now - due > ON_TIME_WITHIN {
+        at = s.spec.next(s.created_at, due, false);
+        // Only the latest due occurrence can be on time: one whose next is
+        // due too had its slot pass while no gateway fired it.
+        let superseded = at.is_some_and(|next| next <= now);
+        if superseded || now - due > ON_TIME_WITHIN {
             missed_count += 1;
             missed.truncate(1);
             missed.push(due);
@@ -763,7 +767,6 @@ fn fire(s: &Schedule, ctx: &Context) -> Result<Vec<ScheduleEvent>, ScheduleError
         if missed_count >= MAX_COUNTED {
             break;
         }
-        at = s.spec.next(s.created_at, due, false);
     }
     let mut to_fire: Vec<(OffsetDateTime, bool)> = on_time.iter().map(|&at| (at, false)).collect();
     if to_fire.is_empty()
@@ -1035,6 +1038,31 @@ mod tests {
                     T0 + Duration::minutes(10),
                     false,
                     Some(T0 + Duration::minutes(11)),
+                ),
+            ]);
+    }
+
+    #[test]
+    fn a_short_outage_fires_only_the_latest_occurrence_not_every_one_it_passed() {
+        // Every 2 s, down for 50 s: each occurrence is under a minute late,
+        // but all but the latest had their slot pass; one job, not 26.
+        let every_2s = spec(Occurrence::every(2).unwrap());
+        let now = T0 + Duration::seconds(50) + Duration::milliseconds(300);
+        S::given([created(every_2s, T0)])
+            .in_context(system(now))
+            .when(ScheduleCommand::Fire)
+            .then([
+                ScheduleEvent::OccurrencesMissed(OccurrencesMissed {
+                    first: T0,
+                    last: T0 + Duration::seconds(48),
+                    count: 25,
+                    policy: Missed::FireOnce,
+                    next_run: Some(T0 + Duration::seconds(52)),
+                }),
+                fired(
+                    T0 + Duration::seconds(50),
+                    false,
+                    Some(T0 + Duration::seconds(52)),
                 ),
             ]);
     }
