@@ -44,6 +44,9 @@ use crate::worker::{Artifact, Executor, Finished, Order, Progress};
 /// Longest a flow may take beyond its planned session (loads, the click's
 /// landing page) before it fails as timed out.
 const OVERRUN: Duration = Duration::from_secs(60);
+/// Time left a timed-out flow to keep its screenshot, console errors and
+/// request log before it is cut off regardless.
+const ARTIFACTS_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs flows in Chromium: one warm browser per distinct DNS mapping.
 pub struct BrowserExecutor {
@@ -232,11 +235,16 @@ impl Session {
         };
         let rest = plan.delay_before_next_flow;
         let budget = plan.dwell + OVERRUN;
-        let outcome = match tokio::time::timeout(budget, self.session(&brief, plan)).await {
-            Ok(Ok(())) => FlowOutcome::Succeeded,
-            Ok(Err(failure)) => failed(failure),
-            Err(_) => failed(FlowFailure::Timeout),
-        };
+        let deadline = tokio::time::Instant::now() + budget;
+        // The session times itself out once its page is open, to keep what
+        // a timed-out flow saw; this bounds the rest, artifacts included.
+        let backstop = budget + ARTIFACTS_GRACE;
+        let outcome =
+            match tokio::time::timeout(backstop, self.session(&brief, plan, deadline)).await {
+                Ok(Ok(())) => FlowOutcome::Succeeded,
+                Ok(Err(failure)) => failed(failure),
+                Err(_) => failed(FlowFailure::Timeout),
+            };
         (outcome, rest)
     }
 
@@ -244,6 +252,7 @@ impl Session {
         &mut self,
         brief: &JobBrief,
         plan: behaviour::SessionPlan,
+        deadline: tokio::time::Instant,
     ) -> Result<(), FlowFailure> {
         let profile = self
             .order
@@ -329,7 +338,9 @@ impl Session {
         if let Some(p) = self.proxy {
             self.keep(brief, p);
         }
-        let result = self.pages_of(&context, plan, first).await;
+        let result = tokio::time::timeout_at(deadline, self.pages_of(&context, plan, first))
+            .await
+            .unwrap_or(Err(FlowFailure::Timeout));
         match &result {
             Ok(()) => self.measure(context.page()).await,
             Err(e) => self.keep_failure(brief, &context, e).await,
