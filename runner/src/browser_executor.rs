@@ -42,8 +42,8 @@ use crate::browser::{
 use crate::worker::{Artifact, Executor, Finished, Order, Progress};
 
 /// Longest a flow may take beyond its planned session (loads, the click's
-/// landing page) before it fails as timed out.
-const OVERRUN: Duration = Duration::from_secs(60);
+/// landing page) before it fails as timed out, unless set.
+pub const OVERRUN: Duration = Duration::from_secs(60);
 /// Time left a timed-out flow to keep its screenshot, console errors and
 /// request log before it is cut off regardless.
 const ARTIFACTS_GRACE: Duration = Duration::from_secs(15);
@@ -51,6 +51,8 @@ const ARTIFACTS_GRACE: Duration = Duration::from_secs(15);
 /// Runs flows in Chromium: one warm browser per distinct DNS mapping.
 pub struct BrowserExecutor {
     shared: Arc<Shared>,
+    /// How long a flow may take beyond its planned session.
+    overrun: Duration,
 }
 
 struct Shared {
@@ -88,7 +90,17 @@ impl BrowserExecutor {
             measured_at: Mutex::default(),
         });
         shared.remeasure().await;
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            overrun: OVERRUN,
+        })
+    }
+
+    /// How long a flow may take beyond its planned session (loads, the
+    /// click's landing page) before it fails as timed out (default 60 s).
+    pub fn with_overrun(mut self, overrun: Duration) -> Self {
+        self.overrun = overrun;
+        self
     }
 
     /// The browser's version, as a runner registers it.
@@ -164,10 +176,12 @@ impl Executor for BrowserExecutor {
         progress: Progress,
     ) -> impl std::future::Future<Output = Finished> + Send + 'static {
         let shared = self.shared.clone();
+        let overrun = self.overrun;
         async move {
             let began = Instant::now();
             let mut session = Session {
                 shared: shared.clone(),
+                overrun,
                 order,
                 progress,
                 pages: Vec::new(),
@@ -197,6 +211,7 @@ impl Executor for BrowserExecutor {
 /// One flow underway.
 struct Session {
     shared: Arc<Shared>,
+    overrun: Duration,
     order: Order,
     progress: Progress,
     pages: Vec<PageLoad>,
@@ -234,7 +249,7 @@ impl Session {
             }
         };
         let rest = plan.delay_before_next_flow;
-        let budget = plan.dwell + OVERRUN;
+        let budget = plan.dwell + self.overrun;
         let deadline = tokio::time::Instant::now() + budget;
         // The session times itself out once its page is open, to keep what
         // a timed-out flow saw; this bounds the rest, artifacts included.

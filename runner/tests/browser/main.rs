@@ -705,6 +705,86 @@ fn the_executor_reports_a_pages_vitals_and_keeps_a_failed_flows_artifacts() {
     });
 }
 
+#[test]
+fn a_flow_that_runs_out_of_time_fails_as_timed_out_and_keeps_what_it_saw() {
+    if !chromium("a_flow_that_runs_out_of_time_fails_as_timed_out_and_keeps_what_it_saw") {
+        return;
+    }
+    use domain::artifact::ArtifactKind;
+    use domain::flow::{FlowFailure, FlowId, FlowOutcome};
+    use runner::browser_executor::BrowserExecutor;
+    use runner::worker::{Executor, JobTerms, Order, Progress};
+    runtime().block_on(async {
+        let site = Site::start().await;
+        let origin = site.origin("allowed.test");
+        // The second page's image never comes (in time): its load hangs.
+        site.page(
+            "/first",
+            "<a href=\"/stuck\" style=\"display:block;font-size:48px\">the next page</a>",
+        );
+        site.page("/stuck", "<p>stuck</p><img src=\"/slow\">");
+        let overrun = Duration::from_secs(2);
+        let executor = BrowserExecutor::start(options(), 1)
+            .await
+            .unwrap()
+            .with_overrun(overrun);
+        let job = domain::job::JobId(uuid::Uuid::now_v7());
+        let mut two_pages = brief(job);
+        two_pages.behaviour.pages_per_session = domain::job_brief::Span { min: 2, max: 2 };
+        let terms = std::sync::Arc::new(JobTerms::new(false, vec![], Some(two_pages.into())));
+        let order = Order {
+            job,
+            flow: FlowId(0),
+            target: 0,
+            url: format!("{origin}/first"),
+            click: false,
+            traffic: domain::runner_protocol::Traffic::Direct,
+            profile: Some(0),
+            terms,
+        };
+        let (progress, _) = Progress::detached(job, FlowId(0));
+        let started = std::time::Instant::now();
+        let done = executor.run(order, progress).await;
+        assert_eq!(
+            done.report.outcome,
+            FlowOutcome::Failed {
+                reason: FlowFailure::Timeout
+            },
+            "{:?}",
+            done.report
+        );
+        // Its one-second session and the overrun, then the artifacts; not
+        // the image's 20 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            !site.seen_path("/stuck").is_empty(),
+            "the flow reached the second page"
+        );
+        let kinds: Vec<ArtifactKind> = done.artifacts.iter().map(|a| a.kind).collect();
+        assert!(
+            kinds.contains(&ArtifactKind::Screenshot) && kinds.contains(&ArtifactKind::RequestLog),
+            "{kinds:?}"
+        );
+        let log = done
+            .artifacts
+            .iter()
+            .find(|a| a.kind == ArtifactKind::RequestLog)
+            .unwrap();
+        let requests: Vec<serde_json::Value> = serde_json::from_slice(&log.bytes).unwrap();
+        assert!(
+            requests
+                .iter()
+                .any(|r| r["url"].as_str().unwrap().ends_with("/slow") && r["status"].is_null()),
+            "the hanging request is in the log, unanswered: {requests:?}"
+        );
+        no_parse_errors();
+    });
+}
+
 /// Where a flow reaches `proxy`, with `credentials` if given.
 fn endpoint(proxy: &Tinyproxy, credentials: Option<(&str, &str)>) -> ProxyEndpoint {
     ProxyEndpoint {
