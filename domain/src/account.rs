@@ -196,6 +196,14 @@ pub struct AccountDisabled {
 pub struct LoginFailed {
     pub client_ip: Option<String>,
     pub reason: LoginFailure,
+    /// When it failed: the account's recent failures, counted from its
+    /// stream, limit logins on every gateway alike. Older events lack it.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub at: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -358,6 +366,25 @@ pub struct AccountRecord {
     pub password_hash: PasswordHash,
     pub disabled: bool,
     pub session: Option<LiveSession>,
+    /// The times of its latest failed logins, oldest first, at most
+    /// [`RECENT_FAILURES`].
+    #[serde(default)]
+    pub recent_failures: Vec<OffsetDateTime>,
+}
+
+/// Failed logins an account remembers: more than any per-minute limit.
+pub const RECENT_FAILURES: usize = 64;
+
+impl AccountRecord {
+    /// Its failed logins after `since`, and when the oldest of them was.
+    pub fn failures_since(&self, since: OffsetDateTime) -> (usize, Option<OffsetDateTime>) {
+        let recent: Vec<&OffsetDateTime> = self
+            .recent_failures
+            .iter()
+            .filter(|at| **at > since)
+            .collect();
+        (recent.len(), recent.first().map(|at| **at))
+    }
 }
 
 /// `None` until the account is created.
@@ -397,7 +424,7 @@ pub struct Account;
 inventory::submit! { crate::replay::Replayer::of::<Account>() }
 
 impl Decider for Account {
-    const SNAPSHOT_KIND: &'static str = "account/1";
+    const SNAPSHOT_KIND: &'static str = "account/2";
     type State = AccountState;
     type Command = AccountCommand;
     type Event = AccountEvent;
@@ -412,6 +439,7 @@ impl Decider for Account {
                 password_hash: e.password_hash.clone(),
                 disabled: false,
                 session: None,
+                recent_failures: vec![],
             });
             return state;
         }
@@ -419,7 +447,17 @@ impl Decider for Account {
             return state;
         };
         match event {
-            AccountEvent::AccountCreated(_) | AccountEvent::LoginFailed(_) => {}
+            AccountEvent::AccountCreated(_) => {}
+            AccountEvent::LoginFailed(e) => {
+                if let Some(at) = e.at {
+                    account.recent_failures.push(at);
+                    let over = account
+                        .recent_failures
+                        .len()
+                        .saturating_sub(RECENT_FAILURES);
+                    account.recent_failures.drain(..over);
+                }
+            }
             AccountEvent::PasswordChanged(e) => account.password_hash = e.password_hash.clone(),
             AccountEvent::AccountDisabled(_) => account.disabled = true,
             AccountEvent::SessionStarted(e) => {
@@ -485,7 +523,9 @@ impl Decider for Account {
                     tokens,
                 },
                 Some(account),
-            ) => login(account, session_id, client_ip, user_agent, password, tokens),
+            ) => login(
+                account, session_id, client_ip, user_agent, password, tokens, ctx.now,
+            ),
             (
                 C::Refresh {
                     session_id,
@@ -671,11 +711,13 @@ fn login(
     user_agent: Option<String>,
     password: PasswordCheck,
     tokens: SessionTokens,
+    now: OffsetDateTime,
 ) -> Result<Vec<AccountEvent>, AccountError> {
     let failed = |reason| {
         Ok(vec![AccountEvent::LoginFailed(LoginFailed {
             client_ip: client_ip.clone(),
             reason,
+            at: Some(now),
         })])
     };
     if account.disabled {
@@ -963,7 +1005,38 @@ mod tests {
             .then([AccountEvent::LoginFailed(LoginFailed {
                 client_ip: Some("127.0.0.1".into()),
                 reason: LoginFailure::WrongPassword,
+                at: Some(t0()),
             })]);
+    }
+
+    #[test]
+    fn an_account_remembers_when_its_latest_logins_failed() {
+        let failed_at = |seconds: i64| {
+            AccountEvent::LoginFailed(LoginFailed {
+                client_ip: None,
+                reason: LoginFailure::WrongPassword,
+                at: Some(t0() + time::Duration::seconds(seconds)),
+            })
+        };
+        let mut history = vec![created(&[Role::User])];
+        history.extend((0..70).map(failed_at));
+        // An event from before failures had times counts for nothing.
+        history.push(AccountEvent::LoginFailed(LoginFailed {
+            client_ip: None,
+            reason: LoginFailure::WrongPassword,
+            at: None,
+        }));
+        let state = Account::fold(&history);
+        let account = state.account.unwrap();
+        assert_eq!(account.recent_failures.len(), RECENT_FAILURES);
+        assert_eq!(
+            account.failures_since(t0() + time::Duration::seconds(64)),
+            (5, Some(t0() + time::Duration::seconds(65)))
+        );
+        assert_eq!(
+            account.failures_since(t0() + time::Duration::hours(1)),
+            (0, None)
+        );
     }
 
     #[test]
@@ -978,6 +1051,7 @@ mod tests {
             .then([AccountEvent::LoginFailed(LoginFailed {
                 client_ip: Some("127.0.0.1".into()),
                 reason: LoginFailure::AccountDisabled,
+                at: Some(t0()),
             })]);
     }
 

@@ -278,11 +278,10 @@ impl Gateway {
             store.clone(),
             Arc::new(domain::event_registry()),
         ));
-        let sessions = Arc::new(Sessions::new(
-            handler.clone(),
-            &config.jwt_secret,
-            config.session_policy,
-        )?);
+        let sessions = Arc::new(
+            Sessions::new(handler.clone(), &config.jwt_secret, config.session_policy)?
+                .with_failed_login_limit(config.login_limits.per_account),
+        );
         let app = AppState {
             store: store.clone(),
             handler,

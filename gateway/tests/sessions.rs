@@ -317,3 +317,70 @@ async fn a_username_with_a_dot_refreshes_like_any_other() {
         .unwrap();
     assert_eq!(who.username.as_str(), "ada.l");
 }
+
+#[tokio::test]
+async fn failed_logins_count_on_every_gateway_that_shares_the_store() {
+    let w = world().await;
+    // Another gateway: its own connection to the store, its own handler
+    // (and cache), its own sessions; the same account stream.
+    let (other_store, _) = store::SqliteStore::open(w._dir.path().join("events.db"))
+        .await
+        .unwrap();
+    let other_handler = Arc::new(CommandHandler::new(
+        Arc::new(other_store),
+        Arc::new(domain::event_registry()),
+    ));
+    let other = Sessions::new(
+        other_handler,
+        &vec![42u8; 32].into(),
+        SessionPolicy::default(),
+    )
+    .unwrap()
+    .with_failed_login_limit(5);
+    let meta = CommandMeta::default();
+    let on_other = |pw: &'static str| {
+        other.login("ada", pw.into(), Some("10.0.0.9".into()), None, &meta, t0())
+    };
+    for _ in 0..3 {
+        assert!(matches!(
+            login(&w, "ada", "wrong guess").await,
+            Err(AuthError::WrongCredentials)
+        ));
+    }
+    for _ in 0..2 {
+        assert!(matches!(
+            on_other("another guess").await,
+            Err(AuthError::WrongCredentials)
+        ));
+    }
+    // Five failures in the minute, three of them through the first gateway:
+    // the second refuses even the right password, before checking it.
+    match on_other(PASSWORD).await {
+        Err(AuthError::RateLimited(limited)) => {
+            assert_eq!(limited.scope, "failed logins for this account");
+            assert!(limited.retry_after <= std::time::Duration::from_secs(60));
+        }
+        other => panic!(
+            "expected a rate limit, got {:?}",
+            other.map(|t| t.session_id)
+        ),
+    }
+    // And so does the first.
+    assert!(matches!(
+        login(&w, "ada", PASSWORD).await,
+        Err(AuthError::RateLimited(_))
+    ));
+    // A minute later the account may log in again.
+    let later = w
+        .sessions
+        .login(
+            "ada",
+            PASSWORD.into(),
+            None,
+            None,
+            &CommandMeta::default(),
+            t0() + Duration::seconds(61),
+        )
+        .await;
+    assert!(later.is_ok(), "{:?}", later.err());
+}

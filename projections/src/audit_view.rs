@@ -140,6 +140,7 @@ mod tests {
                 account(AccountEvent::LoginFailed(LoginFailed {
                     client_ip: None,
                     reason: LoginFailure::WrongPassword,
+                    at: None,
                 })),
                 "failed login to ada from an unknown address (WrongPassword)",
             ),

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use domain::account::{
-    Account, AccountCommand, AccountError, AccountEvent, PasswordCheck, PasswordHash, SessionId,
-    SessionTokens, Username,
+    Account, AccountCommand, AccountError, AccountEvent, AccountRecord, PasswordCheck,
+    PasswordHash, SessionId, SessionTokens, Username,
 };
 use domain::login_attempts::{self, LoginAttemptCommand, LoginAttempts};
 use domain::{Actor, Context, Role};
@@ -115,6 +115,9 @@ pub struct Sessions {
     keys: TokenKeys,
     fingerprints: Fingerprints,
     policy: SessionPolicy,
+    /// Failed logins an account may have in a minute, counted from its
+    /// stream: the same on every gateway of a store.
+    failed_logins_per_minute: u32,
 }
 
 impl Sessions {
@@ -129,7 +132,36 @@ impl Sessions {
             keys: TokenKeys::from_secret(secret.expose_secret())?,
             fingerprints: Fingerprints::from_secret(secret.expose_secret()),
             policy,
+            failed_logins_per_minute: crate::auth::rate_limit::PER_ACCOUNT_PER_MINUTE,
         })
+    }
+
+    /// Sets how many failed logins an account may have in a minute before
+    /// its logins are refused for the rest of that minute, on any gateway.
+    pub fn with_failed_login_limit(mut self, per_minute: u32) -> Self {
+        self.failed_logins_per_minute = per_minute;
+        self
+    }
+
+    /// Refused when `account` failed to log in too often in the last minute,
+    /// as its stream records it (whichever gateway took the attempts).
+    fn check_recent_failures(
+        &self,
+        account: &AccountRecord,
+        now: OffsetDateTime,
+    ) -> Result<(), AuthError> {
+        let window = Duration::minutes(1);
+        let (failures, oldest) = account.failures_since(now - window);
+        if failures < self.failed_logins_per_minute as usize {
+            return Ok(());
+        }
+        let free_at = oldest.map_or(now + window, |at| at + window);
+        Err(AuthError::RateLimited(RateLimited {
+            scope: "failed logins for this account",
+            retry_after: (free_at - now)
+                .try_into()
+                .unwrap_or(std::time::Duration::from_secs(1)),
+        }))
     }
 
     fn tokens_at(&self, now: OffsetDateTime) -> (String, SessionTokens) {
@@ -191,6 +223,8 @@ impl Sessions {
                     .refuse_unknown(name, password, client_ip, meta, now)
                     .await;
             };
+            // Before the password is checked: a guess refused here tells nothing.
+            self.check_recent_failures(&account, now)?;
             let matched = password::verify(password.clone(), account.password_hash.clone()).await?;
             let check = if matched {
                 PasswordCheck::Matched(account.password_hash)
