@@ -6,7 +6,8 @@
 //! - [`ViewStore`]: the views' tables and checkpoints in the event store's database;
 //! - [`ProjectionEngine`]: runs views, reports [`EngineStatus`], rebuilds;
 //! - the views: [`EventCounts`] (events per type), and the identity views
-//!   [`AccountsView`], [`SessionsView`], [`AuditView`], [`MetricsView`], and
+//!   [`AccountsView`], [`SessionsView`], [`LoginFailuresView`], [`AuditView`],
+//!   [`MetricsView`], and
 //!   the consent views [`DomainsView`] and [`ConsentsView`], the dataset
 //!   views [`DatasetsView`] and [`UploadsView`], and the fleet's
 //!   [`RunnersView`], [`JobsView`] and [`ProxyPoolsView`], and the
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod error;
 pub mod event_counts;
 pub mod jobs_view;
+pub mod login_failures_view;
 pub mod metrics_view;
 pub mod projection;
 mod projector;
@@ -47,6 +49,7 @@ pub use engine::ProjectionEngine;
 pub use error::{EngineError, ProjectionError, RowError, ViewError};
 pub use event_counts::EventCounts;
 pub use jobs_view::JobsView;
+pub use login_failures_view::LoginFailuresView;
 pub use metrics_view::MetricsView;
 pub use projection::Projection;
 pub use proxy_pools_view::ProxyPoolsView;
@@ -70,6 +73,7 @@ pub fn all_views() -> Vec<Arc<dyn Projection>> {
         Arc::new(EventCounts),
         Arc::new(AccountsView),
         Arc::new(SessionsView),
+        Arc::new(LoginFailuresView),
         Arc::new(AuditView),
         Arc::new(MetricsView),
         Arc::new(DomainsView),

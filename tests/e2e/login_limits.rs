@@ -189,3 +189,41 @@ async fn a_trusted_proxy_names_the_client_and_anyone_else_is_the_client() {
         ["stream 127.0.0.1", "LoginFailed 127.0.0.1"]
     );
 }
+
+/// A login naming no account, `nobody-<n>`, through `app`.
+async fn guess(app: &TestApp, n: usize) -> Value {
+    let vars = json!({ "u": format!("nobody-{n}"), "p": "a guess" });
+    app.gql(LOGIN, vars, None).await
+}
+
+/// Gateways sharing a store share an address's failed logins: three through
+/// one and three through the other spend a limit of six, and the next
+/// attempt is refused by the failures the store records, though neither
+/// gateway alone has seen more than three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_address_limit_holds_across_gateways_sharing_the_store() {
+    let Some(store) = crate::helpers::TestStore::postgres("e2e_login_limits_fleet").await else {
+        return;
+    };
+    let shared = store.shared();
+    let limit = ["--login-limit-per-address", "6"];
+    let first = spawn_app().store(store).flags(&limit).await;
+    let second = spawn_app().store(shared).flags(&limit).await;
+    for n in 0..3 {
+        let r = guess(&first, n).await;
+        assert_eq!(code(&r), "UNAUTHENTICATED", "{r}");
+    }
+    for n in 3..6 {
+        let r = guess(&second, n).await;
+        assert_eq!(code(&r), "UNAUTHENTICATED", "{r}");
+    }
+    // The failures reach the view in milliseconds.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let r = guess(&second, 6).await;
+    assert_eq!(code(&r), "RATE_LIMITED", "{r}");
+    let message = r["errors"][0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("too many failed logins from this address"),
+        "refused by the store's count, not the gateway's own: {r}"
+    );
+}

@@ -55,6 +55,7 @@ pub struct LoginLimiter<C: Clock = DefaultClock> {
     /// refused because someone else is guessing at its login.
     password_changes: Keyed<String, C>,
     clock: C,
+    limits: LoginLimits,
 }
 
 pub(crate) fn keyed<K: std::hash::Hash + Eq + Clone, C: Clock + Clone>(
@@ -78,7 +79,13 @@ impl<C: Clock + Clone> LoginLimiter<C> {
             by_account: keyed(limits.per_account, &clock),
             password_changes: keyed(limits.per_account, &clock),
             clock,
+            limits,
         }
+    }
+
+    /// The limits it applies.
+    pub fn limits(&self) -> LoginLimits {
+        self.limits
     }
 
     fn refused(
@@ -122,6 +129,51 @@ impl<C: Clock + Clone> LoginLimiter<C> {
         }
         Ok(())
     }
+}
+
+/// Refused when the store records `limit` failed logins or more from `ip`
+/// in the last minute, through any gateway sharing it (the
+/// `login_failures` view). A view that cannot be read refuses nothing: the
+/// gateway's own limit still holds.
+pub async fn address_failures(
+    views: &projections::ViewStore,
+    ip: IpAddr,
+    limit: u32,
+    now: time::OffsetDateTime,
+) -> Result<(), RateLimited> {
+    let window = time::Duration::minutes(1);
+    let rows = match views
+        .query(
+            projections::login_failures_view::SINCE,
+            vec![
+                projections::SqlValue::from(ip.to_string()),
+                projections::SqlValue::micros(now - window),
+            ],
+        )
+        .await
+    {
+        Ok(rows) => rows,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot count an address's failed logins");
+            return Ok(());
+        }
+    };
+    let (failures, oldest) = rows.first().map_or((0, None), |row| {
+        (
+            row.get::<i64>("failures").unwrap_or(0),
+            row.get::<Option<i64>>("oldest").ok().flatten(),
+        )
+    });
+    if failures < i64::from(limit) {
+        return Ok(());
+    }
+    let free_at = oldest.map_or(now + window, |micros| {
+        crate::graphql::from_micros(micros) + window
+    });
+    Err(RateLimited {
+        scope: "failed logins from this address",
+        retry_after: (free_at - now).try_into().unwrap_or(Duration::from_secs(1)),
+    })
 }
 
 #[cfg(test)]

@@ -128,10 +128,17 @@ impl SessionMutation {
         password: String,
     ) -> async_graphql::Result<Tokens> {
         let req = request(ctx);
-        app(ctx)
-            .limiter
+        let limiter = &app(ctx).limiter;
+        limiter
             .check(req.client_ip, &username)
             .map_err(error::rate_limited)?;
+        if let Some(ip) = req.client_ip {
+            // Failures through every gateway of the store, not only this one.
+            let limit = limiter.limits().per_address;
+            crate::auth::rate_limit::address_failures(&app(ctx).views, ip, limit, now())
+                .await
+                .map_err(error::rate_limited)?;
+        }
         let tokens = app(ctx)
             .sessions
             .login(
