@@ -455,3 +455,44 @@ store::each_backend!(
     a_receiver_that_never_answers_holds_up_no_other,
     runner_offline_reaches_the_fleets_webhooks,
 );
+
+/// Two gateways on one PostgreSQL store: only the one projecting the
+/// webhooks view sends, so each delivery is sent once, not once per gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_on_postgresql_send_each_delivery_once() {
+    let Some(store) = TestStore::postgres("webhooks_two_gateways").await else {
+        return;
+    };
+    let first = Live::start_for_webhooks(&store, QUICK).await;
+    let second = Live::start_for_webhooks(&store.shared(), QUICK).await;
+    let receiver = Receiver::start("", 0).await;
+    webhook(
+        &first,
+        OWNER,
+        &receiver.url,
+        &[Topic::JobStarted, Topic::JobStopped],
+    )
+    .await;
+    for _ in 0..5 {
+        let job = second.running_job(1, 1, 0, 1).await;
+        second
+            .job(job, JobCommand::Stop { reason: None }, &owner())
+            .await
+            .unwrap();
+    }
+    eventually("10 deliveries received", || async {
+        receiver.seen().len() >= 10
+    })
+    .await;
+    // Time for a second sender, if there were one, to send again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = receiver.seen();
+    let mut ids: Vec<&str> = seen.iter().map(|r| r.delivery.as_str()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((seen.len(), ids.len()), (10, 10), "{seen:#?}");
+    assert!(seen.iter().all(|r| r.attempt == "1" && r.verified.is_ok()));
+    second.stop().await;
+    first.stop().await;
+    store.cleanup().await;
+}
