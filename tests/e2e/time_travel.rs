@@ -34,7 +34,7 @@ async fn a_stream_replays_to_a_position_or_a_time(app: &TestApp) {
 
     // Now: ada has a live session; the hash never shows.
     let now = state(app, &auditor, Value::Null, 1).await;
-    assert_eq!(now["kind"], "account/1", "{now}");
+    assert_eq!(now["kind"], "account/2", "{now}");
     let account = &now["state"]["account"];
     assert_eq!(account["username"], "ada", "{now}");
     assert!(account["session"].is_object(), "logged in: {now}");
@@ -81,7 +81,7 @@ async fn a_stream_replays_to_a_position_or_a_time(app: &TestApp) {
     let printed: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     let then = state(app, &auditor, created_at.clone(), 20).await;
     assert_eq!(printed["state"], then["state"], "{out}");
-    assert_eq!(printed["kind"], "account/1", "{out}");
+    assert_eq!(printed["kind"], "account/2", "{out}");
     assert_eq!(printed["at"]["position"], created_at, "{out}");
     assert_eq!(printed["events"][0]["type"], "AccountCreated", "{out}");
 
