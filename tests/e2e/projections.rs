@@ -21,7 +21,9 @@ async fn rebuild_replays_one_view_or_all_and_names_unknown_ones() {
     let (ok, stdout, stderr) = run(&["--store", &store.url, "projections", "rebuild"]).await;
     assert!(ok, "{stderr}");
     assert!(
-        stdout.starts_with("rebuilt event_counts, accounts, sessions, login_failures, audit, metrics"),
+        stdout.starts_with(
+            "rebuilt event_counts, accounts, sessions, login_failures, audit, metrics"
+        ),
         "{stdout}"
     );
 
