@@ -43,6 +43,12 @@ impl LiveFeed {
         let _ = started.wait_for(|s| *s).await;
     }
 
+    /// Stops following the log (the gateway is stopping): subscribers see
+    /// the feed end rather than a store that went away underneath it.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
     /// Every event appended from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<RecordedEvent>> {
         self.tx.subscribe()

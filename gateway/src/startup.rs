@@ -349,6 +349,7 @@ impl Gateway {
             Arc::new(scheduler::SystemClock),
         ));
         let webhooks = tokio::spawn(crate::webhooks::run(self.state.clone()));
+        let live = self.state.live.clone();
         let runner_work = runner_link::background(&self.state);
         let served = axum::serve(
             self.listener,
@@ -363,6 +364,7 @@ impl Gateway {
         for task in runner_work {
             task.abort();
         }
+        live.stop();
         self.engine.shutdown().await;
         served
     }
